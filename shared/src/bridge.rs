@@ -1,0 +1,286 @@
+//! The bridge WebSocket protocol (bridge-agent ↔ MCP bridge), version 1: one JSON object per text
+//! frame, discriminated by `type`. The same request/response types also travel over the Unix socket
+//! between the gateway and bridge-agent (see [`crate::ipc`]), so nothing is translated twice.
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The protocol version sent in `hello` and expected in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every frame of the bridge WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BridgeFrame {
+    Hello {
+        agent_id: String,
+        protocol: u32,
+        #[serde(default)]
+        capabilities: Vec<String>,
+    },
+    Welcome {
+        protocol: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bridge_id: Option<String>,
+    },
+    ModelInvoke(ModelInvoke),
+    ModelStreamChunk(StreamChunk),
+    ModelResult(ModelResult),
+    ModelCancel {
+        id: String,
+    },
+    Ping {
+        ts: u64,
+    },
+    Pong {
+        ts: u64,
+    },
+}
+
+/// Why a text frame could not be used. Neither is fatal to the connection.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("frame of unknown type {0:?} ignored")]
+    UnknownType(String),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "hello",
+    "welcome",
+    "model_invoke",
+    "model_stream_chunk",
+    "model_result",
+    "model_cancel",
+    "ping",
+    "pong",
+];
+
+impl BridgeFrame {
+    /// Parses one text frame, telling an unknown `type` (to be ignored) from a malformed frame.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        match serde_json::from_str::<BridgeFrame>(text) {
+            Ok(frame) => Ok(frame),
+            Err(err) => {
+                let kind = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
+                match kind {
+                    Some(kind) if !KNOWN_TYPES.contains(&kind.as_str()) => {
+                        Err(FrameError::UnknownType(kind))
+                    }
+                    _ => Err(FrameError::Malformed(err.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The JSON text of this frame.
+    pub fn to_text(&self) -> String {
+        // Serialising these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// One request for the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInvoke {
+    pub id: String,
+    pub session_id: Option<String>,
+    pub model_meta: ModelMeta,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub provider: String,
+    pub label: String,
+    #[serde(default)]
+    pub requested_scopes: Vec<String>,
+}
+
+/// What is asked of the agent, by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// A chat: the client's messages, unchanged, and its generation parameters (`max_tokens`,
+    /// `temperature`, `top_p`, `stream`, `tools`, `tool_choice`, …), unchanged.
+    Chat {
+        messages: Vec<Value>,
+        parameters: Map<String, Value>,
+    },
+}
+
+/// One streamed piece of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub id: String,
+    pub chunk_index: u64,
+    #[serde(default)]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// OpenAI-shaped tool-call deltas: `index`, and `id`/`type`/`function.name` in a call's first
+    /// delta, `function.arguments` fragments after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.content.as_deref().is_none_or(str::is_empty)
+            && self.reasoning_content.as_deref().is_none_or(str::is_empty)
+            && self.tool_calls.as_ref().is_none_or(Vec::is_empty)
+    }
+}
+
+/// The end of a request, sent exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelResult {
+    pub id: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok { result: ResultBody },
+    Error { error: ErrorBody },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultBody {
+    #[serde(default)]
+    pub choices: Vec<ResultChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultChoice {
+    #[serde(default)]
+    pub index: u32,
+    /// `role`, `content`, and optionally `reasoning_content` and `tool_calls`.
+    pub message: Value,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ModelResult {
+    /// A failed result with `code` and `message`.
+    pub fn error(id: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            outcome: Outcome::Error {
+                error: ErrorBody {
+                    code: code.into(),
+                    message: message.into(),
+                    details: None,
+                },
+            },
+        }
+    }
+}
+
+/// Error codes bridge-agent itself puts in a failed `model_result`.
+pub mod codes {
+    /// No bridge connection came up within `CONNECTION_TIMEOUT`.
+    pub const AGENT_UNAVAILABLE: &str = "agent_unavailable";
+    /// The bridge connection dropped while the request was in flight.
+    pub const BRIDGE_DISCONNECTED: &str = "bridge_disconnected";
+    /// No first chunk or result within `REQUEST_TIMEOUT`.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
+    /// The whole answer took longer than `RESPONSE_TIMEOUT`.
+    pub const RESPONSE_TIMEOUT: &str = "response_timeout";
+    /// bridge-agent is shutting down.
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+    /// A request with this id is already in flight.
+    pub const DUPLICATE_ID: &str = "duplicate_request_id";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn invoke_has_the_documented_shape() {
+        let frame = BridgeFrame::ModelInvoke(ModelInvoke {
+            id: "r1".into(),
+            session_id: None,
+            model_meta: ModelMeta {
+                provider: "local".into(),
+                label: "cursor-agent-local".into(),
+                requested_scopes: vec![],
+            },
+            payload: Payload::Chat {
+                messages: vec![json!({"role": "user", "content": "hi"})],
+                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
+            },
+        });
+        let v: Value = serde_json::from_str(&frame.to_text()).unwrap();
+        assert_eq!(v["type"], "model_invoke");
+        assert_eq!(v["session_id"], Value::Null);
+        assert_eq!(v["payload"]["kind"], "chat");
+        assert_eq!(v["payload"]["parameters"]["stream"], true);
+        assert_eq!(BridgeFrame::parse(&frame.to_text()).unwrap(), frame);
+    }
+
+    #[test]
+    fn result_status_is_flattened() {
+        let ok = r#"{"type":"model_result","id":"r1","status":"ok","result":{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}}"#;
+        let BridgeFrame::ModelResult(res) = BridgeFrame::parse(ok).unwrap() else {
+            panic!("not a result")
+        };
+        assert!(matches!(res.outcome, Outcome::Ok { .. }));
+        let err = ModelResult::error("r2", "boom", "it broke");
+        let v: Value = serde_json::to_value(BridgeFrame::ModelResult(err)).unwrap();
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["error"]["code"], "boom");
+    }
+
+    #[test]
+    fn unknown_type_is_told_from_malformed() {
+        assert_eq!(
+            BridgeFrame::parse(r#"{"type":"telemetry","x":1}"#),
+            Err(FrameError::UnknownType("telemetry".into()))
+        );
+        assert!(matches!(
+            BridgeFrame::parse(r#"{"type":"ping"}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(BridgeFrame::parse("not json"), Err(FrameError::Malformed(_))));
+    }
+}

@@ -1,0 +1,202 @@
+//! The local protocol between the gateway and bridge-agent over the Unix socket.
+//!
+//! Framing: each frame is a 4-byte big-endian length followed by that many bytes of one JSON
+//! object, discriminated by `type`. A connection opens with `hello` from the gateway (naming
+//! [`IPC_PROTOCOL`] and [`IPC_VERSION`]); bridge-agent answers `welcome` or `reject` and closes.
+//! After that, one connection carries any number of concurrent requests, told apart by `id`:
+//! `invoke` and `cancel` go to bridge-agent, `chunk` and `result` come back (exactly one
+//! `result` per `invoke`), and `status` reports the bridge WebSocket's state whenever it changes.
+//! Frames of an unknown `type` are skipped, so a newer peer can add frames within a version.
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::bridge::{ModelInvoke, ModelResult, StreamChunk};
+
+pub const IPC_PROTOCOL: &str = "local-provider-ipc";
+pub const IPC_VERSION: u32 = 1;
+/// Largest frame either side accepts; larger ones end the connection with an error.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IpcFrame {
+    Hello {
+        protocol: String,
+        version: u32,
+        client: String,
+    },
+    Welcome {
+        version: u32,
+        agent_id: String,
+        bridge: BridgeStatus,
+    },
+    Reject {
+        reason: String,
+    },
+    Invoke(ModelInvoke),
+    Cancel {
+        id: String,
+    },
+    Chunk(StreamChunk),
+    Result(ModelResult),
+    Status(BridgeStatus),
+}
+
+/// The state of bridge-agent's WebSocket to the MCP bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BridgeStatus {
+    pub state: LinkState,
+    /// When the last heartbeat answer arrived (RFC 3339), if ever.
+    #[serde(default)]
+    pub last_ping: Option<String>,
+    #[serde(default)]
+    pub bridge_id: Option<String>,
+    /// Successful reconnects since bridge-agent started.
+    #[serde(default)]
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connected,
+    Connecting,
+    Disconnected,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connected => "connected",
+            LinkState::Connecting => "connecting",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl BridgeStatus {
+    pub fn disconnected() -> Self {
+        Self {
+            state: LinkState::Disconnected,
+            last_ping: None,
+            bridge_id: None,
+            reconnects: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("socket i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Length-delimited JSON frames of [`IpcFrame`].
+pub struct IpcCodec {
+    inner: LengthDelimitedCodec,
+}
+
+impl Default for IpcCodec {
+    fn default() -> Self {
+        Self {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(MAX_FRAME_BYTES)
+                .new_codec(),
+        }
+    }
+}
+
+impl Decoder for IpcCodec {
+    type Item = IpcFrame;
+    type Error = IpcError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<IpcFrame>, IpcError> {
+        while let Some(bytes) = self.inner.decode(src)? {
+            match serde_json::from_slice::<IpcFrame>(&bytes) {
+                Ok(frame) => return Ok(Some(frame)),
+                Err(err) => match unknown_type(&bytes) {
+                    Some(kind) => tracing::debug!(kind, "skipping ipc frame of unknown type"),
+                    None => return Err(err.into()),
+                },
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unknown_type(bytes: &[u8]) -> Option<String> {
+    const KNOWN: &[&str] = &[
+        "hello", "welcome", "reject", "invoke", "cancel", "chunk", "result", "status",
+    ];
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let kind = value.get("type")?.as_str()?;
+    (!KNOWN.contains(&kind)).then(|| kind.to_owned())
+}
+
+impl Encoder<IpcFrame> for IpcCodec {
+    type Error = IpcError;
+
+    fn encode(&mut self, frame: IpcFrame, dst: &mut BytesMut) -> Result<(), IpcError> {
+        let json = serde_json::to_vec(&frame)?;
+        self.inner.encode(Bytes::from(json), dst)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::Delta;
+
+    #[test]
+    fn frames_round_trip_and_unknown_types_are_skipped() {
+        let mut codec = IpcCodec::default();
+        let mut buf = BytesMut::new();
+        let chunk = IpcFrame::Chunk(StreamChunk {
+            id: "r1".into(),
+            chunk_index: 0,
+            delta: Delta {
+                content: Some("hé".into()),
+                ..Delta::default()
+            },
+            finish_reason: None,
+        });
+        // A frame from a newer peer, then a known one.
+        LengthDelimitedCodec::new()
+            .encode(Bytes::from_static(br#"{"type":"future_thing","x":1}"#), &mut buf)
+            .unwrap();
+        codec.encode(chunk.clone(), &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(chunk));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_known_frame_is_an_error() {
+        let mut codec = IpcCodec::default();
+        let mut buf = BytesMut::new();
+        LengthDelimitedCodec::new()
+            .encode(Bytes::from_static(br#"{"type":"cancel"}"#), &mut buf)
+            .unwrap();
+        assert!(matches!(codec.decode(&mut buf), Err(IpcError::Malformed(_))));
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut codec = IpcCodec::default();
+        let mut full = BytesMut::new();
+        codec
+            .encode(IpcFrame::Cancel { id: "abc".into() }, &mut full)
+            .unwrap();
+        let mut part = full.split_to(5);
+        assert_eq!(codec.decode(&mut part).unwrap(), None);
+        part.unsplit(full);
+        assert_eq!(
+            codec.decode(&mut part).unwrap(),
+            Some(IpcFrame::Cancel { id: "abc".into() })
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! What the gateway and bridge-agent share: the two wire protocols, configuration parsing from
+//! `LOCAL_PROVIDER_*` variables, digests, and telemetry set-up.
+#![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod config;
+pub mod digest;
+pub mod ipc;
+pub mod telemetry;
+
+/// The product's version, reported by `/health` and in the protocol handshakes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,56 @@
+//! Logging and metrics set-up shared by both services.
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::{LogFormat, LogLevel};
+
+/// Logs to stdout at `level` (a `RUST_LOG` filter, when set, wins), as text or JSON lines.
+pub fn init_tracing(level: LogLevel, format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(level.0.as_str().to_ascii_lowercase()));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // A second initialisation (several services in one test process) keeps the first.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Latency buckets in seconds: fine below a millisecond, where the gateway's own overhead lives,
+/// and up to the longest answers.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Fails only when another recorder is installed; this handle then renders nothing new,
+        // which is visible on /metrics rather than fatal.
+        let _ = metrics::set_global_recorder(recorder);
+        let collector = PROCESS.get_or_init(metrics_process::Collector::default);
+        collector.describe();
+        handle
+    })
+}
+
+/// The Prometheus text exposition, with fresh process memory and CPU figures.
+pub fn render_metrics() -> String {
+    let handle = metrics();
+    if let Some(collector) = PROCESS.get() {
+        collector.collect();
+    }
+    handle.run_upkeep();
+    handle.render()
+}
