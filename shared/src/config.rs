@@ -312,3 +312,16 @@ mod tests {
         }
     }
 }
+
+/// Where both services meet when `LOCAL_PROVIDER_BRIDGE_SOCKET` is unset: a private directory
+/// under `$XDG_RUNTIME_DIR`, or else under the temporary directory, named for the user id.
+pub fn default_bridge_socket() -> std::path::PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(runtime) => std::path::PathBuf::from(runtime).join("mcp-local-provider"),
+        None => std::env::temp_dir().join(format!(
+            "mcp-local-provider-{}",
+            rustix::process::getuid().as_raw()
+        )),
+    };
+    dir.join("bridge.sock")
+}
