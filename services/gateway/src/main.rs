@@ -1,1 +1,92 @@
-fn main() {}
+//! `gateway`: serve, or `gateway generate-api-key`.
+use std::process::ExitCode;
+
+use gateway::{run, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: gateway [generate-api-key | --version | --help]
+Serves the OpenAI-compatible API; configured by LOCAL_PROVIDER_* environment variables.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("generate-api-key") => {
+            println!("{}", gateway::keygen::generate_api_key());
+            return ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V") => {
+            println!("gateway {}", provider_shared::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("gateway: unknown argument {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("gateway: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    provider_shared::telemetry::init_tracing(settings.log_level, settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("gateway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    for var in provider_shared::config::unknown_vars() {
+        tracing::warn!(var, "unknown variable ignored (a typo?)");
+    }
+    if settings.binds_non_loopback() {
+        tracing::warn!(host = %settings.host, "binding beyond loopback: anyone who can reach this address can try the API key");
+    }
+    let addr = format!("{}:{}", settings.host, settings.port);
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("gateway: cannot listen on {addr}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    tracing::info!(addr = %local, model = %settings.model_name, socket = %settings.bridge_socket.display(), "gateway listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    match run(settings, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gateway: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,135 @@
+//! The router: routes, CORS limited to `ALLOWED_ORIGINS`, security headers, request metrics, and
+//! OpenAI-shaped answers for unknown routes and methods.
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::error::Error;
+use crate::state::Shared;
+use crate::{admin, chat, health, sessions};
+
+pub fn router(state: Shared) -> Router {
+    let cors = cors(&state.settings.allowed_origins);
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(health::list_models))
+        .route("/v1/models/{id}", get(health::get_model))
+        .route("/v1/sessions", post(sessions::create))
+        .route("/v1/sessions/{id}", delete(sessions::delete))
+        .route("/admin/sessions", get(admin::list_sessions))
+        .route("/admin/revoke_all_sessions", post(admin::revoke_all))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    let mut app = api.layer(middleware::from_fn(record_metrics)).layer(cors);
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ] {
+        app = app.layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    app
+}
+
+async fn not_found(req: Request) -> Error {
+    Error::NotFound {
+        message: format!("no route {} {}", req.method(), req.uri().path()),
+        code: "unknown_url",
+    }
+}
+
+async fn method_not_allowed(req: Request) -> Error {
+    Error::InvalidRequest {
+        message: format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        param: None,
+        code: Some("method_not_allowed"),
+    }
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("gateway_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("gateway_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// True when `origin` is allowed by one of `patterns` (`http://127.0.0.1:*` allows any port).
+pub fn origin_allowed(patterns: &[String], origin: &str) -> bool {
+    patterns.iter().any(|p| {
+        if p == "*" || p == origin {
+            return true;
+        }
+        match p.strip_suffix(":*") {
+            Some(base) => origin
+                .strip_prefix(base)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())),
+            None => false,
+        }
+    })
+}
+
+fn cors(patterns: &[String]) -> CorsLayer {
+    let patterns = patterns.to_vec();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| origin_allowed(&patterns, o))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns() {
+        let p = vec!["http://127.0.0.1:*".to_owned(), "https://app.example".to_owned()];
+        assert!(origin_allowed(&p, "http://127.0.0.1:3000"));
+        assert!(!origin_allowed(&p, "http://127.0.0.1:"));
+        assert!(!origin_allowed(&p, "http://127.0.0.1:80.evil.com"));
+        assert!(!origin_allowed(&p, "http://127.0.0.10:80"));
+        assert!(origin_allowed(&p, "https://app.example"));
+        assert!(!origin_allowed(&p, "https://evil.example"));
+    }
+}

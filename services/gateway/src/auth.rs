@@ -1,0 +1,190 @@
+//! Bearer authentication: the API key compared as a SHA-256 digest in constant time, or a live
+//! session token looked up by its digest. Failures are audited and throttled per client address.
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap};
+use provider_shared::digest;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::error::Error;
+use crate::state::AppState;
+use crate::store::Session;
+
+#[derive(Debug, Clone)]
+pub enum Principal {
+    ApiKey,
+    Session(Session),
+}
+
+impl Principal {
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Principal::ApiKey => None,
+            Principal::Session(s) => Some(&s.id),
+        }
+    }
+
+    /// The rate-limit client: the API key, also for the sessions it made.
+    pub fn client<'a>(&'a self, state: &'a AppState) -> &'a str {
+        match self {
+            Principal::ApiKey => &state.key_client,
+            Principal::Session(s) => &s.owner,
+        }
+    }
+}
+
+/// Which credentials a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    KeyOnly,
+    KeyOrSession,
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn failure_key(addr: IpAddr) -> String {
+    format!("authfail:{addr}")
+}
+
+/// Refuses an address that has used up its failed attempts, before looking at its credentials.
+pub async fn check_throttle(state: &AppState, addr: IpAddr) -> Result<(), Error> {
+    let budget = state.store.peek(&failure_key(addr), state.auth_failure_spec()).await?;
+    if budget.remaining == 0 {
+        let retry_after = budget.reset_after.min(std::time::Duration::from_secs(60))
+            .max(std::time::Duration::from_secs(1));
+        metrics::counter!("gateway_rate_limited_total", "kind" => "auth").increment(1);
+        state.audit.record(
+            "security_violation",
+            json!({"client_ip": addr.to_string(), "violation_type": "auth_throttled",
+                   "details": "too many failed authentication attempts"}),
+        );
+        return Err(Error::RateLimited {
+            kind: "auth",
+            message: format!(
+                "too many failed authentication attempts from {addr}; try again in {}s",
+                crate::error::retry_after_secs(retry_after)
+            ),
+            retry_after,
+            headers: None,
+            retryable: true,
+        });
+    }
+    Ok(())
+}
+
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: IpAddr,
+    accept: Accept,
+) -> Result<Principal, Error> {
+    check_throttle(state, addr).await?;
+    let presented = bearer(headers);
+    let principal = match presented {
+        None => None,
+        Some(token) => {
+            let digest = digest::sha256(token.as_bytes());
+            if bool::from(digest.ct_eq(&state.settings.api_key_digest)) {
+                Some(Principal::ApiKey)
+            } else if accept == Accept::KeyOrSession {
+                state.store.use_session(&digest).await?.map(Principal::Session)
+            } else {
+                None
+            }
+        }
+    };
+    let fingerprint = presented.map(|t| digest::fingerprint(t.as_bytes()));
+    state.audit.record(
+        "authentication",
+        json!({
+            "client_ip": addr.to_string(),
+            "key_fingerprint": fingerprint,
+            "credential": match &principal {
+                Some(Principal::ApiKey) => "api_key",
+                Some(Principal::Session(_)) => "session",
+                None => "none",
+            },
+            "session_id": principal.as_ref().and_then(Principal::session_id),
+            "success": principal.is_some(),
+        }),
+    );
+    match principal {
+        Some(p) => Ok(p),
+        None => {
+            metrics::counter!("gateway_auth_failures_total").increment(1);
+            state
+                .store
+                .take(&failure_key(addr), state.auth_failure_spec(), 1)
+                .await?;
+            Err(Error::Unauthorized(match (presented, accept) {
+                (None, _) => "missing API key: send `Authorization: Bearer <key>`".into(),
+                (Some(_), Accept::KeyOrSession) => {
+                    "invalid API key or session token (sessions end after their TTL or idle time)"
+                        .into()
+                }
+                (Some(_), Accept::KeyOnly) => "invalid API key".into(),
+            }))
+        }
+    }
+}
+
+/// Checks the admin token; admin routes are off unless `LOCAL_PROVIDER_ADMIN_TOKEN` is set.
+pub async fn authenticate_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: IpAddr,
+) -> Result<(), Error> {
+    let Some(expected) = state.settings.admin_token_digest else {
+        return Err(Error::Forbidden(
+            "the admin API is off: set LOCAL_PROVIDER_ADMIN_TOKEN to turn it on".into(),
+        ));
+    };
+    check_throttle(state, addr).await?;
+    let presented = bearer(headers);
+    let ok = presented
+        .map(|t| bool::from(digest::sha256(t.as_bytes()).ct_eq(&expected)))
+        .unwrap_or(false);
+    state.audit.record(
+        "authentication",
+        json!({"client_ip": addr.to_string(), "credential": "admin_token",
+               "key_fingerprint": presented.map(|t| digest::fingerprint(t.as_bytes())),
+               "success": ok}),
+    );
+    if ok {
+        return Ok(());
+    }
+    metrics::counter!("gateway_auth_failures_total").increment(1);
+    state
+        .store
+        .take(&failure_key(addr), state.auth_failure_spec(), 1)
+        .await?;
+    Err(Error::Unauthorized("invalid admin token".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  xyz "));
+        assert_eq!(bearer(&h), Some("xyz"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! `POST /v1/chat/completions`: authenticate, validate, admit (concurrency, requests and tokens
+//! per minute), hand the request to the agent, then answer streamed or whole.
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use provider_shared::bridge::{codes, ErrorBody, ModelInvoke, ModelMeta, Payload};
+use provider_shared::digest;
+use serde_json::{json, Value};
+
+use crate::auth::{self, Accept};
+use crate::error::Error;
+use crate::ratelimit::RateHeaders;
+use crate::state::{AppState, Shared};
+use crate::{tokens, validate};
+
+mod account;
+mod complete;
+pub mod convert;
+mod stream;
+
+use account::Accounting;
+
+pub async fn completions(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Error> {
+    let started = Instant::now();
+    let principal = auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
+    let body = read_body(body, state.settings.max_body_bytes).await?;
+    let request = validate::chat(
+        &body,
+        &validate::Limits {
+            model: &state.settings.model_name,
+            max_tokens: state.settings.max_tokens_limit,
+            max_content_bytes: state.settings.max_content_bytes,
+        },
+    )?;
+    if state.shutdown.is_cancelled() {
+        return Err(Error::Agent {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: codes::SHUTTING_DOWN.into(),
+            message: "the gateway is shutting down; try again shortly".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        });
+    }
+    let permit = state
+        .concurrency
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            metrics::counter!("gateway_rate_limited_total", "kind" => "concurrency").increment(1);
+            Error::Overloaded {
+                limit: state.settings.max_concurrent_requests,
+            }
+        })?;
+
+    let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
+    let reserved = prompt_tokens + request.max_tokens.unwrap_or(state.settings.default_max_tokens);
+    let client = principal.client(&state).to_owned();
+    let rate = admit(&state, &client, peer, reserved).await?;
+
+    let request_id = format!("chatcmpl-{}", random_hex(12));
+    let prompt_sha256 = digest::sha256_hex(Value::Array(request.messages.clone()).to_string().as_bytes());
+    let account = Accounting {
+        state: state.clone(),
+        request_id: request_id.clone(),
+        client,
+        session_id: principal.session_id().map(str::to_owned),
+        client_ip: peer.ip(),
+        stream: request.stream,
+        prompt_tokens,
+        reserved_tokens: reserved,
+        prompt_sha256,
+        started,
+        first_chunk: None,
+        permit: Some(permit),
+        done: true,
+    }
+    .begin();
+
+    let invoke = ModelInvoke {
+        id: request_id.clone(),
+        session_id: principal.session_id().map(str::to_owned),
+        model_meta: ModelMeta {
+            provider: "mcp-local-provider".into(),
+            label: state.settings.model_name.clone(),
+            requested_scopes: scopes(&request.tools),
+        },
+        payload: Payload::Chat {
+            messages: request.messages,
+            parameters: request.parameters,
+        },
+    };
+    let call = match state.bridge.call(invoke, state.settings.connection_timeout).await {
+        Ok(call) => call,
+        Err(err) => {
+            let mut account = account;
+            account.finish(&err.code(), None, 0);
+            return Err(err);
+        }
+    };
+    let created = unix_seconds();
+    let reply = Reply {
+        id: request_id,
+        created,
+        model: state.settings.model_name.clone(),
+        include_usage: request.include_usage,
+        rate,
+    };
+    if request.stream {
+        Ok(stream::respond(state, call, account, reply))
+    } else {
+        complete::respond(&state, call, account, reply).await
+    }
+}
+
+/// What every response of a request shares.
+pub struct Reply {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+    pub rate: RateHeaders,
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        if is_length_limit(&err) {
+            Error::BodyTooLarge { limit }
+        } else {
+            Error::invalid(format!("could not read the request body: {err}"), None)
+        }
+    })
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Takes one request and `reserved` tokens from the client's budgets, or explains the 429.
+async fn admit(
+    state: &AppState,
+    client: &str,
+    peer: SocketAddr,
+    reserved: u64,
+) -> Result<RateHeaders, Error> {
+    let (rpm, tpm) = (state.rpm_spec(), state.tpm_spec());
+    let (rpm_key, tpm_key) = (format!("rpm:{client}"), format!("tpm:{client}"));
+    if reserved > state.settings.tpm {
+        metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
+        audit_limit(state, peer, "tokens", reserved, state.settings.tpm);
+        return Err(Error::RateLimited {
+            kind: "tokens",
+            message: format!(
+                "this request needs {reserved} tokens (prompt plus max_tokens), more than the {} tokens per minute allowed; lower max_tokens or shorten the prompt",
+                state.settings.tpm
+            ),
+            retry_after: Duration::from_secs(60),
+            headers: None,
+            retryable: false,
+        });
+    }
+    let requests = state.store.take(&rpm_key, rpm, 1).await?;
+    if !requests.allowed {
+        let tokens = state.store.peek(&tpm_key, tpm).await?;
+        metrics::counter!("gateway_rate_limited_total", "kind" => "requests").increment(1);
+        audit_limit(state, peer, "requests", state.settings.rpm, state.settings.rpm);
+        return Err(Error::RateLimited {
+            kind: "requests",
+            message: format!(
+                "rate limit reached: {} requests per minute (bursts of {}); try again in {}s",
+                state.settings.rpm,
+                state.settings.burst,
+                crate::error::retry_after_secs(requests.retry_after)
+            ),
+            retry_after: requests.retry_after,
+            headers: Some(headers_of(state, &requests, &tokens)),
+            retryable: true,
+        });
+    }
+    let tokens = state.store.take(&tpm_key, tpm, reserved).await?;
+    if !tokens.allowed {
+        // The request was not admitted, so it does not count against the request budget.
+        state.store.adjust(&rpm_key, rpm, 1).await?;
+        metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
+        audit_limit(state, peer, "tokens", state.settings.tpm - tokens.remaining.min(state.settings.tpm), state.settings.tpm);
+        return Err(Error::RateLimited {
+            kind: "tokens",
+            message: format!(
+                "rate limit reached: {} tokens per minute; this request reserves {reserved}; try again in {}s",
+                state.settings.tpm,
+                crate::error::retry_after_secs(tokens.retry_after)
+            ),
+            retry_after: tokens.retry_after,
+            headers: Some(headers_of(state, &requests, &tokens)),
+            retryable: true,
+        });
+    }
+    Ok(headers_of(state, &requests, &tokens))
+}
+
+fn headers_of(
+    state: &AppState,
+    requests: &crate::ratelimit::Take,
+    tokens: &crate::ratelimit::Take,
+) -> RateHeaders {
+    RateHeaders {
+        limit_requests: state.settings.rpm,
+        remaining_requests: requests.remaining,
+        reset_requests: requests.reset_after,
+        limit_tokens: state.settings.tpm,
+        remaining_tokens: tokens.remaining,
+        reset_tokens: tokens.reset_after,
+    }
+}
+
+fn audit_limit(state: &AppState, peer: SocketAddr, kind: &str, current: u64, limit: u64) {
+    state.audit.record(
+        "rate_limit_exceeded",
+        json!({"client_ip": peer.ip().to_string(), "limit_type": kind, "current": current, "limit": limit}),
+    );
+}
+
+fn scopes(tools: &Option<Value>) -> Vec<String> {
+    let mut scopes = vec!["chat".to_owned()];
+    if tools.is_some() {
+        scopes.push("tools".to_owned());
+    }
+    scopes
+}
+
+/// Maps a failed result from bridge-agent or the agent to the client's error.
+pub fn agent_error(err: &ErrorBody) -> Error {
+    use axum::http::StatusCode;
+    let (status, retry_after) = match err.code.as_str() {
+        codes::AGENT_UNAVAILABLE => (StatusCode::SERVICE_UNAVAILABLE, Some(Duration::from_secs(5))),
+        codes::SHUTTING_DOWN => (StatusCode::SERVICE_UNAVAILABLE, Some(Duration::from_secs(1))),
+        codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
+        _ => (StatusCode::BAD_GATEWAY, None),
+    };
+    Error::Agent {
+        status,
+        code: err.code.clone(),
+        message: err.message.clone(),
+        retry_after,
+    }
+}
+
+/// The client's error when bridge-agent went away mid-request.
+pub fn lost_error() -> Error {
+    Error::Agent {
+        status: axum::http::StatusCode::BAD_GATEWAY,
+        code: "bridge_agent_disconnected".into(),
+        message: "the connection to bridge-agent broke before the answer was complete".into(),
+        retry_after: None,
+    }
+}
+
+pub fn unix_seconds() -> u64 {
+    crate::store::now_ms() / 1000
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(buf.as_mut_slice());
+    hex::encode(buf)
+}

@@ -1,0 +1,370 @@
+//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (PRODUCT §3).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use provider_shared::config::{
+    self, is_loopback_host, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds,
+    Secret,
+};
+use serde::Deserialize;
+
+/// The variables as given; [`Settings::resolve`] checks how they fit together.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub host: String,
+    pub port: Port,
+    pub allow_non_loopback: Flag,
+    pub api_key: Option<Secret>,
+    pub api_key_sha256: Option<Secret>,
+    pub api_key_file: Option<PathBuf>,
+    pub admin_token: Option<Secret>,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub session_ttl: Seconds,
+    pub session_idle: Seconds,
+    pub max_sessions: Bounded<0, 1_000_000>,
+    pub rate_limit_rpm: Bounded<1, 1_000_000_000>,
+    pub rate_limit_burst: Bounded<1, 1_000_000_000>,
+    pub rate_limit_tpm: Bounded<1, 1_000_000_000_000>,
+    pub default_max_tokens: Bounded<1, 1_000_000>,
+    pub auth_failure_limit: Bounded<1, 1_000_000>,
+    pub model_name: String,
+    pub max_tokens_limit: Bounded<1, 1_000_000>,
+    pub max_content_bytes: Bounded<1, 1_073_741_824>,
+    pub max_body_bytes: Bounded<1024, 1_073_741_824>,
+    pub request_timeout: Seconds,
+    pub response_timeout: Seconds,
+    pub max_concurrent_requests: Bounded<1, 1_000_000>,
+    pub session_store: StoreKind,
+    pub redis_url: Option<Secret>,
+    pub audit_log: Option<String>,
+    pub allowed_origins: List,
+    pub bridge_socket: Option<PathBuf>,
+    pub connection_timeout: Seconds,
+    pub keepalive_interval: Seconds,
+    pub shutdown_grace: Seconds,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: Bounded(8788),
+            allow_non_loopback: Flag(false),
+            api_key: None,
+            api_key_sha256: None,
+            api_key_file: None,
+            admin_token: None,
+            log_level: LogLevel::default(),
+            log_format: LogFormat::default(),
+            session_ttl: Seconds::from_secs(300),
+            session_idle: Seconds::from_secs(300),
+            max_sessions: Bounded(10),
+            rate_limit_rpm: Bounded(60),
+            rate_limit_burst: Bounded(10),
+            rate_limit_tpm: Bounded(100_000),
+            default_max_tokens: Bounded(1024),
+            auth_failure_limit: Bounded(10),
+            model_name: "cursor-agent-local".into(),
+            max_tokens_limit: Bounded(8192),
+            max_content_bytes: Bounded(100_000),
+            max_body_bytes: Bounded(10 * 1024 * 1024),
+            request_timeout: Seconds::from_secs(30),
+            response_timeout: Seconds::from_secs(60),
+            max_concurrent_requests: Bounded(50),
+            session_store: StoreKind::Memory,
+            redis_url: None,
+            audit_log: None,
+            allowed_origins: List(vec![
+                "http://127.0.0.1:*".into(),
+                "http://localhost:*".into(),
+            ]),
+            bridge_socket: None,
+            connection_timeout: Seconds::from_secs(30),
+            keepalive_interval: Seconds::from_secs(10),
+            shutdown_grace: Seconds::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+}
+
+impl<'de> Deserialize<'de> for StoreKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "memory" | "" => Ok(StoreKind::Memory),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected memory (the only store this build has), got {raw:?}"
+            ))),
+        }
+    }
+}
+
+/// Validated settings the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub api_key_digest: [u8; 32],
+    pub admin_token_digest: Option<[u8; 32]>,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub session_ttl: Duration,
+    pub session_idle: Duration,
+    pub max_sessions: u64,
+    pub rpm: u64,
+    pub burst: u64,
+    pub tpm: u64,
+    pub default_max_tokens: u64,
+    pub auth_failure_limit: u64,
+    pub model_name: String,
+    pub max_tokens_limit: u64,
+    pub max_content_bytes: usize,
+    pub max_body_bytes: usize,
+    pub response_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub audit_log: Option<PathBuf>,
+    pub allowed_origins: Vec<String>,
+    pub bridge_socket: PathBuf,
+    pub connection_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Keys shorter than this are refused: they would be guessable.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl Settings {
+    /// Reads and checks the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::resolve(config::from_env()?)
+    }
+
+    pub fn resolve(raw: RawConfig) -> Result<Self, ConfigError> {
+        if raw.host.trim().is_empty() {
+            return Err(ConfigError::new("HOST", "expected an address to bind, got \"\""));
+        }
+        if !is_loopback_host(&raw.host) && !raw.allow_non_loopback.0 {
+            return Err(ConfigError::new(
+                "HOST",
+                format!(
+                    "{:?} is not a loopback address; set LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true to bind it anyway",
+                    raw.host
+                ),
+            ));
+        }
+        let api_key_digest = api_key_digest(&raw)?;
+        let admin_token_digest = match &raw.admin_token {
+            Some(token) => {
+                check_secret_len("ADMIN_TOKEN", &token.0)?;
+                let digest = provider_shared::digest::sha256(token.0.as_bytes());
+                if digest == api_key_digest {
+                    return Err(ConfigError::new(
+                        "ADMIN_TOKEN",
+                        "must differ from the API key",
+                    ));
+                }
+                Some(digest)
+            }
+            None => None,
+        };
+        if raw.model_name.trim().is_empty() {
+            return Err(ConfigError::new("MODEL_NAME", "expected a model name, got \"\""));
+        }
+        if raw.default_max_tokens.0 > raw.max_tokens_limit.0 {
+            return Err(ConfigError::new(
+                "DEFAULT_MAX_TOKENS",
+                format!(
+                    "expected at most LOCAL_PROVIDER_MAX_TOKENS_LIMIT ({}), got {}",
+                    raw.max_tokens_limit.0, raw.default_max_tokens.0
+                ),
+            ));
+        }
+        if raw.redis_url.is_some() {
+            tracing::warn!("LOCAL_PROVIDER_REDIS_URL is set but the memory session store is in use");
+        }
+        let audit_log = match raw.audit_log.as_deref().map(str::trim) {
+            None => Some(PathBuf::from("logs/security_audit.log")),
+            Some("" | "off" | "none") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        for origin in &raw.allowed_origins.0 {
+            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://"))
+            {
+                return Err(ConfigError::new(
+                    "ALLOWED_ORIGINS",
+                    format!("expected http(s):// origins, a port may be *, got {origin:?}"),
+                ));
+            }
+        }
+        Ok(Self {
+            host: raw.host.trim().to_owned(),
+            port: raw.port.0 as u16,
+            api_key_digest,
+            admin_token_digest,
+            log_level: raw.log_level,
+            log_format: raw.log_format,
+            session_ttl: raw.session_ttl.0,
+            session_idle: raw.session_idle.0,
+            max_sessions: raw.max_sessions.0,
+            rpm: raw.rate_limit_rpm.0,
+            burst: raw.rate_limit_burst.0,
+            tpm: raw.rate_limit_tpm.0,
+            default_max_tokens: raw.default_max_tokens.0,
+            auth_failure_limit: raw.auth_failure_limit.0,
+            model_name: raw.model_name.trim().to_owned(),
+            max_tokens_limit: raw.max_tokens_limit.0,
+            max_content_bytes: raw.max_content_bytes.0 as usize,
+            max_body_bytes: raw.max_body_bytes.0 as usize,
+            response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
+            max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
+            audit_log,
+            allowed_origins: raw.allowed_origins.0,
+            bridge_socket: raw
+                .bridge_socket
+                .unwrap_or_else(config::default_bridge_socket),
+            connection_timeout: raw.connection_timeout.0,
+            keepalive_interval: raw.keepalive_interval.0,
+            shutdown_grace: raw.shutdown_grace.0,
+        })
+    }
+
+    /// True when binding `host` exposes the gateway beyond this machine.
+    pub fn binds_non_loopback(&self) -> bool {
+        !is_loopback_host(&self.host)
+    }
+}
+
+fn check_secret_len(var: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret.chars().count() < MIN_SECRET_LEN {
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "expected at least {MIN_SECRET_LEN} characters (make one with `gateway generate-api-key`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn api_key_digest(raw: &RawConfig) -> Result<[u8; 32], ConfigError> {
+    let given: Vec<&str> = [
+        raw.api_key.as_ref().map(|_| "API_KEY"),
+        raw.api_key_sha256.as_ref().map(|_| "API_KEY_SHA256"),
+        raw.api_key_file.as_ref().map(|_| "API_KEY_FILE"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.as_slice() {
+        [] => Err(ConfigError::new(
+            "API_KEY",
+            "no API key: set LOCAL_PROVIDER_API_KEY, LOCAL_PROVIDER_API_KEY_SHA256 or LOCAL_PROVIDER_API_KEY_FILE (make a key with `gateway generate-api-key`)",
+        )),
+        [_] => {
+            if let Some(key) = &raw.api_key {
+                check_secret_len("API_KEY", &key.0)?;
+                Ok(provider_shared::digest::sha256(key.0.as_bytes()))
+            } else if let Some(hex_digest) = &raw.api_key_sha256 {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex_digest.0.trim(), &mut out).map_err(|_| {
+                    ConfigError::new("API_KEY_SHA256", "expected 64 hexadecimal digits (a SHA-256 digest)")
+                })?;
+                Ok(out)
+            } else {
+                let path = raw.api_key_file.as_deref().unwrap_or(std::path::Path::new(""));
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("API_KEY_FILE", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let key = text.trim_end_matches(['\r', '\n']);
+                check_secret_len("API_KEY_FILE", key)?;
+                Ok(provider_shared::digest::sha256(key.as_bytes()))
+            }
+        }
+        many => Err(ConfigError::new(
+            many[0],
+            format!(
+                "set only one of {}",
+                many.iter()
+                    .map(|v| format!("LOCAL_PROVIDER_{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars = pairs
+            .iter()
+            .map(|(k, v)| (format!("LOCAL_PROVIDER_{k}"), v.to_string()));
+        Settings::resolve(config::from_vars(vars)?)
+    }
+
+    const KEY: &str = "k3y-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let s = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8788));
+        assert_eq!((s.rpm, s.burst, s.tpm, s.max_sessions), (60, 10, 100_000, 10));
+        assert_eq!(s.model_name, "cursor-agent-local");
+        assert_eq!(s.session_ttl, Duration::from_secs(300));
+        assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));
+    }
+
+    #[test]
+    fn a_missing_or_weak_key_is_refused() {
+        let err = with(&[]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_API_KEY");
+        assert!(err.message.contains("generate-api-key"));
+        assert!(with(&[("API_KEY", "short")]).unwrap_err().message.contains("32"));
+        let err = with(&[("API_KEY", KEY), ("API_KEY_SHA256", &"a".repeat(64))]).unwrap_err();
+        assert!(err.message.contains("only one"), "{err}");
+        let err = with(&[("API_KEY_SHA256", "xyz")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_API_KEY_SHA256");
+    }
+
+    #[test]
+    fn digest_and_file_forms_give_the_same_key() {
+        let digest = provider_shared::digest::sha256_hex(KEY.as_bytes());
+        let a = with(&[("API_KEY_SHA256", &digest)]).unwrap();
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{KEY}\n")).unwrap();
+        let b = with(&[("API_KEY_FILE", file.to_str().unwrap())]).unwrap();
+        assert_eq!(a.api_key_digest, b.api_key_digest);
+        let err = with(&[("API_KEY_FILE", "/nonexistent/key")]).unwrap_err();
+        assert!(err.message.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_needs_opt_in() {
+        let err = with(&[("API_KEY", KEY), ("HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_HOST");
+        assert!(with(&[("API_KEY", KEY), ("HOST", "0.0.0.0"), ("ALLOW_NON_LOOPBACK", "true")])
+            .unwrap()
+            .binds_non_loopback());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = with(&[("API_KEY", KEY), ("RATE_LIMIT_RPM", "0")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_RATE_LIMIT_RPM");
+        let err = with(&[("API_KEY", KEY), ("SESSION_STORE", "mongo")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_SESSION_STORE");
+        let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp://x")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
+    }
+}

@@ -1,0 +1,216 @@
+//! The gateway's one error type, and the one place errors become OpenAI-shaped HTTP answers.
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::ratelimit::RateHeaders;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] provider_shared::config::ConfigError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    NotFound { message: String, code: &'static str },
+    #[error("{message}")]
+    RateLimited {
+        /// `requests`, `tokens` or `auth`.
+        kind: &'static str,
+        message: String,
+        retry_after: Duration,
+        headers: Option<RateHeaders>,
+        /// False when waiting cannot help (a request larger than the whole budget).
+        retryable: bool,
+    },
+    #[error("{message}")]
+    SessionLimit { message: String, retry_after: Duration },
+    #[error("the gateway is at its limit of {limit} concurrent requests")]
+    Overloaded { limit: usize },
+    #[error("{0}")]
+    BridgeAgentUnavailable(String),
+    /// An error result from bridge-agent or the agent behind it.
+    #[error("{message}")]
+    Agent {
+        status: StatusCode,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("session and rate-limit store unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>, param: impl Into<Option<String>>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: param.into(),
+            code: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. }
+            | Error::BridgeAgentUnavailable(_)
+            | Error::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Agent { status, .. } => *status,
+        }
+    }
+
+    /// The OpenAI error `type` and `code`.
+    fn kind_and_code(&self) -> (&str, Option<&str>) {
+        match self {
+            Error::InvalidRequest { code, .. } => ("invalid_request_error", *code),
+            Error::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
+            Error::Forbidden(_) => ("permission_error", Some("forbidden")),
+            Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
+            Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
+            Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
+            Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
+            Error::BridgeAgentUnavailable(_) => ("server_error", Some("bridge_agent_unavailable")),
+            Error::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
+            Error::Agent { code, .. } => ("server_error", Some(code.as_str())),
+            Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
+                ("server_error", Some("internal_error"))
+            }
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Error::InvalidRequest { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Error::Overloaded { .. } | Error::StoreUnavailable(_) => Some(Duration::from_secs(1)),
+            Error::BridgeAgentUnavailable(_) => Some(Duration::from_secs(5)),
+            Error::Agent { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether a client retrying the same request could succeed.
+    fn retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { retryable, .. } => *retryable,
+            _ => !matches!(self.status().as_u16(), 400 | 401 | 403 | 404 | 405 | 413 | 422),
+        }
+    }
+
+    /// The `{"error": {...}}` object, also used for in-stream errors.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.kind_and_code();
+        json!({"error": {
+            "message": self.to_string(),
+            "type": kind,
+            "param": self.param(),
+            "code": code,
+        }})
+    }
+
+    /// The code recorded in logs, metrics and the audit log.
+    pub fn code(&self) -> String {
+        self.kind_and_code().1.unwrap_or("invalid_request").to_owned()
+    }
+}
+
+/// Whole seconds for `retry-after`, rounded up so a client never comes back too early.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(after) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+        }
+        headers.insert(
+            "x-should-retry",
+            HeaderValue::from_static(if self.retryable() { "true" } else { "false" }),
+        );
+        if let Error::RateLimited {
+            headers: Some(rate), ..
+        } = &self
+        {
+            rate.apply(&mut headers);
+        }
+        if let Error::Unauthorized(_) = &self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        (status, headers, self.body().to_string()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn non_retryable_errors_say_so() {
+        let resp = Error::invalid("bad", Some("temperature".into())).into_response();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()["x-should-retry"], "false");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let resp = Error::Overloaded { limit: 1 }.into_response();
+        assert_eq!(resp.headers()["x-should-retry"], "true");
+        assert_eq!(resp.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn body_has_all_four_fields() {
+        let body = Error::Unauthorized("no".into()).body();
+        let err = body["error"].as_object().unwrap();
+        for field in ["message", "type", "param", "code"] {
+            assert!(err.contains_key(field), "{field}");
+        }
+        assert_eq!(err["code"], "invalid_api_key");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1200)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}

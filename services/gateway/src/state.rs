@@ -1,0 +1,45 @@
+//! What every handler shares.
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::bridge::BridgeClient;
+use crate::config::Settings;
+use crate::ratelimit::BucketSpec;
+use crate::store::Store;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub bridge: BridgeClient,
+    pub audit: Audit,
+    pub concurrency: Arc<Semaphore>,
+    pub started: Instant,
+    /// Fires when shutdown begins: stop taking new work.
+    pub shutdown: CancellationToken,
+    /// Fires when the grace period after shutdown ends: cut what is still running.
+    pub grace_over: CancellationToken,
+    /// The rate-limit client behind the API key (sessions count against it too).
+    pub key_client: String,
+    /// The `created` time reported for the model: when this gateway started.
+    pub models_created: u64,
+}
+
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    pub fn rpm_spec(&self) -> BucketSpec {
+        BucketSpec::per_minute(self.settings.rpm, self.settings.burst)
+    }
+
+    pub fn tpm_spec(&self) -> BucketSpec {
+        BucketSpec::per_minute(self.settings.tpm, self.settings.tpm)
+    }
+
+    pub fn auth_failure_spec(&self) -> BucketSpec {
+        BucketSpec::per_minute(self.settings.auth_failure_limit, self.settings.auth_failure_limit)
+    }
+}
