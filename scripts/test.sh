@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The one test command: everything CI runs (.ci/run executes exactly this), from any directory.
+#   test dependencies (idempotent) -> rustfmt -> clippy -> build the binaries the black-box tests
+#   start -> tests (nextest, else cargo test) + doc tests -> shellcheck -> promtool (config,
+#   rules, rule unit tests) -> launchd plists -> systemd-analyze verify/security on the units.
+# Stops at the first failing step (set -e) and names it; prints one summary line at the end.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$repo"
+
+started=$SECONDS
+passed=()
+current=
+
+step() {
+    current=$1
+    printf '\n==> %s\n' "$1" >&2
+}
+done_step() { passed+=("$current ($((SECONDS - step_started))s)"); }
+on_exit() {
+    local rc=$?
+    if ((rc != 0)); then
+        printf '\ntest.sh: FAILED at step "%s" (exit %d) after %ds\n' "$current" "$rc" "$((SECONDS - started))" >&2
+    fi
+}
+trap on_exit EXIT
+run_step() {
+    step "$1"
+    shift
+    step_started=$SECONDS
+    "$@"
+    done_step
+}
+
+run_step "test dependencies" scripts/setup-test-deps.sh
+
+# Rust tests that drive the official Python OpenAI client use this interpreter.
+export LOCAL_PROVIDER_TEST_PYTHON=$repo/.venv/bin/python
+# Deterministic, non-interactive cargo output in CI logs.
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+run_step "cargo fmt" cargo fmt --all --check
+run_step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The black-box tests start the real binaries from target/debug.
+run_step "cargo build" cargo build --workspace --bins --locked
+
+rust_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        # --no-tests=warn: a workspace without tests yet is not a failure of this script.
+        cargo nextest run --workspace --no-fail-fast --locked --no-tests=warn
+        # nextest does not run doc tests.
+        cargo test --workspace --doc --locked --no-fail-fast
+    else
+        cargo test --workspace --no-fail-fast --locked
+    fi
+}
+run_step "rust tests" rust_tests
+
+shell_scripts() {
+    local files=()
+    while IFS= read -r -d '' f; do files+=("$f"); done \
+        < <(find scripts deploy -type f -name '*.sh' -print0 | sort -z)
+    files+=(.ci/run)
+    shellcheck --external-sources "${files[@]}"
+    printf 'shellcheck: %d files clean\n' "${#files[@]}"
+}
+run_step "shellcheck" shell_scripts
+
+prometheus_files() {
+    promtool check config deploy/prometheus/prometheus.yml
+    promtool check rules deploy/prometheus/alerts.yml
+    promtool test rules deploy/prometheus/alerts.test.yml
+}
+run_step "promtool" prometheus_files
+
+# .env.example must document exactly the variables the services read (shared/src/config.rs).
+env_example() {
+    python3 - <<'PY'
+import re, sys
+src = open("shared/src/config.rs", encoding="utf-8").read()
+m = re.search(r"KNOWN_VARS: &\[&str\] = &\[(.*?)\];", src, re.S)
+if not m:
+    print("env example: KNOWN_VARS not found in shared/src/config.rs; check skipped")
+    sys.exit(0)
+known = set(re.findall(r'"(\w+)"', m.group(1)))
+documented = set(re.findall(r"^#? ?LOCAL_PROVIDER_(\w+)=", open(".env.example", encoding="utf-8").read(), re.M))
+missing, extra = sorted(known - documented), sorted(documented - known)
+if missing or extra:
+    print(f".env.example out of date: missing {missing}, unknown {extra}", file=sys.stderr)
+    sys.exit(1)
+print(f".env.example: all {len(known)} variables documented")
+PY
+}
+run_step ".env.example" env_example
+
+plists() {
+    python3 - deploy/launchd/*.plist <<'PY'
+import plistlib, sys
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        d = plistlib.load(f)
+    assert d["KeepAlive"] is True and d["RunAtLoad"] is True, path
+    print(f"{path}: ok ({d['Label']})")
+PY
+}
+run_step "launchd plists" plists
+
+# systemd-analyze verify checks that ExecStart= exists and is executable, so it runs on copies
+# of the units whose /opt/mcp-local-provider/bin paths point at the binaries just built.
+# It needs no running systemd (works in containers); any warning counts as a failure.
+# (A subshell body, so that its EXIT trap removes the copies.)
+systemd_units() (
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        echo "systemd-analyze not available; unit verification skipped"
+        exit 0
+    fi
+    tmp=$(mktemp -d)
+    trap 'rm -rf -- "$tmp"' EXIT
+    for unit in deploy/systemd/*.service; do
+        sed -e "s|/opt/mcp-local-provider/bin/|$repo/target/debug/|g" \
+            -e "s|^WorkingDirectory=.*|WorkingDirectory=$tmp|" \
+            "$unit" >"$tmp/$(basename "$unit")"
+    done
+    out=$(systemd-analyze verify --man=no "$tmp"/*.service 2>&1) || {
+        printf '%s\n' "$out"
+        exit 1
+    }
+    if [[ -n $out ]]; then
+        printf 'systemd-analyze verify warned:\n%s\n' "$out"
+        exit 1
+    fi
+    echo "systemd-analyze verify: deploy/systemd/*.service ok"
+    # Exposure 0.0 (locked down) .. 10.0 (unprotected); --threshold counts tenths, so 30 = 3.0.
+    systemd-analyze security --offline=yes --threshold=30 --no-pager "$tmp"/*.service | grep -F 'Overall exposure'
+)
+run_step "systemd units" systemd_units
+
+trap - EXIT
+summary=$(printf '%s, ' "${passed[@]}")
+printf '\ntest.sh: OK: %d steps passed in %ds: %s\n' "${#passed[@]}" "$((SECONDS - started))" "${summary%, }"
