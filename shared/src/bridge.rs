@@ -228,6 +228,8 @@ pub mod codes {
     pub const SHUTTING_DOWN: &str = "shutting_down";
     /// A request with this id is already in flight.
     pub const DUPLICATE_ID: &str = "duplicate_request_id";
+    /// The gateway cancelled the request.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 #[cfg(test)]

@@ -1,1 +1,9 @@
+//! Black-box tests of the real binaries. Build them first: `cargo build --workspace --bins`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent;
+
+use std::time::Duration;
+
+/// A generous bound for things that normally take milliseconds.
+pub const SOON: Duration = Duration::from_secs(10);

@@ -1,1 +1,88 @@
-fn main() {}
+//! The bridge-agent binary: configuration, sockets and signals around [`bridge_agent::run`].
+use std::process::ExitCode;
+
+use bridge_agent::{bind_socket, Config, Listeners};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("bridge-agent: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    provider_shared::telemetry::init_tracing(config.log_level, config.log_format);
+    for var in provider_shared::config::unknown_vars() {
+        tracing::warn!(%var, "unknown variable ignored (a typo?)");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("bridge-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if config.binds_non_loopback() {
+        tracing::warn!(host = %config.bridge_agent_host,
+            "health endpoint bound beyond loopback (LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true)");
+    }
+    let ipc = match bind_socket(&config.bridge_socket) {
+        Ok(listener) => listener,
+        Err(err) => return fail(&err),
+    };
+    let addr = (
+        config.bridge_agent_host.clone(),
+        config.bridge_agent_port.0 as u16,
+    );
+    let http = match TcpListener::bind((addr.0.as_str(), addr.1)).await {
+        Ok(listener) => listener,
+        Err(source) => {
+            bridge_agent::remove_socket(&config.bridge_socket);
+            return fail(&bridge_agent::Error::Bind {
+                addr: format!("{}:{}", addr.0, addr.1),
+                source,
+            });
+        }
+    };
+    tracing::info!(socket = %config.bridge_socket.display(),
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        bridge = %config.mcp_bridge_url, "bridge-agent listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    match bridge_agent::run(config, Listeners { ipc, http }, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &bridge_agent::Error) -> ExitCode {
+    tracing::error!(%err, "bridge-agent stopping");
+    eprintln!("bridge-agent: {err}");
+    ExitCode::FAILURE
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

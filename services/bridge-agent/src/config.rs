@@ -1,0 +1,250 @@
+//! bridge-agent's settings, read from `LOCAL_PROVIDER_*` variables. Every field has a default so
+//! that a bad value can be traced to the one variable that caused it.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use provider_shared::config::{
+    self as shared, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds, Secret,
+};
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "shared::default_bridge_socket")]
+    pub bridge_socket: PathBuf,
+    #[serde(default)]
+    pub mcp_bridge_url: BridgeUrl,
+    #[serde(default)]
+    pub mcp_bridge_token: Option<Secret>,
+    #[serde(default = "default_agent_id")]
+    pub agent_id: String,
+    #[serde(default = "thirty")]
+    pub connection_timeout: Seconds,
+    #[serde(default = "thirty")]
+    pub heartbeat_interval: Seconds,
+    #[serde(default = "default_attempts")]
+    pub reconnect_attempts: Bounded<1, 1_000_000>,
+    #[serde(default = "five")]
+    pub reconnect_delay: Seconds,
+    #[serde(default = "thirty")]
+    pub request_timeout: Seconds,
+    #[serde(default = "sixty")]
+    pub response_timeout: Seconds,
+    #[serde(default = "default_host")]
+    pub bridge_agent_host: String,
+    #[serde(default)]
+    pub allow_non_loopback: Flag,
+    #[serde(default = "default_port")]
+    pub bridge_agent_port: Port,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default = "ten")]
+    pub shutdown_grace: Seconds,
+}
+
+fn default_agent_id() -> String {
+    "local-provider-1".into()
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> Port {
+    Bounded(8789)
+}
+fn default_attempts() -> Bounded<1, 1_000_000> {
+    Bounded(5)
+}
+fn five() -> Seconds {
+    Seconds::from_secs(5)
+}
+fn ten() -> Seconds {
+    Seconds::from_secs(10)
+}
+fn thirty() -> Seconds {
+    Seconds::from_secs(30)
+}
+fn sixty() -> Seconds {
+    Seconds::from_secs(60)
+}
+
+/// The MCP bridge's address: a `ws://` or `wss://` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeUrl(pub String);
+
+impl Default for BridgeUrl {
+    fn default() -> Self {
+        BridgeUrl("ws://127.0.0.1:8787".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for BridgeUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let trimmed = raw.trim();
+        let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
+            matches!(uri.scheme_str(), Some("ws" | "wss"))
+                && uri.host().is_some_and(|h| !h.is_empty())
+        });
+        if valid {
+            Ok(BridgeUrl(trimmed.to_owned()))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "expected a ws:// or wss:// URL with a host (e.g. ws://127.0.0.1:8787), got {raw:?}"
+            )))
+        }
+    }
+}
+
+impl std::fmt::Display for BridgeUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Reads and checks the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        shared::from_env::<Config>()?.validated()
+    }
+
+    /// Reads and checks the given variables (full `LOCAL_PROVIDER_*` names).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        shared::from_vars::<Config>(vars)?.validated()
+    }
+
+    fn validated(mut self) -> Result<Self, ConfigError> {
+        if !shared::is_loopback_host(&self.bridge_agent_host) && !self.allow_non_loopback.0 {
+            return Err(ConfigError::new(
+                "BRIDGE_AGENT_HOST",
+                format!(
+                    "{:?} is not a loopback address; set LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true to bind it anyway",
+                    self.bridge_agent_host
+                ),
+            ));
+        }
+        if self.agent_id.trim().is_empty() {
+            return Err(ConfigError::new("AGENT_ID", "expected a non-empty name"));
+        }
+        // An empty token means "no token", as an unset variable does.
+        if self
+            .mcp_bridge_token
+            .as_ref()
+            .is_some_and(|t| t.0.is_empty())
+        {
+            self.mcp_bridge_token = None;
+        }
+        Ok(self)
+    }
+
+    /// True when the health listener binds something other than loopback (allowed, but worth a
+    /// warning at start-up).
+    pub fn binds_non_loopback(&self) -> bool {
+        !shared::is_loopback_host(&self.bridge_agent_host)
+    }
+
+    pub fn connection_timeout(&self) -> Duration {
+        self.connection_timeout.0
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval.0
+    }
+    pub fn reconnect_delay(&self) -> Duration {
+        self.reconnect_delay.0
+    }
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.0
+    }
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout.0
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("LOCAL_PROVIDER_{k}"), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.mcp_bridge_url.0, "ws://127.0.0.1:8787");
+        assert_eq!(c.agent_id, "local-provider-1");
+        assert_eq!(c.connection_timeout(), Duration::from_secs(30));
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(30));
+        assert_eq!(c.reconnect_attempts.0, 5);
+        assert_eq!(c.reconnect_delay(), Duration::from_secs(5));
+        assert_eq!(c.request_timeout(), Duration::from_secs(30));
+        assert_eq!(c.response_timeout(), Duration::from_secs(60));
+        assert_eq!(c.shutdown_grace(), Duration::from_secs(10));
+        assert_eq!(c.bridge_agent_host, "127.0.0.1");
+        assert_eq!(c.bridge_agent_port.0, 8789);
+        assert!(c.mcp_bridge_token.is_none());
+        assert_eq!(c.bridge_socket, shared::default_bridge_socket());
+    }
+
+    #[test]
+    fn fractional_seconds_and_token() {
+        let c = Config::from_vars(vars(&[
+            ("CONNECTION_TIMEOUT", "0.2"),
+            ("MCP_BRIDGE_TOKEN", "s3cret"),
+            ("MCP_BRIDGE_URL", "wss://bridge.example:9000/ws"),
+        ]))
+        .unwrap();
+        assert_eq!(c.connection_timeout(), Duration::from_millis(200));
+        assert_eq!(c.mcp_bridge_token.unwrap().0, "s3cret");
+        assert!(!format!(
+            "{:?}",
+            Config::from_vars(vars(&[("MCP_BRIDGE_TOKEN", "s3cret")])).unwrap()
+        )
+        .contains("s3cret"));
+        let c = Config::from_vars(vars(&[("MCP_BRIDGE_TOKEN", "")])).unwrap();
+        assert!(c.mcp_bridge_token.is_none());
+    }
+
+    #[test]
+    fn bad_url_names_the_variable() {
+        for bad in [
+            "http://127.0.0.1:8787",
+            "127.0.0.1:8787",
+            "ws://",
+            "nonsense",
+        ] {
+            let err = Config::from_vars(vars(&[("MCP_BRIDGE_URL", bad)])).unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_MCP_BRIDGE_URL", "{bad}");
+            assert!(err.message.contains("ws://"), "{err}");
+        }
+    }
+
+    #[test]
+    fn attempts_must_be_at_least_one() {
+        let err = Config::from_vars(vars(&[("RECONNECT_ATTEMPTS", "0")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_RECONNECT_ATTEMPTS");
+    }
+
+    #[test]
+    fn non_loopback_needs_opt_in() {
+        let err = Config::from_vars(vars(&[("BRIDGE_AGENT_HOST", "0.0.0.0")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_BRIDGE_AGENT_HOST");
+        assert!(err.message.contains("ALLOW_NON_LOOPBACK"));
+        let c = Config::from_vars(vars(&[
+            ("BRIDGE_AGENT_HOST", "0.0.0.0"),
+            ("ALLOW_NON_LOOPBACK", "true"),
+        ]))
+        .unwrap();
+        assert!(c.binds_non_loopback());
+    }
+}

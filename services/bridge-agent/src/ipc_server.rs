@@ -1,0 +1,183 @@
+//! The gateway-facing side: accepts connections on the Unix socket, checks each one's hello, then
+//! multiplexes its requests. Each connection has its own bounded queue and writer task, so a slow
+//! gateway only ever slows itself.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use provider_shared::bridge::{codes, ModelInvoke, ModelResult};
+use provider_shared::ipc::{IpcCodec, IpcFrame, IPC_PROTOCOL, IPC_VERSION};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::task::TaskTracker;
+use tracing::{info_span, Instrument};
+
+use crate::hub::Hub;
+use crate::request;
+use crate::table::ConnId;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued for one gateway before its request tasks wait.
+const CONNECTION_QUEUE: usize = 512;
+
+type Sink = SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
+type Source = SplitStream<Framed<UnixStream, IpcCodec>>;
+
+/// Accepts gateway connections until shutdown begins.
+pub async fn accept_loop(hub: Arc<Hub>, listener: UnixListener, tracker: TaskTracker) {
+    let mut next_id: ConnId = 0;
+    loop {
+        let stream = tokio::select! {
+            _ = hub.draining.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Usually EMFILE; pausing keeps this loop from spinning.
+                    tracing::warn!(%err, "accepting a gateway connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        next_id += 1;
+        let conn = next_id;
+        tracker.spawn(
+            connection(hub.clone(), stream, conn, tracker.clone())
+                .instrument(info_span!("gateway", conn)),
+        );
+    }
+    tracing::debug!("no longer accepting gateway connections");
+}
+
+async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: TaskTracker) {
+    let (mut sink, mut source) = Framed::new(stream, IpcCodec::default()).split();
+    if let Err(reason) = handshake(&mut source).await {
+        tracing::info!(%reason, "gateway connection rejected");
+        let _ = sink.send(IpcFrame::Reject { reason }).await;
+        let _ = sink.close().await;
+        return;
+    }
+    let mut status_rx = hub.status.subscribe();
+    let welcome = IpcFrame::Welcome {
+        version: IPC_VERSION,
+        agent_id: hub.config.agent_id.clone(),
+        bridge: status_rx.borrow_and_update().clone(),
+    };
+    if sink.send(welcome).await.is_err() {
+        return;
+    }
+    let _counted = hub.gateway_connected();
+    tracing::info!("gateway connected");
+    let (out, out_rx) = mpsc::channel(CONNECTION_QUEUE);
+    tracker.spawn(writer(sink, out_rx, status_rx).instrument(info_span!("gateway_writer", conn)));
+
+    loop {
+        let frame = tokio::select! {
+            frame = source.next() => frame,
+            _ = hub.closing.cancelled() => break,
+        };
+        match frame {
+            Some(Ok(IpcFrame::Invoke(invoke))) => on_invoke(&hub, conn, invoke, &out).await,
+            Some(Ok(IpcFrame::Cancel { id })) => {
+                if !hub.requests.cancel(&id, conn) {
+                    tracing::debug!(%id, "cancel for a request not in flight ignored");
+                }
+            }
+            Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected gateway frame ignored"),
+            Some(Err(err)) => {
+                tracing::warn!(%err, "unreadable gateway frame; closing the connection");
+                break;
+            }
+            None => break,
+        }
+    }
+    let orphaned = hub.requests.gateway_gone(conn);
+    tracing::info!(orphaned, "gateway disconnected");
+    // The writer ends once this and every request task's sender are gone.
+}
+
+async fn handshake(source: &mut Source) -> Result<(), String> {
+    match tokio::time::timeout(HELLO_TIMEOUT, source.next()).await {
+        Ok(Some(Ok(IpcFrame::Hello {
+            protocol, version, ..
+        }))) if protocol == IPC_PROTOCOL && version == IPC_VERSION => Ok(()),
+        Ok(Some(Ok(IpcFrame::Hello {
+            protocol, version, ..
+        }))) => Err(format!(
+            "unsupported protocol {protocol:?} version {version}; this bridge-agent speaks {IPC_PROTOCOL:?} version {IPC_VERSION}"
+        )),
+        Ok(Some(Ok(_))) => Err("the first frame must be hello".into()),
+        Ok(Some(Err(err))) => Err(format!("unreadable hello: {err}")),
+        Ok(None) => Err("closed before hello".into()),
+        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+    }
+}
+
+async fn on_invoke(
+    hub: &Arc<Hub>,
+    conn: ConnId,
+    invoke: ModelInvoke,
+    out: &mpsc::Sender<IpcFrame>,
+) {
+    let id = invoke.id.clone();
+    let refuse =
+        |code: &str, message: &str| IpcFrame::Result(ModelResult::error(&id, code, message));
+    if hub.draining.is_cancelled() {
+        crate::metrics::count_request(crate::metrics::Outcome::Error);
+        let _ = out
+            .send(refuse(
+                codes::SHUTTING_DOWN,
+                "bridge-agent is shutting down",
+            ))
+            .await;
+        return;
+    }
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let Some(ticket) = hub.requests.insert(&id, conn, events_tx) else {
+        tracing::warn!(%id, "duplicate request id refused");
+        crate::metrics::count_request(crate::metrics::Outcome::Error);
+        let _ = out
+            .send(refuse(
+                codes::DUPLICATE_ID,
+                "a request with this id is already in flight",
+            ))
+            .await;
+        return;
+    };
+    hub.request_tasks.spawn(
+        request::serve(hub.clone(), invoke, ticket, events, out.clone())
+            .instrument(info_span!("request", %id, conn)),
+    );
+}
+
+/// Sends queued frames, and the bridge status whenever it changes, to one gateway.
+async fn writer(
+    mut sink: Sink,
+    mut frames: mpsc::Receiver<IpcFrame>,
+    mut status: tokio::sync::watch::Receiver<provider_shared::ipc::BridgeStatus>,
+) {
+    let mut status_open = true;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            changed = status.changed(), if status_open => match changed {
+                Ok(()) => IpcFrame::Status(status.borrow_and_update().clone()),
+                Err(_) => {
+                    status_open = false;
+                    continue;
+                }
+            },
+        };
+        if let Err(err) = sink.send(frame).await {
+            tracing::debug!(%err, "gateway write failed");
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,210 @@
+//! The requests in flight, by id: where the bridge's frames for each one go.
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use provider_shared::bridge::{ModelResult, StreamChunk};
+use tokio::sync::mpsc;
+
+use crate::metrics;
+
+/// What happens to a request, delivered to the task serving it.
+#[derive(Debug)]
+pub enum Event {
+    Chunk(StreamChunk),
+    Result(ModelResult),
+    /// The gateway asked to cancel it.
+    Cancel,
+    /// The gateway connection that sent it closed.
+    GatewayGone,
+}
+
+/// Which gateway connection a request came from.
+pub type ConnId = u64;
+
+struct Entry {
+    serial: u64,
+    conn: ConnId,
+    events: mpsc::UnboundedSender<Event>,
+    /// Its `model_result` arrived; anything after it is dropped.
+    finished: bool,
+}
+
+/// Why a frame from the bridge could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    UnknownId,
+    AfterResult,
+}
+
+#[derive(Default)]
+pub struct RequestTable {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    next_serial: u64,
+}
+
+/// Proof of registration; removing with it never removes a later request reusing the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl RequestTable {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The map stays consistent even if a holder panicked: every change is one statement.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `id` for `conn`; `None` when that id is already in flight.
+    pub fn insert(
+        &self,
+        id: &str,
+        conn: ConnId,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Option<Ticket> {
+        let mut inner = self.lock();
+        if inner.entries.contains_key(id) {
+            return None;
+        }
+        inner.next_serial += 1;
+        let serial = inner.next_serial;
+        inner.entries.insert(
+            id.to_owned(),
+            Entry {
+                serial,
+                conn,
+                events,
+                finished: false,
+            },
+        );
+        metrics::gauge_in_flight(inner.entries.len());
+        Some(Ticket(serial))
+    }
+
+    /// Forgets the request registered with `ticket`.
+    pub fn remove(&self, id: &str, ticket: Ticket) {
+        let mut inner = self.lock();
+        if inner.entries.get(id).is_some_and(|e| e.serial == ticket.0) {
+            inner.entries.remove(id);
+        }
+        metrics::gauge_in_flight(inner.entries.len());
+    }
+
+    /// Hands a chunk or result from the bridge to its request.
+    pub fn route(&self, id: &str, event: Event) -> Result<(), Undeliverable> {
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(id).ok_or(Undeliverable::UnknownId)?;
+        if entry.finished {
+            return Err(Undeliverable::AfterResult);
+        }
+        if matches!(event, Event::Result(_)) {
+            entry.finished = true;
+        }
+        // A closed receiver means the request just ended; the frame is moot.
+        let _ = entry.events.send(event);
+        Ok(())
+    }
+
+    /// Cancels `id` if `conn` sent it; false when there is no such request.
+    pub fn cancel(&self, id: &str, conn: ConnId) -> bool {
+        let inner = self.lock();
+        match inner.entries.get(id) {
+            Some(entry) if entry.conn == conn => entry.events.send(Event::Cancel).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Tells every request of `conn` that its gateway is gone; returns how many there were.
+    pub fn gateway_gone(&self, conn: ConnId) -> usize {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| e.conn == conn)
+            .filter(|e| e.events.send(Event::GatewayGone).is_ok())
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::bridge::Delta;
+
+    fn chunk(id: &str) -> Event {
+        Event::Chunk(StreamChunk {
+            id: id.into(),
+            chunk_index: 0,
+            delta: Delta::default(),
+            finish_reason: None,
+        })
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused_until_removed() {
+        let table = RequestTable::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let t1 = table.insert("a", 1, tx.clone()).unwrap();
+        assert!(table.insert("a", 2, tx.clone()).is_none());
+        table.remove("a", t1);
+        assert!(table.insert("a", 2, tx).is_some());
+    }
+
+    #[test]
+    fn a_stale_ticket_does_not_remove_a_reused_id() {
+        let table = RequestTable::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let old = table.insert("a", 1, tx.clone()).unwrap();
+        table.remove("a", old);
+        let _new = table.insert("a", 1, tx).unwrap();
+        table.remove("a", old);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn routes_by_id_and_drops_after_result() {
+        let table = RequestTable::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        table.insert("a", 1, tx).unwrap();
+        assert_eq!(table.route("b", chunk("b")), Err(Undeliverable::UnknownId));
+        table.route("a", chunk("a")).unwrap();
+        table
+            .route(
+                "a",
+                Event::Result(provider_shared::bridge::ModelResult::error("a", "x", "y")),
+            )
+            .unwrap();
+        assert_eq!(
+            table.route("a", chunk("a")),
+            Err(Undeliverable::AfterResult)
+        );
+        assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
+        assert!(matches!(rx.try_recv().unwrap(), Event::Result(_)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn cancel_only_from_the_owning_connection_and_gone_reaches_all_of_it() {
+        let table = RequestTable::default();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let (tx3, mut rx3) = mpsc::unbounded_channel();
+        table.insert("a", 1, tx1).unwrap();
+        table.insert("b", 1, tx2).unwrap();
+        table.insert("c", 2, tx3).unwrap();
+        assert!(!table.cancel("a", 2));
+        assert!(table.cancel("a", 1));
+        assert!(matches!(rx1.try_recv().unwrap(), Event::Cancel));
+        assert_eq!(table.gateway_gone(1), 2);
+        assert!(matches!(rx1.try_recv().unwrap(), Event::GatewayGone));
+        assert!(matches!(rx2.try_recv().unwrap(), Event::GatewayGone));
+        assert!(rx3.try_recv().is_err());
+    }
+}
