@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use integration_tests::harness::{get, wait_for, BridgeAgent, BridgeAgentProc};
-use integration_tests::ipc_client::{chat_invoke, raw_connect};
+use integration_tests::ipc_client::{chat_invoke, hello, raw_connect};
 use integration_tests::peer::{ScriptedPeer, BRIDGE_ID};
 use provider_shared::bridge::codes;
 use provider_shared::ipc::{IpcFrame, LinkState, IPC_PROTOCOL};
@@ -632,4 +632,41 @@ async fn a_welcome_with_another_protocol_is_a_failed_attempt() {
         "{metrics}"
     );
     assert!(agent.service.logs().contains("protocol 2"));
+}
+
+#[tokio::test]
+async fn a_gateway_that_stops_reading_holds_up_no_one() {
+    let (peer, mut agent) = connected(|a| a.env("SHUTDOWN_GRACE", "0.3")).await;
+    let mut stuck = raw_connect(&agent.socket).await.unwrap();
+    stuck.send(hello()).await.unwrap();
+    let welcome = tokio::time::timeout(SOON, stuck.next()).await.unwrap();
+    assert!(
+        matches!(welcome, Some(Ok(IpcFrame::Welcome { .. }))),
+        "{welcome:?}"
+    );
+    // Far more than the socket buffer and the per-connection queue hold; never read.
+    stuck
+        .send(IpcFrame::Invoke(chat_invoke(
+            "flood",
+            "[[chunks:20000]]",
+            true,
+        )))
+        .await
+        .unwrap();
+    peer.wait_for_invoke("flood", SOON).await.unwrap();
+
+    // The peer answers this after the whole flood, on the same WebSocket.
+    let client = agent.connect().await;
+    let answer = client
+        .invoke(chat_invoke("other", "unaffected", true))
+        .finish(SOON)
+        .await
+        .unwrap();
+    assert_eq!(answer.text(), "echo: unaffected");
+
+    // Nor does it hold up shutdown.
+    agent.service.terminate().unwrap();
+    let status = agent.service.wait_exit(SOON).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(stuck);
 }

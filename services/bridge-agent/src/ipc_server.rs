@@ -11,6 +11,7 @@ use provider_shared::ipc::{IpcCodec, IpcFrame, IPC_PROTOCOL, IPC_VERSION};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
@@ -21,6 +22,8 @@ use crate::table::ConnId;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued for one gateway before its request tasks wait.
 const CONNECTION_QUEUE: usize = 512;
+/// How long a gateway may take to read its last frames once bridge-agent is closing.
+const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
 type Sink = SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
 type Source = SplitStream<Framed<UnixStream, IpcCodec>>;
@@ -71,7 +74,10 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
     let _counted = hub.gateway_connected();
     tracing::info!("gateway connected");
     let (out, out_rx) = mpsc::channel(CONNECTION_QUEUE);
-    tracker.spawn(writer(sink, out_rx, status_rx).instrument(info_span!("gateway_writer", conn)));
+    tracker.spawn(
+        writer(sink, out_rx, status_rx, hub.closing.clone())
+            .instrument(info_span!("gateway_writer", conn)),
+    );
 
     loop {
         let frame = tokio::select! {
@@ -157,7 +163,14 @@ async fn writer(
     mut sink: Sink,
     mut frames: mpsc::Receiver<IpcFrame>,
     mut status: tokio::sync::watch::Receiver<provider_shared::ipc::BridgeStatus>,
+    closing: CancellationToken,
 ) {
+    // Once closing, a gateway that does not read gets a moment to, then is dropped.
+    let gave_up = async {
+        closing.cancelled().await;
+        tokio::time::sleep(CLOSING_FLUSH).await;
+    };
+    tokio::pin!(gave_up);
     let mut status_open = true;
     loop {
         let frame = tokio::select! {
@@ -174,10 +187,19 @@ async fn writer(
                 }
             },
         };
-        if let Err(err) = sink.send(frame).await {
-            tracing::debug!(%err, "gateway write failed");
-            break;
+        tokio::select! {
+            sent = sink.send(frame) => if let Err(err) = sent {
+                tracing::debug!(%err, "gateway write failed");
+                break;
+            },
+            () = &mut gave_up => {
+                tracing::warn!("gateway not reading at shutdown; dropping its connection");
+                return;
+            }
         }
     }
-    let _ = sink.close().await;
+    tokio::select! {
+        _ = sink.close() => {}
+        () = &mut gave_up => {}
+    }
 }

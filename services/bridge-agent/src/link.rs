@@ -198,6 +198,12 @@ async fn run_connection(
                     beat * 2);
             }
             _ = hub.closing.cancelled() => {
+                // Cancels queued by requests ended at shutdown go out before the Close.
+                while let Ok(frame) = rx.try_recv() {
+                    if send(&mut ws, Message::text(frame.to_text()), send_limit).await.is_err() {
+                        break;
+                    }
+                }
                 close(&mut ws).await;
                 break "shutting down".to_owned();
             }

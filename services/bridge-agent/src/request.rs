@@ -44,7 +44,7 @@ pub async fn serve(
     tracing::debug!(outcome = ending.outcome.as_str(), "request ended");
     if let Some(result) = ending.result {
         // A closed connection has nobody left to tell.
-        let _ = out.send(IpcFrame::Result(result)).await;
+        let _ = to_gateway(&hub, &out, IpcFrame::Result(result)).await;
     }
 }
 
@@ -81,7 +81,7 @@ async fn relay(
                         first_seen = true;
                         first_chunk(sent);
                     }
-                    if out.send(IpcFrame::Chunk(chunk)).await.is_err() {
+                    if !to_gateway(hub, out, IpcFrame::Chunk(chunk)).await {
                         cancel_at_peer().await;
                         return Ending { result: None, outcome: Outcome::Cancelled };
                     }
@@ -127,6 +127,16 @@ async fn relay(
                 return Ending::error(&id, Outcome::Error, code, message);
             }
         }
+    }
+}
+
+/// Queues `frame` for the gateway; false when it is gone, or when its queue stays full after
+/// requests are being ended (a stuck gateway must not hold up shutdown).
+async fn to_gateway(hub: &Hub, out: &mpsc::Sender<IpcFrame>, frame: IpcFrame) -> bool {
+    tokio::select! {
+        biased;
+        sent = out.send(frame) => sent.is_ok(),
+        _ = hub.hard_stop.cancelled() => false,
     }
 }
 
