@@ -200,7 +200,11 @@ pub struct ErrorBody {
 
 impl ModelResult {
     /// A failed result with `code` and `message`.
-    pub fn error(id: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        id: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             id: id.into(),
             outcome: Outcome::Error {
@@ -283,6 +287,9 @@ mod tests {
             BridgeFrame::parse(r#"{"type":"ping"}"#),
             Err(FrameError::Malformed(_))
         ));
-        assert!(matches!(BridgeFrame::parse("not json"), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            BridgeFrame::parse("not json"),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

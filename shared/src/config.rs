@@ -10,15 +10,46 @@ pub const PREFIX: &str = "LOCAL_PROVIDER_";
 
 /// Every variable either service reads; anything else with the prefix is probably a typo.
 pub const KNOWN_VARS: &[&str] = &[
-    "HOST", "PORT", "ALLOW_NON_LOOPBACK", "API_KEY", "API_KEY_SHA256", "API_KEY_FILE",
-    "ADMIN_TOKEN", "LOG_LEVEL", "LOG_FORMAT", "SESSION_TTL", "SESSION_IDLE", "MAX_SESSIONS",
-    "RATE_LIMIT_RPM", "RATE_LIMIT_TPM", "RATE_LIMIT_BURST", "DEFAULT_MAX_TOKENS",
-    "AUTH_FAILURE_LIMIT", "MODEL_NAME", "MAX_TOKENS_LIMIT", "MAX_CONTENT_BYTES", "MAX_BODY_BYTES",
-    "REQUEST_TIMEOUT", "RESPONSE_TIMEOUT", "MAX_CONCURRENT_REQUESTS", "SESSION_STORE",
-    "REDIS_URL", "AUDIT_LOG", "ALLOWED_ORIGINS", "BRIDGE_SOCKET", "MCP_BRIDGE_URL",
-    "MCP_BRIDGE_TOKEN", "AGENT_ID", "CONNECTION_TIMEOUT", "HEARTBEAT_INTERVAL",
-    "RECONNECT_ATTEMPTS", "RECONNECT_DELAY", "BRIDGE_AGENT_HOST", "BRIDGE_AGENT_PORT",
-    "KEEPALIVE_INTERVAL", "SHUTDOWN_GRACE",
+    "HOST",
+    "PORT",
+    "ALLOW_NON_LOOPBACK",
+    "API_KEY",
+    "API_KEY_SHA256",
+    "API_KEY_FILE",
+    "ADMIN_TOKEN",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "SESSION_TTL",
+    "SESSION_IDLE",
+    "MAX_SESSIONS",
+    "RATE_LIMIT_RPM",
+    "RATE_LIMIT_TPM",
+    "RATE_LIMIT_BURST",
+    "DEFAULT_MAX_TOKENS",
+    "AUTH_FAILURE_LIMIT",
+    "MODEL_NAME",
+    "MAX_TOKENS_LIMIT",
+    "MAX_CONTENT_BYTES",
+    "MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT",
+    "RESPONSE_TIMEOUT",
+    "MAX_CONCURRENT_REQUESTS",
+    "SESSION_STORE",
+    "REDIS_URL",
+    "AUDIT_LOG",
+    "ALLOWED_ORIGINS",
+    "BRIDGE_SOCKET",
+    "MCP_BRIDGE_URL",
+    "MCP_BRIDGE_TOKEN",
+    "AGENT_ID",
+    "CONNECTION_TIMEOUT",
+    "HEARTBEAT_INTERVAL",
+    "RECONNECT_ATTEMPTS",
+    "RECONNECT_DELAY",
+    "BRIDGE_AGENT_HOST",
+    "BRIDGE_AGENT_PORT",
+    "KEEPALIVE_INTERVAL",
+    "SHUTDOWN_GRACE",
 ];
 
 /// A variable with a value its service cannot use.
@@ -75,12 +106,10 @@ pub fn from_env<T: DeserializeOwned>() -> Result<T, ConfigError> {
         if !key.starts_with(PREFIX) {
             continue;
         }
-        let value = value
-            .into_string()
-            .map_err(|_| ConfigError {
-                var: key.to_owned(),
-                message: "value is not valid UTF-8".into(),
-            })?;
+        let value = value.into_string().map_err(|_| ConfigError {
+            var: key.to_owned(),
+            message: "value is not valid UTF-8".into(),
+        })?;
         vars.push((key.to_owned(), value));
     }
     from_vars(vars)
@@ -141,7 +170,10 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
         let raw = String::deserialize(d)?;
         match raw.trim().parse::<u64>() {
             Ok(n) if (MIN..=MAX).contains(&n) => Ok(Bounded(n)),
-            _ => Err(expected(&format!("a whole number from {MIN} to {MAX}"), &raw)),
+            _ => Err(expected(
+                &format!("a whole number from {MIN} to {MAX}"),
+                &raw,
+            )),
         }
     }
 }
@@ -253,6 +285,19 @@ pub fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where both services meet when `LOCAL_PROVIDER_BRIDGE_SOCKET` is unset: a private directory
+/// under `$XDG_RUNTIME_DIR`, or else under the temporary directory, named for the user id.
+pub fn default_bridge_socket() -> std::path::PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(runtime) => std::path::PathBuf::from(runtime).join("mcp-local-provider"),
+        None => std::env::temp_dir().join(format!(
+            "mcp-local-provider-{}",
+            rustix::process::getuid().as_raw()
+        )),
+    };
+    dir.join("bridge.sock")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +331,7 @@ mod tests {
         assert_eq!(s.timeout, Seconds(Duration::from_millis(250)));
         assert_eq!(s.origins, List(vec!["a".into(), "b".into(), "c".into()]));
         assert!(!s.verbose.0);
+        assert_eq!(s.port, None);
         let s: Sample = from_vars(vec![("OTHER".into(), "x".into())]).unwrap();
         assert_eq!(s.timeout, Seconds::from_secs(30));
     }
@@ -297,7 +343,10 @@ mod tests {
         assert!(err.message.contains("0 to 65535"), "{err}");
         assert!(err.message.contains("70000"), "{err}");
         let err = from_vars::<Sample>(vars(&[("TIMEOUT", "-1")])).unwrap_err();
-        assert_eq!(err.to_string().split(':').next(), Some("LOCAL_PROVIDER_TIMEOUT"));
+        assert_eq!(
+            err.to_string().split(':').next(),
+            Some("LOCAL_PROVIDER_TIMEOUT")
+        );
         let err = from_vars::<Sample>(vars(&[("VERBOSE", "maybe")])).unwrap_err();
         assert!(err.message.contains("true or false"));
     }
@@ -311,17 +360,4 @@ mod tests {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
-}
-
-/// Where both services meet when `LOCAL_PROVIDER_BRIDGE_SOCKET` is unset: a private directory
-/// under `$XDG_RUNTIME_DIR`, or else under the temporary directory, named for the user id.
-pub fn default_bridge_socket() -> std::path::PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(runtime) => std::path::PathBuf::from(runtime).join("mcp-local-provider"),
-        None => std::env::temp_dir().join(format!(
-            "mcp-local-provider-{}",
-            rustix::process::getuid().as_raw()
-        )),
-    };
-    dir.join("bridge.sock")
 }

@@ -167,7 +167,10 @@ mod tests {
         });
         // A frame from a newer peer, then a known one.
         LengthDelimitedCodec::new()
-            .encode(Bytes::from_static(br#"{"type":"future_thing","x":1}"#), &mut buf)
+            .encode(
+                Bytes::from_static(br#"{"type":"future_thing","x":1}"#),
+                &mut buf,
+            )
             .unwrap();
         codec.encode(chunk.clone(), &mut buf).unwrap();
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(chunk));
@@ -181,7 +184,10 @@ mod tests {
         LengthDelimitedCodec::new()
             .encode(Bytes::from_static(br#"{"type":"cancel"}"#), &mut buf)
             .unwrap();
-        assert!(matches!(codec.decode(&mut buf), Err(IpcError::Malformed(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(IpcError::Malformed(_))
+        ));
     }
 
     #[test]

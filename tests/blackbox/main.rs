@@ -1,7 +1,12 @@
 //! Black-box tests of the real binaries. Build them first: `cargo build --workspace --bins`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod agent;
+mod chat;
+mod clients;
+mod ops;
+mod resilience;
 
 use std::time::Duration;
 

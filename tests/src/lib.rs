@@ -7,3 +7,4 @@
 pub mod harness;
 pub mod ipc_client;
 pub mod peer;
+pub mod stack;

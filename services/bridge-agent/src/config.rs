@@ -69,7 +69,8 @@ fn sixty() -> Seconds {
     Seconds::from_secs(60)
 }
 
-/// The MCP bridge's address: a `ws://` or `wss://` URL with a host.
+/// The MCP bridge's address: a `ws://` URL with a host. The bridge runs on this machine, so this
+/// build carries no TLS stack; a `wss://` URL is refused at start-up rather than failing later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeUrl(pub String);
 
@@ -83,16 +84,19 @@ impl<'de> Deserialize<'de> for BridgeUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         let trimmed = raw.trim();
-        let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-            matches!(uri.scheme_str(), Some("ws" | "wss"))
-                && uri.host().is_some_and(|h| !h.is_empty())
-        });
-        if valid {
-            Ok(BridgeUrl(trimmed.to_owned()))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "expected a ws:// or wss:// URL with a host (e.g. ws://127.0.0.1:8787), got {raw:?}"
-            )))
+        let uri = trimmed.parse::<http::Uri>().ok();
+        let has_host = uri
+            .as_ref()
+            .and_then(|u| u.host())
+            .is_some_and(|h| !h.is_empty());
+        match uri.as_ref().and_then(|u| u.scheme_str()) {
+            Some("ws") if has_host => Ok(BridgeUrl(trimmed.to_owned())),
+            Some("wss") => Err(serde::de::Error::custom(format!(
+                "wss:// is not supported: the MCP bridge runs on this machine, use a ws:// URL (e.g. ws://127.0.0.1:8787), got {raw:?}"
+            ))),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a ws:// URL with a host (e.g. ws://127.0.0.1:8787), got {raw:?}"
+            ))),
         }
     }
 }
@@ -201,7 +205,7 @@ mod tests {
         let c = Config::from_vars(vars(&[
             ("CONNECTION_TIMEOUT", "0.2"),
             ("MCP_BRIDGE_TOKEN", "s3cret"),
-            ("MCP_BRIDGE_URL", "wss://bridge.example:9000/ws"),
+            ("MCP_BRIDGE_URL", "ws://bridge.example:9000/ws"),
         ]))
         .unwrap();
         assert_eq!(c.connection_timeout(), Duration::from_millis(200));
@@ -222,6 +226,7 @@ mod tests {
             "127.0.0.1:8787",
             "ws://",
             "nonsense",
+            "wss://bridge.example/ws",
         ] {
             let err = Config::from_vars(vars(&[("MCP_BRIDGE_URL", bad)])).unwrap_err();
             assert_eq!(err.var, "LOCAL_PROVIDER_MCP_BRIDGE_URL", "{bad}");

@@ -37,7 +37,10 @@ pub fn router(state: Shared) -> Router {
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
-        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
         ("cross-origin-resource-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
@@ -57,11 +60,11 @@ async fn not_found(req: Request) -> Error {
 }
 
 async fn method_not_allowed(req: Request) -> Error {
-    Error::InvalidRequest {
-        message: format!("{} is not allowed on {}", req.method(), req.uri().path()),
-        param: None,
-        code: Some("method_not_allowed"),
-    }
+    Error::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -124,7 +127,10 @@ mod tests {
 
     #[test]
     fn origin_patterns() {
-        let p = vec!["http://127.0.0.1:*".to_owned(), "https://app.example".to_owned()];
+        let p = vec![
+            "http://127.0.0.1:*".to_owned(),
+            "https://app.example".to_owned(),
+        ];
         assert!(origin_allowed(&p, "http://127.0.0.1:3000"));
         assert!(!origin_allowed(&p, "http://127.0.0.1:"));
         assert!(!origin_allowed(&p, "http://127.0.0.1:80.evil.com"));

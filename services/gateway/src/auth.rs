@@ -56,9 +56,14 @@ fn failure_key(addr: IpAddr) -> String {
 
 /// Refuses an address that has used up its failed attempts, before looking at its credentials.
 pub async fn check_throttle(state: &AppState, addr: IpAddr) -> Result<(), Error> {
-    let budget = state.store.peek(&failure_key(addr), state.auth_failure_spec()).await?;
+    let budget = state
+        .store
+        .peek(&failure_key(addr), state.auth_failure_spec())
+        .await?;
     if budget.remaining == 0 {
-        let retry_after = budget.reset_after.min(std::time::Duration::from_secs(60))
+        let retry_after = budget
+            .reset_after
+            .min(std::time::Duration::from_secs(60))
             .max(std::time::Duration::from_secs(1));
         metrics::counter!("gateway_rate_limited_total", "kind" => "auth").increment(1);
         state.audit.record(
@@ -95,7 +100,11 @@ pub async fn authenticate(
             if bool::from(digest.ct_eq(&state.settings.api_key_digest)) {
                 Some(Principal::ApiKey)
             } else if accept == Accept::KeyOrSession {
-                state.store.use_session(&digest).await?.map(Principal::Session)
+                state
+                    .store
+                    .use_session(&digest)
+                    .await?
+                    .map(Principal::Session)
             } else {
                 None
             }
@@ -178,9 +187,15 @@ mod tests {
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  xyz "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  xyz "),
+        );
         assert_eq!(bearer(&h), Some("xyz"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

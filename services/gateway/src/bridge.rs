@@ -186,9 +186,7 @@ async fn maintain(
     }
 }
 
-async fn connect(
-    socket: &PathBuf,
-) -> Result<(Framed<UnixStream, IpcCodec>, BridgeStatus), String> {
+async fn connect(socket: &PathBuf) -> Result<(Framed<UnixStream, IpcCodec>, BridgeStatus), String> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("{}: {e}", socket.display()))?;
@@ -240,8 +238,12 @@ async fn serve(
     let reader = async {
         while let Some(frame) = stream.next().await {
             match frame {
-                Ok(IpcFrame::Chunk(chunk)) => route(&pending, &chunk.id.clone(), Event::Chunk(chunk), false),
-                Ok(IpcFrame::Result(result)) => route(&pending, &result.id.clone(), Event::Result(result), true),
+                Ok(IpcFrame::Chunk(chunk)) => {
+                    route(&pending, &chunk.id.clone(), Event::Chunk(chunk), false)
+                }
+                Ok(IpcFrame::Result(result)) => {
+                    route(&pending, &result.id.clone(), Event::Result(result), true)
+                }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
                 Err(err) => {
@@ -277,7 +279,10 @@ fn route(pending: &Pending, id: &str, event: Event, last: bool) {
         Some(tx) => {
             let _ = tx.send(event);
         }
-        None => tracing::debug!(request_id = id, "dropping a frame for a request no longer waiting"),
+        None => tracing::debug!(
+            request_id = id,
+            "dropping a frame for a request no longer waiting"
+        ),
     }
 }
 

@@ -147,7 +147,10 @@ impl Settings {
 
     pub fn resolve(raw: RawConfig) -> Result<Self, ConfigError> {
         if raw.host.trim().is_empty() {
-            return Err(ConfigError::new("HOST", "expected an address to bind, got \"\""));
+            return Err(ConfigError::new(
+                "HOST",
+                "expected an address to bind, got \"\"",
+            ));
         }
         if !is_loopback_host(&raw.host) && !raw.allow_non_loopback.0 {
             return Err(ConfigError::new(
@@ -174,7 +177,10 @@ impl Settings {
             None => None,
         };
         if raw.model_name.trim().is_empty() {
-            return Err(ConfigError::new("MODEL_NAME", "expected a model name, got \"\""));
+            return Err(ConfigError::new(
+                "MODEL_NAME",
+                "expected a model name, got \"\"",
+            ));
         }
         if raw.default_max_tokens.0 > raw.max_tokens_limit.0 {
             return Err(ConfigError::new(
@@ -186,7 +192,9 @@ impl Settings {
             ));
         }
         if raw.redis_url.is_some() {
-            tracing::warn!("LOCAL_PROVIDER_REDIS_URL is set but the memory session store is in use");
+            tracing::warn!(
+                "LOCAL_PROVIDER_REDIS_URL is set but the memory session store is in use"
+            );
         }
         let audit_log = match raw.audit_log.as_deref().map(str::trim) {
             None => Some(PathBuf::from("logs/security_audit.log")),
@@ -194,8 +202,7 @@ impl Settings {
             Some(path) => Some(PathBuf::from(path)),
         };
         for origin in &raw.allowed_origins.0 {
-            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://"))
-            {
+            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(ConfigError::new(
                     "ALLOWED_ORIGINS",
                     format!("expected http(s):// origins, a port may be *, got {origin:?}"),
@@ -317,7 +324,10 @@ mod tests {
     fn defaults_follow_the_seed() {
         let s = with(&[("API_KEY", KEY)]).unwrap();
         assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8788));
-        assert_eq!((s.rpm, s.burst, s.tpm, s.max_sessions), (60, 10, 100_000, 10));
+        assert_eq!(
+            (s.rpm, s.burst, s.tpm, s.max_sessions),
+            (60, 10, 100_000, 10)
+        );
         assert_eq!(s.model_name, "cursor-agent-local");
         assert_eq!(s.session_ttl, Duration::from_secs(300));
         assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));
@@ -328,7 +338,10 @@ mod tests {
         let err = with(&[]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_API_KEY");
         assert!(err.message.contains("generate-api-key"));
-        assert!(with(&[("API_KEY", "short")]).unwrap_err().message.contains("32"));
+        assert!(with(&[("API_KEY", "short")])
+            .unwrap_err()
+            .message
+            .contains("32"));
         let err = with(&[("API_KEY", KEY), ("API_KEY_SHA256", &"a".repeat(64))]).unwrap_err();
         assert!(err.message.contains("only one"), "{err}");
         let err = with(&[("API_KEY_SHA256", "xyz")]).unwrap_err();
@@ -353,9 +366,13 @@ mod tests {
     fn non_loopback_needs_opt_in() {
         let err = with(&[("API_KEY", KEY), ("HOST", "0.0.0.0")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_HOST");
-        assert!(with(&[("API_KEY", KEY), ("HOST", "0.0.0.0"), ("ALLOW_NON_LOOPBACK", "true")])
-            .unwrap()
-            .binds_non_loopback());
+        assert!(with(&[
+            ("API_KEY", KEY),
+            ("HOST", "0.0.0.0"),
+            ("ALLOW_NON_LOOPBACK", "true")
+        ])
+        .unwrap()
+        .binds_non_loopback());
     }
 
     #[test]

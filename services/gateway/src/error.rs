@@ -28,6 +28,8 @@ pub enum Error {
     Forbidden(String),
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{message}")]
     RateLimited {
         /// `requests`, `tokens` or `auth`.
@@ -39,7 +41,10 @@ pub enum Error {
         retryable: bool,
     },
     #[error("{message}")]
-    SessionLimit { message: String, retry_after: Duration },
+    SessionLimit {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("the gateway is at its limit of {limit} concurrent requests")]
     Overloaded { limit: usize },
     #[error("{0}")]
@@ -77,12 +82,11 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded { .. }
             | Error::BridgeAgentUnavailable(_)
-            | Error::StoreUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Agent { status, .. } => *status,
         }
     }
@@ -95,6 +99,7 @@ impl Error {
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
+            Error::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
             Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
@@ -130,7 +135,10 @@ impl Error {
     fn retryable(&self) -> bool {
         match self {
             Error::RateLimited { retryable, .. } => *retryable,
-            _ => !matches!(self.status().as_u16(), 400 | 401 | 403 | 404 | 405 | 413 | 422),
+            _ => !matches!(
+                self.status().as_u16(),
+                400 | 401 | 403 | 404 | 405 | 413 | 422
+            ),
         }
     }
 
@@ -147,7 +155,10 @@ impl Error {
 
     /// The code recorded in logs, metrics and the audit log.
     pub fn code(&self) -> String {
-        self.kind_and_code().1.unwrap_or("invalid_request").to_owned()
+        self.kind_and_code()
+            .1
+            .unwrap_or("invalid_request")
+            .to_owned()
     }
 }
 
@@ -161,16 +172,23 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(after) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(after)),
+            );
         }
         headers.insert(
             "x-should-retry",
             HeaderValue::from_static(if self.retryable() { "true" } else { "false" }),
         );
         if let Error::RateLimited {
-            headers: Some(rate), ..
+            headers: Some(rate),
+            ..
         } = &self
         {
             rate.apply(&mut headers);

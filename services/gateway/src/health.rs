@@ -68,7 +68,10 @@ pub async fn ready(State(state): State<Shared>) -> Response {
 
 pub async fn metrics() -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         provider_shared::telemetry::render_metrics(),
     )
         .into_response()
@@ -89,7 +92,9 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    Ok(Json(json!({"object": "list", "data": [model_object(&state)]})))
+    Ok(Json(
+        json!({"object": "list", "data": [model_object(&state)]}),
+    ))
 }
 
 pub async fn get_model(

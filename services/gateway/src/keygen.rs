@@ -20,6 +20,8 @@ mod tests {
         let (a, b) = (generate_api_key(), generate_api_key());
         assert_eq!(a.len(), 67);
         assert_ne!(a, b);
-        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a[3..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 }

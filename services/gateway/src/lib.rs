@@ -33,7 +33,11 @@ pub use error::Error;
 
 /// Serves on `listener` until `shutdown` fires, then lets in-flight answers finish within
 /// `SHUTDOWN_GRACE` and ends the rest with an error event.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     describe_metrics();
     std::thread::spawn(tokens::warm_up);
@@ -46,12 +50,17 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
                 e.kind(),
                 format!(
                     "cannot open the audit log {}: {e}",
-                    settings.audit_log.as_deref().unwrap_or(std::path::Path::new("")).display()
+                    settings
+                        .audit_log
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
                 ),
             ))
         })?;
     let links_down = CancellationToken::new();
-    let bridge = bridge::BridgeClient::start(settings.bridge_socket.clone(), links_down.clone(), &tracker);
+    let bridge =
+        bridge::BridgeClient::start(settings.bridge_socket.clone(), links_down.clone(), &tracker);
     let grace_over = CancellationToken::new();
     let key_client = format!("key:{}", hex::encode(&settings.api_key_digest[..6]));
     let state = Arc::new(state::AppState {
@@ -68,14 +77,18 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     });
 
     tracker.spawn(
-        sessions::sweep(state.clone(), links_down.clone()).instrument(tracing::info_span!("session_sweep")),
+        sessions::sweep(state.clone(), links_down.clone())
+            .instrument(tracing::info_span!("session_sweep")),
     );
     let grace = state.settings.shutdown_grace;
     tracker.spawn({
         let (shutdown, grace_over) = (shutdown.clone(), grace_over.clone());
         async move {
             shutdown.cancelled().await;
-            tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: finishing in-flight answers");
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: finishing in-flight answers"
+            );
             tokio::time::sleep(grace).await;
             grace_over.cancel();
         }
@@ -83,8 +96,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     });
 
     let app = app::router(state.clone());
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = tokio::select! {
         r = server => r.map_err(Error::Io),
         // A client that stops reading must not hold shutdown forever.
@@ -102,22 +118,58 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
 
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("gateway_http_requests_total", "HTTP requests by route, method and status");
-    describe_histogram!("gateway_http_request_duration_seconds", Unit::Seconds, "Time to the response head, by route");
-    describe_histogram!("gateway_time_to_first_chunk_seconds", Unit::Seconds, "From request to the agent's first output");
-    describe_histogram!("gateway_chat_duration_seconds", Unit::Seconds, "Whole chat requests, answered or not");
-    describe_counter!("gateway_chat_requests_total", "Chat requests by stream and outcome");
-    describe_counter!("gateway_rate_limited_total", "Requests refused by a limit, by kind");
+    describe_counter!(
+        "gateway_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "gateway_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response head, by route"
+    );
+    describe_histogram!(
+        "gateway_time_to_first_chunk_seconds",
+        Unit::Seconds,
+        "From request to the agent's first output"
+    );
+    describe_histogram!(
+        "gateway_chat_duration_seconds",
+        Unit::Seconds,
+        "Whole chat requests, answered or not"
+    );
+    describe_counter!(
+        "gateway_chat_requests_total",
+        "Chat requests by stream and outcome"
+    );
+    describe_counter!(
+        "gateway_rate_limited_total",
+        "Requests refused by a limit, by kind"
+    );
     describe_counter!("gateway_auth_failures_total", "Failed authentications");
     describe_counter!("gateway_tokens_total", "Tokens processed, by kind");
     describe_gauge!("gateway_requests_in_flight", "Chat requests being answered");
     describe_gauge!("gateway_sessions_active", "Live sessions");
     describe_counter!("gateway_sessions_created_total", "Sessions created");
-    describe_counter!("gateway_sessions_expired_total", "Sessions ended by TTL or idle time");
-    describe_counter!("gateway_sessions_revoked_total", "Sessions ended by a client or the admin");
-    describe_gauge!("gateway_bridge_agent_connected", "1 while the Unix socket to bridge-agent is up");
-    describe_gauge!("gateway_bridge_connected", "1 while bridge-agent reports its WebSocket up");
-    describe_counter!("gateway_bridge_agent_reconnects_total", "Reconnects to bridge-agent after a loss");
+    describe_counter!(
+        "gateway_sessions_expired_total",
+        "Sessions ended by TTL or idle time"
+    );
+    describe_counter!(
+        "gateway_sessions_revoked_total",
+        "Sessions ended by a client or the admin"
+    );
+    describe_gauge!(
+        "gateway_bridge_agent_connected",
+        "1 while the Unix socket to bridge-agent is up"
+    );
+    describe_gauge!(
+        "gateway_bridge_connected",
+        "1 while bridge-agent reports its WebSocket up"
+    );
+    describe_counter!(
+        "gateway_bridge_agent_reconnects_total",
+        "Reconnects to bridge-agent after a loss"
+    );
     metrics::gauge!("gateway_bridge_agent_connected").set(0.0);
     metrics::gauge!("gateway_bridge_connected").set(0.0);
     metrics::gauge!("gateway_requests_in_flight").set(0.0);

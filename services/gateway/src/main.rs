@@ -37,7 +37,10 @@ fn main() -> ExitCode {
         }
     };
     provider_shared::telemetry::init_tracing(settings.log_level, settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("gateway: cannot start the runtime: {err}");

@@ -85,9 +85,17 @@ pub fn take(
 
 /// Gives back (`delta` > 0, never above capacity) or charges (`delta` < 0, possibly below zero,
 /// so later requests wait) once real usage is known.
-pub fn adjust(state: Option<BucketState>, spec: BucketSpec, delta: f64, now_ms: u64) -> BucketState {
+pub fn adjust(
+    state: Option<BucketState>,
+    spec: BucketSpec,
+    delta: f64,
+    now_ms: u64,
+) -> BucketState {
     let level = (refill(state, spec, now_ms) + delta).min(spec.capacity);
-    BucketState { level, at_ms: now_ms }
+    BucketState {
+        level,
+        at_ms: now_ms,
+    }
 }
 
 /// `x-ratelimit-*` headers for requests and tokens.
@@ -104,11 +112,23 @@ pub struct RateHeaders {
 impl RateHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
         let pairs = [
-            ("x-ratelimit-limit-requests", self.limit_requests.to_string()),
-            ("x-ratelimit-remaining-requests", self.remaining_requests.to_string()),
-            ("x-ratelimit-reset-requests", format_reset(self.reset_requests)),
+            (
+                "x-ratelimit-limit-requests",
+                self.limit_requests.to_string(),
+            ),
+            (
+                "x-ratelimit-remaining-requests",
+                self.remaining_requests.to_string(),
+            ),
+            (
+                "x-ratelimit-reset-requests",
+                format_reset(self.reset_requests),
+            ),
             ("x-ratelimit-limit-tokens", self.limit_tokens.to_string()),
-            ("x-ratelimit-remaining-tokens", self.remaining_tokens.to_string()),
+            (
+                "x-ratelimit-remaining-tokens",
+                self.remaining_tokens.to_string(),
+            ),
             ("x-ratelimit-reset-tokens", format_reset(self.reset_tokens)),
         ];
         for (name, value) in pairs {

@@ -41,7 +41,11 @@ pub async fn create(
         idle_ms: state.settings.session_idle.as_millis() as u64,
         last_used_ms: now,
     };
-    match state.store.create_session(session.clone(), state.settings.max_sessions).await? {
+    match state
+        .store
+        .create_session(session.clone(), state.settings.max_sessions)
+        .await?
+    {
         Created::Yes => {}
         Created::LimitReached { retry_after } => {
             state.audit.record(
@@ -102,7 +106,9 @@ pub async fn delete(
         json!({"client_ip": peer.ip().to_string(), "session_id": removed.id, "by": match principal {
             Principal::ApiKey => "api_key", Principal::Session(_) => "session" }}),
     );
-    Ok(Json(json!({"id": removed.id, "object": "session", "deleted": true})))
+    Ok(Json(
+        json!({"id": removed.id, "object": "session", "deleted": true}),
+    ))
 }
 
 pub async fn refresh_gauge(state: &AppState) {
@@ -133,7 +139,8 @@ pub async fn sweep(state: Shared, shutdown: CancellationToken) {
                     );
                 }
                 if !ended.is_empty() {
-                    metrics::counter!("gateway_sessions_expired_total").increment(ended.len() as u64);
+                    metrics::counter!("gateway_sessions_expired_total")
+                        .increment(ended.len() as u64);
                 }
                 refresh_gauge(&state).await;
             }

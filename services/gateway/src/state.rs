@@ -40,6 +40,9 @@ impl AppState {
     }
 
     pub fn auth_failure_spec(&self) -> BucketSpec {
-        BucketSpec::per_minute(self.settings.auth_failure_limit, self.settings.auth_failure_limit)
+        BucketSpec::per_minute(
+            self.settings.auth_failure_limit,
+            self.settings.auth_failure_limit,
+        )
     }
 }

@@ -24,7 +24,14 @@ pub struct ChatRequest {
     pub parameters: Map<String, Value>,
 }
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 fn invalid(param: &str, message: String) -> Error {
     Error::invalid(format!("{param}: {message}"), Some(param.to_owned()))
@@ -63,7 +70,10 @@ fn int_in(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Optio
             Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
             _ => Err(invalid(
                 key,
-                format!("expected a whole number from {lo} to {hi}, got {}", describe(v)),
+                format!(
+                    "expected a whole number from {lo} to {hi}, got {}",
+                    describe(v)
+                ),
             )),
         },
     }
@@ -73,17 +83,22 @@ fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(invalid(key, format!("expected true or false, got {}", describe(v)))),
+        Some(v) => Err(invalid(
+            key,
+            format!("expected true or false, got {}", describe(v)),
+        )),
     }
 }
 
 /// Parses and checks a `/v1/chat/completions` body.
 pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        Error::invalid(format!("the request body is not valid JSON: {e}"), None)
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     let Value::Object(mut obj) = value else {
-        return Err(Error::invalid("the request body must be a JSON object", None));
+        return Err(Error::invalid(
+            "the request body must be a JSON object",
+            None,
+        ));
     };
 
     match obj.get("model") {
@@ -98,14 +113,27 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
                 code: Some("model_not_found"),
             })
         }
-        Some(v) => return Err(invalid("model", format!("expected a string, got {}", describe(v)))),
-        None => return Err(invalid("model", format!("required; use `{}`", limits.model))),
+        Some(v) => {
+            return Err(invalid(
+                "model",
+                format!("expected a string, got {}", describe(v)),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "model",
+                format!("required; use `{}`", limits.model),
+            ))
+        }
     }
 
     let messages = match obj.remove("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
-            return Err(invalid("messages", "must contain at least one message".into()))
+            return Err(invalid(
+                "messages",
+                "must contain at least one message".into(),
+            ))
         }
         Some(v) => {
             return Err(invalid(
@@ -140,8 +168,12 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
                     "only allowed when stream is true".into(),
                 ));
             }
-            bool_field(opts, "include_usage")
-                .map_err(|_| invalid("stream_options.include_usage", "expected true or false".into()))?
+            bool_field(opts, "include_usage").map_err(|_| {
+                invalid(
+                    "stream_options.include_usage",
+                    "expected true or false".into(),
+                )
+            })?
         }
         Some(v) => {
             return Err(invalid(
@@ -165,14 +197,22 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
             }
             Some(Value::Array(tools.clone()))
         }
-        Some(v) => return Err(invalid("tools", format!("expected an array, got {}", describe(v)))),
+        Some(v) => {
+            return Err(invalid(
+                "tools",
+                format!("expected an array, got {}", describe(v)),
+            ))
+        }
     };
     match obj.get("tool_choice") {
         None | Some(Value::Null | Value::String(_) | Value::Object(_)) => {}
         Some(v) => {
             return Err(invalid(
                 "tool_choice",
-                format!("expected \"none\", \"auto\", \"required\" or an object, got {}", describe(v)),
+                format!(
+                    "expected \"none\", \"auto\", \"required\" or an object, got {}",
+                    describe(v)
+                ),
             ))
         }
     }
@@ -199,7 +239,9 @@ pub fn model_matches(requested: &str, configured: &str) -> bool {
 fn check_stop(obj: &Map<String, Value>) -> Result<(), Error> {
     match obj.get("stop") {
         None | Some(Value::Null | Value::String(_)) => Ok(()),
-        Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => Ok(()),
+        Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {
+            Ok(())
+        }
         Some(v) => Err(invalid(
             "stop",
             format!("expected a string or up to 4 strings, got {}", describe(v)),
@@ -210,14 +252,20 @@ fn check_stop(obj: &Map<String, Value>) -> Result<(), Error> {
 fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Error> {
     let at = format!("messages[{i}]");
     let Value::Object(m) = message else {
-        return Err(invalid(&at, format!("expected an object, got {}", describe(message))));
+        return Err(invalid(
+            &at,
+            format!("expected an object, got {}", describe(message)),
+        ));
     };
     let role = match m.get("role") {
         Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
         Some(v) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected one of system, developer, user, assistant, tool, got {}", describe(v)),
+                format!(
+                    "expected one of system, developer, user, assistant, tool, got {}",
+                    describe(v)
+                ),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
@@ -249,7 +297,10 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
         Some(v) => {
             return Err(invalid(
                 &content_at,
-                format!("expected a string or an array of content parts, got {}", describe(v)),
+                format!(
+                    "expected a string or an array of content parts, got {}",
+                    describe(v)
+                ),
             ))
         }
     };
@@ -270,7 +321,10 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
     }
     if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
         if !calls.is_array() {
-            return Err(invalid(&format!("{at}.tool_calls"), "expected an array".into()));
+            return Err(invalid(
+                &format!("{at}.tool_calls"),
+                "expected an array".into(),
+            ));
         }
     }
     Ok(())
@@ -324,26 +378,44 @@ mod tests {
         assert_eq!(param_of(with("messages", json!([]))), "messages");
         assert_eq!(param_of(with("max_tokens", json!(0))), "max_tokens");
         assert_eq!(param_of(with("max_tokens", json!(8193))), "max_tokens");
-        assert_eq!(param_of(with("max_completion_tokens", json!(9000))), "max_completion_tokens");
+        assert_eq!(
+            param_of(with("max_completion_tokens", json!(9000))),
+            "max_completion_tokens"
+        );
         assert_eq!(param_of(with("temperature", json!(2.5))), "temperature");
         assert_eq!(param_of(with("top_p", json!(-0.1))), "top_p");
-        assert_eq!(param_of(with("presence_penalty", json!(3))), "presence_penalty");
-        assert_eq!(param_of(with("frequency_penalty", json!(-2.1))), "frequency_penalty");
+        assert_eq!(
+            param_of(with("presence_penalty", json!(3))),
+            "presence_penalty"
+        );
+        assert_eq!(
+            param_of(with("frequency_penalty", json!(-2.1))),
+            "frequency_penalty"
+        );
         assert_eq!(param_of(with("n", json!(2))), "n");
-        assert_eq!(param_of(with("stream_options", json!({"include_usage": true}))), "stream_options");
+        assert_eq!(
+            param_of(with("stream_options", json!({"include_usage": true}))),
+            "stream_options"
+        );
         assert_eq!(
             param_of(with("messages", json!([{"role": "robot", "content": "x"}]))),
             "messages[0].role"
         );
         assert_eq!(
-            param_of(with("messages", json!([{"role": "user", "content": "x".repeat(101)}]))),
+            param_of(with(
+                "messages",
+                json!([{"role": "user", "content": "x".repeat(101)}])
+            )),
             "messages[0].content"
         );
         assert_eq!(
             param_of(with("messages", json!([{"role": "tool", "content": "x"}]))),
             "messages[0].tool_call_id"
         );
-        assert_eq!(param_of(with("tools", json!([{"type": "function"}]))), "tools[0]");
+        assert_eq!(
+            param_of(with("tools", json!([{"type": "function"}]))),
+            "tools[0]"
+        );
     }
 
     #[test]
@@ -371,7 +443,13 @@ mod tests {
 
     #[test]
     fn not_json_and_not_object() {
-        assert!(chat(b"{", &LIMITS).unwrap_err().to_string().contains("not valid JSON"));
-        assert!(chat(b"[]", &LIMITS).unwrap_err().to_string().contains("JSON object"));
+        assert!(chat(b"{", &LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+        assert!(chat(b"[]", &LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("JSON object"));
     }
 }

@@ -43,7 +43,12 @@ impl Accounting {
     }
 
     /// Closes the books: `usage` as the agent reported it, else our own count.
-    pub fn finish(&mut self, outcome: &str, agent_usage: Option<Usage>, completion_tokens: u64) -> Usage {
+    pub fn finish(
+        &mut self,
+        outcome: &str,
+        agent_usage: Option<Usage>,
+        completion_tokens: u64,
+    ) -> Usage {
         let usage = match agent_usage {
             Some(u) if u.prompt_tokens + u.completion_tokens > 0 => Usage {
                 total_tokens: u.prompt_tokens + u.completion_tokens,
@@ -68,7 +73,8 @@ impl Accounting {
             "stream" => if self.stream { "true" } else { "false" },
             "outcome" => outcome.to_owned())
         .increment(1);
-        metrics::counter!("gateway_tokens_total", "kind" => "prompt").increment(usage.prompt_tokens);
+        metrics::counter!("gateway_tokens_total", "kind" => "prompt")
+            .increment(usage.prompt_tokens);
         metrics::counter!("gateway_tokens_total", "kind" => "completion")
             .increment(usage.completion_tokens);
 

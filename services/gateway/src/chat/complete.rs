@@ -38,7 +38,10 @@ pub async fn respond(
                     account.mark_first_chunk();
                     answer.absorb_result(&result);
                     let completion = tokens::count_text(&answer.completion_text());
-                    break (account.finish("ok", result.usage, completion), answer.finish_reason());
+                    break (
+                        account.finish("ok", result.usage, completion),
+                        answer.finish_reason(),
+                    );
                 }
                 Outcome::Error { error } => agent_error(&error),
             },

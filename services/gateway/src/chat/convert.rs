@@ -112,7 +112,12 @@ impl Answer {
 
     pub fn finish_reason(&self) -> String {
         self.finish_reason.clone().unwrap_or_else(|| {
-            if self.tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_owned()
+            if self.tool_calls.is_empty() {
+                "stop"
+            } else {
+                "tool_calls"
+            }
+            .to_owned()
         })
     }
 
@@ -197,8 +202,10 @@ mod tests {
     fn tool_call_deltas_carry_id_and_name_only_first() {
         let mut a = Answer::default();
         let first = a
-            .absorb(&tool_delta(json!({"index": 0, "id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": ""}})))
+            .absorb(&tool_delta(
+                json!({"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}),
+            ))
             .unwrap();
         assert_eq!(first["tool_calls"][0]["id"], "call_1");
         assert_eq!(first["tool_calls"][0]["function"]["name"], "get_weather");
@@ -209,12 +216,17 @@ mod tests {
             .unwrap();
         assert!(second["tool_calls"][0].get("id").is_none());
         assert!(second["tool_calls"][0]["function"].get("name").is_none());
-        a.absorb(&tool_delta(json!({"index": 0, "function": {"arguments": "\"Paris\"}"}})));
+        a.absorb(&tool_delta(
+            json!({"index": 0, "function": {"arguments": "\"Paris\"}"}}),
+        ));
         assert_eq!(a.tool_calls[&0].arguments, "{\"city\":\"Paris\"}");
         assert_eq!(a.finish_reason(), "tool_calls");
         let m = a.message();
         assert_eq!(m["content"], Value::Null);
-        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
     }
 
     #[test]
@@ -248,7 +260,9 @@ mod tests {
     fn object_arguments_become_strings_and_empty_deltas_vanish() {
         let mut a = Answer::default();
         let d = a
-            .absorb(&tool_delta(json!({"id": "c", "function": {"name": "f", "arguments": {"x": 1}}})))
+            .absorb(&tool_delta(
+                json!({"id": "c", "function": {"name": "f", "arguments": {"x": 1}}}),
+            ))
             .unwrap();
         assert_eq!(d["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
         assert_eq!(d["tool_calls"][0]["index"], 0);

@@ -49,24 +49,27 @@ pub async fn completions(
             retry_after: Some(Duration::from_secs(1)),
         });
     }
-    let permit = state
-        .concurrency
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            metrics::counter!("gateway_rate_limited_total", "kind" => "concurrency").increment(1);
-            Error::Overloaded {
-                limit: state.settings.max_concurrent_requests,
-            }
-        })?;
+    let permit = state.concurrency.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("gateway_rate_limited_total", "kind" => "concurrency").increment(1);
+        Error::Overloaded {
+            limit: state.settings.max_concurrent_requests,
+        }
+    })?;
 
     let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
-    let reserved = prompt_tokens + request.max_tokens.unwrap_or(state.settings.default_max_tokens);
+    let reserved = prompt_tokens
+        + request
+            .max_tokens
+            .unwrap_or(state.settings.default_max_tokens);
     let client = principal.client(&state).to_owned();
     let rate = admit(&state, &client, peer, reserved).await?;
 
     let request_id = format!("chatcmpl-{}", random_hex(12));
-    let prompt_sha256 = digest::sha256_hex(Value::Array(request.messages.clone()).to_string().as_bytes());
+    let prompt_sha256 = digest::sha256_hex(
+        Value::Array(request.messages.clone())
+            .to_string()
+            .as_bytes(),
+    );
     let account = Accounting {
         state: state.clone(),
         request_id: request_id.clone(),
@@ -97,7 +100,11 @@ pub async fn completions(
             parameters: request.parameters,
         },
     };
-    let call = match state.bridge.call(invoke, state.settings.connection_timeout).await {
+    let call = match state
+        .bridge
+        .call(invoke, state.settings.connection_timeout)
+        .await
+    {
         Ok(call) => call,
         Err(err) => {
             let mut account = account;
@@ -177,7 +184,13 @@ async fn admit(
     if !requests.allowed {
         let tokens = state.store.peek(&tpm_key, tpm).await?;
         metrics::counter!("gateway_rate_limited_total", "kind" => "requests").increment(1);
-        audit_limit(state, peer, "requests", state.settings.rpm, state.settings.rpm);
+        audit_limit(
+            state,
+            peer,
+            "requests",
+            state.settings.rpm,
+            state.settings.rpm,
+        );
         return Err(Error::RateLimited {
             kind: "requests",
             message: format!(
@@ -196,7 +209,13 @@ async fn admit(
         // The request was not admitted, so it does not count against the request budget.
         state.store.adjust(&rpm_key, rpm, 1).await?;
         metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
-        audit_limit(state, peer, "tokens", state.settings.tpm - tokens.remaining.min(state.settings.tpm), state.settings.tpm);
+        audit_limit(
+            state,
+            peer,
+            "tokens",
+            state.settings.tpm - tokens.remaining.min(state.settings.tpm),
+            state.settings.tpm,
+        );
         return Err(Error::RateLimited {
             kind: "tokens",
             message: format!(
@@ -246,8 +265,14 @@ fn scopes(tools: &Option<Value>) -> Vec<String> {
 pub fn agent_error(err: &ErrorBody) -> Error {
     use axum::http::StatusCode;
     let (status, retry_after) = match err.code.as_str() {
-        codes::AGENT_UNAVAILABLE => (StatusCode::SERVICE_UNAVAILABLE, Some(Duration::from_secs(5))),
-        codes::SHUTTING_DOWN => (StatusCode::SERVICE_UNAVAILABLE, Some(Duration::from_secs(1))),
+        codes::AGENT_UNAVAILABLE => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(5)),
+        ),
+        codes::SHUTTING_DOWN => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(1)),
+        ),
         codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
         _ => (StatusCode::BAD_GATEWAY, None),
     };

@@ -29,7 +29,11 @@ pub fn backstop(state: &crate::state::AppState) -> Duration {
     state.settings.response_timeout + state.settings.connection_timeout + Duration::from_secs(5)
 }
 
-pub async fn next(state: &crate::state::AppState, call: &mut Call, deadline: tokio::time::Instant) -> Next {
+pub async fn next(
+    state: &crate::state::AppState,
+    call: &mut Call,
+    deadline: tokio::time::Instant,
+) -> Next {
     tokio::select! {
         event = call.next() => Next::Bridge(event),
         _ = tokio::time::sleep_until(deadline) => Next::Backstop,
@@ -41,7 +45,10 @@ pub fn backstop_error(after: Duration) -> Error {
     Error::Agent {
         status: axum::http::StatusCode::GATEWAY_TIMEOUT,
         code: "response_timeout".into(),
-        message: format!("no answer from bridge-agent within {:.0}s", after.as_secs_f64()),
+        message: format!(
+            "no answer from bridge-agent within {:.0}s",
+            after.as_secs_f64()
+        ),
         retry_after: None,
     }
 }

@@ -162,7 +162,11 @@ impl Store for MemoryStore {
     async fn count_sessions(&self) -> Result<u64, Error> {
         let now = now_ms();
         let sessions = self.sessions.lock().map_err(|_| poisoned())?;
-        Ok(sessions.by_digest.values().filter(|s| s.is_live(now)).count() as u64)
+        Ok(sessions
+            .by_digest
+            .values()
+            .filter(|s| s.is_live(now))
+            .count() as u64)
     }
 }
 
@@ -187,23 +191,46 @@ mod tests {
     #[tokio::test]
     async fn session_cap_counts_only_live_sessions() {
         let store = MemoryStore::new();
-        assert_eq!(store.create_session(session("a", 1, 60_000, 60_000), 2).await.unwrap(), Created::Yes);
-        assert_eq!(store.create_session(session("b", 2, 60_000, 60_000), 2).await.unwrap(), Created::Yes);
-        let Created::LimitReached { retry_after } =
-            store.create_session(session("c", 3, 60_000, 60_000), 2).await.unwrap()
+        assert_eq!(
+            store
+                .create_session(session("a", 1, 60_000, 60_000), 2)
+                .await
+                .unwrap(),
+            Created::Yes
+        );
+        assert_eq!(
+            store
+                .create_session(session("b", 2, 60_000, 60_000), 2)
+                .await
+                .unwrap(),
+            Created::Yes
+        );
+        let Created::LimitReached { retry_after } = store
+            .create_session(session("c", 3, 60_000, 60_000), 2)
+            .await
+            .unwrap()
         else {
             panic!("cap not enforced")
         };
         assert!(retry_after <= Duration::from_secs(60));
         store.remove_session("a").await.unwrap().unwrap();
-        assert_eq!(store.create_session(session("c", 3, 60_000, 60_000), 2).await.unwrap(), Created::Yes);
+        assert_eq!(
+            store
+                .create_session(session("c", 3, 60_000, 60_000), 2)
+                .await
+                .unwrap(),
+            Created::Yes
+        );
         assert_eq!(store.count_sessions().await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn ended_sessions_are_unusable_and_purged() {
         let store = MemoryStore::new();
-        store.create_session(session("old", 9, 0, 60_000), 5).await.unwrap();
+        store
+            .create_session(session("old", 9, 0, 60_000), 5)
+            .await
+            .unwrap();
         assert!(store.use_session(&[9; 32]).await.unwrap().is_none());
         assert!(store.get_session("old").await.unwrap().is_none());
         let purged = store.purge_expired().await.unwrap();

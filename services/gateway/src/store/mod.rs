@@ -39,7 +39,9 @@ impl Session {
 pub enum Created {
     Yes,
     /// The store already holds `max` live sessions; the earliest ends after `retry_after`.
-    LimitReached { retry_after: Duration },
+    LimitReached {
+        retry_after: Duration,
+    },
 }
 
 #[async_trait]

@@ -1,0 +1,618 @@
+//! Who may call, how much, and what is refused: auth, throttling, rate limits, the concurrency
+//! cap, validation, sessions and the admin routes.
+use std::time::Duration;
+
+use integration_tests::harness::free_port;
+use integration_tests::stack::{chat_body, GatewayProc, Stack, ADMIN, KEY, MODEL};
+use serde_json::{json, Value};
+
+async fn error_of(resp: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    let body: Value = resp.json().await.unwrap();
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            body["error"].get(field).is_some(),
+            "error.{field} in {body}"
+        );
+    }
+    (status, body, headers)
+}
+
+#[tokio::test]
+async fn auth_failures_are_401_audited_and_throttled() {
+    let stack = Stack::start_with(|a| a, |g| g.env("AUTH_FAILURE_LIMIT", 3)).await;
+    let gw = &stack.gateway;
+    let (status, body, headers) = error_of(
+        gw.post("/v1/chat/completions", None)
+            .json(&chat_body("x", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(headers["x-should-retry"], "false");
+    let wrong = "wrong-key-that-is-long-enough-0123456789";
+    for _ in 0..2 {
+        let resp = gw
+            .post("/v1/chat/completions", Some(wrong))
+            .json(&chat_body("x", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    // Three failures used the budget: now even the right key waits.
+    let (status, body, headers) = error_of(
+        gw.post("/v1/chat/completions", Some(KEY))
+            .json(&chat_body("x", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "auth");
+    assert!(headers.contains_key("retry-after"));
+
+    gw.wait_audit("the throttling audited", |v| {
+        v["event_type"] == "security_violation" && v["violation_type"] == "auth_throttled"
+    })
+    .await;
+    let audit = gw.audit();
+    let failures: Vec<&Value> = audit
+        .iter()
+        .filter(|v| v["event_type"] == "authentication" && v["success"] == false)
+        .collect();
+    assert_eq!(failures.len(), 3);
+    assert_eq!(failures[0]["client_ip"], "127.0.0.1");
+    assert_eq!(
+        failures[1]["key_fingerprint"].as_str().map(str::len),
+        Some(12)
+    );
+    assert!(audit.iter().any(
+        |v| v["event_type"] == "security_violation" && v["violation_type"] == "auth_throttled"
+    ));
+    let text = gw.audit_text();
+    assert!(
+        !text.contains(KEY) && !text.contains(wrong),
+        "no key in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn requests_per_minute_with_burst_give_429_with_openai_headers() {
+    let stack = Stack::start_with(
+        |a| a,
+        |g| g.env("RATE_LIMIT_RPM", 60).env("RATE_LIMIT_BURST", 2),
+    )
+    .await;
+    let gw = &stack.gateway;
+    let first = gw.chat(chat_body("a", false)).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "60");
+    assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(gw.chat(chat_body("b", false)).await.status(), 200);
+    let (status, body, headers) = error_of(gw.chat(chat_body("c", false)).await).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["type"], "requests");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    for name in [
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ] {
+        assert!(headers.contains_key(name), "{name}");
+    }
+    let record = gw
+        .wait_audit("rate_limit_exceeded", |v| {
+            v["event_type"] == "rate_limit_exceeded"
+        })
+        .await;
+    assert_eq!(record["limit_type"], "requests");
+    // One token a second refills the bucket.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(gw.chat(chat_body("d", false)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn tokens_per_minute_reserve_max_tokens_until_the_answer() {
+    let stack = Stack::start_with(|a| a, |g| g.env("RATE_LIMIT_TPM", 1000)).await;
+    let gw = &stack.gateway;
+    // Larger than the whole budget: waiting cannot help.
+    let mut body = chat_body("big", false);
+    body["max_tokens"] = json!(2000);
+    let (status, err, headers) = error_of(gw.chat(body).await).await;
+    assert_eq!(status, 429);
+    assert_eq!(err["error"]["type"], "tokens");
+    assert_eq!(headers["x-should-retry"], "false");
+
+    // A pending answer holds its reservation; the next one does not fit.
+    let mut hold = chat_body("[[hang]] hold", true);
+    hold["max_tokens"] = json!(600);
+    let held = gw.chat(hold).await;
+    assert_eq!(held.status(), 200);
+    let mut next = chat_body("next", false);
+    next["max_tokens"] = json!(600);
+    let (status, err, headers) = error_of(gw.chat(next.clone()).await).await;
+    assert_eq!(status, 429, "{err}");
+    assert_eq!(err["error"]["type"], "tokens");
+    assert!(
+        headers["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            < 600
+    );
+    // Once the held request ends, what it did not use comes back.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.chat(next).await.status(), 200);
+}
+
+#[tokio::test]
+async fn past_the_concurrency_cap_a_503_with_retry_after() {
+    let stack = Stack::start_with(|a| a, |g| g.env("MAX_CONCURRENT_REQUESTS", 1)).await;
+    let held = stack.gateway.chat(chat_body("[[hang]] busy", true)).await;
+    assert_eq!(held.status(), 200);
+    let (status, body, headers) =
+        error_of(stack.gateway.chat(chat_body("second", false)).await).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "server_overloaded");
+    assert!(headers.contains_key("retry-after"));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stack.gateway.chat(chat_body("third", false)).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn every_validation_rule_is_an_openai_400() {
+    let stack = Stack::start_with(
+        |a| a,
+        |g| g.env("MAX_CONTENT_BYTES", 1000).env("MAX_BODY_BYTES", 4096),
+    )
+    .await;
+    let base = || chat_body("hi", false);
+    let with = |k: &str, v: Value| {
+        let mut b = base();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (with("model", json!("gpt-4o")), "model"),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "model",
+        ),
+        (with("messages", json!([])), "messages"),
+        (json!({"model": MODEL}), "messages"),
+        (with("max_tokens", json!(0)), "max_tokens"),
+        (with("max_tokens", json!(8193)), "max_tokens"),
+        (
+            with("max_completion_tokens", json!(10_000)),
+            "max_completion_tokens",
+        ),
+        (with("temperature", json!(2.1)), "temperature"),
+        (with("temperature", json!("hot")), "temperature"),
+        (with("top_p", json!(1.5)), "top_p"),
+        (with("presence_penalty", json!(-3)), "presence_penalty"),
+        (with("frequency_penalty", json!(2.5)), "frequency_penalty"),
+        (
+            with("messages", json!([{"role": "wizard", "content": "x"}])),
+            "messages[0].role",
+        ),
+        (
+            with(
+                "messages",
+                json!([{"role": "user", "content": "x".repeat(1001)}]),
+            ),
+            "messages[0].content",
+        ),
+        (
+            with("messages", json!([{"role": "user"}])),
+            "messages[0].content",
+        ),
+        (
+            with("messages", json!([{"role": "tool", "content": "r"}])),
+            "messages[0].tool_call_id",
+        ),
+        (
+            with("stream_options", json!({"include_usage": true})),
+            "stream_options",
+        ),
+        (with("n", json!(3)), "n"),
+    ];
+    for (body, param) in cases {
+        let (status, err, headers) = error_of(stack.gateway.chat(body.clone()).await).await;
+        assert_eq!(status, 400, "{body} → {err}");
+        assert_eq!(err["error"]["param"], param, "{body} → {err}");
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+        assert_eq!(headers["x-should-retry"], "false");
+        assert!(err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(param.split('[').next().unwrap()));
+    }
+    // Unknown fields are accepted and ignored.
+    assert_eq!(
+        stack
+            .gateway
+            .chat(with("logit_bias", json!({"50256": -100})))
+            .await
+            .status(),
+        200
+    );
+    // Not JSON, and a body over the cap.
+    let resp = stack
+        .gateway
+        .post("/v1/chat/completions", Some(KEY))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, 400);
+    let huge = with("padding", json!("x".repeat(8000)));
+    let (status, body, headers) = error_of(stack.gateway.chat(huge).await).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(headers["x-should-retry"], "false");
+    assert!(
+        stack.peer.invokes().len() == 1,
+        "no refused request reached the agent"
+    );
+}
+
+#[tokio::test]
+async fn sessions_work_as_bearers_and_end_when_revoked() {
+    let stack = Stack::start().await;
+    let gw = &stack.gateway;
+    let made: Value = gw
+        .post("/v1/sessions", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (
+        made["session_id"].as_str().unwrap(),
+        made["token"].as_str().unwrap(),
+    );
+    assert!(id.starts_with("sess-"));
+    assert!(made["expires_at"].as_u64().unwrap() > 0);
+    let resp = gw
+        .post("/v1/chat/completions", Some(token))
+        .json(&chat_body("as a session", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        stack.peer.invokes().pop().unwrap().session_id.as_deref(),
+        Some(id),
+        "the agent can tell conversations apart"
+    );
+    // A session cannot make sessions, nor end another's.
+    assert_eq!(
+        gw.post("/v1/sessions", Some(token))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let other: Value = gw
+        .post("/v1/sessions", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = gw
+        .delete(
+            &format!("/v1/sessions/{}", other["session_id"].as_str().unwrap()),
+            Some(token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // It can end itself; then it is refused.
+    let resp = gw
+        .delete(&format!("/v1/sessions/{id}"), Some(token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = gw
+        .post("/v1/chat/completions", Some(token))
+        .json(&chat_body("again", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = gw
+        .delete(&format!("/v1/sessions/{id}"), Some(KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, 404);
+    gw.wait_audit("the revocation audited", |v| {
+        v["event_type"] == "session_revoked" && v["session_id"] == id
+    })
+    .await;
+    let audit = gw.audit();
+    assert!(audit
+        .iter()
+        .any(|v| v["event_type"] == "session_created" && v["session_id"] == id));
+    assert!(audit
+        .iter()
+        .any(|v| v["event_type"] == "session_revoked" && v["session_id"] == id));
+    assert!(
+        !gw.audit_text().contains(token),
+        "tokens never reach the audit log"
+    );
+}
+
+#[tokio::test]
+async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped() {
+    let stack = Stack::start_with(
+        |a| a,
+        |g| {
+            g.env("SESSION_TTL", 1)
+                .env("SESSION_IDLE", 60)
+                .env("MAX_SESSIONS", 2)
+        },
+    )
+    .await;
+    let gw = &stack.gateway;
+    let a: Value = gw
+        .post("/v1/sessions", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _b: Value = gw
+        .post("/v1/sessions", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, body, headers) =
+        error_of(gw.post("/v1/sessions", Some(KEY)).send().await.unwrap()).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "session_limit_reached");
+    assert!(headers.contains_key("retry-after"));
+    let health: Value = gw
+        .get("/health", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["active_sessions"], 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resp = gw
+        .get("/v1/models", Some(a["token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "past its TTL");
+    gw.wait_audit("session_expired", |v| {
+        v["event_type"] == "session_expired" && v["session_id"] == a["session_id"]
+    })
+    .await;
+    assert_eq!(
+        gw.post("/v1/sessions", Some(KEY))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "expired ones free the cap"
+    );
+
+    let idle = Stack::start_with(|a| a, |g| g.env("SESSION_TTL", 60).env("SESSION_IDLE", 1)).await;
+    let s: Value = idle
+        .gateway
+        .post("/v1/sessions", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = s["token"].as_str().unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            idle.gateway
+                .get("/v1/models", Some(token))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "use keeps it alive"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        idle.gateway
+            .get("/v1/models", Some(token))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "idle too long"
+    );
+    let expired = idle
+        .gateway
+        .wait_audit("idle expiry", |v| v["event_type"] == "session_expired")
+        .await;
+    assert_eq!(expired["reason"], "idle");
+}
+
+#[tokio::test]
+async fn admin_lists_and_revokes_all_sessions() {
+    let stack = Stack::start().await;
+    let gw = &stack.gateway;
+    let mut tokens = vec![];
+    for _ in 0..3 {
+        let s: Value = gw
+            .post("/v1/sessions", Some(KEY))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(s["token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        gw.get("/admin/sessions", Some(KEY))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "the API key is not the admin token"
+    );
+    let listed = gw.get("/admin/sessions", Some(ADMIN)).send().await.unwrap();
+    let text = listed.text().await.unwrap();
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    assert!(
+        tokens.iter().all(|t| !text.contains(t.as_str())),
+        "no tokens listed"
+    );
+    let revoked: Value = gw
+        .post("/admin/revoke_all_sessions", Some(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["revoked"], 3);
+    for t in &tokens {
+        assert_eq!(
+            gw.get("/v1/models", Some(t)).send().await.unwrap().status(),
+            401
+        );
+    }
+
+    let no_admin = GatewayProc::new(&stack.agent.socket)
+        .without("ADMIN_TOKEN")
+        .spawn();
+    no_admin.wait_live().await;
+    let (status, body, _) = error_of(
+        no_admin
+            .post("/admin/revoke_all_sessions", Some(ADMIN))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("LOCAL_PROVIDER_ADMIN_TOKEN"));
+}
+
+#[tokio::test]
+async fn models_routes_and_unknown_routes() {
+    let stack = Stack::start().await;
+    let gw = &stack.gateway;
+    let list: Value = gw
+        .get("/v1/models", Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], MODEL);
+    assert_eq!(list["data"][0]["object"], "model");
+    let one: Value = gw
+        .get(&format!("/v1/models/{MODEL}"), Some(KEY))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], MODEL);
+    assert_eq!(
+        gw.get(&format!("/v1/models/{MODEL}:latest"), Some(KEY))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, body, _) =
+        error_of(gw.get("/v1/models/gpt-4o", Some(KEY)).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    assert_eq!(
+        gw.get("/v1/models", None).send().await.unwrap().status(),
+        401
+    );
+    let (status, _, _) = error_of(gw.get("/v1/nothing", Some(KEY)).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = error_of(
+        gw.get("/v1/chat/completions", Some(KEY))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let stack = Stack::start().await;
+    let client = integration_tests::stack::http();
+    let preflight = |origin: &str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                stack.gateway.url("/v1/chat/completions"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight(&format!("http://127.0.0.1:{}", free_port()))
+        .await
+        .unwrap();
+    assert!(ok.headers().contains_key("access-control-allow-origin"));
+    let evil = preflight("http://evil.example").await.unwrap();
+    assert!(!evil.headers().contains_key("access-control-allow-origin"));
+}
