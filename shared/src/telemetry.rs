@@ -10,7 +10,13 @@ use crate::config::{LogFormat, LogLevel};
 pub fn init_tracing(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new(level.0.as_str().to_ascii_lowercase()));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // Colour only for a person at a terminal: supervisors and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stdout);
     // A second initialisation (several services in one test process) keeps the first.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -174,3 +174,20 @@ async fn shutdown_lets_streams_finish_within_the_grace_period_then_ends_the_rest
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn an_idle_gateway_stops_at_once_without_waiting_out_the_grace_period() {
+    let stack = Stack::start_with(|a| a, |g| g.env("SHUTDOWN_GRACE", 60)).await;
+    assert_eq!(
+        stack.gateway.chat(chat_body("one answer", false)).await.status(),
+        200
+    );
+    stack.gateway.service.terminate().unwrap();
+    let mut gateway = stack.gateway;
+    let status = gateway
+        .service
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("nothing in flight, so no reason to wait 60 s");
+    assert!(status.success(), "{status:?}");
+}

@@ -82,15 +82,22 @@ pub async fn run(
     );
     let grace = state.settings.shutdown_grace;
     tracker.spawn({
-        let (shutdown, grace_over) = (shutdown.clone(), grace_over.clone());
+        let (shutdown, grace_over, done) =
+            (shutdown.clone(), grace_over.clone(), links_down.clone());
         async move {
-            shutdown.cancelled().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = done.cancelled() => return,
+            }
             tracing::info!(
                 grace_s = grace.as_secs_f64(),
                 "shutting down: finishing in-flight answers"
             );
-            tokio::time::sleep(grace).await;
-            grace_over.cancel();
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => grace_over.cancel(),
+                // Everything finished before the grace period ended.
+                _ = done.cancelled() => {}
+            }
         }
         .instrument(tracing::info_span!("shutdown_grace"))
     });
