@@ -109,6 +109,17 @@ pub enum Payload {
         messages: Vec<Value>,
         parameters: Map<String, Value>,
     },
+    /// A text completion, usually fill-in-the-middle for autocomplete: the text before the cursor
+    /// (`prompt`), the text after it (`suffix`, when given) and an optional `system` instruction.
+    /// The agent answers with the text that goes between them, nothing else.
+    Completion {
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        suffix: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+        parameters: Map<String, Value>,
+    },
 }
 
 /// One streamed piece of an answer.

@@ -13,6 +13,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "HOST",
     "PORT",
     "ALLOW_NON_LOOPBACK",
+    "ALLOW_KEYLESS_GENERATION",
     "API_KEY",
     "API_KEY_SHA256",
     "API_KEY_FILE",

@@ -47,7 +47,10 @@ async fn non_streamed_chat_is_a_full_chat_completion() {
     let provider_shared::bridge::Payload::Chat {
         messages,
         parameters,
-    } = invoke.payload;
+    } = invoke.payload
+    else {
+        panic!("a chat reaches the agent as kind chat")
+    };
     assert_eq!(
         messages,
         vec![json!({"role": "user", "content": "hello there"})]
@@ -187,7 +190,9 @@ async fn reasoning_and_tool_calls_stream_as_void_reads_them() {
 
     // The tool definitions reach the agent unchanged.
     let invoke = stack.peer.invokes().pop().unwrap();
-    let provider_shared::bridge::Payload::Chat { parameters, .. } = invoke.payload;
+    let provider_shared::bridge::Payload::Chat { parameters, .. } = invoke.payload else {
+        panic!("not a chat")
+    };
     assert_eq!(parameters["tools"], body["tools"]);
     assert_eq!(parameters["tool_choice"], "auto");
     assert_eq!(invoke.model_meta.requested_scopes, vec!["chat", "tools"]);
@@ -221,7 +226,9 @@ async fn non_streamed_tool_call_and_tool_history_pass_through() {
         .await;
     assert_eq!(resp.status(), 200);
     let invoke = stack.peer.invokes().pop().unwrap();
-    let provider_shared::bridge::Payload::Chat { messages, .. } = invoke.payload;
+    let provider_shared::bridge::Payload::Chat { messages, .. } = invoke.payload else {
+        panic!("not a chat")
+    };
     assert_eq!(
         Value::Array(messages),
         history,

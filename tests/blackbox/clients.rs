@@ -1,8 +1,10 @@
-//! Real client libraries against the real binaries: the official Python `openai` package.
+//! Real client libraries against the real binaries: the official Python `openai` and `ollama`
+//! packages.
 use std::path::PathBuf;
 use std::process::Command;
 
 use integration_tests::stack::{GatewayProc, Stack, KEY, MODEL};
+use provider_shared::bridge::Payload;
 
 /// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it).
 fn python() -> Option<PathBuf> {
@@ -23,30 +25,39 @@ fn python() -> Option<PathBuf> {
 }
 
 #[tokio::test]
-async fn openai_python_sdk() {
+async fn openai_and_ollama_python_clients() {
     let Some(python) = python() else { return };
     let stack = Stack::start().await;
     let limited = GatewayProc::new(&stack.agent.socket)
         .env("RATE_LIMIT_RPM", 1)
         .env("RATE_LIMIT_BURST", 1)
         .spawn();
+    let keyless = GatewayProc::new(&stack.agent.socket)
+        .env("ALLOW_KEYLESS_GENERATION", "true")
+        .spawn();
     let dir = tempfile::tempdir().unwrap();
     let down = GatewayProc::new(&dir.path().join("nobody.sock"))
         .env("CONNECTION_TIMEOUT", 0.3)
         .spawn();
-    limited.wait_live().await;
-    down.wait_live().await;
-
+    for gateway in [&limited, &keyless, &down] {
+        gateway.wait_live().await;
+    }
+    let envs = [
+        ("GW_BASE_URL", stack.gateway.base_url()),
+        ("GW_ROOT_URL", stack.gateway.url("")),
+        ("GW_LIMITED_URL", limited.base_url()),
+        ("GW_KEYLESS_ROOT_URL", keyless.url("")),
+        ("GW_DOWN_URL", down.base_url()),
+        ("GW_KEY", KEY.to_owned()),
+        ("GW_MODEL", MODEL.to_owned()),
+    ];
     let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-            .arg(&tests)
-            .env("GW_BASE_URL", stack.gateway.base_url())
-            .env("GW_LIMITED_URL", limited.base_url())
-            .env("GW_DOWN_URL", down.base_url())
-            .env("GW_KEY", KEY)
-            .env("GW_MODEL", MODEL)
+            .arg(tests.join("test_openai_sdk.py"))
+            .arg(tests.join("test_ollama_client.py"))
+            .envs(envs)
             .output()
             .unwrap()
     })
@@ -60,7 +71,26 @@ async fn openai_python_sdk() {
     println!("{report}");
     assert!(
         out.status.success(),
-        "the OpenAI SDK tests failed:\n{report}"
+        "the Python client tests failed:\n{report}"
     );
     assert!(report.contains(" passed"), "{report}");
+
+    // Fill-in-the-middle reached the agent as a completion, with the text after the cursor.
+    let fim = stack
+        .peer
+        .invokes()
+        .into_iter()
+        .find_map(|i| match i.payload {
+            Payload::Completion {
+                prompt,
+                suffix,
+                parameters,
+                ..
+            } if prompt.starts_with("def add") => Some((suffix, parameters)),
+            _ => None,
+        });
+    let (suffix, parameters) = fim.expect("the generate request reached the agent as a completion");
+    assert_eq!(suffix.as_deref(), Some("\n    return c"));
+    assert_eq!(parameters["max_tokens"], 64);
+    assert_eq!(parameters["raw"], true);
 }

@@ -1,7 +1,7 @@
 //! A scripted MCP bridge: the WebSocket peer of bridge-agent (PRODUCT §4), for tests.
 //!
 //! It records what it receives and answers each `model_invoke` according to directives in the
-//! text of the LAST user message:
+//! text of the LAST user message (for a `completion`, in its prompt):
 //!
 //! | directive | effect |
 //! |---|---|
@@ -116,9 +116,14 @@ impl ScriptedPeer {
 
     /// Listens on 127.0.0.1:`port` (to come back on the same address after [`Self::stop`]).
     pub async fn start_on(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port))
+        Self::start_on_addr(SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    /// Listens on `addr` (the `scripted-peer` program binds all addresses of its container).
+    pub async fn start_on_addr(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
             .await
-            .unwrap_or_else(|e| panic!("scripted peer cannot bind 127.0.0.1:{port}: {e}"));
+            .unwrap_or_else(|e| panic!("scripted peer cannot bind {addr}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("scripted peer has no address: {e}"));
@@ -480,15 +485,17 @@ pub struct Directives {
 }
 
 impl Directives {
-    /// Reads the directives from `invoke`'s last user message.
+    /// Reads the directives from `invoke`'s last user message (a completion's prompt).
     pub fn of(invoke: &ModelInvoke) -> Self {
-        let Payload::Chat { messages, .. } = &invoke.payload;
-        let text = messages
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(message_text)
-            .unwrap_or_default();
+        let text = match &invoke.payload {
+            Payload::Chat { messages, .. } => messages
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map(message_text)
+                .unwrap_or_default(),
+            Payload::Completion { prompt, .. } => prompt.clone(),
+        };
         Self::parse(&text)
     }
 
@@ -585,7 +592,8 @@ async fn play(
 ) {
     let d = Directives::of(&invoke);
     let id = invoke.id.clone();
-    let Payload::Chat { parameters, .. } = &invoke.payload;
+    let (Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. }) =
+        &invoke.payload;
     let streamed = parameters.get("stream").and_then(Value::as_bool) == Some(true);
     if d.silent {
         shared.silent.send_replace(true);

@@ -13,16 +13,27 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::{admin, chat, health, sessions};
+use crate::{admin, health, ollama, openai, sessions};
 
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(openai::chat::completions))
+        .route("/v1/completions", post(openai::completions::completions))
         .route("/v1/models", get(health::list_models))
         .route("/v1/models/{id}", get(health::get_model))
+        // The `/v1` prefix is easy to leave out of an editor's base URL.
+        .route("/chat/completions", post(openai::chat::completions))
+        .route("/completions", post(openai::completions::completions))
+        .route("/models", get(health::list_models))
+        .route("/models/{id}", get(health::get_model))
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", delete(sessions::delete))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/chat", post(ollama::chat::chat))
+        .route("/api/generate", post(ollama::generate::generate))
         .route("/admin/sessions", get(admin::list_sessions))
         .route("/admin/revoke_all_sessions", post(admin::revoke_all))
         .route("/health", get(health::health))

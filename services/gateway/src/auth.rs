@@ -15,20 +15,23 @@ use crate::store::Session;
 pub enum Principal {
     ApiKey,
     Session(Session),
+    /// No credential, on a gateway that allows keyless generation (`ALLOW_KEYLESS_GENERATION`).
+    Keyless,
 }
 
 impl Principal {
     pub fn session_id(&self) -> Option<&str> {
         match self {
-            Principal::ApiKey => None,
+            Principal::ApiKey | Principal::Keyless => None,
             Principal::Session(s) => Some(&s.id),
         }
     }
 
     /// The rate-limit client: the API key, also for the sessions it made.
     pub fn client<'a>(&'a self, state: &'a AppState) -> &'a str {
+        // Keyless callers share the key's budget: opting in must not lift the limits.
         match self {
-            Principal::ApiKey => &state.key_client,
+            Principal::ApiKey | Principal::Keyless => &state.key_client,
             Principal::Session(s) => &s.owner,
         }
     }
@@ -39,6 +42,17 @@ impl Principal {
 pub enum Accept {
     KeyOnly,
     KeyOrSession,
+    /// The key or a session if given; anyone otherwise (generation with the keyless opt-in).
+    Anyone,
+}
+
+/// What the generating routes accept on this gateway.
+pub fn for_generation(state: &AppState) -> Accept {
+    if state.settings.allow_keyless_generation {
+        Accept::Anyone
+    } else {
+        Accept::KeyOrSession
+    }
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -99,7 +113,10 @@ pub async fn authenticate(
             let digest = digest::sha256(token.as_bytes());
             if bool::from(digest.ct_eq(&state.settings.api_key_digest)) {
                 Some(Principal::ApiKey)
-            } else if accept == Accept::KeyOrSession {
+            } else if accept != Accept::KeyOnly && token.starts_with(crate::sessions::TOKEN_PREFIX)
+            {
+                // Only session-shaped tokens are looked up: a plain wrong key is refused even
+                // while the store is unreachable.
                 state
                     .store
                     .use_session(&digest)
@@ -110,6 +127,10 @@ pub async fn authenticate(
             }
         }
     };
+    let principal = match principal {
+        None if accept == Accept::Anyone => Some(Principal::Keyless),
+        other => other,
+    };
     let fingerprint = presented.map(|t| digest::fingerprint(t.as_bytes()));
     state.audit.record(
         "authentication",
@@ -119,6 +140,7 @@ pub async fn authenticate(
             "credential": match &principal {
                 Some(Principal::ApiKey) => "api_key",
                 Some(Principal::Session(_)) => "session",
+                Some(Principal::Keyless) => "keyless",
                 None => "none",
             },
             "session_id": principal.as_ref().and_then(Principal::session_id),
@@ -135,7 +157,7 @@ pub async fn authenticate(
                 .await?;
             Err(Error::Unauthorized(match (presented, accept) {
                 (None, _) => "missing API key: send `Authorization: Bearer <key>`".into(),
-                (Some(_), Accept::KeyOrSession) => {
+                (Some(_), Accept::KeyOrSession | Accept::Anyone) => {
                     "invalid API key or session token (sessions end after their TTL or idle time)"
                         .into()
                 }

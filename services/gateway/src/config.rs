@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub host: String,
     pub port: Port,
     pub allow_non_loopback: Flag,
+    pub allow_keyless_generation: Flag,
     pub api_key: Option<Secret>,
     pub api_key_sha256: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
@@ -52,6 +53,7 @@ impl Default for RawConfig {
             host: "127.0.0.1".into(),
             port: Bounded(8788),
             allow_non_loopback: Flag(false),
+            allow_keyless_generation: Flag(false),
             api_key: None,
             api_key_sha256: None,
             api_key_file: None,
@@ -128,6 +130,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
     pub max_concurrent_requests: usize,
+    /// Generating routes serve callers without a key (loopback only).
+    pub allow_keyless_generation: bool,
     pub audit_log: Option<PathBuf>,
     pub allowed_origins: Vec<String>,
     pub bridge_socket: PathBuf,
@@ -157,6 +161,15 @@ impl Settings {
                 "HOST",
                 format!(
                     "{:?} is not a loopback address; set LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true to bind it anyway",
+                    raw.host
+                ),
+            ));
+        }
+        if raw.allow_keyless_generation.0 && !is_loopback_host(&raw.host) {
+            return Err(ConfigError::new(
+                "ALLOW_KEYLESS_GENERATION",
+                format!(
+                    "keyless generation is allowed only on a loopback address, and LOCAL_PROVIDER_HOST is {:?}",
                     raw.host
                 ),
             ));
@@ -230,6 +243,7 @@ impl Settings {
             max_body_bytes: raw.max_body_bytes.0 as usize,
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
+            allow_keyless_generation: raw.allow_keyless_generation.0,
             audit_log,
             allowed_origins: raw.allowed_origins.0,
             bridge_socket: raw

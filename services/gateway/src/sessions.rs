@@ -33,7 +33,7 @@ pub async fn create(
     );
     let now = now_ms();
     let session = Session {
-        id: format!("sess-{}", crate::chat::random_hex(16)),
+        id: format!("sess-{}", crate::generate::random_hex(16)),
         token_digest: digest::sha256(token.as_bytes()),
         owner: state.key_client.clone(),
         created_ms: now,
@@ -104,7 +104,7 @@ pub async fn delete(
     state.audit.record(
         "session_revoked",
         json!({"client_ip": peer.ip().to_string(), "session_id": removed.id, "by": match principal {
-            Principal::ApiKey => "api_key", Principal::Session(_) => "session" }}),
+            Principal::ApiKey | Principal::Keyless => "api_key", Principal::Session(_) => "session" }}),
     );
     Ok(Json(
         json!({"id": removed.id, "object": "session", "deleted": true}),

@@ -92,40 +92,8 @@ fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
 
 /// Parses and checks a `/v1/chat/completions` body.
 pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid(format!("the request body is not valid JSON: {e}"), None))?;
-    let Value::Object(mut obj) = value else {
-        return Err(Error::invalid(
-            "the request body must be a JSON object",
-            None,
-        ));
-    };
-
-    match obj.get("model") {
-        Some(Value::String(m)) if model_matches(m, limits.model) => {}
-        Some(Value::String(m)) => {
-            return Err(Error::InvalidRequest {
-                message: format!(
-                    "model: the model `{m}` does not exist here; use `{}`",
-                    limits.model
-                ),
-                param: Some("model".into()),
-                code: Some("model_not_found"),
-            })
-        }
-        Some(v) => {
-            return Err(invalid(
-                "model",
-                format!("expected a string, got {}", describe(v)),
-            ))
-        }
-        None => {
-            return Err(invalid(
-                "model",
-                format!("required; use `{}`", limits.model),
-            ))
-        }
-    }
+    let mut obj = object_of(body)?;
+    check_model(&obj, limits.model)?;
 
     let messages = match obj.remove("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -147,42 +115,7 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
         check_message(i, message, limits.max_content_bytes)?;
     }
 
-    let max_completion = int_in(&obj, "max_completion_tokens", 1, limits.max_tokens)?;
-    let max_tokens = int_in(&obj, "max_tokens", 1, limits.max_tokens)?;
-    number_in(&obj, "temperature", 0.0, 2.0)?;
-    number_in(&obj, "top_p", 0.0, 1.0)?;
-    number_in(&obj, "presence_penalty", -2.0, 2.0)?;
-    number_in(&obj, "frequency_penalty", -2.0, 2.0)?;
-    if let Some(n) = int_in(&obj, "n", 1, u64::MAX)? {
-        if n != 1 {
-            return Err(invalid("n", format!("only 1 choice is supported, got {n}")));
-        }
-    }
-    let stream = bool_field(&obj, "stream")?;
-    let include_usage = match obj.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(opts)) => {
-            if !stream {
-                return Err(invalid(
-                    "stream_options",
-                    "only allowed when stream is true".into(),
-                ));
-            }
-            bool_field(opts, "include_usage").map_err(|_| {
-                invalid(
-                    "stream_options.include_usage",
-                    "expected true or false".into(),
-                )
-            })?
-        }
-        Some(v) => {
-            return Err(invalid(
-                "stream_options",
-                format!("expected an object, got {}", describe(v)),
-            ))
-        }
-    };
-    check_stop(&obj)?;
+    let common = check_common(&obj, limits)?;
     let tools = match obj.get("tools") {
         None | Some(Value::Null) => None,
         Some(Value::Array(tools)) => {
@@ -220,11 +153,191 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
     obj.remove("model");
     Ok(ChatRequest {
         messages,
+        stream: common.stream,
+        include_usage: common.include_usage,
+        max_tokens: common.max_tokens,
+        tools,
+        parameters: obj,
+    })
+}
+
+/// A legacy (fill-in-the-middle) completion request that passed validation.
+#[derive(Debug)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    pub suffix: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<u64>,
+    /// Every field but `model`, `prompt` and `suffix`, exactly as sent.
+    pub parameters: Map<String, Value>,
+}
+
+/// Parses and checks a `/v1/completions` body.
+pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest, Error> {
+    let mut obj = object_of(body)?;
+    check_model(&obj, limits.model)?;
+    let prompt = match obj.remove("prompt") {
+        Some(Value::String(p)) => p,
+        Some(Value::Array(mut items)) if items.len() == 1 && items[0].is_string() => {
+            match items.pop() {
+                Some(Value::String(p)) => p,
+                _ => String::new(),
+            }
+        }
+        Some(Value::Array(items)) if items.len() > 1 => {
+            return Err(invalid(
+                "prompt",
+                format!("one prompt per request is supported, got {}", items.len()),
+            ))
+        }
+        Some(v) => {
+            return Err(invalid(
+                "prompt",
+                format!("expected a string, got {}", describe(&v)),
+            ))
+        }
+        None => return Err(invalid("prompt", "required".into())),
+    };
+    let suffix = match obj.remove("suffix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(v) => {
+            return Err(invalid(
+                "suffix",
+                format!("expected a string, got {}", describe(&v)),
+            ))
+        }
+    };
+    for (field, text) in [("prompt", Some(&prompt)), ("suffix", suffix.as_ref())] {
+        check_size(field, text.map_or(0, String::len), limits.max_content_bytes)?;
+    }
+    let common = check_common(&obj, limits)?;
+    if bool_field(&obj, "echo")? {
+        return Err(invalid(
+            "echo",
+            "echoing the prompt is not supported".into(),
+        ));
+    }
+    if let Some(best_of) = int_in(&obj, "best_of", 1, u64::MAX)? {
+        if best_of != 1 {
+            return Err(invalid(
+                "best_of",
+                format!("only 1 is supported, got {best_of}"),
+            ));
+        }
+    }
+    if obj
+        .get("logprobs")
+        .is_some_and(|v| !v.is_null() && v != &Value::from(0))
+    {
+        return Err(invalid(
+            "logprobs",
+            "log probabilities are not available from this model".into(),
+        ));
+    }
+    obj.remove("model");
+    Ok(CompletionRequest {
+        prompt,
+        suffix,
+        stream: common.stream,
+        include_usage: common.include_usage,
+        max_tokens: common.max_tokens,
+        parameters: obj,
+    })
+}
+
+/// What chat and completion requests share.
+struct Common {
+    stream: bool,
+    include_usage: bool,
+    max_tokens: Option<u64>,
+}
+
+fn object_of(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("the request body is not valid JSON: {e}"), None))?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(Error::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+    }
+}
+
+pub fn check_model(obj: &Map<String, Value>, model: &str) -> Result<(), Error> {
+    match obj.get("model") {
+        Some(Value::String(m)) if model_matches(m, model) => Ok(()),
+        Some(Value::String(m)) => Err(Error::InvalidRequest {
+            message: format!("model: the model `{m}` does not exist here; use `{model}`"),
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }),
+        Some(v) => Err(invalid(
+            "model",
+            format!("expected a string, got {}", describe(v)),
+        )),
+        None => Err(invalid("model", format!("required; use `{model}`"))),
+    }
+}
+
+/// Refuses a text larger than one message may carry; never cuts it.
+pub fn check_size(param: &str, size: usize, max: usize) -> Result<(), Error> {
+    if size > max {
+        return Err(Error::InvalidRequest {
+            message: format!(
+                "{param}: {size} bytes is more than the {max} bytes one message may carry"
+            ),
+            param: Some(param.to_owned()),
+            code: Some("content_too_large"),
+        });
+    }
+    Ok(())
+}
+
+/// Sampling parameters, `n`, streaming options and `stop`: the same for chat and completions.
+fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common, Error> {
+    let max_completion = int_in(obj, "max_completion_tokens", 1, limits.max_tokens)?;
+    let max_tokens = int_in(obj, "max_tokens", 1, limits.max_tokens)?;
+    number_in(obj, "temperature", 0.0, 2.0)?;
+    number_in(obj, "top_p", 0.0, 1.0)?;
+    number_in(obj, "presence_penalty", -2.0, 2.0)?;
+    number_in(obj, "frequency_penalty", -2.0, 2.0)?;
+    if let Some(n) = int_in(obj, "n", 1, u64::MAX)? {
+        if n != 1 {
+            return Err(invalid("n", format!("only 1 choice is supported, got {n}")));
+        }
+    }
+    let stream = bool_field(obj, "stream")?;
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(opts)) => {
+            if !stream {
+                return Err(invalid(
+                    "stream_options",
+                    "only allowed when stream is true".into(),
+                ));
+            }
+            bool_field(opts, "include_usage").map_err(|_| {
+                invalid(
+                    "stream_options.include_usage",
+                    "expected true or false".into(),
+                )
+            })?
+        }
+        Some(v) => {
+            return Err(invalid(
+                "stream_options",
+                format!("expected an object, got {}", describe(v)),
+            ))
+        }
+    };
+    check_stop(obj)?;
+    Ok(Common {
         stream,
         include_usage,
         max_tokens: max_completion.or(max_tokens),
-        tools,
-        parameters: obj,
     })
 }
 
@@ -304,15 +417,7 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
             ))
         }
     };
-    if size > max_content {
-        return Err(Error::InvalidRequest {
-            message: format!(
-                "{content_at}: {size} bytes is more than the {max_content} bytes one message may carry"
-            ),
-            param: Some(content_at),
-            code: Some("content_too_large"),
-        });
-    }
+    check_size(&content_at, size, max_content)?;
     if role == "tool" && !m.get("tool_call_id").is_some_and(Value::is_string) {
         return Err(invalid(
             &format!("{at}.tool_call_id"),

@@ -1,46 +1,55 @@
-//! `POST /v1/chat/completions`: authenticate, validate, admit (concurrency, requests and tokens
-//! per minute), hand the request to the agent, then answer streamed or whole.
+//! The path every generating route shares (OpenAI chat and completions, Ollama chat and generate):
+//! admit the job (concurrency, requests and tokens per minute), hand it to the agent, and turn the
+//! agent's frames into [`drive::Piece`]s that each API renders in its own format.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
 use provider_shared::bridge::{codes, ErrorBody, ModelInvoke, ModelMeta, Payload};
-use provider_shared::digest;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::auth::{self, Accept};
+use crate::auth::Principal;
 use crate::error::Error;
-use crate::ratelimit::RateHeaders;
+use crate::ratelimit::{RateHeaders, Take};
 use crate::state::{AppState, Shared};
-use crate::{tokens, validate};
 
 mod account;
-mod complete;
 pub mod convert;
-mod stream;
+pub mod drive;
 
 use account::Accounting;
+pub use drive::{Piece, Pieces};
 
-pub async fn completions(
-    State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
-    let started = Instant::now();
-    let principal = auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    let body = read_body(body, state.settings.max_body_bytes).await?;
-    let request = validate::chat(
-        &body,
-        &validate::Limits {
-            model: &state.settings.model_name,
-            max_tokens: state.settings.max_tokens_limit,
-            max_content_bytes: state.settings.max_content_bytes,
-        },
-    )?;
+/// One request for the agent, already validated.
+pub struct Job {
+    pub payload: Payload,
+    pub prompt_tokens: u64,
+    /// What the client capped the answer at, if anything.
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    pub scopes: Vec<String>,
+    /// SHA-256 of the prompt, for the audit log (never the prompt itself).
+    pub prompt_sha256: String,
+    /// `chatcmpl-`, `cmpl-`, …: the id's prefix in the client's API.
+    pub id_prefix: &'static str,
+}
+
+/// A job the agent is working on.
+pub struct Running {
+    pub id: String,
+    pub created: u64,
+    pub rate: RateHeaders,
+    pub pieces: Pieces,
+}
+
+/// Admits `job` for `principal` and sends it to the agent.
+pub async fn start(
+    state: &Shared,
+    principal: &Principal,
+    peer: SocketAddr,
+    started: Instant,
+    job: Job,
+) -> Result<Running, Error> {
     if state.shutdown.is_cancelled() {
         return Err(Error::Agent {
             status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -55,50 +64,36 @@ pub async fn completions(
             limit: state.settings.max_concurrent_requests,
         }
     })?;
+    let reserved = job.prompt_tokens + job.max_tokens.unwrap_or(state.settings.default_max_tokens);
+    let client = principal.client(state).to_owned();
+    let rate = admit(state, &client, peer, reserved).await?;
 
-    let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
-    let reserved = prompt_tokens
-        + request
-            .max_tokens
-            .unwrap_or(state.settings.default_max_tokens);
-    let client = principal.client(&state).to_owned();
-    let rate = admit(&state, &client, peer, reserved).await?;
-
-    let request_id = format!("chatcmpl-{}", random_hex(12));
-    let prompt_sha256 = digest::sha256_hex(
-        Value::Array(request.messages.clone())
-            .to_string()
-            .as_bytes(),
-    );
+    let id = format!("{}{}", job.id_prefix, random_hex(12));
     let account = Accounting {
         state: state.clone(),
-        request_id: request_id.clone(),
+        request_id: id.clone(),
         client,
         session_id: principal.session_id().map(str::to_owned),
         client_ip: peer.ip(),
-        stream: request.stream,
-        prompt_tokens,
+        stream: job.stream,
+        prompt_tokens: job.prompt_tokens,
         reserved_tokens: reserved,
-        prompt_sha256,
+        prompt_sha256: job.prompt_sha256,
         started,
         first_chunk: None,
         permit: Some(permit),
         done: true,
     }
     .begin();
-
     let invoke = ModelInvoke {
-        id: request_id.clone(),
+        id: id.clone(),
         session_id: principal.session_id().map(str::to_owned),
         model_meta: ModelMeta {
             provider: "mcp-local-provider".into(),
             label: state.settings.model_name.clone(),
-            requested_scopes: scopes(&request.tools),
+            requested_scopes: job.scopes,
         },
-        payload: Payload::Chat {
-            messages: request.messages,
-            parameters: request.parameters,
-        },
+        payload: job.payload,
     };
     let call = match state
         .bridge
@@ -112,31 +107,16 @@ pub async fn completions(
             return Err(err);
         }
     };
-    let created = unix_seconds();
-    let reply = Reply {
-        id: request_id,
-        created,
-        model: state.settings.model_name.clone(),
-        include_usage: request.include_usage,
+    Ok(Running {
+        id,
+        created: unix_seconds(),
         rate,
-    };
-    if request.stream {
-        Ok(stream::respond(state, call, account, reply))
-    } else {
-        complete::respond(&state, call, account, reply).await
-    }
+        pieces: drive::drive(state.clone(), call, account),
+    })
 }
 
-/// What every response of a request shares.
-pub struct Reply {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
-    pub include_usage: bool,
-    pub rate: RateHeaders,
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
             Error::BodyTooLarge { limit }
@@ -209,13 +189,8 @@ async fn admit(
         // The request was not admitted, so it does not count against the request budget.
         state.store.adjust(&rpm_key, rpm, 1).await?;
         metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
-        audit_limit(
-            state,
-            peer,
-            "tokens",
-            state.settings.tpm - tokens.remaining.min(state.settings.tpm),
-            state.settings.tpm,
-        );
+        let used = state.settings.tpm.saturating_sub(tokens.remaining);
+        audit_limit(state, peer, "tokens", used, state.settings.tpm);
         return Err(Error::RateLimited {
             kind: "tokens",
             message: format!(
@@ -231,11 +206,7 @@ async fn admit(
     Ok(headers_of(state, &requests, &tokens))
 }
 
-fn headers_of(
-    state: &AppState,
-    requests: &crate::ratelimit::Take,
-    tokens: &crate::ratelimit::Take,
-) -> RateHeaders {
+fn headers_of(state: &AppState, requests: &Take, tokens: &Take) -> RateHeaders {
     RateHeaders {
         limit_requests: state.settings.rpm,
         remaining_requests: requests.remaining,
@@ -251,14 +222,6 @@ fn audit_limit(state: &AppState, peer: SocketAddr, kind: &str, current: u64, lim
         "rate_limit_exceeded",
         json!({"client_ip": peer.ip().to_string(), "limit_type": kind, "current": current, "limit": limit}),
     );
-}
-
-fn scopes(tools: &Option<Value>) -> Vec<String> {
-    let mut scopes = vec!["chat".to_owned()];
-    if tools.is_some() {
-        scopes.push("tools".to_owned());
-    }
-    scopes
 }
 
 /// Maps a failed result from bridge-agent or the agent to the client's error.
@@ -281,16 +244,6 @@ pub fn agent_error(err: &ErrorBody) -> Error {
         code: err.code.clone(),
         message: err.message.clone(),
         retry_after,
-    }
-}
-
-/// The client's error when bridge-agent went away mid-request.
-pub fn lost_error() -> Error {
-    Error::Agent {
-        status: axum::http::StatusCode::BAD_GATEWAY,
-        code: "bridge_agent_disconnected".into(),
-        message: "the connection to bridge-agent broke before the answer was complete".into(),
-        retry_after: None,
     }
 }
 

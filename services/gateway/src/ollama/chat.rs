@@ -1,0 +1,167 @@
+//! `POST /api/chat`: Ollama's chat, NDJSON when streamed (the default), one object otherwise.
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use provider_shared::bridge::Payload;
+use provider_shared::digest;
+use serde_json::{json, Map, Value};
+
+use super::convert;
+use super::{
+    counters, created_at, done_reason, invalid, ndjson, object, parameters, requested_model,
+    wants_stream, OllamaError,
+};
+use crate::auth;
+use crate::generate::{self, convert::Answer, Job, Piece};
+use crate::openai::Headers;
+use crate::state::Shared;
+use crate::tokens;
+use crate::validate::check_size;
+
+pub async fn chat(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let principal =
+        auth::authenticate(&state, &headers, peer.ip(), auth::for_generation(&state)).await?;
+    let body = generate::read_body(body, state.settings.max_body_bytes).await?;
+    let request = object(&body)?;
+    let model = requested_model(&state, &request)?;
+    let stream = wants_stream(&request)?;
+    let given = match request.get("messages") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(m)) => m.clone(),
+        Some(other) => return Err(invalid(format!("messages: expected an array, got {other}"))),
+    };
+    if given.is_empty() {
+        // Ollama answers an empty chat by loading the model: nothing to ask the agent.
+        return Ok(Json(json!({"model": model, "created_at": created_at(),
+            "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
+        .into_response());
+    }
+    let messages = convert::messages(&given).map_err(invalid)?;
+    for (i, m) in messages.iter().enumerate() {
+        let size = m.get("content").map_or(0, |c| match c {
+            Value::String(s) => s.len(),
+            other => other.to_string().len(),
+        });
+        check_size(
+            &format!("messages[{i}].content"),
+            size,
+            state.settings.max_content_bytes,
+        )?;
+    }
+    let (mut params, max_tokens) = parameters(&state, &request, stream)?;
+    let tools = match request.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(t)) => Some(Value::Array(t.clone())),
+        Some(other) => return Err(invalid(format!("tools: expected an array, got {other}"))),
+    };
+    if let Some(tools) = &tools {
+        params.insert("tools".into(), tools.clone());
+    }
+    let mut scopes = vec!["chat".to_owned()];
+    if tools.is_some() {
+        scopes.push("tools".to_owned());
+    }
+    let job = Job {
+        prompt_tokens: tokens::count_prompt(&messages, tools.as_ref()),
+        prompt_sha256: digest::sha256_hex(Value::Array(given).to_string().as_bytes()),
+        payload: Payload::Chat {
+            messages,
+            parameters: params,
+        },
+        max_tokens,
+        stream,
+        scopes,
+        id_prefix: "chatcmpl-",
+    };
+    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let headers = Headers::of(&running);
+    let mut pieces = running.pieces;
+    if !stream {
+        let (answer, finish_reason, usage) = generate::drive::finish(pieces).await?;
+        let mut line = line(&model, message(&answer, &answer.content, true));
+        line.insert("done".into(), json!(true));
+        line.insert("done_reason".into(), json!(done_reason(&finish_reason)));
+        line.extend(counters(started, None, &usage));
+        let mut response = Json(Value::Object(line)).into_response();
+        headers.apply(response.headers_mut());
+        return Ok(response);
+    }
+    let lines = async_stream::stream! {
+        let mut first = None;
+        while let Some(piece) = pieces.next().await {
+            match piece {
+                Piece::Delta(delta) => {
+                    first.get_or_insert_with(Instant::now);
+                    let content = delta.get("content").and_then(Value::as_str).unwrap_or("");
+                    let thinking = delta.get("reasoning_content").and_then(Value::as_str);
+                    // Ollama clients take tool calls whole: they go out with the last message.
+                    if content.is_empty() && thinking.is_none() {
+                        continue;
+                    }
+                    let mut msg = Map::new();
+                    msg.insert("role".into(), json!("assistant"));
+                    msg.insert("content".into(), json!(content));
+                    if let Some(thinking) = thinking {
+                        msg.insert("thinking".into(), json!(thinking));
+                    }
+                    let mut l = line(&model, Value::Object(msg));
+                    l.insert("done".into(), json!(false));
+                    yield Value::Object(l);
+                }
+                Piece::Done { answer, finish_reason, usage } => {
+                    if !answer.tool_calls.is_empty() {
+                        let mut l = line(&model, message(&answer, "", false));
+                        l.insert("done".into(), json!(false));
+                        yield Value::Object(l);
+                    }
+                    let mut l = line(&model, json!({"role": "assistant", "content": ""}));
+                    l.insert("done".into(), json!(true));
+                    l.insert("done_reason".into(), json!(done_reason(&finish_reason)));
+                    l.extend(counters(started, first, &usage));
+                    yield Value::Object(l);
+                }
+                Piece::Failed(err) => yield json!({"error": err.to_string()}),
+            }
+        }
+    };
+    Ok(ndjson(lines, &headers))
+}
+
+fn line(model: &str, message: Value) -> Map<String, Value> {
+    let mut l = Map::new();
+    l.insert("model".into(), json!(model));
+    l.insert("created_at".into(), json!(created_at()));
+    l.insert("message".into(), message);
+    l
+}
+
+/// The assistant message with `content`, its tool calls, and its thinking when `whole`.
+fn message(answer: &Answer, content: &str, whole: bool) -> Value {
+    let mut msg = Map::new();
+    msg.insert("role".into(), json!("assistant"));
+    msg.insert("content".into(), json!(content));
+    if whole && !answer.reasoning.is_empty() {
+        msg.insert("thinking".into(), json!(answer.reasoning));
+    }
+    if !answer.tool_calls.is_empty() {
+        let calls: Vec<Value> = answer
+            .tool_calls
+            .values()
+            .map(|c| convert::tool_call_out(&c.name, &c.arguments))
+            .collect();
+        msg.insert("tool_calls".into(), Value::Array(calls));
+    }
+    Value::Object(msg)
+}

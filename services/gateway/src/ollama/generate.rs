@@ -1,0 +1,114 @@
+//! `POST /api/generate`: Ollama's completion, also fill-in-the-middle with `suffix`; reaches the
+//! agent as a `completion` job.
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+
+use super::{
+    counters, created_at, done_reason, invalid, ndjson, object, parameters, requested_model,
+    wants_stream, OllamaError,
+};
+use crate::auth;
+use crate::generate::{self, Piece};
+use crate::openai::completions::completion_job;
+use crate::openai::Headers;
+use crate::state::Shared;
+use crate::validate::check_size;
+
+fn text_field(request: &Map<String, Value>, key: &str) -> Result<Option<String>, OllamaError> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(format!("{key}: expected a string, got {other}"))),
+    }
+}
+
+pub async fn generate(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let principal =
+        auth::authenticate(&state, &headers, peer.ip(), auth::for_generation(&state)).await?;
+    let body = generate::read_body(body, state.settings.max_body_bytes).await?;
+    let request = object(&body)?;
+    let model = requested_model(&state, &request)?;
+    let stream = wants_stream(&request)?;
+    let prompt = text_field(&request, "prompt")?.unwrap_or_default();
+    let suffix = text_field(&request, "suffix")?.filter(|s| !s.is_empty());
+    let system = text_field(&request, "system")?.filter(|s| !s.is_empty());
+    if prompt.is_empty() && suffix.is_none() {
+        // Ollama answers an empty prompt by loading the model: nothing to ask the agent.
+        return Ok(Json(
+            json!({"model": model, "created_at": created_at(), "response": "",
+            "done": true, "done_reason": "load"}),
+        )
+        .into_response());
+    }
+    for (field, text) in [
+        ("prompt", Some(&prompt)),
+        ("suffix", suffix.as_ref()),
+        ("system", system.as_ref()),
+    ] {
+        check_size(
+            field,
+            text.map_or(0, String::len),
+            state.settings.max_content_bytes,
+        )?;
+    }
+    let (params, max_tokens) = parameters(&state, &request, stream)?;
+    let job = completion_job(prompt, suffix, system, params, max_tokens, stream, "cmpl-");
+    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let headers = Headers::of(&running);
+    let mut pieces = running.pieces;
+    if !stream {
+        let (answer, finish_reason, usage) = generate::drive::finish(pieces).await?;
+        let mut out = line(&model, &answer.content, true);
+        out.insert("done_reason".into(), json!(done_reason(&finish_reason)));
+        out.insert("context".into(), json!([]));
+        out.extend(counters(started, None, &usage));
+        let mut response = Json(Value::Object(out)).into_response();
+        headers.apply(response.headers_mut());
+        return Ok(response);
+    }
+    let lines = async_stream::stream! {
+        let mut first = None;
+        while let Some(piece) = pieces.next().await {
+            match piece {
+                Piece::Delta(delta) => {
+                    first.get_or_insert_with(Instant::now);
+                    if let Some(text) = delta.get("content").and_then(Value::as_str) {
+                        yield Value::Object(line(&model, text, false));
+                    }
+                }
+                Piece::Done { finish_reason, usage, .. } => {
+                    let mut out = line(&model, "", true);
+                    out.insert("done_reason".into(), json!(done_reason(&finish_reason)));
+                    out.insert("context".into(), json!([]));
+                    out.extend(counters(started, first, &usage));
+                    yield Value::Object(out);
+                }
+                Piece::Failed(err) => yield json!({"error": err.to_string()}),
+            }
+        }
+    };
+    Ok(ndjson(lines, &headers))
+}
+
+fn line(model: &str, response: &str, done: bool) -> Map<String, Value> {
+    let mut l = Map::new();
+    l.insert("model".into(), json!(model));
+    l.insert("created_at".into(), json!(created_at()));
+    l.insert("response".into(), json!(response));
+    l.insert("done".into(), json!(done));
+    l
+}

@@ -1,0 +1,286 @@
+//! Ollama's API on the same port (root paths), for editors whose "local model" setting speaks
+//! Ollama: metadata (`/api/version`, `/api/tags`, `/api/show`) answered without a key, and
+//! generation (`/api/chat`, `/api/generate`) on the same agent path, auth, limits and audit as
+//! the OpenAI routes, streamed as newline-delimited JSON.
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+use crate::state::{AppState, Shared};
+
+pub mod chat;
+mod convert;
+pub mod generate;
+
+/// The Ollama version reported: recent enough for clients that refuse older servers.
+pub const OLLAMA_VERSION: &str = "0.12.0";
+/// The context length `/api/show` reports, matching the editor override in the README.
+pub const CONTEXT_LENGTH: u64 = 200_000;
+
+/// An error in Ollama's shape, `{"error": "…"}`, with the status and headers of the gateway's
+/// one mapping of errors.
+pub struct OllamaError(pub Box<Error>);
+
+impl From<Error> for OllamaError {
+    fn from(err: Error) -> Self {
+        OllamaError(Box::new(err))
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let message = self.0.to_string();
+        let mut response = self.0.into_response();
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        *response.body_mut() = Body::from(json!({"error": message}).to_string());
+        response
+    }
+}
+
+fn not_found(model: &str) -> OllamaError {
+    Error::NotFound {
+        message: format!("model \"{model}\" not found, try pulling it first"),
+        code: "model_not_found",
+    }
+    .into()
+}
+
+fn invalid(message: String) -> OllamaError {
+    Error::invalid(message, None).into()
+}
+
+/// The model a request names (`model`, or the older `name`), if it is ours.
+fn requested_model(state: &AppState, body: &Map<String, Value>) -> Result<String, OllamaError> {
+    let name = match body.get("model").or_else(|| body.get("name")) {
+        Some(Value::String(m)) => m.clone(),
+        Some(other) => return Err(invalid(format!("model: expected a string, got {other}"))),
+        None => return Err(invalid("model: required".into())),
+    };
+    if crate::validate::model_matches(&name, &state.settings.model_name) {
+        Ok(name)
+    } else {
+        Err(not_found(&name))
+    }
+}
+
+/// Parses a JSON object body.
+fn object(body: &[u8]) -> Result<Map<String, Value>, OllamaError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(invalid("the request body must be a JSON object".into())),
+        Err(e) => Err(invalid(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+/// Ollama's `created_at`: RFC 3339 with fractions.
+fn created_at() -> String {
+    crate::audit::timestamp()
+}
+
+fn digest(state: &AppState) -> String {
+    provider_shared::digest::sha256_hex(state.settings.model_name.as_bytes())
+}
+
+fn details() -> Value {
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": "cursor-agent",
+        "families": ["cursor-agent"],
+        "parameter_size": "unknown",
+        "quantization_level": "unknown",
+    })
+}
+
+fn modified_at(state: &AppState) -> String {
+    let started = time::OffsetDateTime::from_unix_timestamp(state.models_created as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    started
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": OLLAMA_VERSION}))
+}
+
+pub async fn tags(State(state): State<Shared>) -> Json<Value> {
+    let name = &state.settings.model_name;
+    Json(json!({"models": [{
+        "name": name,
+        "model": name,
+        "modified_at": modified_at(&state),
+        "size": 0,
+        "digest": digest(&state),
+        "details": details(),
+    }]}))
+}
+
+pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>, OllamaError> {
+    let body = crate::generate::read_body(body, state.settings.max_body_bytes).await?;
+    let request = object(&body)?;
+    requested_model(&state, &request)?;
+    Ok(Json(json!({
+        "license": "",
+        "modelfile": format!("# served by mcp-local-provider\nFROM {}\n", state.settings.model_name),
+        "parameters": "",
+        "template": "{{ .Prompt }}",
+        "details": details(),
+        "model_info": {
+            "general.architecture": "cursor-agent",
+            "general.basename": state.settings.model_name,
+            "cursor-agent.context_length": CONTEXT_LENGTH,
+        },
+        "capabilities": ["completion", "tools"],
+        "modified_at": modified_at(&state),
+    })))
+}
+
+/// Sampling options of Ollama's `options` as OpenAI-named parameters for the agent, checked with
+/// the same bounds as the OpenAI routes. Returns the parameters and the answer's token cap.
+fn parameters(
+    state: &AppState,
+    request: &Map<String, Value>,
+    stream: bool,
+) -> Result<(Map<String, Value>, Option<u64>), OllamaError> {
+    let mut out = Map::new();
+    out.insert("stream".into(), json!(stream));
+    let empty = Map::new();
+    let options = match request.get("options") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(invalid(format!("options: expected an object, got {other}"))),
+    };
+    let number = |key: &str, lo: f64, hi: f64| -> Result<Option<f64>, OllamaError> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
+                _ => Err(invalid(format!(
+                    "options.{key}: expected a number from {lo} to {hi}, got {v}"
+                ))),
+            },
+        }
+    };
+    for (key, to, lo, hi) in [
+        ("temperature", "temperature", 0.0, 2.0),
+        ("top_p", "top_p", 0.0, 1.0),
+        ("presence_penalty", "presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", "frequency_penalty", -2.0, 2.0),
+    ] {
+        if let Some(x) = number(key, lo, hi)? {
+            out.insert(to.into(), json!(x));
+        }
+    }
+    if let Some(seed) = options.get("seed").filter(|v| !v.is_null()) {
+        out.insert("seed".into(), seed.clone());
+    }
+    let limit = state.settings.max_tokens_limit;
+    let max_tokens = match options.get("num_predict") {
+        None | Some(Value::Null) => None,
+        // Ollama's "no limit" (-1) and "fill the context" (-2).
+        Some(v) if v.as_i64().is_some_and(|n| n == -1 || n == -2) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=limit).contains(&n) => Some(n),
+            _ => {
+                return Err(invalid(format!(
+                "options.num_predict: expected -1, -2 or a whole number from 1 to {limit}, got {v}"
+            )))
+            }
+        },
+    };
+    if let Some(n) = max_tokens {
+        out.insert("max_tokens".into(), json!(n));
+    }
+    match options.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            out.insert("stop".into(), Value::Array(items.clone()));
+        }
+        Some(Value::String(s)) => {
+            out.insert("stop".into(), json!([s]));
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "options.stop: expected strings, got {other}"
+            )))
+        }
+    }
+    for key in ["format", "think", "raw", "template"] {
+        if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    Ok((out, max_tokens))
+}
+
+/// `stream`, which Ollama defaults to true.
+fn wants_stream(request: &Map<String, Value>) -> Result<bool, OllamaError> {
+    match request.get("stream") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(invalid(format!(
+            "stream: expected true or false, got {other}"
+        ))),
+    }
+}
+
+/// Ollama's closing counters, in nanoseconds and tokens.
+fn counters(
+    started: Instant,
+    first: Option<Instant>,
+    usage: &provider_shared::bridge::Usage,
+) -> Map<String, Value> {
+    let total = started.elapsed();
+    let until_first = first.map_or(total, |f| f.duration_since(started));
+    let nanos = |d: Duration| d.as_nanos() as u64;
+    let mut out = Map::new();
+    out.insert("total_duration".into(), json!(nanos(total)));
+    out.insert("load_duration".into(), json!(0));
+    out.insert("prompt_eval_count".into(), json!(usage.prompt_tokens));
+    out.insert("prompt_eval_duration".into(), json!(nanos(until_first)));
+    out.insert("eval_count".into(), json!(usage.completion_tokens));
+    out.insert(
+        "eval_duration".into(),
+        json!(nanos(total.saturating_sub(until_first))),
+    );
+    out
+}
+
+/// Ollama's `done_reason` for an OpenAI `finish_reason`.
+fn done_reason(finish_reason: &str) -> &str {
+    match finish_reason {
+        "length" => "length",
+        _ => "stop",
+    }
+}
+
+/// A newline-delimited JSON response: one object per line.
+fn ndjson<S>(lines: S, headers: &crate::openai::Headers) -> Response
+where
+    S: Stream<Item = Value> + Send + 'static,
+{
+    let body = lines.map(|line| {
+        let mut text = line.to_string();
+        text.push('\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(text))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.apply(h);
+    *response.status_mut() = StatusCode::OK;
+    response
+}

@@ -1,0 +1,60 @@
+//! The OpenAI-compatible generating routes: chat completions and legacy (fill-in-the-middle)
+//! completions.
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+
+use crate::error::Error;
+use crate::generate::Running;
+
+pub mod chat;
+pub mod completions;
+
+/// An SSE response with keep-alive comments, the rate-limit headers and the request id.
+fn sse_response<S>(events: S, keepalive: std::time::Duration, running_headers: &Headers) -> Response
+where
+    S: Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send + 'static,
+{
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    running_headers.apply(headers);
+    response
+}
+
+/// The headers every answer of a running job carries.
+pub struct Headers {
+    rate: crate::ratelimit::RateHeaders,
+    id: String,
+}
+
+impl Headers {
+    pub fn of(running: &Running) -> Self {
+        Self {
+            rate: running.rate.clone(),
+            id: running.id.clone(),
+        }
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        self.rate.apply(headers);
+        if let Ok(id) = HeaderValue::from_str(&self.id) {
+            headers.insert("x-request-id", id);
+        }
+    }
+}
+
+fn data(value: &serde_json::Value) -> SseEvent {
+    SseEvent::default().data(value.to_string())
+}
+
+fn error_event(err: &Error) -> SseEvent {
+    data(&err.body())
+}
+
+fn done_event() -> SseEvent {
+    SseEvent::default().data("[DONE]")
+}
