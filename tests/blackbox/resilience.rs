@@ -179,7 +179,11 @@ async fn shutdown_lets_streams_finish_within_the_grace_period_then_ends_the_rest
 async fn an_idle_gateway_stops_at_once_without_waiting_out_the_grace_period() {
     let stack = Stack::start_with(|a| a, |g| g.env("SHUTDOWN_GRACE", 60)).await;
     assert_eq!(
-        stack.gateway.chat(chat_body("one answer", false)).await.status(),
+        stack
+            .gateway
+            .chat(chat_body("one answer", false))
+            .await
+            .status(),
         200
     );
     stack.gateway.service.terminate().unwrap();
