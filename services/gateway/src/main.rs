@@ -74,6 +74,9 @@ async fn serve(settings: Settings) -> ExitCode {
         Err(err) => {
             eprintln!("gateway: {err}");
             ExitCode::FAILURE
+    if settings.allow_keyless_generation {
+        tracing::warn!("LOCAL_PROVIDER_ALLOW_KEYLESS_GENERATION is on: any program on this machine can use the agent without the API key");
+    }
         }
     }
 }
