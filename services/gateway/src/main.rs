@@ -54,6 +54,9 @@ async fn serve(settings: Settings) -> ExitCode {
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(var, "unknown variable ignored (a typo?)");
     }
+    if settings.allow_keyless_generation {
+        tracing::warn!("LOCAL_PROVIDER_ALLOW_KEYLESS_GENERATION is on: any program on this machine can use the agent without the API key");
+    }
     if settings.binds_non_loopback() {
         tracing::warn!(host = %settings.host, "binding beyond loopback: anyone who can reach this address can try the API key");
     }
@@ -74,9 +77,6 @@ async fn serve(settings: Settings) -> ExitCode {
         Err(err) => {
             eprintln!("gateway: {err}");
             ExitCode::FAILURE
-    if settings.allow_keyless_generation {
-        tracing::warn!("LOCAL_PROVIDER_ALLOW_KEYLESS_GENERATION is on: any program on this machine can use the agent without the API key");
-    }
         }
     }
 }
