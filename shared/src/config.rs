@@ -14,6 +14,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "PORT",
     "ALLOW_NON_LOOPBACK",
     "ALLOW_KEYLESS_GENERATION",
+    "OVERHEAD_HEADER",
     "API_KEY",
     "API_KEY_SHA256",
     "API_KEY_FILE",

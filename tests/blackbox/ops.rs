@@ -219,3 +219,43 @@ async fn a_gateway_started_before_bridge_agent_connects_when_it_arrives() {
         200
     );
 }
+
+#[tokio::test]
+async fn the_gateway_reports_its_own_overhead_when_asked() {
+    let plain = Stack::start().await;
+    let resp = plain.gateway.chat(chat_body("no header", false)).await;
+    assert!(
+        !resp.headers().contains_key("x-gateway-overhead-ms"),
+        "off by default"
+    );
+
+    let stack = Stack::start_with(|a| a, |g| g.env("OVERHEAD_HEADER", "true")).await;
+    let started = std::time::Instant::now();
+    let resp = stack
+        .gateway
+        .chat(chat_body("[[delay:300]] measured", false))
+        .await;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let overhead: f64 = resp.headers()["x-gateway-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(overhead > 0.0, "{overhead}");
+    assert!(
+        overhead < total_ms - 250.0,
+        "the agent's 300 ms are not the gateway's: {overhead} of {total_ms}"
+    );
+    let streamed = stack.gateway.chat(chat_body("streamed", true)).await;
+    assert!(streamed.headers().contains_key("x-gateway-overhead-ms"));
+    let text = stack
+        .gateway
+        .get("/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("gateway_overhead_seconds_bucket"), "{text}");
+}

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub port: Port,
     pub allow_non_loopback: Flag,
     pub allow_keyless_generation: Flag,
+    pub overhead_header: Flag,
     pub api_key: Option<Secret>,
     pub api_key_sha256: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
@@ -54,6 +55,7 @@ impl Default for RawConfig {
             port: Bounded(8788),
             allow_non_loopback: Flag(false),
             allow_keyless_generation: Flag(false),
+            overhead_header: Flag(false),
             api_key: None,
             api_key_sha256: None,
             api_key_file: None,
@@ -132,6 +134,8 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// Generating routes serve callers without a key (loopback only).
     pub allow_keyless_generation: bool,
+    /// Answers carry `x-gateway-overhead-ms`.
+    pub overhead_header: bool,
     pub audit_log: Option<PathBuf>,
     pub allowed_origins: Vec<String>,
     pub bridge_socket: PathBuf,
@@ -244,6 +248,7 @@ impl Settings {
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
             allow_keyless_generation: raw.allow_keyless_generation.0,
+            overhead_header: raw.overhead_header.0,
             audit_log,
             allowed_origins: raw.allowed_origins.0,
             bridge_socket: raw

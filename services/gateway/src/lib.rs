@@ -150,6 +150,11 @@ fn describe_metrics() {
         "gateway_chat_requests_total",
         "Chat requests by stream and outcome"
     );
+    describe_histogram!(
+        "gateway_overhead_seconds",
+        Unit::Seconds,
+        "The gateway's own time per request, outside waiting for the agent"
+    );
     describe_counter!(
         "gateway_rate_limited_total",
         "Requests refused by a limit, by kind"

@@ -24,6 +24,10 @@ pub struct Accounting {
     pub first_chunk: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
     pub done: bool,
+    /// Gateway time before the request reached bridge-agent.
+    pub pre_dispatch: std::time::Duration,
+    /// Gateway time spent turning the agent's frames into output.
+    pub busy: std::time::Duration,
 }
 
 impl Accounting {
@@ -40,6 +44,11 @@ impl Accounting {
                 .record(now.duration_since(self.started).as_secs_f64());
             self.first_chunk = Some(now);
         }
+    }
+
+    /// What the gateway itself added to this request so far (time outside waiting for the agent).
+    pub fn overhead(&self) -> std::time::Duration {
+        self.pre_dispatch + self.busy
     }
 
     /// Closes the books: `usage` as the agent reported it, else our own count.
@@ -69,6 +78,7 @@ impl Accounting {
         let success = outcome == "ok";
         let elapsed = self.started.elapsed();
         metrics::histogram!("gateway_chat_duration_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!("gateway_overhead_seconds").record(self.overhead().as_secs_f64());
         metrics::counter!("gateway_chat_requests_total",
             "stream" => if self.stream { "true" } else { "false" },
             "outcome" => outcome.to_owned())

@@ -2,7 +2,7 @@
 //! exactly one ending, answered or failed. Dropping the stream before its end cancels the request
 //! all the way to the agent and closes its books.
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use provider_shared::bridge::{Outcome, Usage};
@@ -24,6 +24,8 @@ pub enum Piece {
         answer: Box<Answer>,
         finish_reason: String,
         usage: Usage,
+        /// The gateway's own time for the whole request.
+        overhead: Duration,
     },
     /// The request failed; nothing follows.
     Failed(Error),
@@ -87,10 +89,14 @@ pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
         let limit = backstop(&state);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let failure = match next(&state, &mut call, deadline).await {
+            let event = next(&state, &mut call, deadline).await;
+            let busy_since = Instant::now();
+            let failure = match event {
                 Next::Bridge(Event::Chunk(c)) => {
                     account.mark_first_chunk();
-                    if let Some(delta) = answer.absorb(&c.delta) {
+                    let delta = answer.absorb(&c.delta);
+                    account.busy += busy_since.elapsed();
+                    if let Some(delta) = delta {
                         streamed = true;
                         yield Piece::Delta(delta);
                     }
@@ -109,9 +115,11 @@ pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
                             }
                         }
                         let completion = tokens::count_text(&answer.completion_text());
+                        account.busy += busy_since.elapsed();
+                        let overhead = account.overhead();
                         let usage = account.finish("ok", result.usage, completion);
                         let finish_reason = answer.finish_reason();
-                        yield Piece::Done { answer: Box::new(answer), finish_reason, usage };
+                        yield Piece::Done { answer: Box::new(answer), finish_reason, usage, overhead };
                         break;
                     }
                     Outcome::Error { error } => agent_error(&error),
@@ -129,7 +137,7 @@ pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
 }
 
 /// Waits for the end of a non-streamed answer.
-pub async fn finish(mut pieces: Pieces) -> Result<(Answer, String, Usage), Error> {
+pub async fn finish(mut pieces: Pieces) -> Result<(Answer, String, Usage, Duration), Error> {
     use futures_util::StreamExt;
     while let Some(piece) = pieces.next().await {
         match piece {
@@ -138,7 +146,8 @@ pub async fn finish(mut pieces: Pieces) -> Result<(Answer, String, Usage), Error
                 answer,
                 finish_reason,
                 usage,
-            } => return Ok((*answer, finish_reason, usage)),
+                overhead,
+            } => return Ok((*answer, finish_reason, usage, overhead)),
             Piece::Failed(err) => return Err(err),
         }
     }

@@ -39,6 +39,8 @@ pub struct Running {
     pub id: String,
     pub created: u64,
     pub rate: RateHeaders,
+    /// Gateway time before the request reached bridge-agent.
+    pub pre_dispatch: Duration,
     pub pieces: Pieces,
 }
 
@@ -83,6 +85,8 @@ pub async fn start(
         first_chunk: None,
         permit: Some(permit),
         done: true,
+        pre_dispatch: Duration::ZERO,
+        busy: Duration::ZERO,
     }
     .begin();
     let invoke = ModelInvoke {
@@ -95,6 +99,8 @@ pub async fn start(
         },
         payload: job.payload,
     };
+    let mut account = account;
+    let calling = Instant::now();
     let call = match state
         .bridge
         .call(invoke, state.settings.connection_timeout)
@@ -102,15 +108,17 @@ pub async fn start(
     {
         Ok(call) => call,
         Err(err) => {
-            let mut account = account;
             account.finish(&err.code(), None, 0);
             return Err(err);
         }
     };
+    // Waiting for bridge-agent to come back is not the gateway's own time.
+    account.pre_dispatch = started.elapsed().saturating_sub(calling.elapsed());
     Ok(Running {
         id,
         created: unix_seconds(),
         rate,
+        pre_dispatch: account.pre_dispatch,
         pieces: drive::drive(state.clone(), call, account),
     })
 }

@@ -86,10 +86,11 @@ pub async fn chat(
         id_prefix: "chatcmpl-",
     };
     let running = generate::start(&state, &principal, peer, started, job).await?;
-    let headers = Headers::of(&running);
+    let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
     if !stream {
-        let (answer, finish_reason, usage) = generate::drive::finish(pieces).await?;
+        let (answer, finish_reason, usage, overhead) = generate::drive::finish(pieces).await?;
+        let headers = headers.with_overhead(overhead);
         let mut line = line(&model, message(&answer, &answer.content, true));
         line.insert("done".into(), json!(true));
         line.insert("done_reason".into(), json!(done_reason(&finish_reason)));
@@ -120,7 +121,7 @@ pub async fn chat(
                     l.insert("done".into(), json!(false));
                     yield Value::Object(l);
                 }
-                Piece::Done { answer, finish_reason, usage } => {
+                Piece::Done { answer, finish_reason, usage, .. } => {
                     if !answer.tool_calls.is_empty() {
                         let mut l = line(&model, message(&answer, "", false));
                         l.insert("done".into(), json!(false));

@@ -68,10 +68,11 @@ pub async fn generate(
     let (params, max_tokens) = parameters(&state, &request, stream)?;
     let job = completion_job(prompt, suffix, system, params, max_tokens, stream, "cmpl-");
     let running = generate::start(&state, &principal, peer, started, job).await?;
-    let headers = Headers::of(&running);
+    let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
     if !stream {
-        let (answer, finish_reason, usage) = generate::drive::finish(pieces).await?;
+        let (answer, finish_reason, usage, overhead) = generate::drive::finish(pieces).await?;
+        let headers = headers.with_overhead(overhead);
         let mut out = line(&model, &answer.content, true);
         out.insert("done_reason".into(), json!(done_reason(&finish_reason)));
         out.insert("context".into(), json!([]));

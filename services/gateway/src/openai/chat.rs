@@ -65,7 +65,7 @@ pub async fn completions(
     if request.stream {
         Ok(stream(&state, running, reply, request.include_usage))
     } else {
-        whole(running, reply).await
+        whole(&state, running, reply).await
     }
 }
 
@@ -104,7 +104,7 @@ impl Reply {
 /// every chunk, one chunk with `finish_reason`, the usage chunk when asked, errors as
 /// `data: {"error": …}`, then `[DONE]`.
 fn stream(state: &Shared, running: Running, reply: Reply, include_usage: bool) -> Response {
-    let headers = Headers::of(&running);
+    let headers = Headers::of(state, &running);
     let mut pieces = running.pieces;
     let events = async_stream::stream! {
         yield Ok::<_, Infallible>(data(&reply.chunk(json!({"role": "assistant", "content": ""}), None)));
@@ -126,9 +126,10 @@ fn stream(state: &Shared, running: Running, reply: Reply, include_usage: bool) -
 }
 
 /// One `chat.completion` object with `usage`.
-async fn whole(running: Running, reply: Reply) -> Result<Response, Error> {
-    let headers = Headers::of(&running);
-    let (answer, finish_reason, usage) = drive::finish(running.pieces).await?;
+async fn whole(state: &Shared, running: Running, reply: Reply) -> Result<Response, Error> {
+    let headers = Headers::of(state, &running);
+    let (answer, finish_reason, usage, overhead) = drive::finish(running.pieces).await?;
+    let headers = headers.with_overhead(overhead);
     let body = json!({
         "id": reply.id,
         "object": "chat.completion",

@@ -58,7 +58,7 @@ pub async fn completions(
     if request.stream {
         Ok(stream(&state, running, reply, request.include_usage))
     } else {
-        whole(running, reply).await
+        whole(&state, running, reply).await
     }
 }
 
@@ -119,7 +119,7 @@ impl Reply {
 }
 
 fn stream(state: &Shared, running: Running, reply: Reply, include_usage: bool) -> Response {
-    let headers = Headers::of(&running);
+    let headers = Headers::of(state, &running);
     let mut pieces = running.pieces;
     let events = async_stream::stream! {
         while let Some(piece) = pieces.next().await {
@@ -146,9 +146,11 @@ fn stream(state: &Shared, running: Running, reply: Reply, include_usage: bool) -
     sse_response(events, state.settings.keepalive_interval, &headers)
 }
 
-async fn whole(running: Running, reply: Reply) -> Result<Response, Error> {
-    let headers = Headers::of(&running);
-    let (answer, finish_reason, usage): (_, _, Usage) = drive::finish(running.pieces).await?;
+async fn whole(state: &Shared, running: Running, reply: Reply) -> Result<Response, Error> {
+    let headers = Headers::of(state, &running);
+    let (answer, finish_reason, usage, overhead): (_, _, Usage, _) =
+        drive::finish(running.pieces).await?;
+    let headers = headers.with_overhead(overhead);
     let mut body = reply.object(&answer.content, Some(&finish_reason));
     body["usage"] = json!(usage);
     let mut response = Json(body).into_response();

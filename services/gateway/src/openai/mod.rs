@@ -29,20 +29,40 @@ where
 pub struct Headers {
     rate: crate::ratelimit::RateHeaders,
     id: String,
+    /// The gateway's own time so far, when `LOCAL_PROVIDER_OVERHEAD_HEADER` is on.
+    overhead: Option<std::time::Duration>,
 }
 
 impl Headers {
-    pub fn of(running: &Running) -> Self {
+    pub fn of(state: &crate::state::AppState, running: &Running) -> Self {
         Self {
             rate: running.rate.clone(),
             id: running.id.clone(),
+            overhead: state
+                .settings
+                .overhead_header
+                .then_some(running.pre_dispatch),
         }
+    }
+
+    /// The whole request's overhead, once a non-streamed answer is complete.
+    pub fn with_overhead(mut self, overhead: std::time::Duration) -> Self {
+        if self.overhead.is_some() {
+            self.overhead = Some(overhead);
+        }
+        self
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
         self.rate.apply(headers);
         if let Ok(id) = HeaderValue::from_str(&self.id) {
             headers.insert("x-request-id", id);
+        }
+        if let Some(overhead) = self.overhead {
+            let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+            if let Ok(value) = HeaderValue::from_str(&ms) {
+                headers.insert("x-gateway-overhead-ms", value);
+            }
         }
     }
 }
