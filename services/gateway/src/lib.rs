@@ -42,7 +42,6 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     describe_metrics();
-    std::thread::spawn(tokens::warm_up);
 
     let tracker = TaskTracker::new();
     let (audit, audit_writer) = audit::Audit::open(settings.audit_log.as_deref())
