@@ -33,7 +33,11 @@ impl Audit {
         };
         let file = open_append(path).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_lines(file, rx, path.to_owned()));
+        let span = tracing::info_span!("audit_writer", path = %path.display());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            write_lines(file, rx, path.to_owned()),
+            span,
+        ));
         Ok((Audit { tx: Some(tx) }, AuditWriter { task: Some(task) }))
     }
 

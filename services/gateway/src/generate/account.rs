@@ -94,11 +94,15 @@ impl Accounting {
             let store = self.state.store.clone();
             let spec = self.state.tpm_spec();
             let key = format!("tpm:{}", self.client);
-            tokio::spawn(async move {
-                if let Err(err) = store.adjust(&key, spec, delta).await {
-                    tracing::warn!(%err, "could not reconcile the token budget");
-                }
-            });
+            let span = tracing::info_span!("reconcile_tokens", request_id = %self.request_id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    if let Err(err) = store.adjust(&key, spec, delta).await {
+                        tracing::warn!(%err, "could not reconcile the token budget");
+                    }
+                },
+                span,
+            ));
         }
         self.state.audit.record(
             "model_request",
