@@ -4,8 +4,9 @@
 #   - on first run creates the API key (and an admin token) with mode 0600 under
 #     ${LOCAL_PROVIDER_HOME:-~/.config/mcp-local-provider}; they are never printed unless asked;
 #   - loads .env from the repository root (variables already set in the shell win);
-#   - runs bridge-agent and gateway, restarting whichever exits (crash-only services:
-#     bridge-agent exits non-zero by design when the MCP bridge on :8787 stays unreachable);
+#   - runs mcp-bridge (the Cursor-facing MCP server on :8787), bridge-agent and gateway,
+#     restarting whichever exits (crash-only services: bridge-agent exits non-zero by design
+#     when the MCP bridge on :8787 stays unreachable);
 #   - on Ctrl-C / SIGTERM stops them gracefully: SIGTERM, a grace period, then SIGKILL.
 #
 # Usage: scripts/start.sh [--no-build] [--print-key] [--help]
@@ -93,7 +94,7 @@ if $build; then
     log "building release binaries (the first build takes a few minutes)"
     cargo build --release --bins
 fi
-for bin in gateway bridge-agent; do
+for bin in gateway bridge-agent mcp-bridge; do
     [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin not found after the build"
 done
 
@@ -136,6 +137,7 @@ fi
 
 export LOCAL_PROVIDER_AUDIT_LOG=${LOCAL_PROVIDER_AUDIT_LOG:-$logs_dir/security_audit.log}
 mkdir -p -- "$(dirname -- "$LOCAL_PROVIDER_AUDIT_LOG")"
+export LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG=${LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG:-$logs_dir/mcp_bridge_audit.log}
 
 # The socket lives in a private runtime directory: $XDG_RUNTIME_DIR when the session has one
 # (tmpfs, per user), else under the home directory.
@@ -164,10 +166,14 @@ case $host in
 *) url_host=$host ;;
 esac
 agent_port=${LOCAL_PROVIDER_BRIDGE_AGENT_PORT:-8789}
+mcp_port=${LOCAL_PROVIDER_MCP_BRIDGE_PORT:-8787}
 
 # A busy port means another gateway (or something else) is there; starting would only crash-loop.
 if (exec 3<>"/dev/tcp/${url_host//[\[\]]/}/$port") 2>/dev/null; then
     die "something already listens on $url_host:$port; stop it or set LOCAL_PROVIDER_PORT"
+fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$mcp_port") 2>/dev/null; then
+    die "something already listens on 127.0.0.1:$mcp_port (an MCP bridge?); stop it or set LOCAL_PROVIDER_MCP_BRIDGE_PORT and LOCAL_PROVIDER_MCP_BRIDGE_URL"
 fi
 
 # One supervisor at a time: a second one would fight the first over the port and the socket.
@@ -192,6 +198,7 @@ service() {
     backoff+=(1)
     started_at+=(0)
 }
+service mcp-bridge "$bin_dir/mcp-bridge"
 service bridge-agent "$bin_dir/bridge-agent"
 service gateway "$bin_dir/gateway"
 
@@ -274,7 +281,7 @@ trap 'stopping=true' INT TERM HUP
 
 scheme_url="http://$url_host:$port"
 say ""
-say "mcp-local-provider: starting bridge-agent and gateway (Ctrl-C stops both)"
+say "mcp-local-provider: starting mcp-bridge, bridge-agent and gateway (Ctrl-C stops them)"
 say "  Base URL    $scheme_url/v1"
 say "  Model       ${LOCAL_PROVIDER_MODEL_NAME:-cursor-agent-local}"
 say "  Health      $scheme_url/health"
@@ -290,6 +297,8 @@ fi
 say "  Audit log   $LOCAL_PROVIDER_AUDIT_LOG"
 say "  Logs        $logs_dir/"
 say "  MCP bridge  ${LOCAL_PROVIDER_MCP_BRIDGE_URL:-ws://127.0.0.1:8787} (bridge-agent restarts until it is reachable)"
+say "  Cursor MCP  http://127.0.0.1:$mcp_port/mcp  (or: $bin_dir/mcp-bridge --stdio); health http://127.0.0.1:$mcp_port/health"
+say "  MCP audit   $LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG"
 say ""
 
 while ! $stopping; do

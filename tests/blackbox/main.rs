@@ -5,6 +5,7 @@ mod access;
 mod agent;
 mod chat;
 mod clients;
+mod mcp_agent;
 mod ollama;
 mod ops;
 mod resilience;

@@ -6,5 +6,6 @@
 
 pub mod harness;
 pub mod ipc_client;
+pub mod mcp_stack;
 pub mod peer;
 pub mod stack;

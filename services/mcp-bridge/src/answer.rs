@@ -1,0 +1,435 @@
+//! One request's answer as the agent builds it through `submit_response`: each part becomes a
+//! `model_stream_chunk` (streamed requests) and the last one also the single `model_result`.
+use provider_shared::bridge::{
+    BridgeFrame, Delta, ModelResult, Outcome, ResultBody, ResultChoice, StreamChunk, Usage,
+};
+use rand::Rng;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// One part of an answer, as the agent gives it.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// Answer text to append (what the editor shows).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Thinking to append; editors show it apart from the answer.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// Native tool calls, OpenAI shape. Only when the request carries `tools`.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// `false` when more parts follow; `true` (the default) ends the answer.
+    #[serde(default)]
+    pub done: Option<bool>,
+    /// Why the answer ended (with `done`): `stop`, `length`, `tool_calls` or `content_filter`.
+    /// Default: `tool_calls` if the answer has tool calls, else `stop`.
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+    /// Token counts, when known; otherwise the gateway counts them.
+    #[serde(default)]
+    pub usage: Option<UsageArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+impl FinishReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
+/// `{"id"?, "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    /// The call's id; one is made up when omitted.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Always `function`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    /// One of the request's `tools`.
+    pub name: String,
+    /// The arguments: a JSON object, or a string holding one.
+    pub arguments: Value,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageArg {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// What the request allows, read once from its parameters.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub stream: bool,
+    /// The function names of `tools`; `None` when the request carries no tools (or
+    /// `tool_choice` is `none`), so native tool calls are refused.
+    pub tools: Option<Vec<String>>,
+}
+
+impl Shape {
+    pub fn of(parameters: &Map<String, Value>) -> Self {
+        let stream = parameters.get("stream").and_then(Value::as_bool) == Some(true);
+        let names: Vec<String> = parameters
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let none = parameters.get("tool_choice").and_then(Value::as_str) == Some("none");
+        Shape {
+            stream,
+            tools: (!names.is_empty() && !none).then_some(names),
+        }
+    }
+}
+
+/// The answer so far.
+#[derive(Debug, Default)]
+pub struct Answer {
+    chunk_index: u64,
+    content: String,
+    reasoning: String,
+    tool_calls: Vec<Value>,
+}
+
+/// What one part produced: frames for bridge-agent, and whether the answer is complete.
+#[derive(Debug)]
+pub struct Step {
+    pub frames: Vec<BridgeFrame>,
+    pub done: bool,
+}
+
+impl Answer {
+    /// True once a chunk went out: the client has seen part of this answer, so it cannot be
+    /// handed to another agent any more.
+    pub fn started(&self) -> bool {
+        self.chunk_index > 0
+    }
+
+    /// Checks `part` against the request's shape and turns it into frames. On error nothing
+    /// changed, so the agent can correct the part and send it again.
+    pub fn apply(&mut self, id: &str, shape: &Shape, part: Part) -> Result<Step, String> {
+        let calls = self.check_calls(shape, part.tool_calls.unwrap_or_default())?;
+        let done = part.done.unwrap_or(true);
+        let content = part.content.filter(|c| !c.is_empty());
+        let reasoning = part.reasoning.filter(|r| !r.is_empty());
+        let has_output = content.is_some() || reasoning.is_some() || !calls.is_empty();
+        if !done && !has_output {
+            return Err("nothing to send: give content, reasoning or tool_calls (or done: true to end the answer)".into());
+        }
+        let any_calls = !self.tool_calls.is_empty() || !calls.is_empty();
+        let finish = match part.finish_reason {
+            Some(_) if !done => {
+                return Err("finish_reason goes with the last part (done: true)".into())
+            }
+            Some(FinishReason::ToolCalls) if !any_calls => {
+                return Err("finish_reason tool_calls needs at least one tool call".into())
+            }
+            Some(reason) => reason,
+            None if any_calls => FinishReason::ToolCalls,
+            None => FinishReason::Stop,
+        };
+        if done
+            && !any_calls
+            && content.is_none()
+            && self.content.is_empty()
+            && finish != FinishReason::Length
+        {
+            return Err("the answer is empty: give content or tool_calls (or fail_request to refuse the request)".into());
+        }
+
+        let mut frames = Vec::new();
+        if shape.stream && has_output {
+            let first_index = self.tool_calls.len();
+            let deltas: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut delta = call.clone();
+                    delta["index"] = json!(first_index + i);
+                    delta
+                })
+                .collect();
+            frames.push(self.chunk(
+                id,
+                Delta {
+                    role: None,
+                    content: content.clone(),
+                    reasoning_content: reasoning.clone(),
+                    tool_calls: (!deltas.is_empty()).then_some(deltas),
+                },
+                done.then(|| finish.as_str().to_owned()),
+            ));
+        } else if shape.stream && done {
+            frames.push(self.chunk(id, Delta::default(), Some(finish.as_str().to_owned())));
+        }
+        self.content
+            .push_str(content.as_deref().unwrap_or_default());
+        self.reasoning
+            .push_str(reasoning.as_deref().unwrap_or_default());
+        self.tool_calls.extend(calls);
+        if done {
+            frames.push(BridgeFrame::ModelResult(
+                self.result(id, finish, part.usage),
+            ));
+        }
+        Ok(Step { frames, done })
+    }
+
+    fn chunk(&mut self, id: &str, delta: Delta, finish: Option<String>) -> BridgeFrame {
+        let chunk = StreamChunk {
+            id: id.to_owned(),
+            chunk_index: self.chunk_index,
+            delta,
+            finish_reason: finish,
+        };
+        self.chunk_index += 1;
+        BridgeFrame::ModelStreamChunk(chunk)
+    }
+
+    fn result(&self, id: &str, finish: FinishReason, usage: Option<UsageArg>) -> ModelResult {
+        let mut message = json!({"role": "assistant", "content": self.content});
+        if self.content.is_empty() && !self.tool_calls.is_empty() {
+            message["content"] = Value::Null;
+        }
+        if !self.reasoning.is_empty() {
+            message["reasoning_content"] = json!(self.reasoning);
+        }
+        if !self.tool_calls.is_empty() {
+            message["tool_calls"] = json!(self.tool_calls);
+        }
+        ModelResult {
+            id: id.to_owned(),
+            outcome: Outcome::Ok {
+                result: ResultBody {
+                    choices: vec![ResultChoice {
+                        index: 0,
+                        message,
+                        finish_reason: Some(finish.as_str().to_owned()),
+                    }],
+                    usage: usage.map(|u| Usage {
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                        total_tokens: u.prompt_tokens + u.completion_tokens,
+                    }),
+                    model: None,
+                    created: None,
+                },
+            },
+        }
+    }
+
+    /// Tool calls in the full OpenAI message shape, or why they cannot be sent.
+    fn check_calls(&self, shape: &Shape, calls: Vec<ToolCall>) -> Result<Vec<Value>, String> {
+        if calls.is_empty() {
+            return Ok(vec![]);
+        }
+        let Some(tools) = &shape.tools else {
+            return Err("this request carries no tools (or tool_choice is \"none\"): answer in text only; if the conversation describes tools in its text, write the call in the text the way it asks".into());
+        };
+        let mut out = Vec::with_capacity(calls.len());
+        for (i, call) in calls.into_iter().enumerate() {
+            if call.kind.as_deref().is_some_and(|k| k != "function") {
+                return Err(format!("tool_calls[{i}].type must be \"function\""));
+            }
+            let name = call.function.name;
+            if !tools.contains(&name) {
+                return Err(format!(
+                    "tool_calls[{i}].function.name {name:?} is not one of the request's tools: {}",
+                    tools.join(", ")
+                ));
+            }
+            let arguments = match call.function.arguments {
+                Value::String(text) => match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(_)) => text,
+                    _ => {
+                        return Err(format!(
+                        "tool_calls[{i}].function.arguments must be a JSON object or a string holding one"
+                    ))
+                    }
+                },
+                obj @ Value::Object(_) => obj.to_string(),
+                _ => {
+                    return Err(format!(
+                    "tool_calls[{i}].function.arguments must be a JSON object or a string holding one"
+                ))
+                }
+            };
+            let id = call
+                .id
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(new_call_id);
+            out.push(json!({"id": id, "type": "function",
+                            "function": {"name": name, "arguments": arguments}}));
+        }
+        Ok(out)
+    }
+}
+
+fn new_call_id() -> String {
+    let n: u64 = rand::rng().random();
+    format!("call_{n:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(stream: bool, tools: bool) -> Shape {
+        let mut p = Map::new();
+        p.insert("stream".into(), json!(stream));
+        if tools {
+            p.insert(
+                "tools".into(),
+                json!([{"type": "function", "function": {"name": "get_weather"}}]),
+            );
+        }
+        Shape::of(&p)
+    }
+
+    fn part(v: Value) -> Part {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn to_json(frames: &[BridgeFrame]) -> Vec<Value> {
+        frames
+            .iter()
+            .map(|f| serde_json::from_str(&f.to_text()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn streamed_parts_become_chunks_then_one_result() {
+        let mut a = Answer::default();
+        let s = shape(true, true);
+        let step = a
+            .apply("r1", &s, part(json!({"reasoning": "hm", "done": false})))
+            .unwrap();
+        assert!(!step.done && a.started());
+        let step = a
+            .apply("r1", &s, part(json!({"content": "Hel", "done": false})))
+            .unwrap();
+        assert_eq!(to_json(&step.frames)[0]["chunk_index"], 1);
+        let step = a.apply("r1", &s, part(json!({"content": "lo", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]})))
+            .unwrap();
+        let v = to_json(&step.frames);
+        assert!(step.done);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0]["finish_reason"], "tool_calls");
+        assert_eq!(v[0]["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(
+            v[0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(v[1]["type"], "model_result");
+        let msg = &v[1]["result"]["choices"][0]["message"];
+        assert_eq!(msg["content"], "Hello");
+        assert_eq!(msg["reasoning_content"], "hm");
+        assert_eq!(msg["tool_calls"][0]["id"], "call_1");
+    }
+
+    #[test]
+    fn not_streamed_gets_only_the_result() {
+        let mut a = Answer::default();
+        let s = shape(false, false);
+        let step = a
+            .apply("r", &s, part(json!({"content": "a", "done": false})))
+            .unwrap();
+        assert!(step.frames.is_empty() && !a.started());
+        let step = a
+            .apply(
+                "r",
+                &s,
+                part(
+                    json!({"content": "b", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
+                ),
+            )
+            .unwrap();
+        let v = to_json(&step.frames);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0]["result"]["choices"][0]["message"]["content"], "ab");
+        assert_eq!(v[0]["result"]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v[0]["result"]["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn refusals_are_clear_and_change_nothing() {
+        let mut a = Answer::default();
+        let call = json!([{"function": {"name": "get_weather", "arguments": "{}"}}]);
+        let err = a
+            .apply("r", &shape(true, false), part(json!({"tool_calls": call})))
+            .unwrap_err();
+        assert!(err.contains("no tools"), "{err}");
+        let bad = json!([{"function": {"name": "rm_rf", "arguments": "{}"}}]);
+        let err = a
+            .apply("r", &shape(true, true), part(json!({"tool_calls": bad})))
+            .unwrap_err();
+        assert!(err.contains("get_weather"), "{err}");
+        let bad = json!([{"function": {"name": "get_weather", "arguments": "not json"}}]);
+        assert!(a
+            .apply("r", &shape(true, true), part(json!({"tool_calls": bad})))
+            .is_err());
+        assert!(a
+            .apply("r", &shape(true, true), part(json!({"done": false})))
+            .is_err());
+        assert!(a
+            .apply("r", &shape(true, true), part(json!({})))
+            .unwrap_err()
+            .contains("empty"));
+        assert!(!a.started());
+        assert!(serde_json::from_value::<Part>(json!({"text": "x"})).is_err());
+        let ok = a
+            .apply("r", &shape(true, true), part(json!({"tool_calls": call})))
+            .unwrap();
+        let v = to_json(&ok.frames);
+        assert!(v[0]["delta"]["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("call_"));
+        assert_eq!(
+            v[1]["result"]["choices"][0]["message"]["content"],
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn tool_choice_none_forbids_calls() {
+        let mut p = Map::new();
+        p.insert(
+            "tools".into(),
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        );
+        p.insert("tool_choice".into(), json!("none"));
+        assert!(Shape::of(&p).tools.is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! The one HTTP listener: bridge-agent's WebSocket at `/`, MCP (Streamable HTTP) at `/mcp`,
+//! and `/health`, `/health/live`, `/health/ready`, `/metrics` beside them.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Token;
+use crate::broker::Broker;
+use crate::mcp::McpServer;
+use crate::{metrics, ws};
+
+/// SSE keep-alive comments on MCP responses, so that idle long-polls are not cut by proxies and
+/// a stateless client that went away is noticed (a closed connection shows on the next write).
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// How long an MCP session lives without any request.
+const SESSION_IDLE: Duration = Duration::from_secs(3600);
+
+pub struct App {
+    pub broker: Arc<Broker>,
+    pub bridge_token: Token,
+    pub http_token: Token,
+    pub bridge_id: String,
+    /// bridge-agent connections, so shutdown can wait for their last frames.
+    pub tasks: TaskTracker,
+    /// Requests are done: close the bridge-agent connections.
+    pub closing: CancellationToken,
+}
+
+pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
+    let broker = app.broker.clone();
+    // Sessions for clients that open one (Cursor's protocol versions): `notifications/cancelled`
+    // then reaches the call it names, so a cancelled long-poll never takes a request. Clients
+    // of MCP 2026-07-28 are served statelessly by rmcp; dropping their POST cancels the call.
+    let mut config = StreamableHttpServerConfig::default()
+        .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
+        .with_cancellation_token(mcp_stop);
+    if broker.config.binds_non_loopback() {
+        let mut hosts = config.allowed_hosts.clone();
+        hosts.push(broker.config.host.clone());
+        config = config.with_allowed_hosts(hosts);
+    }
+    let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(McpServer::new(broker.clone())),
+        Arc::new(sessions()),
+        config,
+    );
+    let mcp = Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(app.clone(), mcp_auth));
+    Router::new()
+        .route("/", get(ws::upgrade))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(app)
+        .merge(mcp)
+}
+
+/// An agent may stop polling for a while (a paused Cursor chat); its session outlives that, so
+/// it does not have to reconnect. Sessions whose connection vanished end after this idle time.
+fn sessions() -> LocalSessionManager {
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(SESSION_IDLE);
+    manager
+}
+
+/// `MCP_HTTP_TOKEN`, when set, guards `/mcp`; refusals are audited.
+async fn mcp_auth(
+    State(app): State<Arc<App>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match app.http_token.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err((why, fingerprint)) => {
+            metrics::auth_failed("mcp");
+            app.broker.audit.record(
+                "authentication",
+                json!({"client_ip": addr.ip().to_string(), "endpoint": "mcp",
+                       "credential": "mcp_http_token", "key_fingerprint": fingerprint,
+                       "success": false, "reason": why.as_str()}),
+            );
+            let body = json!({"error": {
+                "message": format!("{} bearer token: /mcp needs Authorization: Bearer <MCP_HTTP_TOKEN>", why.as_str()),
+                "type": "authentication_error", "code": "invalid_mcp_token"}});
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(body),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn overall(app: &App) -> &'static str {
+    if app.broker.stopping.is_cancelled() {
+        "unhealthy"
+    } else if app.broker.agent_count() > 0 {
+        "healthy"
+    } else {
+        "degraded"
+    }
+}
+
+async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+    let mut body = app.broker.status();
+    body["status"] = json!(overall(&app));
+    body["version"] = json!(provider_shared::VERSION);
+    body["uptime_seconds"] = json!(app.broker.started.elapsed().as_secs());
+    Json(body)
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"status": "alive"}))
+}
+
+async fn ready(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
+    let status = overall(&app);
+    let code = if status == "healthy" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"status": status})))
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        provider_shared::telemetry::render_metrics(),
+    )
+}

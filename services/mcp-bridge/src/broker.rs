@@ -1,0 +1,405 @@
+//! The broker between bridge-agent connections and MCP agents: the queue under a lock, wake-ups
+//! for long-polls, the lease sweeper, and the one place where a request ends (metrics, audit and
+//! the frame to its bridge-agent).
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult};
+use provider_shared::digest;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::Part;
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::metrics;
+use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
+
+/// A connected bridge-agent.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub agent_id: String,
+    pub address: String,
+    pub connected: Instant,
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub audit: Audit,
+    pub started: Instant,
+    queue: Mutex<Queue>,
+    /// Woken when a request becomes available.
+    available: Notify,
+    /// Woken when a lease is granted, so the sweeper looks at the new deadline.
+    leases_changed: Notify,
+    agents: Mutex<HashMap<Owner, AgentInfo>>,
+    next_owner: AtomicU64,
+    pollers: AtomicUsize,
+    /// Shutdown began: long-polls return, nothing new is handed out.
+    pub stopping: CancellationToken,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    answered: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    withdrawn: AtomicU64,
+    lease_expiries: AtomicU64,
+}
+
+/// What a successful reply did.
+pub struct Submitted {
+    pub done: bool,
+    pub chunks_sent: usize,
+}
+
+impl Broker {
+    pub fn new(config: Config, audit: Audit) -> Self {
+        Self {
+            config,
+            audit,
+            started: Instant::now(),
+            queue: Mutex::new(Queue::default()),
+            available: Notify::new(),
+            leases_changed: Notify::new(),
+            agents: Mutex::new(HashMap::new()),
+            next_owner: AtomicU64::new(1),
+            pollers: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock cannot leave the queue half-changed in a way that
+        // matters more than stopping service would, so a poisoned lock is used as is.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn agents(&self) -> MutexGuard<'_, HashMap<Owner, AgentInfo>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn agent_connected(&self, info: AgentInfo) -> Owner {
+        let owner = self.next_owner.fetch_add(1, Ordering::SeqCst);
+        let n = {
+            let mut agents = self.agents();
+            agents.insert(owner, info);
+            agents.len()
+        };
+        metrics::agents(n);
+        owner
+    }
+
+    /// The connection of `owner` dropped: its requests are withdrawn. bridge-agent has already
+    /// failed them towards the editor (`bridge_disconnected`), and a reconnecting bridge-agent
+    /// cannot resume them, so handing them out would only produce answers nobody reads.
+    pub fn agent_disconnected(&self, owner: Owner) {
+        let n = {
+            let mut agents = self.agents();
+            agents.remove(&owner);
+            agents.len()
+        };
+        metrics::agents(n);
+        let withdrawn = self.queue().drop_owner(owner);
+        for entry in withdrawn {
+            self.record_end(&entry, Ended::Withdrawn, None);
+        }
+        self.gauges();
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.agents().len()
+    }
+
+    /// A `model_invoke` from `owner`; a duplicate live id is answered with an error at once.
+    pub fn invoke(
+        &self,
+        owner: Owner,
+        invoke: ModelInvoke,
+        to_owner: UnboundedSender<BridgeFrame>,
+    ) {
+        let pushed = self
+            .queue()
+            .push(invoke, owner, to_owner.clone(), Instant::now());
+        match pushed {
+            Ok(()) => {
+                self.gauges();
+                self.available.notify_waiters();
+            }
+            Err(id) => {
+                tracing::warn!(%id, "model_invoke with a live id refused");
+                let _ = to_owner.send(BridgeFrame::ModelResult(ModelResult::error(
+                    id,
+                    "duplicate_request_id",
+                    "a request with this id is already waiting for the agent",
+                )));
+            }
+        }
+    }
+
+    /// `model_cancel` from `owner`.
+    pub fn cancel(&self, owner: Owner, id: &str) {
+        let entry = self.queue().cancel(owner, id);
+        match entry {
+            Some(entry) => {
+                tracing::info!(%id, "request withdrawn: the editor's client went away");
+                self.record_end(&entry, Ended::Cancelled, None);
+                self.gauges();
+            }
+            None => tracing::debug!(%id, "model_cancel for an unknown or ended request"),
+        }
+    }
+
+    /// Waits up to `wait` for a request and leases it; `None` when none came (or `ct` fired,
+    /// or shutdown began). Taking is synchronous, so a cancelled wait never holds a request.
+    pub async fn next_request(&self, wait: Duration, ct: &CancellationToken) -> Option<Handout> {
+        let _poller = Poller::new(self);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping.is_cancelled() {
+                return None;
+            }
+            if let Some(handout) = self.take() {
+                return Some(handout);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+                _ = ct.cancelled() => return None,
+                _ = self.stopping.cancelled() => return None,
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Handout> {
+        let now = Instant::now();
+        let handout = self.queue().take(now, self.config.lease_timeout)?;
+        if handout.attempt == 1 {
+            metrics::agent_wait(handout.queued_for);
+        }
+        tracing::info!(id = %handout.id, attempt = handout.attempt, "request handed to the agent");
+        self.leases_changed.notify_one();
+        self.gauges();
+        Some(handout)
+    }
+
+    /// One part of an answer from the agent.
+    pub fn submit(&self, id: &str, lease: &str, part: Part) -> Result<Submitted, Refusal> {
+        let mut queue = self.queue();
+        let entry = queue.leased(id, lease)?;
+        let shape = entry.shape.clone();
+        let step = entry.answer.apply(id, &shape, part).map_err(Refusal)?;
+        let chunks_sent = step.frames.len() - usize::from(step.done);
+        for frame in step.frames {
+            // A closed channel means the connection is going; its drop withdraws the request.
+            let _ = entry.to_owner.send(frame);
+        }
+        if step.done {
+            if let Some(entry) = queue.end(id, Ended::Answered) {
+                drop(queue);
+                self.record_end(&entry, Ended::Answered, None);
+                self.gauges();
+            }
+        } else {
+            queue.renew(id, Instant::now(), self.config.lease_timeout);
+        }
+        Ok(Submitted {
+            done: step.done,
+            chunks_sent,
+        })
+    }
+
+    /// The agent gives up on a request.
+    pub fn fail(&self, id: &str, lease: &str, code: &str, reason: &str) -> Result<(), Refusal> {
+        let entry = {
+            let mut queue = self.queue();
+            queue.leased(id, lease)?;
+            queue.end(id, Ended::Failed)
+        };
+        if let Some(entry) = entry {
+            let result = ModelResult::error(id, code, reason);
+            let _ = entry.to_owner.send(BridgeFrame::ModelResult(result));
+            self.record_end(&entry, Ended::Failed, Some(code));
+            self.gauges();
+        }
+        Ok(())
+    }
+
+    /// Handles lapsed leases until shutdown.
+    pub async fn sweep_leases(&self) {
+        loop {
+            let next = self.queue().next_deadline();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.leases_changed.notified() => continue,
+                _ = self.stopping.cancelled() => return,
+            }
+            let expired = self.queue().expire(Instant::now());
+            let mut requeued = false;
+            for lapse in expired {
+                self.counts.lease_expiries.fetch_add(1, Ordering::Relaxed);
+                metrics::lease_expired();
+                if lapse.requeued {
+                    tracing::warn!(id = %lapse.id, "lease lapsed; the request is back in the queue");
+                    requeued = true;
+                } else if let Some(entry) = lapse.entry {
+                    tracing::warn!(id = %lapse.id, "lease lapsed mid-answer; ending the request");
+                    let _ = entry.to_owner.send(BridgeFrame::ModelResult(ModelResult::error(
+                        &lapse.id,
+                        "agent_timeout",
+                        format!(
+                            "the agent stopped answering for {:?} (LEASE_TIMEOUT) after part of the answer was sent",
+                            self.config.lease_timeout
+                        ),
+                    )));
+                    self.record_end(&entry, Ended::Abandoned, None);
+                }
+            }
+            self.gauges();
+            if requeued {
+                self.available.notify_waiters();
+            }
+        }
+    }
+
+    /// Shutdown, first step: queued requests end now (nobody will take them), long-polls return.
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+        let queued = self.queue().drain_queued();
+        self.end_all(queued);
+    }
+
+    pub fn leased_count(&self) -> usize {
+        self.queue().leased_count()
+    }
+
+    /// Shutdown, last step: whatever is still leased ends with `shutting_down`.
+    pub fn end_leased(&self) {
+        let rest = self.queue().drain_all();
+        self.end_all(rest);
+    }
+
+    fn end_all(&self, entries: Vec<Entry>) {
+        for entry in entries {
+            let result = ModelResult::error(
+                &entry.invoke.id,
+                "shutting_down",
+                "mcp-bridge is shutting down",
+            );
+            let _ = entry.to_owner.send(BridgeFrame::ModelResult(result));
+            self.record_end(&entry, Ended::ShuttingDown, None);
+        }
+        self.gauges();
+    }
+
+    fn record_end(&self, entry: &Entry, why: Ended, code: Option<&str>) {
+        let counter = match why {
+            Ended::Answered => &self.counts.answered,
+            Ended::Failed | Ended::Abandoned | Ended::ShuttingDown => &self.counts.failed,
+            Ended::Cancelled => &self.counts.cancelled,
+            Ended::Withdrawn => &self.counts.withdrawn,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::request_ended(why.label());
+        let elapsed = entry.enqueued.elapsed();
+        if let Some(handed) = entry.first_handed {
+            metrics::answer_time(handed.elapsed());
+        }
+        // The digest covers what was asked (messages or prompt and suffix), never the text.
+        let mut asked = entry.payload.clone();
+        if let Some(fields) = asked.as_object_mut() {
+            fields.remove("parameters");
+        }
+        let prompt = serde_json::to_vec(&asked).unwrap_or_default();
+        self.audit.record(
+            "model_request",
+            json!({
+                "request_id": entry.invoke.id,
+                "kind": entry.payload["kind"],
+                "session_id": entry.invoke.session_id,
+                "outcome": why.label(),
+                "success": why == Ended::Answered,
+                "error_code": code,
+                "attempts": entry.attempts,
+                "duration_ms": elapsed.as_millis() as u64,
+                "prompt_sha256": digest::sha256_hex(&prompt),
+            }),
+        );
+    }
+
+    fn gauges(&self) {
+        let (queued, leased) = {
+            let q = self.queue();
+            (q.queued(), q.leased_count())
+        };
+        metrics::queue(queued, leased);
+    }
+
+    /// What `get_status` and `/health` report.
+    pub fn status(&self) -> Value {
+        let agents: Vec<(Owner, AgentInfo)> =
+            self.agents().iter().map(|(o, a)| (*o, a.clone())).collect();
+        let q = self.queue();
+        let agents: Vec<Value> = agents
+            .into_iter()
+            .map(|(owner, a)| {
+                let (queued, leased) = q.count_for(owner);
+                json!({"agent_id": a.agent_id, "address": a.address,
+                       "connected_seconds": a.connected.elapsed().as_secs(),
+                       "queued": queued, "leased": leased})
+            })
+            .collect();
+        let c = &self.counts;
+        json!({
+            "queue_depth": q.queued(),
+            "leased": q.leased_count(),
+            "waiting_polls": self.pollers.load(Ordering::Relaxed),
+            "connected_bridge_agents": agents.len(),
+            "bridge_agents": agents,
+            "answered": c.answered.load(Ordering::Relaxed),
+            "failed": c.failed.load(Ordering::Relaxed),
+            "cancelled": c.cancelled.load(Ordering::Relaxed),
+            "withdrawn": c.withdrawn.load(Ordering::Relaxed),
+            "lease_expiries": c.lease_expiries.load(Ordering::Relaxed),
+            "lease_timeout_seconds": self.config.lease_timeout.as_secs_f64(),
+        })
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue().queued()
+    }
+}
+
+/// Counts one waiting long-poll while it lives.
+struct Poller<'a>(&'a Broker);
+
+impl<'a> Poller<'a> {
+    fn new(broker: &'a Broker) -> Self {
+        let n = broker.pollers.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::pollers(n);
+        Poller(broker)
+    }
+}
+
+impl Drop for Poller<'_> {
+    fn drop(&mut self) {
+        let n = self.0.pollers.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::pollers(n);
+    }
+}

@@ -1,0 +1,130 @@
+//! mcp-bridge: the peer of bridge-agent on `:8787` and an MCP server for the Cursor agent. Editor
+//! requests arrive on bridge-agent's WebSocket, wait in a queue, are leased to the agent through
+//! MCP tools, and its answers go back as chunks and one result.
+#![forbid(unsafe_code)]
+
+mod answer;
+mod app;
+mod audit;
+mod auth;
+mod broker;
+pub mod config;
+mod mcp;
+mod metrics;
+mod queue;
+pub mod relay;
+mod ws;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info_span, Instrument};
+
+pub use config::Config;
+
+/// Everything that stops mcp-bridge (or its start).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("audit log {}: {source}", path.display())]
+    Audit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("stdio relay: {0}")]
+    Relay(String),
+}
+
+/// Serves on `listener` until `shutdown`. Queued requests then end at once with
+/// `shutting_down`; leased ones get `SHUTDOWN_GRACE` to be answered.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    provider_shared::telemetry::metrics();
+    metrics::describe();
+    let (audit, audit_writer) = audit::Audit::open(config.audit_log.as_deref())
+        .await
+        .map_err(|source| Error::Audit {
+            path: config.audit_log.clone().unwrap_or_default(),
+            source,
+        })?;
+    let grace = config.shutdown_grace;
+    let app = Arc::new(app::App {
+        bridge_token: auth::Token::new(config.bridge_token.as_ref()),
+        http_token: auth::Token::new(config.http_token.as_ref()),
+        broker: Arc::new(broker::Broker::new(config, audit)),
+        bridge_id: format!("mcp-bridge/{}", provider_shared::VERSION),
+        tasks: TaskTracker::new(),
+        closing: CancellationToken::new(),
+    });
+    let broker = app.broker.clone();
+    let sweeper = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.sweep_leases().await }.instrument(info_span!("leases"))
+    });
+    let mcp_stop = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let router = app::router(app.clone(), mcp_stop.clone());
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+        .into_future()
+        .instrument(info_span!("http")),
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        queued = broker.queue_depth(),
+        leased = broker.leased_count(),
+        ?grace,
+        "shutting down"
+    );
+    broker.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + grace;
+    while broker.leased_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if broker.leased_count() > 0 {
+        tracing::warn!(
+            leased = broker.leased_count(),
+            "grace period over; ending requests"
+        );
+    }
+    broker.end_leased();
+    app.closing.cancel();
+    app.tasks.close();
+    app.tasks.wait().await;
+    mcp_stop.cancel();
+    http_stop.cancel();
+    let served = server.await;
+    let _ = sweeper.await;
+    drop(app);
+    drop(broker);
+    // The writer ends once every handle is gone; a handle still held elsewhere must not hang us.
+    let _ = tokio::time::timeout(Duration::from_secs(2), audit_writer.finish()).await;
+    match served {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(err)) => Err(Error::Serve(err)),
+        Err(join) => Err(Error::Serve(std::io::Error::other(join.to_string()))),
+    }
+}

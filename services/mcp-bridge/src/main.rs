@@ -1,0 +1,112 @@
+//! The mcp-bridge binary: configuration, the listener and signals around [`mcp_bridge::run`], or
+//! with `--stdio` the MCP stdio relay to a running mcp-bridge.
+use std::process::ExitCode;
+
+use mcp_bridge::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: mcp-bridge [--stdio]
+  (no argument)  serve bridge-agent's WebSocket, MCP at /mcp, /health and /metrics on
+                 LOCAL_PROVIDER_MCP_BRIDGE_HOST:PORT (127.0.0.1:8787)
+  --stdio        speak MCP on stdin/stdout, relayed to that running mcp-bridge's /mcp
+                 (for MCP clients that launch their servers)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let stdio = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => false,
+        ["--stdio"] => true,
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("mcp-bridge: unknown arguments {args:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("mcp-bridge: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if stdio {
+        // stdout carries the protocol: logs go to stderr.
+        mcp_bridge::relay::init_stderr_tracing(config.log_level);
+    } else {
+        provider_shared::telemetry::init_tracing(config.log_level, config.log_format);
+    }
+    for var in provider_shared::config::unknown_vars() {
+        tracing::warn!(%var, "unknown variable ignored (a typo?)");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("mcp-bridge: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if stdio {
+        return match runtime.block_on(mcp_bridge::relay::run(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err),
+        };
+    }
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if config.binds_non_loopback() {
+        tracing::warn!(host = %config.host,
+            "mcp-bridge bound beyond loopback (LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true)");
+    }
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
+        Ok(listener) => listener,
+        Err(source) => return fail(&mcp_bridge::Error::Bind { addr, source }),
+    };
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    tracing::info!(ws = %format!("ws://{local}"), mcp = %format!("http://{local}/mcp"),
+        bridge_token = config.bridge_token.is_some(), mcp_token = config.http_token.is_some(),
+        "mcp-bridge listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    match mcp_bridge::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &mcp_bridge::Error) -> ExitCode {
+    tracing::error!(%err, "mcp-bridge stopping");
+    eprintln!("mcp-bridge: {err}");
+    ExitCode::FAILURE
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

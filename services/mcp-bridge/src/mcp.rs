@@ -1,0 +1,268 @@
+//! The MCP server the Cursor agent talks to (rmcp): the long-poll, reply, fail and status tools,
+//! and the prompt that tells the agent how to serve.
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, PromptMessage, Role, ServerCapabilities, ServerConfig,
+};
+use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::{FinishReason, Part, ToolCall, UsageArg};
+use crate::broker::Broker;
+use crate::metrics;
+use crate::queue::Handout;
+
+/// How to serve, for the agent (also in `deploy/cursor/serve-editor-requests.mdc`).
+pub const SERVE_PROMPT: &str = include_str!("serve_prompt.md");
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct WaitArgs {
+    /// Seconds to wait for a request, clamped to 10–280 (default about 240).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitArgs {
+    /// The `request_id` from wait_for_request.
+    pub request_id: String,
+    /// The `lease_id` from wait_for_request.
+    pub lease_id: String,
+    /// Answer text to append.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Thinking to append, shown apart from the answer.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// Native tool calls in OpenAI shape; only when the request's parameters carry `tools`.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// `false` when more parts follow; `true` (default) ends the answer.
+    #[serde(default)]
+    pub done: Option<bool>,
+    /// With the last part: stop, length, tool_calls or content_filter (default: tool_calls when
+    /// the answer has tool calls, else stop).
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+    /// Token counts, when known.
+    #[serde(default)]
+    pub usage: Option<UsageArg>,
+    /// After the last part, wait for the next request and return it in `next`.
+    #[serde(default)]
+    pub wait_for_next: Option<bool>,
+    /// The wait for `wait_for_next`, clamped to 10–280 seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailArgs {
+    /// The `request_id` from wait_for_request.
+    pub request_id: String,
+    /// The `lease_id` from wait_for_request.
+    pub lease_id: String,
+    /// Why the request cannot be answered; the editor shows it.
+    pub reason: String,
+    /// An error code for the editor (default `agent_error`).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct McpServer {
+    broker: Arc<Broker>,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+impl McpServer {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+
+    async fn poll(&self, timeout: Option<f64>, ct: &CancellationToken) -> Value {
+        let wait = self.broker.config.poll_wait(timeout);
+        let started = Instant::now();
+        match self.broker.next_request(wait, ct).await {
+            Some(handout) => self.describe(handout),
+            None if self.broker.stopping.is_cancelled() => json!({
+                "status": "shutting_down",
+                "hint": "mcp-bridge is stopping; call wait_for_request again in a minute",
+            }),
+            None => json!({
+                "status": "idle",
+                "waited_seconds": started.elapsed().as_secs(),
+                "queue_depth": self.broker.queue_depth(),
+                "hint": "no request yet: call wait_for_request again",
+            }),
+        }
+    }
+
+    fn describe(&self, h: Handout) -> Value {
+        let answer_with = if h.payload["kind"] != "chat" {
+            "only the text that belongs between prompt and suffix, in content; no tool_calls"
+        } else if h.shape.tools.is_some() {
+            "text in content; native tool_calls allowed (parameters.tools)"
+        } else {
+            "text in content only: no tool_calls (the request carries no tools)"
+        };
+        let mut out = json!({
+            "status": "request",
+            "request_id": h.id,
+            "lease_id": h.lease,
+            "lease_seconds": self.broker.config.lease_timeout.as_secs_f64(),
+            "attempt": h.attempt,
+            "session_id": h.session_id,
+            "stream": h.shape.stream,
+            "answer_with": answer_with,
+        });
+        // `kind` and the payload's own fields: messages and parameters for a chat.
+        if let (Some(out), Value::Object(payload)) = (out.as_object_mut(), h.payload) {
+            out.extend(payload);
+        }
+        out
+    }
+}
+
+fn ok(tool: &'static str, value: Value) -> CallToolResult {
+    metrics::tool_call(tool, true);
+    CallToolResult::success(vec![ContentBlock::text(value.to_string())])
+}
+
+fn refused(tool: &'static str, message: String) -> CallToolResult {
+    metrics::tool_call(tool, false);
+    tracing::info!(tool, %message, "tool call refused");
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+#[tool_router]
+impl McpServer {
+    /// Waits for the next editor request and hands it to you under a lease. Returns
+    /// {"status":"request", request_id, lease_id, lease_seconds, session_id, kind, stream,
+    /// messages, parameters, answer_with} or {"status":"idle"} (call again).
+    #[tool(annotations(read_only_hint = false, open_world_hint = false))]
+    async fn wait_for_request(
+        &self,
+        Parameters(args): Parameters<WaitArgs>,
+        ct: CancellationToken,
+    ) -> CallToolResult {
+        ok(
+            "wait_for_request",
+            self.poll(args.timeout_seconds, &ct).await,
+        )
+    }
+
+    /// Sends your answer to a request, whole or in parts (done: false for all but the last).
+    /// Optionally waits for the next request in the same call (wait_for_next).
+    #[tool(annotations(open_world_hint = false))]
+    async fn submit_response(
+        &self,
+        Parameters(args): Parameters<SubmitArgs>,
+        ct: CancellationToken,
+    ) -> CallToolResult {
+        let part = Part {
+            content: args.content,
+            reasoning: args.reasoning,
+            tool_calls: args.tool_calls,
+            done: args.done,
+            finish_reason: args.finish_reason,
+            usage: args.usage,
+        };
+        let submitted = match self.broker.submit(&args.request_id, &args.lease_id, part) {
+            Ok(s) => s,
+            Err(refusal) => return refused("submit_response", refusal.0),
+        };
+        let mut out = json!({
+            "status": if submitted.done { "answered" } else { "part_sent" },
+            "request_id": args.request_id,
+            "chunks_sent": submitted.chunks_sent,
+        });
+        if submitted.done && args.wait_for_next == Some(true) {
+            out["next"] = self.poll(args.timeout_seconds, &ct).await;
+        }
+        ok("submit_response", out)
+    }
+
+    /// Ends a request with an error the editor shows, when you cannot answer it.
+    #[tool(annotations(open_world_hint = false))]
+    async fn fail_request(&self, Parameters(args): Parameters<FailArgs>) -> CallToolResult {
+        let code = args.code.as_deref().unwrap_or("agent_error");
+        match self
+            .broker
+            .fail(&args.request_id, &args.lease_id, code, &args.reason)
+        {
+            Ok(()) => ok(
+                "fail_request",
+                json!({"status": "failed", "request_id": args.request_id}),
+            ),
+            Err(refusal) => refused("fail_request", refusal.0),
+        }
+    }
+
+    /// The queue: waiting and leased requests, connected bridge-agents, and counts of
+    /// answered, failed, cancelled and withdrawn requests and lapsed leases.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false))]
+    async fn get_status(&self) -> CallToolResult {
+        ok("get_status", self.broker.status())
+    }
+}
+
+#[prompt_router]
+impl McpServer {
+    /// How to serve editor requests through this bridge: the wait_for_request / submit_response loop.
+    #[prompt(name = "serve_editor_requests")]
+    async fn serve_editor_requests(&self) -> Vec<PromptMessage> {
+        vec![PromptMessage::new_text(Role::User, SERVE_PROMPT)]
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new(
+            "mcp-local-provider",
+            provider_shared::VERSION,
+        ))
+        .with_instructions(
+            "Serves VoidEditor chat requests to you: loop on wait_for_request and answer each with \
+             submit_response (see the serve_editor_requests prompt).",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_rule_says_what_the_prompt_says() {
+        let rule = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/cursor/serve-editor-requests.mdc"
+        ))
+        .unwrap();
+        let body = rule.splitn(3, "---\n").nth(2).unwrap();
+        assert_eq!(body, SERVE_PROMPT);
+    }
+}

@@ -1,0 +1,241 @@
+//! bridge-agent's WebSocket (bridge protocol 1, docs/PROTOCOL.md §1): token check on the upgrade,
+//! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use provider_shared::bridge::{BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout};
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::broker::AgentInfo;
+use crate::metrics;
+use crate::queue::Owner;
+
+/// bridge-agent sends `hello` right after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A send that blocks this long means the peer stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let broker = &app.broker;
+    if let Err((why, fingerprint)) = app.bridge_token.check(&headers) {
+        metrics::auth_failed("ws");
+        tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused: bad token");
+        broker.audit.record(
+            "authentication",
+            json!({"client_ip": addr.ip().to_string(), "endpoint": "bridge_ws",
+                   "credential": "mcp_bridge_token", "key_fingerprint": fingerprint,
+                   "success": false, "reason": why.as_str()}),
+        );
+        let body = json!({"error": {"message": format!("{} MCP_BRIDGE_TOKEN", why.as_str()),
+                                     "type": "authentication_error", "code": "invalid_bridge_token"}});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    if broker.stopping.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mcp-bridge is shutting down",
+        )
+            .into_response();
+    }
+    let tracker = app.tasks.clone();
+    let app = app.clone();
+    ws.on_upgrade(move |socket| {
+        let span = tracing::info_span!("bridge_agent", %addr);
+        tracker.track_future(serve(app, socket, addr).instrument(span))
+    })
+}
+
+async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
+    let agent_id = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+        Ok(Ok(agent_id)) => agent_id,
+        Ok(Err(why)) => {
+            tracing::warn!(%why, "bridge-agent handshake failed");
+            close(&mut socket, 1002, why).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
+            close(&mut socket, 1002, "no hello".into()).await;
+            return;
+        }
+    };
+    let welcome = BridgeFrame::Welcome {
+        protocol: PROTOCOL_VERSION,
+        bridge_id: Some(app.bridge_id.clone()),
+    };
+    if socket
+        .send(Message::Text(welcome.to_text().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let broker = &app.broker;
+    let owner = broker.agent_connected(AgentInfo {
+        agent_id: agent_id.clone(),
+        address: addr.to_string(),
+        connected: Instant::now(),
+    });
+    broker.audit.record(
+        "authentication",
+        json!({"client_ip": addr.ip().to_string(), "endpoint": "bridge_ws", "agent_id": agent_id,
+               "credential": if app.bridge_token.required() { "mcp_bridge_token" } else { "none" },
+               "success": true}),
+    );
+    tracing::info!(%agent_id, owner, "bridge-agent connected");
+    let why = run(&app, &mut socket, owner).await;
+    broker.agent_disconnected(owner);
+    tracing::info!(%agent_id, reason = %why, "bridge-agent disconnected");
+}
+
+/// Waits for `hello`; answers pings meanwhile. Returns the agent id.
+async fn hello(socket: &mut WebSocket) -> Result<String, String> {
+    while let Some(msg) = socket.recv().await {
+        let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        match BridgeFrame::parse(&text) {
+            Ok(BridgeFrame::Hello {
+                agent_id, protocol, ..
+            }) => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(format!(
+                        "bridge protocol {protocol} is not supported (this bridge speaks {PROTOCOL_VERSION})"
+                    ));
+                }
+                return Ok(agent_id);
+            }
+            Ok(BridgeFrame::Ping { ts }) => {
+                let pong = BridgeFrame::Pong { ts }.to_text();
+                socket
+                    .send(Message::Text(pong.into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            other => tracing::debug!(?other, "frame before hello ignored"),
+        }
+    }
+    Err("closed before hello".into())
+}
+
+async fn run(app: &App, socket: &mut WebSocket, owner: Owner) -> String {
+    let broker = &app.broker;
+    let (tx, mut rx) = mpsc::unbounded_channel::<BridgeFrame>();
+    let silence_limit = broker.config.heartbeat_interval * 2;
+    let silence = sleep(silence_limit);
+    tokio::pin!(silence);
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(msg)) => {
+                    silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
+                    match msg {
+                        Message::Text(text) => {
+                            if let Some(reply) = on_text(app, owner, &tx, &text) {
+                                if let Err(err) = send(socket, reply).await {
+                                    return err;
+                                }
+                            }
+                        }
+                        Message::Close(frame) => return format!("closed by bridge-agent ({frame:?})"),
+                        _ => {}
+                    }
+                }
+                Some(Err(err)) => return format!("read failed: {err}"),
+                None => return "connection closed".into(),
+            },
+            Some(frame) = rx.recv() => {
+                if let Err(err) = send(socket, frame).await {
+                    return err;
+                }
+            }
+            _ = &mut silence => {
+                return format!("nothing received for {silence_limit:?} (2 × HEARTBEAT_INTERVAL)");
+            }
+            _ = app.closing.cancelled() => {
+                // Results of requests ended at shutdown go out before the Close.
+                while let Ok(frame) = rx.try_recv() {
+                    if send(socket, frame).await.is_err() {
+                        break;
+                    }
+                }
+                close(socket, 1001, "mcp-bridge shutting down".into()).await;
+                return "shutting down".into();
+            }
+        }
+    }
+}
+
+fn on_text(
+    app: &App,
+    owner: Owner,
+    tx: &mpsc::UnboundedSender<BridgeFrame>,
+    text: &str,
+) -> Option<BridgeFrame> {
+    match BridgeFrame::parse(text) {
+        Ok(BridgeFrame::ModelInvoke(invoke)) => {
+            tracing::info!(id = %invoke.id, session = ?invoke.session_id, "request queued");
+            app.broker.invoke(owner, invoke, tx.clone());
+        }
+        Ok(BridgeFrame::ModelCancel { id }) => app.broker.cancel(owner, &id),
+        Ok(BridgeFrame::Ping { ts }) => return Some(BridgeFrame::Pong { ts }),
+        Ok(BridgeFrame::Pong { .. }) => {}
+        Ok(other) => tracing::warn!(frame = ?other, "unexpected frame ignored"),
+        Err(FrameError::UnknownType(kind)) => {
+            tracing::info!(%kind, "frame of unknown type ignored")
+        }
+        Err(FrameError::Malformed(err)) => {
+            tracing::warn!(%err, "malformed frame ignored");
+            // A request we cannot read still gets its one result, so nobody waits for it.
+            let v: Value = serde_json::from_str(text).unwrap_or_default();
+            if let (Some("model_invoke"), Some(id)) = (v["type"].as_str(), v["id"].as_str()) {
+                return Some(BridgeFrame::ModelResult(ModelResult::error(
+                    id,
+                    "invalid_request",
+                    format!("mcp-bridge cannot read this request: {err}"),
+                )));
+            }
+        }
+    }
+    None
+}
+
+async fn send(socket: &mut WebSocket, frame: BridgeFrame) -> Result<(), String> {
+    match timeout(
+        SEND_TIMEOUT,
+        socket.send(Message::Text(frame.to_text().into())),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("send failed: {err}")),
+        Err(_) => Err(format!("send blocked for {SEND_TIMEOUT:?}")),
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}

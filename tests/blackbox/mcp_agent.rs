@@ -1,0 +1,211 @@
+//! The real MCP bridge: the official Python `mcp` package plays the Cursor agent (over Streamable
+//! HTTP and over stdio) and the official `openai` package plays VoidEditor, against the real
+//! mcp-bridge, bridge-agent and gateway. The scenarios are in `tests/python_mcp/`.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use integration_tests::harness::{bin_path, get};
+use integration_tests::mcp_stack::{
+    test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
+};
+use integration_tests::stack::{KEY, MODEL};
+
+use crate::SOON;
+
+/// Runs one pytest file of `tests/python_mcp` against `stack`, with `extra` in the environment.
+async fn pytest(stack: &McpStack, file: &str, extra: BTreeMap<String, String>) {
+    let Some(python) = test_python() else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python_mcp");
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"])
+        .arg(dir.join(file))
+        .env("GW_BASE_URL", stack.gateway.base_url())
+        .env("GW_KEY", KEY)
+        .env("GW_MODEL", MODEL)
+        .env("MB_MCP_URL", stack.bridge.url("/mcp"))
+        .env("MB_PORT", stack.bridge.port.to_string())
+        .env("MB_MCP_TOKEN", MCP_TOKEN)
+        .env("MB_BIN", bin_path("mcp-bridge"))
+        .envs(extra);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(out.status.success(), "{file} failed:\n{report}");
+    assert!(report.contains(" passed"), "{report}");
+}
+
+#[tokio::test]
+async fn cursor_agent_serves_void_through_the_tools() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start().await;
+    pytest(&stack, "test_serving.py", BTreeMap::new()).await;
+    // Everything handed out was answered, failed or withdrawn as the scenarios say: nothing is
+    // left in the queue, and the figures are on /metrics.
+    let (_, health) = get(&stack.bridge.url("/health")).await.unwrap();
+    assert_eq!(health["queue_depth"], 0, "{health}");
+    assert_eq!(health["leased"], 0, "{health}");
+    let (_, metrics) = get(&stack.bridge.url("/metrics")).await.unwrap();
+    let metrics = metrics.as_str().unwrap().to_owned();
+    for name in [
+        "mcp_bridge_queue_depth",
+        "mcp_bridge_lease_expiries_total",
+        "mcp_bridge_requests_total{outcome=\"answered\"}",
+        "mcp_bridge_requests_total{outcome=\"cancelled\"}",
+        "mcp_bridge_agent_wait_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let answered = stack
+        .bridge
+        .wait_audit("a model_request audit record", |v| {
+            v["event_type"] == "model_request" && v["outcome"] == "answered"
+        })
+        .await;
+    assert_eq!(answered["prompt_sha256"].as_str().map(str::len), Some(64));
+    assert!(!stack
+        .bridge
+        .audit()
+        .iter()
+        .any(|v| v.to_string().contains(MCP_TOKEN)));
+}
+
+#[tokio::test]
+async fn bridge_agent_restart_loses_and_duplicates_no_request() {
+    if test_python().is_none() {
+        return;
+    }
+    // The gateway holds requests up to CONNECTION_TIMEOUT while bridge-agent is away.
+    let stack = McpStack::start_with(|b| b, |g| g.env("CONNECTION_TIMEOUT", 20)).await;
+    let recipe = &stack.agent_recipe;
+    let extra = BTreeMap::from([
+        (
+            "AGENT_BIN".to_owned(),
+            bin_path("bridge-agent").display().to_string(),
+        ),
+        (
+            "AGENT_ENV".to_owned(),
+            serde_json::to_string(&recipe.envs).unwrap(),
+        ),
+        (
+            "AGENT_PID".to_owned(),
+            stack.agent.pid().unwrap().to_string(),
+        ),
+        ("AGENT_HEALTH".to_owned(), recipe.health_url()),
+        (
+            "AGENT_LOG".to_owned(),
+            recipe
+                .dir
+                .path()
+                .join("bridge-agent-2.log")
+                .display()
+                .to_string(),
+        ),
+    ]);
+    pytest(&stack, "test_restart.py", extra).await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_bridge_token_is_refused_and_audited() {
+    let bridge = McpBridgeProc::new().spawn();
+    let wrong = AgentRecipe::new(&bridge.ws_url(), Some("not-the-bridge-token"));
+    let missing = AgentRecipe::new(&bridge.ws_url(), None);
+    let mut wrong_agent = wrong.spawn();
+    let mut missing_agent = missing.spawn();
+    for (why, fingerprint) in [("wrong", true), ("missing", false)] {
+        let record = bridge
+            .wait_audit(&format!("a refused {why} bridge token"), |v| {
+                v["event_type"] == "authentication"
+                    && v["endpoint"] == "bridge_ws"
+                    && v["reason"] == why
+            })
+            .await;
+        assert_eq!(record["success"], false);
+        assert_eq!(record["source"], "mcp-bridge");
+        assert_eq!(
+            record["key_fingerprint"].is_string(),
+            fingerprint,
+            "{record}"
+        );
+    }
+    // Neither got in, and both keep saying so on their own /health.
+    let (_, health) = get(&bridge.url("/health")).await.unwrap();
+    assert_eq!(health["connected_bridge_agents"], 0, "{health}");
+    assert_eq!(health["status"], "degraded");
+    for recipe in [&wrong, &missing] {
+        let (_, h) = get(&recipe.health_url()).await.unwrap_or_default();
+        assert_ne!(h["mcp_connection"]["status"], "connected", "{h}");
+    }
+    let text = std::fs::read_to_string(bridge.service.log_path()).unwrap_or_default();
+    assert!(
+        !text.contains("not-the-bridge-token"),
+        "a token reached the log"
+    );
+    assert!(!bridge
+        .audit()
+        .iter()
+        .any(|v| v.to_string().contains("not-the-bridge-token")));
+
+    // The right token gets in.
+    let right = AgentRecipe::new(&bridge.ws_url(), Some(BRIDGE_TOKEN));
+    let _right_agent = right.spawn();
+    bridge.wait_agents(1, SOON).await;
+    bridge
+        .wait_audit("a successful bridge-agent authentication", |v| {
+            v["event_type"] == "authentication" && v["success"] == true
+        })
+        .await;
+
+    // /mcp wants its own bearer: missing and wrong are 401 and audited, right passes.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    for token in [None, Some("wrong-mcp-token")] {
+        let mut req = client
+            .post(bridge.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(list);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    bridge
+        .wait_audit("a refused /mcp token", |v| {
+            v["endpoint"] == "mcp" && v["reason"] == "wrong" && v["success"] == false
+        })
+        .await;
+    let (_, metrics) = get(&bridge.url("/metrics")).await.unwrap();
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let failures = |endpoint: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "mcp_bridge_auth_failures_total{{endpoint=\"{endpoint}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(failures("ws") >= 2.0 && failures("mcp") >= 2.0, "{metrics}");
+
+    // SIGTERM: a clean exit.
+    bridge.service.terminate().unwrap();
+    let mut bridge = bridge;
+    let status = bridge.service.wait_exit(SOON).await.unwrap();
+    assert!(status.success(), "{status}");
+    wrong_agent.kill().await.ok();
+    missing_agent.kill().await.ok();
+}

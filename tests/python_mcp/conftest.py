@@ -1,0 +1,127 @@
+"""The Cursor agent's side of the MCP bridge tests, with the official `mcp` package, and the
+editor's side with the official `openai` package.
+
+The Rust black-box tests in `tests/blackbox/mcp_agent.rs` start the real mcp-bridge, bridge-agent
+and gateway and run these files with the addresses below in the environment.
+"""
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+
+import anyio
+import openai
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run these tests through `scripts/test.sh`")
+    return value
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def model() -> str:
+    return env("GW_MODEL")
+
+
+@pytest.fixture(scope="session")
+def void() -> openai.OpenAI:
+    """The editor: the base URL as a user types it, no retries so that every outcome is seen."""
+    return openai.OpenAI(base_url=env("GW_BASE_URL"), api_key=env("GW_KEY"), max_retries=0, timeout=60)
+
+
+@asynccontextmanager
+async def agent_http(mode: str = "legacy"):
+    """The agent over Streamable HTTP, with the bearer token, as Cursor's `mcp.json` sets it."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {env('MB_MCP_TOKEN')}"})
+    async with http:
+        async with Client(streamable_http_client(env("MB_MCP_URL"), http_client=http), mode=mode) as client:
+            yield client
+
+
+@asynccontextmanager
+async def agent_stdio(mode: str = "legacy"):
+    """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does."""
+    params = StdioServerParameters(
+        command=env("MB_BIN"),
+        args=["--stdio"],
+        env={"LOCAL_PROVIDER_MCP_BRIDGE_PORT": env("MB_PORT"),
+             "LOCAL_PROVIDER_MCP_HTTP_TOKEN": env("MB_MCP_TOKEN"),
+             "LOCAL_PROVIDER_LOG_LEVEL": "warning"},
+    )
+    async with Client(params, mode=mode) as client:
+        yield client
+
+
+async def call(client, tool: str, args: dict | None = None) -> dict:
+    """Calls a tool that must succeed; returns its JSON answer."""
+    result = await client.call_tool(tool, args or {})
+    text = result.content[0].text
+    assert not result.is_error, f"{tool} refused: {text}"
+    return json.loads(text)
+
+
+async def refused(client, tool: str, args: dict) -> str:
+    """Calls a tool that must refuse; returns the message the agent reads."""
+    result = await client.call_tool(tool, args)
+    assert result.is_error, f"{tool} was expected to refuse: {result.content[0].text}"
+    return result.content[0].text
+
+
+async def take(client, within: float = 20.0) -> dict:
+    """Long-polls until a request comes (idle answers are normal)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        got = await call(client, "wait_for_request")
+        if got["status"] == "request":
+            return got
+        assert got["status"] == "idle", got
+    pytest.fail(f"no request within {within}s")
+
+
+async def status_until(client, pred, within: float = 20.0) -> dict:
+    deadline = time.monotonic() + within
+    while True:
+        status = await call(client, "get_status")
+        if pred(status):
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"status never matched: {status}")
+        await anyio.sleep(0.05)
+
+
+def user(text: str, system: str | None = None) -> list:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": text}]
+
+
+def read_stream_as_void(stream) -> dict:
+    """Reads a streamed answer the way VoidEditor does: delta.content, delta.reasoning_content and
+    delta.tool_calls (index 0; id and name in its first delta, arguments concatenated)."""
+    out = {"content": "", "reasoning": "", "finish": None, "tool": None}
+    for chunk in stream:
+        assert chunk.choices is not None, "every chunk must carry a choices array"
+        for choice in chunk.choices:
+            delta = choice.delta
+            out["content"] += delta.content or ""
+            out["reasoning"] += (delta.model_extra or {}).get("reasoning_content") or ""
+            out["finish"] = choice.finish_reason or out["finish"]
+            for tc in delta.tool_calls or []:
+                assert tc.index == 0
+                call = out["tool"] = out["tool"] or {"id": None, "name": None, "arguments": ""}
+                call["id"] = call["id"] or tc.id
+                if tc.function and tc.function.name:
+                    call["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    call["arguments"] += tc.function.arguments
+    return out
