@@ -108,7 +108,9 @@ async fn handshake(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
-    let (mut ws, _response) = tokio_tungstenite::connect_async(request).await?;
+    // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
+    let (mut ws, _response) =
+        tokio_tungstenite::connect_async_with_config(request, None, true).await?;
     let hello = BridgeFrame::Hello {
         agent_id: hub.config.agent_id.clone(),
         protocol: PROTOCOL_VERSION,

@@ -104,6 +104,10 @@ pub async fn run(
     });
 
     let app = app::router(state.clone());
+    // Each SSE event must leave at once: Nagle's delay would hold chunks back by tens of ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

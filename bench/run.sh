@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The benchmark: one command. Installs what it needs (nginx, a pinned LiteLLM in bench/.venv, the
+# oha load generator in bench/.tools), builds the release binaries, runs every measurement of
+# bench/run.py on this machine in one go, and writes bench/results/<time>.{json,md}.
+# Takes about ten minutes; run it on an otherwise idle machine.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+repo=$(dirname "$here")
+cd "$repo"
+
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nginx >/dev/null
+fi
+# The anchor: an older LiteLLM release, pinned, configured as its docs recommend for production.
+litellm_version=1.74.9
+if [[ ! -x bench/.venv/bin/litellm ]] || ! bench/.venv/bin/pip show litellm 2>/dev/null | grep -qx "Version: $litellm_version"; then
+    python3 -m venv bench/.venv
+    bench/.venv/bin/pip install -q --disable-pip-version-check "litellm[proxy]==$litellm_version"
+fi
+oha_version=1.16.0
+if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
+    cargo install oha --version "$oha_version" --locked --root bench/.tools
+fi
+cargo build --release --locked -p gateway -p bridge-agent -p bench --bins
+# 10,000 open streams need more descriptors than the usual soft limit: raise it to the hard one.
+ulimit -n "$(ulimit -Hn)"
+exec python3 bench/run.py "$@"
