@@ -3,6 +3,8 @@
 #   - promtool        (Debian package "prometheus")  validates deploy/prometheus/*
 #   - shellcheck      (Debian package "shellcheck")  lints scripts/ and deploy/
 #   - systemd-analyze (Debian package "systemd")     verifies deploy/systemd/*.service
+#   - redis-server    (Debian package "redis-server") the Redis store's tests start their own
+#                     servers on free ports (the package's own service is not needed)
 #   - .venv/          Python virtualenv with tests/python/requirements.txt (the OpenAI SDK client tests)
 # When everything is present it does no network access and returns in well under a second.
 # Run from any directory; paths are resolved from the repository root.
@@ -16,8 +18,8 @@ die() { printf 'setup-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages -------------------------------------------------------------------------
 # command -> Debian package that provides it
-commands=(promtool shellcheck systemd-analyze)
-packages=(prometheus shellcheck systemd)
+commands=(promtool shellcheck systemd-analyze redis-server)
+packages=(prometheus shellcheck systemd redis-server)
 
 missing=()
 for i in "${!commands[@]}"; do
@@ -82,4 +84,4 @@ if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/nu
     log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__)')"
 fi
 
-log "ok (promtool, shellcheck, systemd-analyze, $venv)"
+log "ok (promtool, shellcheck, systemd-analyze, redis-server, $venv)"

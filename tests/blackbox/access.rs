@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use integration_tests::harness::free_port;
+use integration_tests::redis::Backend;
 use integration_tests::stack::{chat_body, GatewayProc, Stack, ADMIN, KEY, MODEL};
 use serde_json::{json, Value};
 
@@ -22,7 +23,12 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value, reqwest::header::Head
 
 #[tokio::test]
 async fn auth_failures_are_401_audited_and_throttled() {
-    let stack = Stack::start_with(|a| a, |g| g.env("AUTH_FAILURE_LIMIT", 3)).await;
+    auth_failures_are_401_audited_and_throttled_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn auth_failures_are_401_audited_and_throttled_on(store: Backend) {
+    let stack = Stack::start_with(|a| a, |g| store.apply(g.env("AUTH_FAILURE_LIMIT", 3))).await;
     let gw = &stack.gateway;
     let (status, body, headers) = error_of(
         gw.post("/v1/chat/completions", None)
@@ -85,9 +91,14 @@ async fn auth_failures_are_401_audited_and_throttled() {
 
 #[tokio::test]
 async fn requests_per_minute_with_burst_give_429_with_openai_headers() {
+    requests_per_minute_with_burst_give_429_with_openai_headers_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn requests_per_minute_with_burst_give_429_with_openai_headers_on(store: Backend) {
     let stack = Stack::start_with(
         |a| a,
-        |g| g.env("RATE_LIMIT_RPM", 60).env("RATE_LIMIT_BURST", 2),
+        |g| store.apply(g.env("RATE_LIMIT_RPM", 60).env("RATE_LIMIT_BURST", 2)),
     )
     .await;
     let gw = &stack.gateway;
@@ -123,7 +134,12 @@ async fn requests_per_minute_with_burst_give_429_with_openai_headers() {
 
 #[tokio::test]
 async fn tokens_per_minute_reserve_max_tokens_until_the_answer() {
-    let stack = Stack::start_with(|a| a, |g| g.env("RATE_LIMIT_TPM", 1000)).await;
+    tokens_per_minute_reserve_max_tokens_until_the_answer_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn tokens_per_minute_reserve_max_tokens_until_the_answer_on(store: Backend) {
+    let stack = Stack::start_with(|a| a, |g| store.apply(g.env("RATE_LIMIT_TPM", 1000))).await;
     let gw = &stack.gateway;
     // Larger than the whole budget: waiting cannot help.
     let mut body = chat_body("big", false);
@@ -273,7 +289,12 @@ async fn every_validation_rule_is_an_openai_400() {
 
 #[tokio::test]
 async fn sessions_work_as_bearers_and_end_when_revoked() {
-    let stack = Stack::start().await;
+    sessions_work_as_bearers_and_end_when_revoked_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn sessions_work_as_bearers_and_end_when_revoked_on(store: Backend) {
+    let stack = Stack::start_with(|a| a, |g| store.apply(g)).await;
     let gw = &stack.gateway;
     let made: Value = gw
         .post("/v1/sessions", Some(KEY))
@@ -366,12 +387,19 @@ async fn sessions_work_as_bearers_and_end_when_revoked() {
 
 #[tokio::test]
 async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped() {
+    sessions_expire_by_ttl_and_by_idle_time_and_are_capped_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped_on(store: Backend) {
     let stack = Stack::start_with(
         |a| a,
         |g| {
-            g.env("SESSION_TTL", 1)
-                .env("SESSION_IDLE", 60)
-                .env("MAX_SESSIONS", 2)
+            store.apply(
+                g.env("SESSION_TTL", 1)
+                    .env("SESSION_IDLE", 60)
+                    .env("MAX_SESSIONS", 2),
+            )
         },
     )
     .await;
@@ -427,7 +455,16 @@ async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped() {
         "expired ones free the cap"
     );
 
-    let idle = Stack::start_with(|a| a, |g| g.env("SESSION_TTL", 60).env("SESSION_IDLE", 1)).await;
+    // Its own prefix on a shared Redis: the first gateway's sweeper must not take its sessions.
+    let idle = Stack::start_with(
+        |a| a,
+        |g| {
+            store
+                .isolated()
+                .apply(g.env("SESSION_TTL", 60).env("SESSION_IDLE", 1))
+        },
+    )
+    .await;
     let s: Value = idle
         .gateway
         .post("/v1/sessions", Some(KEY))
@@ -471,7 +508,12 @@ async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped() {
 
 #[tokio::test]
 async fn admin_lists_and_revokes_all_sessions() {
-    let stack = Stack::start().await;
+    admin_lists_and_revokes_all_sessions_on(Backend::Memory).await;
+}
+
+/// Run against each store (`redis_store` runs it on Redis).
+pub async fn admin_lists_and_revokes_all_sessions_on(store: Backend) {
+    let stack = Stack::start_with(|a| a, |g| store.apply(g)).await;
     let gw = &stack.gateway;
     let mut tokens = vec![];
     for _ in 0..3 {
@@ -518,7 +560,8 @@ async fn admin_lists_and_revokes_all_sessions() {
         );
     }
 
-    let no_admin = GatewayProc::new(&stack.agent.socket)
+    let no_admin = store
+        .apply(GatewayProc::new(&stack.agent.socket))
         .without("ADMIN_TOKEN")
         .spawn();
     no_admin.wait_live().await;

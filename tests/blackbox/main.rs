@@ -8,7 +8,9 @@ mod clients;
 mod mcp_agent;
 mod ollama;
 mod ops;
+mod redis_store;
 mod resilience;
+mod store_scripts;
 
 use std::time::Duration;
 

@@ -30,7 +30,8 @@ pub fn free_port() -> u16 {
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
+    // Tests run from `deps/`, benchmark examples from `examples/`.
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     let path = dir.join(name);
@@ -113,6 +114,21 @@ impl Service {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        Self::spawn_args(bin, std::iter::empty::<&OsStr>(), envs, log_dir)
+    }
+
+    /// [`Service::spawn`] with command-line arguments.
+    pub fn spawn_args<A, K, V>(
+        bin: &Path,
+        args: impl IntoIterator<Item = A>,
+        envs: impl IntoIterator<Item = (K, V)>,
+        log_dir: &Path,
+    ) -> io::Result<Self>
+    where
+        A: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let name = bin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -127,6 +143,7 @@ impl Service {
         }
         // Plain log files; a test that wants colour can set it back.
         cmd.env("NO_COLOR", "1")
+            .args(args)
             .envs(envs)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -8,4 +8,5 @@ pub mod harness;
 pub mod ipc_client;
 pub mod mcp_stack;
 pub mod peer;
+pub mod redis;
 pub mod stack;

@@ -40,6 +40,10 @@ pub struct RawConfig {
     pub max_concurrent_requests: Bounded<1, 1_000_000>,
     pub session_store: StoreKind,
     pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
+    pub redis_pool_size: Bounded<1, 1024>,
+    pub store_timeout: Seconds,
+    pub store_failure_policy: FailurePolicy,
     pub audit_log: Option<String>,
     pub allowed_origins: List,
     pub bridge_socket: Option<PathBuf>,
@@ -79,6 +83,10 @@ impl Default for RawConfig {
             max_concurrent_requests: Bounded(50),
             session_store: StoreKind::Memory,
             redis_url: None,
+            redis_prefix: "mcp-local-provider:".into(),
+            redis_pool_size: Bounded(16),
+            store_timeout: Seconds(Duration::from_millis(250)),
+            store_failure_policy: FailurePolicy::Closed,
             audit_log: None,
             allowed_origins: List(vec![
                 "http://127.0.0.1:*".into(),
@@ -95,6 +103,7 @@ impl Default for RawConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
+    Redis,
 }
 
 impl<'de> Deserialize<'de> for StoreKind {
@@ -102,10 +111,54 @@ impl<'de> Deserialize<'de> for StoreKind {
         let raw = String::deserialize(d)?;
         match raw.trim().to_ascii_lowercase().as_str() {
             "memory" | "" => Ok(StoreKind::Memory),
+            "redis" => Ok(StoreKind::Redis),
             _ => Err(serde::de::Error::custom(format!(
-                "expected memory (the only store this build has), got {raw:?}"
+                "expected memory or redis, got {raw:?}"
             ))),
         }
+    }
+}
+
+/// What the gateway does while the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Refuse with 503 `store_unavailable`.
+    Closed,
+    /// Let rate limits and auth throttling pass; sessions still need the store.
+    Open,
+}
+
+impl<'de> Deserialize<'de> for FailurePolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "closed" | "" => Ok(FailurePolicy::Closed),
+            "open" => Ok(FailurePolicy::Open),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected closed (refuse with 503) or open (rate limits pass), got {raw:?}"
+            ))),
+        }
+    }
+}
+
+/// Where the Redis store lives.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// `host:port` (or the socket path) without credentials, for logs and health.
+    pub address: String,
+    pub prefix: String,
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisSettings")
+            .field("address", &self.address)
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .finish()
     }
 }
 
@@ -136,6 +189,12 @@ pub struct Settings {
     pub allow_keyless_generation: bool,
     /// Answers carry `x-gateway-overhead-ms`.
     pub overhead_header: bool,
+    pub session_store: StoreKind,
+    /// Set when `session_store` is Redis.
+    pub redis: Option<RedisSettings>,
+    /// Bound on every store operation.
+    pub store_timeout: Duration,
+    pub store_failure_policy: FailurePolicy,
     pub audit_log: Option<PathBuf>,
     pub allowed_origins: Vec<String>,
     pub bridge_socket: PathBuf,
@@ -208,10 +267,15 @@ impl Settings {
                 ),
             ));
         }
-        if raw.redis_url.is_some() {
-            tracing::warn!(
-                "LOCAL_PROVIDER_REDIS_URL is set but the memory session store is in use"
-            );
+        let redis = redis_settings(&raw)?;
+        if raw.store_timeout.0 > Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "STORE_TIMEOUT",
+                format!(
+                    "expected at most 10 seconds (a request waits this long on the store), got {}",
+                    raw.store_timeout.0.as_secs_f64()
+                ),
+            ));
         }
         let audit_log = match raw.audit_log.as_deref().map(str::trim) {
             None => Some(PathBuf::from("logs/security_audit.log")),
@@ -249,6 +313,10 @@ impl Settings {
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
             allow_keyless_generation: raw.allow_keyless_generation.0,
             overhead_header: raw.overhead_header.0,
+            session_store: raw.session_store,
+            redis,
+            store_timeout: raw.store_timeout.0,
+            store_failure_policy: raw.store_failure_policy,
             audit_log,
             allowed_origins: raw.allowed_origins.0,
             bridge_socket: raw
@@ -264,6 +332,47 @@ impl Settings {
     pub fn binds_non_loopback(&self) -> bool {
         !is_loopback_host(&self.host)
     }
+}
+
+fn redis_settings(raw: &RawConfig) -> Result<Option<RedisSettings>, ConfigError> {
+    if raw.session_store != StoreKind::Redis {
+        if raw.redis_url.is_some() {
+            tracing::warn!(
+                "LOCAL_PROVIDER_REDIS_URL is set but the memory session store is in use (set LOCAL_PROVIDER_SESSION_STORE=redis)"
+            );
+        }
+        return Ok(None);
+    }
+    let Some(url) = raw.redis_url.as_ref().map(|u| u.0.trim().to_owned()) else {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            "required with LOCAL_PROVIDER_SESSION_STORE=redis, e.g. redis://127.0.0.1:6379/0",
+        ));
+    };
+    use deadpool_redis::redis::IntoConnectionInfo;
+    // The URL is not echoed: it may carry a password.
+    let info = url.as_str().into_connection_info().map_err(|e| {
+        ConfigError::new(
+            "REDIS_URL",
+            format!("expected a redis://[user:password@]host[:port][/db] or unix:// URL: {e}"),
+        )
+    })?;
+    let prefix = raw.redis_prefix.trim().to_owned();
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            "REDIS_PREFIX",
+            format!(
+                "expected a non-empty key prefix without spaces, got {:?}",
+                raw.redis_prefix
+            ),
+        ));
+    }
+    Ok(Some(RedisSettings {
+        address: info.addr().to_string(),
+        url,
+        prefix,
+        pool_size: raw.redis_pool_size.0 as usize,
+    }))
 }
 
 fn check_secret_len(var: &str, secret: &str) -> Result<(), ConfigError> {
@@ -402,5 +511,35 @@ mod tests {
         assert_eq!(err.var, "LOCAL_PROVIDER_SESSION_STORE");
         let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp://x")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
+    }
+
+    #[test]
+    fn the_redis_store_needs_a_valid_url() {
+        let err = with(&[("API_KEY", KEY), ("SESSION_STORE", "redis")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_REDIS_URL");
+        let err = with(&[
+            ("API_KEY", KEY),
+            ("SESSION_STORE", "redis"),
+            ("REDIS_URL", "http://user:hunter2@host"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_REDIS_URL");
+        assert!(!err.message.contains("hunter2"), "{err}");
+        let s = with(&[
+            ("API_KEY", KEY),
+            ("SESSION_STORE", "redis"),
+            ("REDIS_URL", "redis://:pw@127.0.0.1:6390/2"),
+        ])
+        .unwrap();
+        let redis = s.redis.unwrap();
+        assert_eq!(redis.address, "127.0.0.1:6390");
+        assert_eq!(redis.prefix, "mcp-local-provider:");
+        assert!(!format!("{redis:?}").contains("pw"));
+        assert_eq!(s.store_timeout, Duration::from_millis(250));
+        assert_eq!(s.store_failure_policy, FailurePolicy::Closed);
+        let err = with(&[("API_KEY", KEY), ("STORE_FAILURE_POLICY", "maybe")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_STORE_FAILURE_POLICY");
+        let err = with(&[("API_KEY", KEY), ("STORE_TIMEOUT", "60")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_STORE_TIMEOUT");
     }
 }

@@ -57,8 +57,12 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
-    #[error("session and rate-limit store unavailable: {0}")]
-    StoreUnavailable(String),
+    #[error("the session and rate-limit store is unavailable ({message}); try again shortly")]
+    StoreUnavailable {
+        /// `timeout`, `connection`, `pool` or `response`: the metrics label.
+        kind: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -86,7 +90,7 @@ impl Error {
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded { .. }
             | Error::BridgeAgentUnavailable(_)
-            | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Agent { status, .. } => *status,
         }
     }
@@ -104,7 +108,7 @@ impl Error {
             Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
             Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
             Error::BridgeAgentUnavailable(_) => ("server_error", Some("bridge_agent_unavailable")),
-            Error::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
+            Error::StoreUnavailable { .. } => ("server_error", Some("store_unavailable")),
             Error::Agent { code, .. } => ("server_error", Some(code.as_str())),
             Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
                 ("server_error", Some("internal_error"))
@@ -124,7 +128,9 @@ impl Error {
             Error::RateLimited { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Error::Overloaded { .. } | Error::StoreUnavailable(_) => Some(Duration::from_secs(1)),
+            Error::Overloaded { .. } | Error::StoreUnavailable { .. } => {
+                Some(Duration::from_secs(1))
+            }
             Error::BridgeAgentUnavailable(_) => Some(Duration::from_secs(5)),
             Error::Agent { retry_after, .. } => *retry_after,
             _ => None,

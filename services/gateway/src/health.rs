@@ -17,7 +17,7 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
     let bridge_up = link.agent_connected && link.bridge.state == LinkState::Connected;
     let status = if state.shutdown.is_cancelled() {
         "unhealthy"
-    } else if bridge_up {
+    } else if bridge_up && state.store.is_available() {
         "healthy"
     } else {
         "degraded"
@@ -37,13 +37,16 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
             "status": if link.agent_connected { "connected" } else { "disconnected" },
             "socket": state.settings.bridge_socket.display().to_string(),
         },
+        "store": state.store.health(),
     });
     (status, body)
 }
 
 pub async fn health(State(state): State<Shared>) -> Response {
+    // Counting the sessions also probes the store, so the status below is current.
+    let sessions = state.store.count_sessions().await.ok();
     let (status, mut body) = status_of(&state);
-    body["active_sessions"] = json!(state.store.count_sessions().await.ok());
+    body["active_sessions"] = json!(sessions);
     let code = if status == "unhealthy" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -57,6 +60,7 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<Shared>) -> Response {
+    let _probe = state.store.count_sessions().await;
     let (status, body) = status_of(&state);
     let code = if status == "healthy" {
         StatusCode::OK

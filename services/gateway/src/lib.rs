@@ -59,6 +59,8 @@ pub async fn run(
                 ),
             ))
         })?;
+    // Before anything is spawned: a store that cannot be reached stops start-up.
+    let store = Arc::new(store::open(&settings, audit.clone()).await?);
     let links_down = CancellationToken::new();
     let bridge =
         bridge::BridgeClient::start(settings.bridge_socket.clone(), links_down.clone(), &tracker);
@@ -66,7 +68,7 @@ pub async fn run(
     let key_client = format!("key:{}", hex::encode(&settings.api_key_digest[..6]));
     let state = Arc::new(state::AppState {
         concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-        store: Arc::new(store::MemoryStore::new()),
+        store,
         bridge,
         audit,
         started: Instant::now(),

@@ -9,11 +9,12 @@ use crate::audit::Audit;
 use crate::bridge::BridgeClient;
 use crate::config::Settings;
 use crate::ratelimit::BucketSpec;
-use crate::store::Store;
+use crate::store::Guarded;
 
 pub struct AppState {
     pub settings: Settings,
-    pub store: Arc<dyn Store>,
+    /// Sessions and rate-limit buckets, behind the timeout and failure policy.
+    pub store: Arc<Guarded>,
     pub bridge: BridgeClient,
     pub audit: Audit,
     pub concurrency: Arc<Semaphore>,

@@ -7,8 +7,17 @@ use async_trait::async_trait;
 use crate::error::Error;
 use crate::ratelimit::{BucketSpec, Take};
 
+mod guard;
 mod memory;
+mod redis;
+pub use guard::Guarded;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+use std::sync::Arc;
+
+use crate::audit::Audit;
+use crate::config::{Settings, StoreKind};
 
 /// A session as stored: the token itself is never kept, only its SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +73,87 @@ pub trait Store: Send + Sync + 'static {
     /// Removes and returns the sessions that have ended; also drops full, idle buckets.
     async fn purge_expired(&self) -> Result<Vec<Session>, Error>;
     async fn count_sessions(&self) -> Result<u64, Error>;
+
+    /// The connection pool's state, for stores that have one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max: usize,
+    /// Connections open.
+    pub size: usize,
+    /// Open and not in use.
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+/// The store `SESSION_STORE` names. The Redis store must answer a `PING` first: start-up waits
+/// up to `CONNECTION_TIMEOUT` for it (Redis may be starting beside the gateway), then stops
+/// with one line and its supervisor retries.
+pub async fn open(settings: &Settings, audit: Audit) -> Result<Guarded, Error> {
+    guard::describe_metrics();
+    let (inner, kind, address): (Arc<dyn Store>, _, _) =
+        match (settings.session_store, &settings.redis) {
+            (StoreKind::Redis, Some(redis)) => {
+                let store = RedisStore::new(redis, settings.store_timeout)?;
+                wait_for_redis(&store, settings.connection_timeout)
+                    .await
+                    .map_err(|detail| {
+                        Error::Config(provider_shared::config::ConfigError::new(
+                            "REDIS_URL",
+                            format!("cannot use Redis at {}: {detail}", redis.address),
+                        ))
+                    })?;
+                tracing::info!(address = %store.address(), prefix = %redis.prefix,
+                    "sessions and rate limits in Redis");
+                (Arc::new(store), "redis", Some(redis.address.clone()))
+            }
+            _ => (Arc::new(MemoryStore::new()), "memory", None),
+        };
+    Ok(Guarded::new(
+        inner,
+        kind,
+        address,
+        settings.store_timeout,
+        settings.store_failure_policy,
+        audit,
+    ))
+}
+
+/// Retries `PING` until Redis answers or `patience` is over; the last failure otherwise.
+async fn wait_for_redis(store: &RedisStore, patience: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut warned = false;
+    loop {
+        let detail = match tokio::time::timeout_at(deadline, store.ping()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(Error::StoreUnavailable { message, .. })) => message,
+            Ok(Err(other)) => other.to_string(),
+            Err(_) => format!("no answer within {} ms", patience.as_millis()),
+        };
+        // Refusals that no wait can cure (a wrong password, a missing database) stop at once.
+        let lasting = [
+            "NOAUTH",
+            "WRONGPASS",
+            "invalid password",
+            "DB index is out of range",
+        ]
+        .iter()
+        .any(|m| detail.contains(m));
+        if lasting || tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+            return Err(detail);
+        }
+        if !warned {
+            warned = true;
+            tracing::warn!(address = %store.address(), error = %detail,
+                wait_s = patience.as_secs_f64(), "Redis does not answer yet; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Milliseconds since the Unix epoch.
