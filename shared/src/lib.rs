@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod config;
 pub mod digest;
 pub mod ipc;
+pub mod probe;
 pub mod telemetry;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.

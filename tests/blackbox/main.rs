@@ -5,6 +5,8 @@ mod access;
 mod agent;
 mod chat;
 mod clients;
+mod compose;
+mod containers;
 mod mcp_agent;
 mod ollama;
 mod ops;

@@ -4,6 +4,7 @@
 // Test support: panicking with a clear message is how failures are reported here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod containers;
 pub mod harness;
 pub mod ipc_client;
 pub mod mcp_stack;

@@ -5,7 +5,29 @@ use bridge_agent::{bind_socket, Config, Listeners};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+const USAGE: &str = "usage: bridge-agent [healthcheck | --version | --help]
+Owns the MCP bridge WebSocket and serves the gateway over a Unix socket; configured by
+LOCAL_PROVIDER_* environment variables.
+healthcheck: exit 0 when the bridge-agent configured by the same variables answers /health/live.";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("healthcheck") => return healthcheck(),
+        Some("--version" | "-V") => {
+            println!("bridge-agent {}", provider_shared::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("bridge-agent: unknown argument {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -28,6 +50,25 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// For container HEALTHCHECKs (the image has no shell or curl): probes the health address the
+/// same `LOCAL_PROVIDER_*` variables make bridge-agent listen on.
+fn healthcheck() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("bridge-agent healthcheck: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let port = config.bridge_agent_port.0 as u16;
+    let timeout = std::time::Duration::from_secs(3);
+    if provider_shared::probe::run("bridge-agent", &config.bridge_agent_host, port, timeout) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -1,12 +1,13 @@
-//! `gateway`: serve, or `gateway generate-api-key`.
+//! `gateway`: serve, or `gateway generate-api-key`, or `gateway healthcheck`.
 use std::process::ExitCode;
 
 use gateway::{run, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: gateway [generate-api-key | --version | --help]
-Serves the OpenAI-compatible API; configured by LOCAL_PROVIDER_* environment variables.";
+const USAGE: &str = "usage: gateway [generate-api-key | healthcheck | --version | --help]
+Serves the OpenAI-compatible API; configured by LOCAL_PROVIDER_* environment variables.
+healthcheck: exit 0 when the gateway configured by the same variables answers /health/live.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
             println!("{}", gateway::keygen::generate_api_key());
             return ExitCode::SUCCESS;
         }
+        Some("healthcheck") => return healthcheck(),
         Some("--version" | "-V") => {
             println!("gateway {}", provider_shared::VERSION);
             return ExitCode::SUCCESS;
@@ -48,6 +50,24 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(settings))
+}
+
+/// For container HEALTHCHECKs (the image has no shell or curl): probes the address the same
+/// `LOCAL_PROVIDER_*` variables make the gateway listen on.
+fn healthcheck() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("gateway healthcheck: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    if provider_shared::probe::run("gateway", &settings.host, settings.port, timeout) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn serve(settings: Settings) -> ExitCode {

@@ -1,0 +1,216 @@
+//! compose.yaml itself: `docker-compose config` accepts it with both profiles and it keeps its
+//! promises (hardening, loopback-only ports, health checks, stop grace); and the stack comes up
+//! from the locally built images (`scripts/build-test-images.sh`) and chats, with the scripted
+//! peer laid over it as the MCP bridge. Without a Docker engine these tests skip, or fail under
+//! `CI=true`.
+use std::time::{Duration, Instant};
+
+use integration_tests::containers::compose::Project;
+use integration_tests::containers::scene::wait_health;
+use integration_tests::containers::{docker, in_ci, output, Docker};
+use integration_tests::harness::{free_port, wait_for};
+use integration_tests::stack::{Sse, KEY};
+use serde_json::Value;
+
+use crate::containers::{chat, chat_content};
+
+/// Whether `docker compose` or docker-compose works; skips (fails under `CI=true`) otherwise.
+fn compose_available(docker: &Docker, test: &str) -> bool {
+    match &docker.compose {
+        Ok(_) => true,
+        Err(why) if in_ci() => panic!("{test} needs docker compose (CI=true): {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}; CI=true makes this a failure");
+            false
+        }
+    }
+}
+
+/// `docker-compose config` output as JSON (compose v1 prints YAML only).
+fn compose_config(project: &Project, profiles: &[&str]) -> Value {
+    let mut args = Vec::new();
+    for p in profiles {
+        args.extend(["--profile", p]);
+    }
+    args.push("config");
+    let yaml = project
+        .run(&args)
+        .unwrap_or_else(|e| panic!("compose.yaml rejected: {e}"));
+    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("compose config output: {e}\n{yaml}"))
+}
+
+fn compose_env(docker: &Docker, key_file: &std::path::Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = docker
+        .image_vars()
+        .iter()
+        .filter(|(k, _)| {
+            [
+                "PROVIDER_IMAGE_TAG",
+                "PEER_IMAGE",
+                "REDIS_IMAGE",
+                "PROMETHEUS_IMAGE",
+            ]
+            .contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("API_KEY_SECRET_FILE".into(), key_file.display().to_string()));
+    env
+}
+
+fn write_key(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("api_key");
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    key
+}
+
+/// A published port as `host_ip:published:target`, from either compose version's output.
+fn port_spec(port: &Value) -> String {
+    if let Some(short) = port.as_str() {
+        // v1 adds the default protocol.
+        return short.trim_end_matches("/tcp").to_owned();
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    format!(
+        "{}:{}:{}",
+        text(&port["host_ip"]),
+        text(&port["published"]),
+        text(&port["target"])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_yaml_is_accepted_and_publishes_nothing_beyond_loopback() {
+    let Some(docker) = docker("compose::config").await else {
+        return;
+    };
+    if !compose_available(docker, "compose::config") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = compose_env(docker, &write_key(dir.path()));
+    let project = Project::new(docker, &[], &env);
+    let config = compose_config(&project, &["redis", "monitoring"]);
+    let services = config["services"].as_object().expect("services");
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    for expected in ["gateway", "bridge-agent", "redis", "prometheus"] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for (name, service) in services {
+        assert_eq!(service["restart"], "unless-stopped", "{name}");
+        assert_eq!(service["read_only"], true, "{name}");
+        assert_eq!(service["cap_drop"], serde_json::json!(["ALL"]), "{name}");
+        let opts = service["security_opt"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            opts.contains(&Value::from("no-new-privileges:true")),
+            "{name}: {opts:?}"
+        );
+        for port in service["ports"].as_array().into_iter().flatten() {
+            // v1 keeps the short form, v2 prints the long one.
+            let loopback = port.as_str().map_or(port["host_ip"] == "127.0.0.1", |s| {
+                s.starts_with("127.0.0.1:")
+            });
+            assert!(loopback, "{name} publishes {port} beyond loopback");
+        }
+    }
+    let gateway = &services["gateway"];
+    let published: Vec<String> = gateway["ports"]
+        .as_array()
+        .expect("gateway ports")
+        .iter()
+        .map(port_spec)
+        .collect();
+    assert_eq!(published, ["127.0.0.1:8788:8788"]);
+    assert!(
+        services["bridge-agent"]["ports"].is_null(),
+        "bridge-agent is not published"
+    );
+    assert_eq!(
+        gateway["depends_on"]["bridge-agent"]["condition"],
+        "service_healthy"
+    );
+    // The stop grace outlasts the services' 10 s SHUTDOWN_GRACE, so streams can drain.
+    for name in ["gateway", "bridge-agent"] {
+        let grace = services[name]["stop_grace_period"]
+            .as_str()
+            .unwrap_or_default();
+        let secs: u64 = grace.trim_end_matches('s').parse().unwrap_or(0);
+        assert!(secs > 10, "{name} stop_grace_period {grace:?}");
+        assert_eq!(services[name]["stop_signal"], "SIGTERM");
+        let test = services[name]["healthcheck"]["test"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            test.get(2),
+            Some(&Value::from("healthcheck")),
+            "{name}: {test:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_comes_up_with_the_local_images_and_chats() {
+    let Some(docker) = docker("compose::up").await else {
+        return;
+    };
+    if !compose_available(docker, "compose::up") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env = compose_env(docker, &write_key(dir.path()));
+    env.extend([
+        ("GATEWAY_PUBLISHED_PORT".into(), port.to_string()),
+        (
+            "LOCAL_PROVIDER_MCP_BRIDGE_URL".into(),
+            "ws://scripted-peer:8787".into(),
+        ),
+        ("LOCAL_PROVIDER_RECONNECT_DELAY".into(), "0.2".into()),
+    ]);
+    let project = Project::new(docker, &["tests/containers/compose.peer.yaml"], &env);
+    let started = Instant::now();
+    project
+        .run(&["up", "--detach", "--no-build"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_health(&base, "healthy", Duration::from_secs(60)).await;
+    let serving = started.elapsed();
+
+    assert_eq!(
+        chat_content(&base, "through compose").await,
+        "echo: through compose"
+    );
+    let resp = chat(&base, "[[chunks:3]] streamed through compose", true).await;
+    assert_eq!(
+        Sse::parse(&resp.text().await.unwrap()).content(),
+        "echo: streamed through compose"
+    );
+
+    let gateway = project.container("gateway");
+    wait_for(
+        Duration::from_secs(30),
+        "the gateway container healthy",
+        || async {
+            let status = output(
+                "docker",
+                &["inspect", "--format", "{{.State.Health.Status}}", &gateway],
+            );
+            (status.as_deref() == Ok("healthy")).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "compose::up: `up` to /health healthy {:.1} s; to docker health `healthy` {:.1} s",
+        serving.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
