@@ -492,9 +492,7 @@ async fn a_bad_variable_stops_start_up_with_one_line() {
     let logs = agent.service.logs();
     assert_eq!(logs.lines().count(), 1, "{logs}");
     assert!(
-        logs.starts_with(
-            "bridge-agent: LOCAL_PROVIDER_MCP_BRIDGE_URL: expected a ws:// or wss:// URL"
-        ),
+        logs.starts_with("bridge-agent: LOCAL_PROVIDER_MCP_BRIDGE_URL: expected a ws:// URL"),
         "{logs}"
     );
 }
