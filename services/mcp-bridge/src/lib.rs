@@ -81,7 +81,10 @@ pub async fn run(
     let router = app::router(app.clone(), mcp_stop.clone());
     let server = tokio::spawn(
         axum::serve(
-            listener,
+            // Stream chunks to bridge-agent go out at once, not after Nagle's delay.
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(http_stop.clone().cancelled_owned())
