@@ -157,6 +157,65 @@ async fn compose_yaml_is_accepted_and_publishes_nothing_beyond_loopback() {
     }
 }
 
+/// The env file of a stack published on `port`, its bridge the scripted peer service.
+fn stack_env(docker: &Docker, dir: &std::path::Path, port: u16) -> Vec<(String, String)> {
+    let mut env = compose_env(docker, &write_key(dir));
+    env.extend([
+        ("GATEWAY_PUBLISHED_PORT".into(), port.to_string()),
+        (
+            "LOCAL_PROVIDER_MCP_BRIDGE_URL".into(),
+            "ws://scripted-peer:8787".into(),
+        ),
+        ("LOCAL_PROVIDER_RECONNECT_DELAY".into(), "0.2".into()),
+    ]);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_profile_puts_the_gateway_on_the_compose_redis() {
+    let Some(docker) = docker("compose::redis").await else {
+        return;
+    };
+    if !compose_available(docker, "compose::redis") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env = stack_env(docker, dir.path(), port);
+    env.extend([
+        ("LOCAL_PROVIDER_SESSION_STORE".into(), "redis".into()),
+        (
+            "LOCAL_PROVIDER_REDIS_URL".into(),
+            "redis://redis:6379/0".into(),
+        ),
+    ]);
+    let project = Project::new(docker, &["tests/containers/compose.peer.yaml"], &env);
+    project
+        .run(&["--profile", "redis", "up", "--detach", "--no-build"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    let health = wait_health(&base, "healthy", Duration::from_secs(60)).await;
+    assert_eq!(health["store"]["kind"], "redis", "{health}");
+    assert_eq!(
+        chat_content(&base, "sessions in redis").await,
+        "echo: sessions in redis"
+    );
+    // compose.yaml's `redis-cli ping` health check works in the image it runs.
+    let redis = project.container("redis");
+    wait_for(
+        Duration::from_secs(30),
+        "the redis container healthy",
+        || async {
+            let status = output(
+                "docker",
+                &["inspect", "--format", "{{.State.Health.Status}}", &redis],
+            );
+            (status.as_deref() == Ok("healthy")).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_comes_up_with_the_local_images_and_chats() {
     let Some(docker) = docker("compose::up").await else {
@@ -167,15 +226,7 @@ async fn the_compose_stack_comes_up_with_the_local_images_and_chats() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut env = compose_env(docker, &write_key(dir.path()));
-    env.extend([
-        ("GATEWAY_PUBLISHED_PORT".into(), port.to_string()),
-        (
-            "LOCAL_PROVIDER_MCP_BRIDGE_URL".into(),
-            "ws://scripted-peer:8787".into(),
-        ),
-        ("LOCAL_PROVIDER_RECONNECT_DELAY".into(), "0.2".into()),
-    ]);
+    let env = stack_env(docker, dir.path(), port);
     let project = Project::new(docker, &["tests/containers/compose.peer.yaml"], &env);
     let started = Instant::now();
     project
