@@ -9,8 +9,9 @@
 #   mcp-local-provider/test-redis:TAG       Debian's redis-server and redis-cli
 #   mcp-local-provider/test-prometheus:TAG  Debian's prometheus, laid out as the official image
 # Every image is FROM scratch: programs, their shared libraries (ldd), passwd/group.
-# TAG is a hash of what goes into the image, so unchanged binaries skip the rebuild; older tags
-# of these images are removed. Safe to run concurrently (one build at a time, under a lock).
+# TAG is a hash of what goes into the image, so unchanged binaries skip the rebuild; all but the
+# three newest tags of each image are removed. Safe to run concurrently (one build at a time,
+# under a lock).
 #
 # Usage: scripts/build-test-images.sh [--no-cargo]
 #   --no-cargo  use target/release and target/debug binaries as they are
@@ -81,9 +82,10 @@ build() {
             die "docker build of $image failed (context $ctx)"
         fi
     fi
-    # Older builds of this image are garbage now (one still used by a container stays).
+    # Older builds: keep the two newest besides this one (another checkout or developer on this
+    # engine may be testing with them right now), remove the rest (one a container uses stays).
     docker image ls --format '{{.Repository}}:{{.Tag}}' "$image" | grep -vxF "$image:$tag" \
-        | xargs -r docker image rm >/dev/null 2>&1 || true
+        | tail -n +3 | xargs -r docker image rm >/dev/null 2>&1 || true
     printf '%s:%s\n' "$image" "$tag"
 }
 
