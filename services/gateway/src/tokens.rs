@@ -6,8 +6,18 @@
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
+static BPE: std::sync::OnceLock<&'static CoreBPE> = std::sync::OnceLock::new();
+
 fn bpe() -> &'static CoreBPE {
-    tiktoken_rs::cl100k_base_singleton()
+    BPE.get_or_init(tiktoken_rs::cl100k_base_singleton)
+}
+
+/// Loads the tokenizer on a blocking thread the first time, so no request stalls a worker thread
+/// (and with it every other request on that thread) while the tables are built.
+pub async fn ready() {
+    if BPE.get().is_none() {
+        let _ = tokio::task::spawn_blocking(bpe).await;
+    }
 }
 
 pub fn count_text(text: &str) -> u64 {

@@ -73,6 +73,7 @@ pub async fn chat(
     if tools.is_some() {
         scopes.push("tools".to_owned());
     }
+    crate::tokens::ready().await;
     let job = Job {
         prompt_tokens: tokens::count_prompt(&messages, tools.as_ref()),
         prompt_sha256: digest::sha256_hex(Value::Array(given).to_string().as_bytes()),

@@ -38,6 +38,7 @@ pub async fn completions(
             max_content_bytes: state.settings.max_content_bytes,
         },
     )?;
+    tokens::ready().await;
     let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
     let mut scopes = vec!["chat".to_owned()];
     if request.tools.is_some() {

@@ -40,6 +40,7 @@ pub async fn completions(
             max_content_bytes: state.settings.max_content_bytes,
         },
     )?;
+    tokens::ready().await;
     let job = completion_job(
         request.prompt,
         request.suffix,
