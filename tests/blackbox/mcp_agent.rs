@@ -209,3 +209,39 @@ async fn a_wrong_or_missing_bridge_token_is_refused_and_audited() {
     wrong_agent.kill().await.ok();
     missing_agent.kill().await.ok();
 }
+
+#[tokio::test]
+async fn a_client_that_declares_sampling_answers_when_sampling_is_on() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start_with(|b| b.env("LOCAL_PROVIDER_MCP_SAMPLING", "true"), |g| g).await;
+    pytest(&stack, "test_sampling.py", BTreeMap::new()).await;
+    // Every sampling client left with its session, so none is used any more; nothing is left.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let health = loop {
+        let (_, health) = get(&stack.bridge.url("/health")).await.unwrap();
+        if health["sampling_clients"] == 0 || tokio::time::Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["sampling_clients"], 0, "{health}");
+    assert_eq!(health["queue_depth"], 0, "{health}");
+    assert_eq!(health["leased"], 0, "{health}");
+    stack
+        .bridge
+        .wait_audit("a request failed by a refused sampling call", |v| {
+            v["event_type"] == "model_request" && v["error_code"] == "sampling_failed"
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn with_sampling_off_a_sampling_client_is_never_asked() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start().await;
+    pytest(&stack, "test_sampling_off.py", BTreeMap::new()).await;
+}

@@ -125,3 +125,31 @@ def read_stream_as_void(stream) -> dict:
                 if tc.function and tc.function.arguments:
                     call["arguments"] += tc.function.arguments
     return out
+
+
+class Sampler:
+    """A client that declares sampling, as VS Code does: records every `sampling/createMessage`
+    and answers with `reply(params)` (text, or `mcp.types.ErrorData` to refuse)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.asked = []
+
+    async def __call__(self, context, params):
+        from mcp import types
+        self.asked.append(params)
+        answer = self.reply(params)
+        if isinstance(answer, types.ErrorData):
+            return answer
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text=answer),
+                                         model="client-model", stop_reason="endTurn")
+
+
+@asynccontextmanager
+async def sampling_agent_http(sampler: Sampler):
+    """A client over Streamable HTTP that declares sampling (and can call the tools too)."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {env('MB_MCP_TOKEN')}"})
+    async with http:
+        async with Client(streamable_http_client(env("MB_MCP_URL"), http_client=http), mode="legacy",
+                          sampling_callback=sampler) as client:
+            yield client

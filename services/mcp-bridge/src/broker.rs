@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::answer::Part;
 use crate::audit::Audit;
@@ -39,6 +40,10 @@ pub struct Broker {
     agents: Mutex<HashMap<Owner, AgentInfo>>,
     next_owner: AtomicU64,
     pollers: AtomicUsize,
+    /// MCP clients being asked through `sampling/createMessage` (`MCP_SAMPLING`).
+    pub sampling_clients: AtomicUsize,
+    /// Their loops, so shutdown waits for them.
+    pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
     counts: Counts,
@@ -71,6 +76,8 @@ impl Broker {
             agents: Mutex::new(HashMap::new()),
             next_owner: AtomicU64::new(1),
             pollers: AtomicUsize::new(0),
+            sampling_clients: AtomicUsize::new(0),
+            samplers: TaskTracker::new(),
             stopping: CancellationToken::new(),
             counts: Counts::default(),
         }
@@ -162,6 +169,32 @@ impl Broker {
     pub async fn next_request(&self, wait: Duration, ct: &CancellationToken) -> Option<Handout> {
         let _poller = Poller::new(self);
         let deadline = tokio::time::Instant::now() + wait;
+        self.wait_for(deadline, ct, || self.take()).await
+    }
+
+    /// Waits (until `ct` fires or shutdown) for a request that `fits` and leases it for
+    /// `lease_for`: how sampling clients take the requests they can answer.
+    pub async fn next_matching(
+        &self,
+        fits: impl Fn(&Entry) -> bool,
+        lease_for: Duration,
+        ct: &CancellationToken,
+    ) -> Option<Handout> {
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        self.wait_for(far, ct, || {
+            let handout = self.queue().take_first(Instant::now(), lease_for, &fits)?;
+            self.handed(&handout);
+            Some(handout)
+        })
+        .await
+    }
+
+    async fn wait_for(
+        &self,
+        deadline: tokio::time::Instant,
+        ct: &CancellationToken,
+        take: impl Fn() -> Option<Handout>,
+    ) -> Option<Handout> {
         loop {
             let notified = self.available.notified();
             tokio::pin!(notified);
@@ -169,7 +202,7 @@ impl Broker {
             if self.stopping.is_cancelled() {
                 return None;
             }
-            if let Some(handout) = self.take() {
+            if let Some(handout) = take() {
                 return Some(handout);
             }
             tokio::select! {
@@ -184,13 +217,27 @@ impl Broker {
     fn take(&self) -> Option<Handout> {
         let now = Instant::now();
         let handout = self.queue().take(now, self.config.lease_timeout)?;
+        self.handed(&handout);
+        Some(handout)
+    }
+
+    fn handed(&self, handout: &Handout) {
         if handout.attempt == 1 {
             metrics::agent_wait(handout.queued_for);
         }
         tracing::info!(id = %handout.id, attempt = handout.attempt, "request handed to the agent");
         self.leases_changed.notify_one();
         self.gauges();
-        Some(handout)
+    }
+
+    /// The holder of `lease` gives `id` back unanswered: it goes to the front of the queue for
+    /// any other agent or sampling client.
+    pub fn release(&self, id: &str, lease: &str) {
+        if self.queue().release(id, lease) {
+            tracing::info!(%id, "request back in the queue");
+            self.gauges();
+            self.available.notify_waiters();
+        }
     }
 
     /// One part of an answer from the agent.
@@ -370,6 +417,7 @@ impl Broker {
             "queue_depth": q.queued(),
             "leased": q.leased_count(),
             "waiting_polls": self.pollers.load(Ordering::Relaxed),
+            "sampling_clients": self.sampling_clients.load(Ordering::Relaxed),
             "connected_bridge_agents": agents.len(),
             "bridge_agents": agents,
             "answered": c.answered.load(Ordering::Relaxed),

@@ -39,6 +39,8 @@ struct Raw {
     log_format: LogFormat,
     #[serde(default = "ten")]
     shutdown_grace: Seconds,
+    #[serde(default)]
+    mcp_sampling: Flag,
 }
 
 fn default_host() -> String {
@@ -76,6 +78,8 @@ pub struct Config {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Answer through `sampling/createMessage` when an MCP client declares sampling.
+    pub sampling: bool,
 }
 
 impl Config {
@@ -129,6 +133,7 @@ impl Config {
             log_level: raw.log_level,
             log_format: raw.log_format,
             shutdown_grace: raw.shutdown_grace.0,
+            sampling: raw.mcp_sampling.0,
         })
     }
 
@@ -166,6 +171,7 @@ mod tests {
         assert_eq!(c.lease_timeout, Duration::from_secs(60));
         assert_eq!(c.poll_default, Duration::from_secs(240));
         assert!(c.bridge_token.is_none() && c.http_token.is_none());
+        assert!(!c.sampling, "sampling is opt-in");
         assert_eq!(
             c.audit_log,
             Some(PathBuf::from("logs/mcp_bridge_audit.log"))

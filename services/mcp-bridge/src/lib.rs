@@ -13,6 +13,7 @@ mod mcp;
 mod metrics;
 mod queue;
 pub mod relay;
+mod sampling;
 mod ws;
 
 use std::future::IntoFuture;
@@ -111,6 +112,9 @@ pub async fn run(
         );
     }
     broker.end_leased();
+    // Sampling loops see `stopping` and end; a call still waiting on its client is dropped.
+    broker.samplers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), broker.samplers.wait()).await;
     app.closing.cancel();
     app.tasks.close();
     app.tasks.wait().await;

@@ -148,7 +148,21 @@ impl Queue {
 
     /// Hands out the oldest queued request under a new lease.
     pub fn take(&mut self, now: Instant, lease_for: Duration) -> Option<Handout> {
-        let id = self.order.pop_front()?;
+        self.take_first(now, lease_for, |_| true)
+    }
+
+    /// Hands out the oldest queued request that `fits` under a new lease.
+    pub fn take_first(
+        &mut self,
+        now: Instant,
+        lease_for: Duration,
+        fits: impl Fn(&Entry) -> bool,
+    ) -> Option<Handout> {
+        let at = self
+            .order
+            .iter()
+            .position(|id| self.entries.get(id).is_some_and(&fits))?;
+        let id = self.order.remove(at)?;
         let entry = self.entries.get_mut(&id)?;
         let lease = format!("lease-{:016x}", rand::rng().random::<u64>());
         entry.lease = Some(Lease {
@@ -184,6 +198,20 @@ impl Queue {
             None => Err(Refusal(format!(
                 "lease {lease:?} on request {id} lapsed; the request is back in the queue. Call wait_for_request to take it again"
             ))),
+        }
+    }
+
+    /// Puts a leased request whose answer has not started back at the front of the queue (its
+    /// holder gave up without answering). False when `lease` is not its lease any more.
+    pub fn release(&mut self, id: &str, lease: &str) -> bool {
+        match self.entries.get_mut(id) {
+            Some(e) if e.lease.as_ref().is_some_and(|l| l.id == lease) && !e.answer.started() => {
+                e.lease = None;
+                e.answer = Answer::default();
+                self.order.push_front(id.to_owned());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -366,6 +394,20 @@ mod tests {
             .contains("handed out again"));
         assert_eq!(q.take(now, LEASE).unwrap().id, "b");
         assert!(q.take(now, LEASE).is_none());
+    }
+
+    #[test]
+    fn take_first_skips_what_does_not_fit_and_release_puts_it_back_in_front() {
+        let mut q = queue_of(&["a", "b", "c"], 1);
+        let now = Instant::now();
+        let b = q.take_first(now, LEASE, |e| e.invoke.id == "b").unwrap();
+        assert_eq!((q.queued(), q.leased_count()), (2, 1));
+        assert!(!q.release("b", "lease-other"), "only the holder releases");
+        assert!(q.release("b", &b.lease));
+        assert!(q.leased("b", &b.lease).is_err());
+        let again = q.take(now, LEASE).unwrap();
+        assert_eq!((again.id.as_str(), again.attempt), ("b", 2));
+        assert!(q.take_first(now, LEASE, |_| false).is_none());
     }
 
     #[test]

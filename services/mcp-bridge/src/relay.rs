@@ -108,6 +108,14 @@ pub async fn run(config: &Config) -> Result<(), Error> {
         };
         let method = message["method"].as_str().map(str::to_owned);
         let id = message.get("id").cloned();
+        let mut message = message;
+        if method.as_deref() == Some("initialize") {
+            // The relay passes no server requests back to the client, so sampling
+            // (`MCP_SAMPLING`) must not pick this client: it serves through the tools only.
+            if let Some(caps) = message["params"]["capabilities"].as_object_mut() {
+                caps.remove("sampling");
+            }
+        }
         match (method.as_deref(), id) {
             (Some("notifications/cancelled"), None) => {
                 let key = message["params"]["requestId"].to_string();
