@@ -27,6 +27,8 @@ KEY = "bench-key-0123456789abcdef0123456789abcdef0123456789"
 MODEL = "cursor-agent-local"
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}]})
 QUICK = "--quick" in sys.argv
+# Only the million-request memory check (its figures go in results under "leak").
+ONLY_LEAK = "--only-leak" in sys.argv
 DURATION = "3s" if QUICK else "10s"
 COMPLETION = json.dumps({
     "id": "chatcmpl-direct", "object": "chat.completion", "created": 0, "model": MODEL,
@@ -165,20 +167,29 @@ http {{
     # --- ours: zero-peer, bridge-agent, gateway ------------------------------------------------
     peer_port, agent_port, gw_port = free_port(), free_port(), free_port()
     peer = procs.start("zero-peer", [str(RELEASE / "zero-peer")], {"BENCH_PEER_ADDR": f"127.0.0.1:{peer_port}"})
-    common = {"LOCAL_PROVIDER_BRIDGE_SOCKET": str(tmp / "bridge.sock"), "LOCAL_PROVIDER_LOG_LEVEL": "warning",
-              "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "900", "LOCAL_PROVIDER_REQUEST_TIMEOUT": "900"}
-    agent = procs.start("bridge-agent", [str(RELEASE / "bridge-agent")], {**common,
-        "LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}", "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
-    gateway = procs.start("gateway", [str(RELEASE / "gateway")], {**common,
-        "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
-        "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / "audit.log"),
-        "LOCAL_PROVIDER_RATE_LIMIT_RPM": "1000000000", "LOCAL_PROVIDER_RATE_LIMIT_BURST": "1000000000",
-        "LOCAL_PROVIDER_RATE_LIMIT_TPM": "1000000000000", "LOCAL_PROVIDER_MAX_CONCURRENT_REQUESTS": "20000"})
-    wait_http(f"http://127.0.0.1:{gw_port}/health/ready")
+
+    def start_pair(run: str):
+        common = {"LOCAL_PROVIDER_BRIDGE_SOCKET": str(tmp / f"bridge-{run}.sock"),
+                  "LOCAL_PROVIDER_LOG_LEVEL": "warning",
+                  "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "900", "LOCAL_PROVIDER_REQUEST_TIMEOUT": "900"}
+        agent = procs.start(f"bridge-agent-{run}", [str(RELEASE / "bridge-agent")], {**common,
+            "LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}", "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
+        gateway = procs.start(f"gateway-{run}", [str(RELEASE / "gateway")], {**common,
+            "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
+            "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / f"audit-{run}.log"),
+            "LOCAL_PROVIDER_RATE_LIMIT_RPM": "1000000000", "LOCAL_PROVIDER_RATE_LIMIT_BURST": "1000000000",
+            "LOCAL_PROVIDER_RATE_LIMIT_TPM": "1000000000000", "LOCAL_PROVIDER_MAX_CONCURRENT_REQUESTS": "20000"})
+        wait_http(f"http://127.0.0.1:{gw_port}/health/ready")
+        return agent, gateway
+
+    ours = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    if ONLY_LEAK:
+        leak(results, ours, *start_pair("leak"))
+        return
+    agent, gateway = start_pair("main")
     time.sleep(1)
     results["idle_rss_mb"] = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid),
                               "zero-peer": rss_mb(peer.pid)}
-    ours = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     oha(ours, concurrency=8, duration="2s")  # warm-up: connections, tokenizer
     results["warm_rss_mb"] = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid)}
 
@@ -243,7 +254,14 @@ general_settings:
         print(f"held {streams}: {out.strip()}", flush=True)
         time.sleep(3)
 
-    # --- a million requests: does memory stay put? ----------------------------------------------
+    # --- a million requests on a fresh pair: does memory stay put? ----------------------------
+    for p in (gateway, agent):
+        p.terminate()
+        p.wait(timeout=30)
+    leak(results, ours, *start_pair("leak"))
+
+
+def leak(results: dict, ours: str, agent, gateway) -> None:
     total = 100_000 if QUICK else 1_000_000
     first = oha(ours, concurrency=64, requests=10_000)
     rss_first = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid)}
@@ -255,6 +273,10 @@ general_settings:
 
 
 def render(r: dict) -> str:
+    if "concurrency" not in r:
+        leak = r["leak"]
+        return (f"RSS after 10k requests {leak['rss_after_10k_mb']}, after {leak['requests']:,}: "
+                f"{leak['rss_after_all_mb']} ({leak['errors']} errors, {leak['rps']:,} rps)\n")
     lines = ["## Fixed concurrency (requests/s; latency ms p50 / p99 / p99.9; errors)", "",
              "| c | direct | ours | LiteLLM | ours ÷ LiteLLM |", "|---|---|---|---|---|"]
     cell = lambda x: f"{x['rps']:,} rps; {x['p50_ms']} / {x['p99_ms']} / {x['p999_ms']}; {x['errors']} err"

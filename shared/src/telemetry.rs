@@ -47,6 +47,16 @@ pub fn metrics() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         let collector = PROCESS.get_or_init(metrics_process::Collector::default);
         collector.describe();
+        // The recorder queues every histogram sample until upkeep folds it into the buckets;
+        // without a regular upkeep an unscraped process would hold all of them (memory growing
+        // with every request).
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
         handle
     })
 }
