@@ -2,11 +2,13 @@
 //! `LOCAL_PROVIDER_*` variables, digests, and telemetry set-up.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod bridge;
 pub mod config;
 pub mod digest;
 pub mod ipc;
 pub mod probe;
+pub mod shutdown;
 pub mod telemetry;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.

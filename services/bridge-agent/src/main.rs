@@ -98,7 +98,7 @@ async fn serve(config: Config) -> ExitCode {
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         bridge = %config.mcp_bridge_url, "bridge-agent listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signal(shutdown.clone()));
+    tokio::spawn(provider_shared::shutdown::on_signal(shutdown.clone()));
     match bridge_agent::run(config, Listeners { ipc, http }, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
@@ -109,21 +109,4 @@ fn fail(err: &bridge_agent::Error) -> ExitCode {
     tracing::error!(%err, "bridge-agent stopping");
     eprintln!("bridge-agent: {err}");
     ExitCode::FAILURE
-}
-
-/// SIGTERM or SIGINT starts a graceful shutdown.
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    shutdown.cancel();
 }

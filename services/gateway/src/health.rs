@@ -31,7 +31,7 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
         "status": status,
         "version": provider_shared::VERSION,
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "timestamp": crate::audit::timestamp(),
+        "timestamp": provider_shared::audit::timestamp(),
         "mcp_connection": {"status": mcp_status, "last_ping": link.bridge.last_ping},
         "bridge_agent": {
             "status": if link.agent_connected { "connected" } else { "disconnected" },

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use provider_shared::audit;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,6 @@ use tracing::Instrument;
 
 pub mod admin;
 pub mod app;
-pub mod audit;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -44,7 +44,7 @@ pub async fn run(
     describe_metrics();
 
     let tracker = TaskTracker::new();
-    let (audit, audit_writer) = audit::Audit::open(settings.audit_log.as_deref())
+    let (audit, audit_writer) = audit::Audit::open(settings.audit_log.as_deref(), "gateway")
         .await
         .map_err(|e| {
             Error::Io(std::io::Error::new(

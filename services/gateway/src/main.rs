@@ -91,7 +91,7 @@ async fn serve(settings: Settings) -> ExitCode {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(addr = %local, model = %settings.model_name, socket = %settings.bridge_socket.display(), "gateway listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(provider_shared::shutdown::on_signal(shutdown.clone()));
     match run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -99,20 +99,4 @@ async fn serve(settings: Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    shutdown.cancel();
 }

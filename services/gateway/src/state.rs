@@ -5,11 +5,11 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Audit;
 use crate::bridge::BridgeClient;
 use crate::config::Settings;
 use crate::ratelimit::BucketSpec;
 use crate::store::Guarded;
+use provider_shared::audit::Audit;
 
 pub struct AppState {
     pub settings: Settings,

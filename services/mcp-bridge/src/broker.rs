@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::answer::Part;
-use crate::audit::Audit;
 use crate::config::Config;
 use crate::metrics;
 use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
+use provider_shared::audit::Audit;
 
 /// A connected bridge-agent.
 #[derive(Debug, Clone)]

@@ -5,7 +5,6 @@
 
 mod answer;
 mod app;
-mod audit;
 mod auth;
 mod broker;
 pub mod config;
@@ -57,12 +56,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     metrics::describe();
-    let (audit, audit_writer) = audit::Audit::open(config.audit_log.as_deref())
-        .await
-        .map_err(|source| Error::Audit {
-            path: config.audit_log.clone().unwrap_or_default(),
-            source,
-        })?;
+    let (audit, audit_writer) =
+        provider_shared::audit::Audit::open(config.audit_log.as_deref(), "mcp-bridge")
+            .await
+            .map_err(|source| Error::Audit {
+                path: config.audit_log.clone().unwrap_or_default(),
+                source,
+            })?;
     let grace = config.shutdown_grace;
     let app = Arc::new(app::App {
         bridge_token: auth::Token::new(config.bridge_token.as_ref()),

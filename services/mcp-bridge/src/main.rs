@@ -81,7 +81,7 @@ async fn serve(config: Config) -> ExitCode {
         bridge_token = config.bridge_token.is_some(), mcp_token = config.http_token.is_some(),
         "mcp-bridge listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signal(shutdown.clone()));
+    tokio::spawn(provider_shared::shutdown::on_signal(shutdown.clone()));
     match mcp_bridge::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
@@ -92,21 +92,4 @@ fn fail(err: &mcp_bridge::Error) -> ExitCode {
     tracing::error!(%err, "mcp-bridge stopping");
     eprintln!("mcp-bridge: {err}");
     ExitCode::FAILURE
-}
-
-/// SIGTERM or SIGINT starts a graceful shutdown.
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    shutdown.cancel();
 }

@@ -82,7 +82,7 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, OllamaError> {
 
 /// Ollama's `created_at`: RFC 3339 with fractions.
 fn created_at() -> String {
-    crate::audit::timestamp()
+    provider_shared::audit::timestamp()
 }
 
 fn digest(state: &AppState) -> String {

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{Created, Session, Store};
-use crate::audit::Audit;
 use crate::config::FailurePolicy;
 use crate::error::Error;
 use crate::ratelimit::{BucketSpec, Take};
+use provider_shared::audit::Audit;
 
 pub struct Guarded {
     inner: Arc<dyn Store>,

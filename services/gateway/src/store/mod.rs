@@ -16,8 +16,8 @@ pub use redis::RedisStore;
 
 use std::sync::Arc;
 
-use crate::audit::Audit;
 use crate::config::{Settings, StoreKind};
+use provider_shared::audit::Audit;
 
 /// A session as stored: the token itself is never kept, only its SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The security audit log: JSON lines, appended by one writer task so requests never wait on disk.
+//! The security audit log of the gateway and mcp-bridge: JSON lines (`timestamp`, `event_type`,
+//! `source`, then the event's fields), appended by one writer task so requests never wait on disk.
 //! It records who and what, never a key, a token or a prompt (only their digests).
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,8 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub struct Audit {
     tx: Option<mpsc::UnboundedSender<String>>,
+    /// The service writing, as `source` in every line.
+    source: &'static str,
 }
 
 /// Ends the writer once every [`Audit`] handle is gone, after the last line is on disk.
@@ -26,10 +29,13 @@ impl AuditWriter {
 }
 
 impl Audit {
-    /// An audit log appending to `path` (created 0600, parent directories made), or none.
-    pub async fn open(path: Option<&Path>) -> std::io::Result<(Audit, AuditWriter)> {
+    /// `source`'s audit log appending to `path` (created 0600, parent directories made), or none.
+    pub async fn open(
+        path: Option<&Path>,
+        source: &'static str,
+    ) -> std::io::Result<(Audit, AuditWriter)> {
         let Some(path) = path else {
-            return Ok((Audit { tx: None }, AuditWriter { task: None }));
+            return Ok((Audit { tx: None, source }, AuditWriter { task: None }));
         };
         let file = open_append(path).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -38,7 +44,13 @@ impl Audit {
             write_lines(file, rx, path.to_owned()),
             span,
         ));
-        Ok((Audit { tx: Some(tx) }, AuditWriter { task: Some(task) }))
+        Ok((
+            Audit {
+                tx: Some(tx),
+                source,
+            },
+            AuditWriter { task: Some(task) },
+        ))
     }
 
     /// Records `event` with its fields, a timestamp and the source.
@@ -47,7 +59,7 @@ impl Audit {
         let mut line = Map::new();
         line.insert("timestamp".into(), json!(timestamp()));
         line.insert("event_type".into(), json!(event));
-        line.insert("source".into(), json!("gateway"));
+        line.insert("source".into(), json!(self.source));
         if let Value::Object(fields) = fields {
             line.extend(fields);
         }
