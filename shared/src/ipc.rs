@@ -119,7 +119,7 @@ impl Decoder for IpcCodec {
             match serde_json::from_slice::<IpcFrame>(&bytes) {
                 Ok(frame) => return Ok(Some(frame)),
                 Err(err) => match unknown_type(&bytes) {
-                    Some(kind) => tracing::debug!(kind, "skipping ipc frame of unknown type"),
+                    Some(kind) => tracing::debug!(kind, "ignoring an ipc frame of unknown type"),
                     None => return Err(err.into()),
                 },
             }

@@ -11,6 +11,16 @@ pub struct Limits<'a> {
     pub max_content_bytes: usize,
 }
 
+impl<'a> Limits<'a> {
+    pub fn of(settings: &'a crate::config::Settings) -> Self {
+        Self {
+            model: &settings.model_name,
+            max_tokens: settings.max_tokens_limit,
+            max_content_bytes: settings.max_content_bytes,
+        }
+    }
+}
+
 /// A chat request that passed validation.
 #[derive(Debug)]
 pub struct ChatRequest {

@@ -123,6 +123,25 @@ pub async fn start(
     })
 }
 
+/// The caller of a generating route, authenticated before anything else, and the request body,
+/// read within the body cap.
+pub async fn caller_and_body(
+    state: &Shared,
+    headers: &axum::http::HeaderMap,
+    peer: SocketAddr,
+    body: Body,
+) -> Result<(Principal, bytes::Bytes), Error> {
+    let principal = crate::auth::authenticate(
+        state,
+        headers,
+        peer.ip(),
+        crate::auth::for_generation(state),
+    )
+    .await?;
+    let body = read_body(body, state.settings.max_body_bytes).await?;
+    Ok((principal, body))
+}
+
 /// Reads a request body up to `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {

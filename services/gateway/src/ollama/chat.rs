@@ -17,7 +17,6 @@ use super::{
     counters, created_at, done_reason, invalid, ndjson, object, parameters, requested_model,
     wants_stream, OllamaError,
 };
-use crate::auth;
 use crate::generate::{self, convert::Answer, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
@@ -31,9 +30,7 @@ pub async fn chat(
     body: Body,
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
-    let principal =
-        auth::authenticate(&state, &headers, peer.ip(), auth::for_generation(&state)).await?;
-    let body = generate::read_body(body, state.settings.max_body_bytes).await?;
+    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = object(&body)?;
     let model = requested_model(&state, &request)?;
     let stream = wants_stream(&request)?;

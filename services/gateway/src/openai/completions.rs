@@ -16,7 +16,6 @@ use provider_shared::digest;
 use serde_json::{json, Value};
 
 use super::{data, done_event, error_event, sse_response, Headers};
-use crate::auth;
 use crate::error::Error;
 use crate::generate::{self, drive, Job, Piece, Running};
 use crate::state::Shared;
@@ -29,17 +28,8 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, Error> {
     let started = Instant::now();
-    let principal =
-        auth::authenticate(&state, &headers, peer.ip(), auth::for_generation(&state)).await?;
-    let body = generate::read_body(body, state.settings.max_body_bytes).await?;
-    let request = validate::completion(
-        &body,
-        &validate::Limits {
-            model: &state.settings.model_name,
-            max_tokens: state.settings.max_tokens_limit,
-            max_content_bytes: state.settings.max_content_bytes,
-        },
-    )?;
+    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let request = validate::completion(&body, &validate::Limits::of(&state.settings))?;
     tokens::ready().await;
     let job = completion_job(
         request.prompt,
