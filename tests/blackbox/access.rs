@@ -296,14 +296,7 @@ async fn sessions_work_as_bearers_and_end_when_revoked() {
 pub async fn sessions_work_as_bearers_and_end_when_revoked_on(store: Backend) {
     let stack = Stack::start_with(|a| a, |g| store.apply(g)).await;
     let gw = &stack.gateway;
-    let made: Value = gw
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: Value = gw.create_session().await;
     let (id, token) = (
         made["session_id"].as_str().unwrap(),
         made["token"].as_str().unwrap(),
@@ -331,14 +324,7 @@ pub async fn sessions_work_as_bearers_and_end_when_revoked_on(store: Backend) {
             .status(),
         401
     );
-    let other: Value = gw
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other: Value = gw.create_session().await;
     let resp = gw
         .delete(
             &format!("/v1/sessions/{}", other["session_id"].as_str().unwrap()),
@@ -404,22 +390,8 @@ pub async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped_on(store: Ba
     )
     .await;
     let gw = &stack.gateway;
-    let a: Value = gw
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let _b: Value = gw
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Value = gw.create_session().await;
+    let _b: Value = gw.create_session().await;
     let (status, body, headers) =
         error_of(gw.post("/v1/sessions", Some(KEY)).send().await.unwrap()).await;
     assert_eq!(status, 429);
@@ -465,15 +437,7 @@ pub async fn sessions_expire_by_ttl_and_by_idle_time_and_are_capped_on(store: Ba
         },
     )
     .await;
-    let s: Value = idle
-        .gateway
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = idle.gateway.create_session().await;
     let token = s["token"].as_str().unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -517,14 +481,7 @@ pub async fn admin_lists_and_revokes_all_sessions_on(store: Backend) {
     let gw = &stack.gateway;
     let mut tokens = vec![];
     for _ in 0..3 {
-        let s: Value = gw
-            .post("/v1/sessions", Some(KEY))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = gw.create_session().await;
         tokens.push(s["token"].as_str().unwrap().to_owned());
     }
     assert_eq!(

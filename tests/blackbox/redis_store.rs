@@ -187,14 +187,7 @@ async fn a_session_works_on_every_gateway_and_ends_everywhere_at_once() {
     };
     let (stack, b) = two_gateways(&redis.backend(), |g| g).await;
     let a = &stack.gateway;
-    let made: Value = a
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: Value = a.create_session().await;
     let (id, token) = (
         made["session_id"].as_str().unwrap(),
         made["token"].as_str().unwrap(),
@@ -250,14 +243,7 @@ async fn a_session_works_on_every_gateway_and_ends_everywhere_at_once() {
     // Revoke-all on A ends B's sessions too.
     let mut tokens = vec![];
     for _ in 0..2 {
-        let s: Value = b
-            .post("/v1/sessions", Some(KEY))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = b.create_session().await;
         tokens.push(s["token"].as_str().unwrap().to_owned());
     }
     let revoked: Value = a
@@ -335,14 +321,7 @@ async fn redis_hung_or_down_answers_503_within_the_timeout_and_recovers_by_itsel
     .await;
     let a = &stack.gateway;
     assert_eq!(a.chat(chat_body("before", false)).await.status(), 200);
-    let session: Value = a
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session: Value = a.create_session().await;
     let token = session["token"].as_str().unwrap().to_owned();
 
     // Hung (SIGSTOP): connections stay open, nothing answers. Every request gets its answer
@@ -437,14 +416,7 @@ async fn fail_open_lets_the_api_key_through_but_never_an_unchecked_session() {
     )
     .await;
     let gw = &stack.gateway;
-    let session: Value = gw
-        .post("/v1/sessions", Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session: Value = gw.create_session().await;
     redis.kill().await;
     let resp = gw.chat(chat_body("fail open", false)).await;
     assert_eq!(

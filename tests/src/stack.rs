@@ -146,6 +146,19 @@ impl Gateway {
         with_auth(http().delete(self.url(path)), token)
     }
 
+    /// `POST /v1/sessions` with the API key: the new session (`session_id`, `token`, …).
+    pub async fn create_session(&self) -> Value {
+        let resp = self
+            .post("/v1/sessions", Some(KEY))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("session request: {e}"));
+        assert_eq!(resp.status(), 200, "creating a session");
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("session body: {e}"))
+    }
+
     /// `POST /v1/chat/completions` with the API key.
     pub async fn chat(&self, body: Value) -> reqwest::Response {
         self.post("/v1/chat/completions", Some(KEY))
