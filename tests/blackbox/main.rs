@@ -8,10 +8,12 @@ mod clients;
 mod compose;
 mod containers;
 mod mcp_agent;
+mod messages_api;
 mod ollama;
 mod ops;
 mod redis_store;
 mod resilience;
+mod responses_api;
 mod store_scripts;
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ use integration_tests::stack::{KEY, MODEL};
 use crate::SOON;
 
 /// Runs one pytest file of `tests/python_mcp` against `stack`, with `extra` in the environment.
-async fn pytest(stack: &McpStack, file: &str, extra: BTreeMap<String, String>) {
+pub(crate) async fn pytest(stack: &McpStack, file: &str, extra: BTreeMap<String, String>) {
     let Some(python) = test_python() else { return };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python_mcp");
     let mut cmd = Command::new(python);

@@ -1,0 +1,47 @@
+//! Anthropic's Messages API with the official `anthropic` package as the client and the official
+//! `mcp` package as the Cursor agent, against the real mcp-bridge, bridge-agent and gateway, plus
+//! two more gateways on the same bridge-agent for the 429 and 529 answers. The scenarios are in
+//! `tests/python_mcp/test_anthropic.py`.
+use std::collections::BTreeMap;
+
+use integration_tests::harness::get;
+use integration_tests::mcp_stack::{test_python, McpStack};
+use integration_tests::stack::GatewayProc;
+
+use crate::mcp_agent::pytest;
+
+#[tokio::test]
+async fn anthropic_client_served_by_the_agent() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start().await;
+    let socket = stack.agent_recipe.socket();
+    let small_budget = GatewayProc::new(&socket).env("RATE_LIMIT_TPM", 100).spawn();
+    let single = GatewayProc::new(&socket)
+        .env("MAX_CONCURRENT_REQUESTS", 1)
+        .spawn();
+    for gateway in [&small_budget, &single] {
+        gateway.wait_live().await;
+    }
+    let extra = BTreeMap::from([
+        ("GW_SMALL_BUDGET_URL".to_owned(), small_budget.base_url()),
+        ("GW_SINGLE_URL".to_owned(), single.base_url()),
+    ]);
+    pytest(&stack, "test_anthropic.py", extra).await;
+    for outcome in ["ok", "cancelled"] {
+        stack
+            .gateway
+            .wait_audit(&format!("a model_request for a message, {outcome}"), |v| {
+                v["event_type"] == "model_request"
+                    && v["request_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("msg_"))
+                    && v["outcome"] == outcome
+            })
+            .await;
+    }
+    let (_, health) = get(&stack.bridge.url("/health")).await.unwrap();
+    assert_eq!(health["queue_depth"], 0, "{health}");
+    assert_eq!(health["leased"], 0, "{health}");
+}
