@@ -3,6 +3,7 @@
 
 mod access;
 mod agent;
+mod api_shapes;
 mod chat;
 mod clients;
 mod compose;
