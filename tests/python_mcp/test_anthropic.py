@@ -229,3 +229,17 @@ async def test_an_agent_failure_mid_stream_is_an_error_event(claude, model):
     assert err.value.body["type"] == "error"
     assert err.value.body["error"]["type"] == "api_error"
     assert "I cannot finish this here" in err.value.body["error"]["message"]
+
+
+async def test_an_answer_cut_at_the_limit_stops_for_max_tokens(claude, model):
+    def client():
+        with claude.messages.stream(model=model, max_tokens=16, messages=hi("long")) as stream:
+            return stream.get_final_message()
+
+    async with agent_http() as agent:
+        pending = background(client)
+        request = await take(agent)
+        await call(agent, "submit_response", {**ids_of(request), "content": "Part of it",
+                                              "finish_reason": "length"})
+        final = answer_of(pending)
+    assert final.stop_reason == "max_tokens" and final.content[0].text == "Part of it"

@@ -160,15 +160,17 @@ async def test_agents_sdk_runs_an_agent_with_a_function_tool(model):
         return f"21C in {city}"
 
     async def run(streamed: bool):
-        client = openai.AsyncOpenAI(base_url=env("GW_BASE_URL"), api_key=env("GW_KEY"), max_retries=0)
-        weather = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather],
-                        model=OpenAIResponsesModel(model=model, openai_client=client))
-        if not streamed:
-            return (await Runner.run(weather, "weather in Bergen?")).final_output
-        result = Runner.run_streamed(weather, "weather in Bergen?")
-        async for _ in result.stream_events():
-            pass
-        return result.final_output
+        # Closed before its event loop ends, so no connection is left for another loop to close.
+        async with openai.AsyncOpenAI(base_url=env("GW_BASE_URL"), api_key=env("GW_KEY"),
+                                      max_retries=0) as client:
+            weather = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather],
+                            model=OpenAIResponsesModel(model=model, openai_client=client))
+            if not streamed:
+                return (await Runner.run(weather, "weather in Bergen?")).final_output
+            result = Runner.run_streamed(weather, "weather in Bergen?")
+            async for _ in result.stream_events():
+                pass
+            return result.final_output
 
     for streamed in [False, True]:
         looked_up.clear()
@@ -246,3 +248,24 @@ async def test_an_agent_failure_mid_stream_is_response_failed(void, model):
     failed = events[-1].response
     assert failed.status == "failed" and "I cannot finish this here" in failed.error.message
     assert failed.output_text == "Starting"
+
+
+async def test_an_answer_cut_at_the_limit_is_incomplete(void, model):
+    def client():
+        return list(void.responses.create(model=model, input="long", max_output_tokens=16, stream=True))
+
+    async with agent_http() as agent:
+        pending = background(void.responses.create, model=model, input="long", max_output_tokens=16)
+        request = await take(agent)
+        await call(agent, "submit_response", {**ids_of(request), "content": "Part of it",
+                                              "finish_reason": "length"})
+        whole = answer_of(pending)
+        pending = background(client)
+        request = await take(agent)
+        await call(agent, "submit_response", {**ids_of(request), "content": "Part of it",
+                                              "finish_reason": "length"})
+        events = answer_of(pending)
+    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    assert whole.output_text == "Part of it"
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
