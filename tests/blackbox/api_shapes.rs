@@ -67,6 +67,18 @@ async fn responses_stream_names_numbers_and_ends_each_event() {
         .map(|(_, d)| d["delta"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(deltas, output[1]["arguments"].as_str().unwrap());
+
+    // Nothing was stored, and asking for it says so.
+    let id = last["response"]["id"].as_str().unwrap();
+    let resp = stack
+        .gateway
+        .get(&format!("/v1/responses/{id}"), Some(KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "response_not_found", "{err}");
 }
 
 #[tokio::test]

@@ -73,6 +73,14 @@ pub async fn create(
     }
 }
 
+/// `GET` / `DELETE /v1/responses/{id}`: nothing is stored, so there is nothing to find.
+pub async fn not_stored() -> Error {
+    Error::NotFound {
+        message: "responses are not stored here (store is always false): keep the response you were given, and send the whole conversation in `input`".into(),
+        code: "response_not_found",
+    }
+}
+
 /// The fields of the `response` object that do not depend on the answer.
 pub struct Shell {
     id: String,
