@@ -83,7 +83,7 @@ if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/nu
     "$venv/bin/python" -c 'import openai, httpx, pytest, mcp, ollama, anthropic, agents' \
         || die "the virtualenv cannot import openai/httpx/pytest/mcp/ollama/anthropic/agents after installing"
     printf '%s\n' "$want" >"$stamp"
-    log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__)')"
+    log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest, anthropic, agents; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__, "anthropic", anthropic.__version__, "openai-agents", agents.__version__)')"
 fi
 
 # --- hadolint ----------------------------------------------------------------------------------

@@ -200,3 +200,27 @@ impl Shell {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_and_blocks() {
+        assert_eq!(stop_reason("stop"), "end_turn");
+        assert_eq!(stop_reason("length"), "max_tokens");
+        assert_eq!(stop_reason("tool_calls"), "tool_use");
+        let mut parts = Parts::default();
+        parts.absorb(&json!({"reasoning_content": "hm", "tool_calls": [
+            {"index": 0, "id": "toolu_1", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}));
+        let blocks: Vec<Value> = parts.list.iter().map(events::block).collect();
+        assert_eq!(
+            blocks[0],
+            json!({"type": "thinking", "thinking": "hm", "signature": ""})
+        );
+        assert_eq!(
+            blocks[1],
+            json!({"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}})
+        );
+    }
+}

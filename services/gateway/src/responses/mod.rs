@@ -213,3 +213,51 @@ async fn whole(state: &Shared, running: Running, shell: Shell) -> Result<Respons
     headers.apply(response.headers_mut());
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_become_statuses_and_usage_is_renamed() {
+        assert_eq!(status_of("stop"), ("completed", None));
+        assert_eq!(status_of("tool_calls"), ("completed", None));
+        assert_eq!(
+            status_of("length"),
+            ("incomplete", Some("max_output_tokens"))
+        );
+        let usage = usage_of(&Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            total_tokens: 7,
+        });
+        assert_eq!(
+            (
+                &usage["input_tokens"],
+                &usage["output_tokens"],
+                &usage["total_tokens"]
+            ),
+            (&json!(3), &json!(4), &json!(7))
+        );
+    }
+
+    #[test]
+    fn items_are_complete_only_when_done() {
+        let mut parts = Parts::default();
+        parts.absorb(&json!({"reasoning_content": "hm", "content": "Hi",
+            "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}));
+        let open = events::item(&parts.list[1], "msg_1", "in_progress");
+        assert_eq!(open["content"], json!([]));
+        let done: Vec<Value> = parts
+            .list
+            .iter()
+            .map(|p| events::item(p, "id", "completed"))
+            .collect();
+        assert_eq!(done[0]["summary"][0]["text"], "hm");
+        assert_eq!(done[1]["content"][0]["text"], "Hi");
+        assert_eq!(
+            (&done[2]["call_id"], &done[2]["arguments"]),
+            (&json!("c"), &json!("{}"))
+        );
+    }
+}
