@@ -190,7 +190,7 @@ impl Board {
                 first_chunk_ms: r.first_chunk.map(millis),
             })
             .collect();
-        in_flight.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+        in_flight.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
         let in_flight_total = in_flight.len();
         in_flight.truncate(IN_FLIGHT_LISTED);
         Snapshot {

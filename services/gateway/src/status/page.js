@@ -54,7 +54,7 @@
     svg.appendChild(base);
     const label = document.createElementNS(NS, "text");
     label.setAttribute("x", "2"); label.setAttribute("y", "9");
-    label.textContent = "max " + (Math.round(max * 100) / 100);
+    label.textContent = "max " + (max >= 10 ? Math.round(max) : Math.round(max * 100) / 100);
     svg.appendChild(label);
     let d = "", first = null, last = null;
     for (const p of points) {
@@ -66,6 +66,13 @@
       last = px;
     }
     if (!d) return;
+    // The newest point as a dot, so a single point shows too.
+    const dot = document.createElementNS(NS, "circle");
+    dot.setAttribute("class", "dot");
+    dot.setAttribute("cx", last);
+    dot.setAttribute("cy", d.split(" ").pop());
+    dot.setAttribute("r", "2.5");
+    svg.appendChild(dot);
     const area = document.createElementNS(NS, "path");
     area.setAttribute("class", "area");
     area.setAttribute("d", d + " L" + last + " " + H + " L" + first + " " + H + " Z");
