@@ -298,6 +298,19 @@ async fn an_mcp_bridge_without_bridge_status_reads_as_unknown_and_one_with_it_is
     );
     assert_eq!(body["queue"]["depth"], 3);
 
+    // A report holds only for the connection it came on: after a reconnect it is gone.
+    stack.peer.drop_connections();
+    integration_tests::harness::wait_for(
+        SOON,
+        "the report dropped with its connection",
+        || async {
+            let body = status(&stack).await;
+            let summary = body["agent"]["summary"].as_str().unwrap_or("").to_owned();
+            (body["queue"].is_null() && summary.contains("sends no status")).then_some(())
+        },
+    )
+    .await;
+
     // A failed request shows among the recent errors, by code, never with its content.
     let resp = stack
         .gateway
