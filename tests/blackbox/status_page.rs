@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use fantoccini::Locator;
 use integration_tests::browser::Browser;
 use integration_tests::harness::get;
 use integration_tests::mcp_stack::McpStack;
@@ -245,6 +246,65 @@ async fn the_json_is_for_loopback_clients_or_the_admin_token_when_bound_elsewher
             .contains("LOCAL_PROVIDER_ADMIN_TOKEN"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn bound_beyond_loopback_the_page_asks_for_the_admin_token_in_chromium() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let stack = Stack::start_with(
+        |a| a,
+        |g| g.env("HOST", "0.0.0.0").env("ALLOW_NON_LOOPBACK", "true"),
+    )
+    .await;
+    browser
+        .client
+        .goto(&stack.gateway.url("/status"))
+        .await
+        .unwrap();
+    let why = browser
+        .wait_text("token-why", "the page asking for the token", SEEN, |t| {
+            t.contains("admin token")
+        })
+        .await;
+    assert_eq!(
+        browser.attr("agent", "data-state").await.as_deref(),
+        Some("unknown")
+    );
+    let enter = |token: &'static str| {
+        let client = browser.client.clone();
+        async move {
+            let field = client.find(Locator::Id("token")).await.unwrap();
+            field.clear().await.unwrap();
+            field.send_keys(token).await.unwrap();
+            client
+                .find(Locator::Css("#token-form button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    enter(KEY).await;
+    browser
+        .wait_text("token-why", "the wrong token refused", SEEN, |t| {
+            t.contains("invalid admin token")
+        })
+        .await;
+    assert!(why.contains("admin token"), "{why}");
+    enter(ADMIN).await;
+    browser
+        .wait_state("link-bridge-agent", "connected", SEEN)
+        .await;
+    let summary = browser.wait_state("agent", "unknown", SEEN).await;
+    assert!(summary.contains("sends no status"), "{summary}");
+    assert_eq!(
+        browser.attr("token-form", "hidden").await.as_deref(),
+        Some("true")
+    );
+    let _ = browser.client.clone().close().await;
 }
 
 async fn status(stack: &Stack) -> Value {

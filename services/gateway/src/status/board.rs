@@ -142,7 +142,8 @@ impl Board {
     /// An error answer (status 400 or more) left the gateway.
     pub fn http_error(&self, route: &str, status: u16, code: Option<&str>) {
         let mut inner = self.inner();
-        if status == 429 {
+        // The concurrency limit answers 503; it is a limit hit like the 429s.
+        if status == 429 || code == Some("server_overloaded") {
             let kind = code.unwrap_or("rate_limited").to_owned();
             *inner.rate_limited.entry(kind).or_default() += 1;
         }
