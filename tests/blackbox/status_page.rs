@@ -32,7 +32,12 @@ async fn the_page_follows_the_chain_through_real_transitions_in_chromium() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let mut stack = McpStack::start_with(|b| b, |g| g.env("STATUS_AGENT_GONE_AFTER", "8")).await;
+    // A lease long enough for the page to show the agent working on its request.
+    let mut stack = McpStack::start_with(
+        |b| b.env("LEASE_TIMEOUT", "60"),
+        |g| g.env("STATUS_AGENT_GONE_AFTER", "8"),
+    )
+    .await;
     browser
         .client
         .goto(&stack.gateway.url("/status"))
