@@ -8,7 +8,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::harness::{free_port, wait_for, Service};
+use crate::harness::{free_port, wait_for};
 
 /// True when `CI` is set to anything but `false`/`0`: then a missing dependency fails a test.
 pub fn in_ci() -> bool {
@@ -25,11 +25,27 @@ fn find(var: &str, names: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// chromedriver and a headless Chromium session; both end when this is dropped.
+/// chromedriver and a headless Chromium session; both end when this is dropped, also when a
+/// test fails half-way.
 pub struct Browser {
     pub client: Client,
-    _driver: Service,
+    driver: tokio::process::Child,
     _dir: TempDir,
+}
+
+impl Drop for Browser {
+    /// chromedriver leads its own process group and Chromium's processes stay in it, so one
+    /// signal to the group ends them all (killing chromedriver alone leaves Chromium running).
+    fn drop(&mut self) {
+        let group = self
+            .driver
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 impl Browser {
@@ -51,13 +67,16 @@ impl Browser {
         };
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let driver = Service::spawn_args(
-            &driver,
-            [format!("--port={port}"), "--allowed-ips=127.0.0.1".into()],
-            std::iter::empty::<(&str, &str)>(),
-            dir.path(),
-        )
-        .unwrap_or_else(|e| panic!("cannot start chromedriver: {e}"));
+        let log = std::fs::File::create(dir.path().join("chromedriver.log")).unwrap();
+        let driver = tokio::process::Command::new(&driver)
+            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromedriver: {e}"));
         let url = format!("http://127.0.0.1:{port}");
         wait_for(Duration::from_secs(20), "chromedriver to answer", || {
             let status = format!("{url}/status");
@@ -80,9 +99,7 @@ impl Browser {
                          format!("--user-data-dir={}", profile.display())],
             },
         });
-        let serde_json::Value::Object(caps) = caps else {
-            unreachable!()
-        };
+        let caps = caps.as_object().cloned().unwrap_or_default();
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
             .connect(&url)
@@ -90,7 +107,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot open a Chromium session: {e}"));
         Some(Self {
             client,
-            _driver: driver,
+            driver,
             _dir: dir,
         })
     }
