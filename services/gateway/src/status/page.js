@@ -100,7 +100,10 @@
     $("in-flight-count").textContent = String(s.in_flight_total);
     $("sessions").textContent = s.sessions.active === null ? "unknown" : String(s.sessions.active);
     $("rate-limit-hits").textContent = String(s.rate_limits.hits_total);
-    $("audit-value").textContent = s.audit === null ? "not reported" : JSON.stringify(s.audit);
+    // The audit writer's figures (e.g. its queue and dropped lines), as `name value` pairs.
+    $("audit-value").textContent = s.audit === null || typeof s.audit !== "object" ? "not reported"
+      : Object.entries(s.audit).map(([k, v]) => k.replace(/_/g, " ") + " " +
+          (typeof v === "object" ? JSON.stringify(v) : v)).join(" · ");
     fillTable("in-flight", s.in_flight, (r) => [
       [r.request_id, true], [r.kind], [r.stream ? "yes" : "no"], [r.client, true],
       [words(r.age_ms)], [r.first_chunk_ms === null ? "waiting" : r.first_chunk_ms + " ms"],
