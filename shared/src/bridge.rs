@@ -34,6 +34,39 @@ pub enum BridgeFrame {
     Pong {
         ts: u64,
     },
+    /// mcp-bridge → bridge-agent, on change and periodically: the queue and the agents polling
+    /// it. Older bridge-agents ignore it as an unknown type, so it needs no new version.
+    BridgeStatus(BridgeReport),
+}
+
+/// What mcp-bridge reports of its queue and of the agents asking it for work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeReport {
+    /// Requests waiting for an agent.
+    pub queue_depth: u64,
+    /// Requests handed to an agent and not yet answered.
+    pub leased: u64,
+    /// `wait_for_request` long-polls open right now.
+    pub waiting_polls: u64,
+    /// MCP clients asked through sampling (`MCP_SAMPLING`).
+    #[serde(default)]
+    pub sampling_clients: u64,
+    /// While a long-poll is open: since when an agent has been polling without a pause (Unix
+    /// milliseconds). Polls following each other closely count as one stretch.
+    #[serde(default)]
+    pub polling_since_ms: Option<u64>,
+    /// The last moment a long-poll was open (Unix milliseconds), if ever.
+    #[serde(default)]
+    pub last_poll_ms: Option<u64>,
+    #[serde(default)]
+    pub connected_bridge_agents: u64,
+    #[serde(default)]
+    pub answered: u64,
+    #[serde(default)]
+    pub failed: u64,
+    /// When mcp-bridge took this report (Unix milliseconds).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// Why a text frame could not be used. Neither is fatal to the connection.
@@ -54,6 +87,7 @@ const KNOWN_TYPES: &[&str] = &[
     "model_cancel",
     "ping",
     "pong",
+    "bridge_status",
 ];
 
 impl BridgeFrame {
@@ -251,6 +285,34 @@ pub mod codes {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bridge_status_has_the_documented_shape_and_tolerates_missing_fields() {
+        let frame = BridgeFrame::BridgeStatus(BridgeReport {
+            queue_depth: 2,
+            leased: 1,
+            waiting_polls: 1,
+            polling_since_ms: Some(1_700_000_000_000),
+            last_poll_ms: Some(1_700_000_005_000),
+            at_ms: 1_700_000_006_000,
+            ..BridgeReport::default()
+        });
+        let v: Value = serde_json::from_str(&frame.to_text()).unwrap();
+        assert_eq!(v["type"], "bridge_status");
+        assert_eq!(v["queue_depth"], 2);
+        assert_eq!(v["polling_since_ms"], 1_700_000_000_000u64);
+        assert_eq!(BridgeFrame::parse(&frame.to_text()).unwrap(), frame);
+        // A newer mcp-bridge may add fields; an older one may send fewer.
+        let sparse =
+            r#"{"type":"bridge_status","queue_depth":0,"leased":0,"waiting_polls":0,"later":1}"#;
+        assert!(matches!(
+            BridgeFrame::parse(sparse),
+            Ok(BridgeFrame::BridgeStatus(BridgeReport {
+                last_poll_ms: None,
+                ..
+            }))
+        ));
+    }
 
     #[test]
     fn invoke_has_the_documented_shape() {

@@ -63,6 +63,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "POLL_TIMEOUT_DEFAULT",
     "KEEPALIVE_INTERVAL",
     "SHUTDOWN_GRACE",
+    "STATUS_AGENT_GONE_AFTER",
 ];
 
 /// A variable with a value its service cannot use.

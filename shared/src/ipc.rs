@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::bridge::{ModelInvoke, ModelResult, StreamChunk};
+use crate::bridge::{BridgeReport, ModelInvoke, ModelResult, StreamChunk};
 
 pub const IPC_PROTOCOL: &str = "local-provider-ipc";
 pub const IPC_VERSION: u32 = 1;
@@ -55,6 +55,10 @@ pub struct BridgeStatus {
     /// Successful reconnects since bridge-agent started.
     #[serde(default)]
     pub reconnects: u64,
+    /// mcp-bridge's last `bridge_status` on the current connection; absent while the link is
+    /// down or when mcp-bridge sends none (an older one). Older gateways ignore the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_bridge: Option<BridgeReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ impl BridgeStatus {
             last_ping: None,
             bridge_id: None,
             reconnects: 0,
+            mcp_bridge: None,
         }
     }
 }

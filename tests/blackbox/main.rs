@@ -15,6 +15,7 @@ mod ops;
 mod redis_store;
 mod resilience;
 mod responses_api;
+mod status_page;
 mod store_scripts;
 
 use std::time::Duration;

@@ -4,6 +4,7 @@
 // Test support: panicking with a clear message is how failures are reported here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod containers;
 pub mod harness;
 pub mod ipc_client;
@@ -11,3 +12,4 @@ pub mod mcp_stack;
 pub mod peer;
 pub mod redis;
 pub mod stack;
+pub mod stdio_agent;

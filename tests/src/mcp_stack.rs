@@ -66,6 +66,7 @@ impl McpBridgeProc {
             .unwrap_or_else(|e| panic!("cannot start mcp-bridge: {e}"));
         McpBridge {
             service,
+            envs: vars(&self.envs),
             port: self.envs["MCP_BRIDGE_PORT"].parse().unwrap(),
             audit: PathBuf::from(&self.envs["MCP_BRIDGE_AUDIT_LOG"]),
             _dir: self.dir,
@@ -75,6 +76,8 @@ impl McpBridgeProc {
 
 pub struct McpBridge {
     pub service: Service,
+    /// Its variables, full names: what `mcp-bridge --stdio` needs to reach it.
+    pub envs: BTreeMap<String, String>,
     pub port: u16,
     audit: PathBuf,
     _dir: TempDir,

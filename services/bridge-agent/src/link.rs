@@ -213,6 +213,8 @@ async fn run_connection(
     };
     // Request tasks watching this generation end with bridge_disconnected.
     hub.link.send_replace(Link::Down);
+    // What mcp-bridge last said no longer holds once its connection is gone.
+    hub.status.send_modify(|s| s.mcp_bridge = None);
     hub.set_state(LinkState::Disconnected);
     why
 }
@@ -234,6 +236,10 @@ fn on_text(hub: &Hub, text: &str) -> Option<Message> {
         Ok(BridgeFrame::Pong { .. }) => {
             let now = rfc3339_now();
             hub.status.send_modify(|s| s.last_ping = now);
+        }
+        Ok(BridgeFrame::BridgeStatus(report)) => {
+            // Passed on to the gateways inside the next IPC `status` (docs/PROTOCOL.md §2).
+            hub.status.send_modify(|s| s.mcp_bridge = Some(report));
         }
         Ok(other) => {
             tracing::warn!(frame = ?other, "unexpected frame from the bridge ignored");

@@ -13,7 +13,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::{admin, anthropic, health, ollama, openai, responses, sessions};
+use crate::{admin, anthropic, health, ollama, openai, responses, sessions, status};
 
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
@@ -47,10 +47,15 @@ pub fn router(state: Shared) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/status", get(status::page))
+        .route("/status.json", get(status::data))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    let mut app = api.layer(middleware::from_fn(record_metrics)).layer(cors);
+        .with_state(state.clone());
+    let mut app = api
+        .layer(middleware::from_fn_with_state(state, status::record_errors))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(cors);
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),

@@ -50,6 +50,7 @@ pub struct RawConfig {
     pub connection_timeout: Seconds,
     pub keepalive_interval: Seconds,
     pub shutdown_grace: Seconds,
+    pub status_agent_gone_after: Seconds,
 }
 
 impl Default for RawConfig {
@@ -96,6 +97,7 @@ impl Default for RawConfig {
             connection_timeout: Seconds::from_secs(30),
             keepalive_interval: Seconds::from_secs(10),
             shutdown_grace: Seconds::from_secs(10),
+            status_agent_gone_after: Seconds::from_secs(60),
         }
     }
 }
@@ -201,6 +203,8 @@ pub struct Settings {
     pub connection_timeout: Duration,
     pub keepalive_interval: Duration,
     pub shutdown_grace: Duration,
+    /// The status page calls the agent gone when no long-poll was open for this long.
+    pub status_agent_gone_after: Duration,
 }
 
 /// Keys shorter than this are refused: they would be guessable.
@@ -325,6 +329,7 @@ impl Settings {
             connection_timeout: raw.connection_timeout.0,
             keepalive_interval: raw.keepalive_interval.0,
             shutdown_grace: raw.shutdown_grace.0,
+            status_agent_gone_after: raw.status_agent_gone_after.0,
         })
     }
 

@@ -227,7 +227,11 @@ impl IntoResponse for Error {
         if let Error::Unauthorized(_) = &self {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        (status, headers, self.body().to_string()).into_response()
+        let mut response = (status, headers, self.body().to_string()).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::status::ErrorCode(self.code()));
+        response
     }
 }
 

@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod responses;
 pub mod sessions;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod validate;
@@ -79,8 +80,13 @@ pub async fn run(
         grace_over: grace_over.clone(),
         key_client,
         models_created: store::now_ms() / 1000,
+        status: status::Board::default(),
         settings,
     });
+    tracker.spawn(
+        status::sample(state.clone(), links_down.clone())
+            .instrument(tracing::info_span!("status_history")),
+    );
 
     tracker.spawn(
         sessions::sweep(state.clone(), links_down.clone())

@@ -27,6 +27,8 @@ pub struct AppState {
     pub key_client: String,
     /// The `created` time reported for the model: when this gateway started.
     pub models_created: u64,
+    /// Requests in flight, recent errors and history for the status page.
+    pub status: crate::status::Board,
 }
 
 pub type Shared = Arc<AppState>;

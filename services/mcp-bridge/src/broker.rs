@@ -40,6 +40,8 @@ pub struct Broker {
     agents: Mutex<HashMap<Owner, AgentInfo>>,
     next_owner: AtomicU64,
     pollers: AtomicUsize,
+    /// When agents asked for work, for `bridge_status` frames.
+    pub activity: crate::activity::Activity,
     /// MCP clients being asked through `sampling/createMessage` (`MCP_SAMPLING`).
     pub sampling_clients: AtomicUsize,
     /// Their loops, so shutdown waits for them.
@@ -76,6 +78,7 @@ impl Broker {
             agents: Mutex::new(HashMap::new()),
             next_owner: AtomicU64::new(1),
             pollers: AtomicUsize::new(0),
+            activity: crate::activity::Activity::default(),
             sampling_clients: AtomicUsize::new(0),
             samplers: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -441,6 +444,7 @@ impl<'a> Poller<'a> {
     fn new(broker: &'a Broker) -> Self {
         let n = broker.pollers.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::pollers(n);
+        broker.activity.poll_started();
         Poller(broker)
     }
 }
@@ -449,5 +453,6 @@ impl Drop for Poller<'_> {
     fn drop(&mut self) {
         let n = self.0.pollers.fetch_sub(1, Ordering::SeqCst) - 1;
         metrics::pollers(n);
+        self.0.activity.poll_ended();
     }
 }

@@ -3,6 +3,7 @@
 //! MCP tools, and its answers go back as chunks and one result.
 #![forbid(unsafe_code)]
 
+mod activity;
 mod answer;
 mod app;
 mod auth;

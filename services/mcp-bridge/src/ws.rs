@@ -24,6 +24,11 @@ use crate::queue::Owner;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A send that blocks this long means the peer stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the queue and the polls are looked at for a `bridge_status` that changed.
+const REPORT_CHECK: Duration = Duration::from_secs(1);
+/// A `bridge_status` goes out at least this often, changed or not, so its reader can tell a
+/// current report from a stale one.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -139,8 +144,23 @@ async fn run(app: &App, socket: &mut WebSocket, owner: Owner) -> String {
     let silence_limit = broker.config.heartbeat_interval * 2;
     let silence = sleep(silence_limit);
     tokio::pin!(silence);
+    let mut report_tick = tokio::time::interval(REPORT_CHECK);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report: Option<(provider_shared::bridge::BridgeReport, Instant)> = None;
     loop {
         tokio::select! {
+            _ = report_tick.tick() => {
+                let report = broker.activity.report(&broker.status());
+                let due = last_report.as_ref().is_none_or(|(last, at)| {
+                    !crate::activity::same(last, &report) || at.elapsed() >= REPORT_EVERY
+                });
+                if due {
+                    last_report = Some((report.clone(), Instant::now()));
+                    if let Err(err) = send(socket, BridgeFrame::BridgeStatus(report)).await {
+                        return err;
+                    }
+                }
+            }
             msg = socket.recv() => match msg {
                 Some(Ok(msg)) => {
                     silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);

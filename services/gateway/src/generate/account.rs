@@ -40,8 +40,9 @@ impl Accounting {
     pub fn mark_first_chunk(&mut self) {
         if self.first_chunk.is_none() {
             let now = Instant::now();
-            metrics::histogram!("gateway_time_to_first_chunk_seconds")
-                .record(now.duration_since(self.started).as_secs_f64());
+            let after = now.duration_since(self.started);
+            metrics::histogram!("gateway_time_to_first_chunk_seconds").record(after.as_secs_f64());
+            self.state.status.first_chunk(&self.request_id, after);
             self.first_chunk = Some(now);
         }
     }
@@ -74,6 +75,7 @@ impl Accounting {
         }
         self.done = true;
         self.permit = None;
+        self.state.status.finished(&self.request_id, outcome);
         metrics::gauge!("gateway_requests_in_flight").decrement(1.0);
         let success = outcome == "ok";
         let elapsed = self.started.elapsed();

@@ -89,6 +89,13 @@ pub async fn start(
         busy: Duration::ZERO,
     }
     .begin();
+    let kind = match &job.payload {
+        Payload::Chat { .. } => "chat",
+        Payload::Completion { .. } => "completion",
+    };
+    state
+        .status
+        .started(&id, kind, job.stream, principal.client(state));
     let invoke = ModelInvoke {
         id: id.clone(),
         session_id: principal.session_id().map(str::to_owned),
