@@ -6,7 +6,9 @@
 //! digest of them, never the messages themselves (the queue holds the only copy while a request
 //! lives). A request whose messages start with exactly that prefix is handed from where the
 //! prefix ends; anything else (edited history, another session, a restart, an unknown
-//! conversation) is handed whole.
+//! conversation) is handed whole. A hand-out counts only once the agent shows it received it (a
+//! reply or a failure for that request from the same session): a long-poll result lost in
+//! transit must not make the next request a delta over messages the agent never read.
 //!
 //! Bounds: state ends with its MCP session, after [`IDLE_TTL`] without use, and at
 //! [`MAX_SESSIONS`] sessions / [`MAX_CONVERSATIONS`] conversations per session the least recently
@@ -30,13 +32,15 @@ pub const IDLE_TTL: Duration = Duration::from_secs(3600);
 type Digest32 = [u8; 32];
 
 /// What one session was handed in one conversation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Seen {
-    count: usize,
-    digest: Digest32,
+    /// What the agent is known to have received: message count and digest.
+    received: Option<(usize, Digest32)>,
+    /// The last hand-out, not yet acknowledged: request id, message count, digest.
+    pending: Option<(String, usize, Digest32)>,
     /// The last request handed in this conversation, for `get_conversation`.
     request_id: String,
-    used: Instant,
+    used: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -126,7 +130,7 @@ impl Conversations {
             .sessions()
             .get(&session.id)
             .and_then(|s| s.conversations.get(&conversation_id))
-            .map(|seen| (seen.count, seen.digest));
+            .and_then(|seen| seen.received);
         // Digests are computed outside the lock: messages may be megabytes.
         let (prefix, all) = digests(messages, known.map(|(count, _)| count));
         let from = match known {
@@ -148,21 +152,39 @@ impl Conversations {
         if !state.conversations.contains_key(&conversation_id)
             && state.conversations.len() >= MAX_CONVERSATIONS
         {
-            evict_oldest(&mut state.conversations, |c| Some(c.used));
+            evict_oldest(&mut state.conversations, |c| c.used);
         }
-        state.conversations.insert(
-            conversation_id.clone(),
-            Seen {
-                count: total,
-                digest: all,
-                request_id: request_id.to_owned(),
-                used: now,
-            },
-        );
+        let seen = state
+            .conversations
+            .entry(conversation_id.clone())
+            .or_default();
+        seen.pending = Some((request_id.to_owned(), total, all));
+        seen.request_id = request_id.to_owned();
+        seen.used = Some(now);
         Plan {
             conversation_id,
             from,
             total,
+        }
+    }
+
+    /// The agent of `session` replied to (or failed) `request_id`, so it received that hand-out.
+    pub fn acknowledge(&self, session: &AgentSession, request_id: &str) {
+        let mut sessions = self.sessions();
+        let Some(state) = sessions.get_mut(&session.id) else {
+            return;
+        };
+        for seen in state.conversations.values_mut() {
+            if seen
+                .pending
+                .as_ref()
+                .is_some_and(|(id, _, _)| id == request_id)
+            {
+                if let Some((_, count, digest)) = seen.pending.take() {
+                    seen.received = Some((count, digest));
+                }
+                return;
+            }
         }
     }
 
@@ -179,7 +201,7 @@ impl Conversations {
 fn expire(sessions: &mut HashMap<u64, Session>, now: Instant) {
     sessions.retain(|_, s| {
         s.conversations
-            .retain(|_, c| now.duration_since(c.used) < IDLE_TTL);
+            .retain(|_, c| c.used.is_some_and(|u| now.duration_since(u) < IDLE_TTL));
         s.used.is_some_and(|u| now.duration_since(u) < IDLE_TTL)
     });
 }
@@ -328,13 +350,48 @@ mod tests {
         out
     }
 
+    /// Hands `messages` to `agent` and acknowledges it, as an agent that answers does.
+    fn answered(
+        store: &Conversations,
+        agent: &AgentSession,
+        id: &str,
+        session: Option<&str>,
+        messages: &[Value],
+        whole: bool,
+    ) -> Plan {
+        let plan = store.plan(agent, id, session, messages, whole);
+        store.acknowledge(agent, id);
+        plan
+    }
+
+    #[test]
+    fn a_hand_out_the_agent_never_acknowledged_is_not_built_on() {
+        let store = Conversations::new(true);
+        let agent = store.session();
+        answered(&store, &agent, "r1", None, &msgs(2), false);
+        // Handed, but the result never reached the agent (no reply, no failure).
+        assert_eq!(store.plan(&agent, "r2", None, &msgs(4), false).from, 2);
+        // The retry builds on what the agent is known to have: the first two messages.
+        assert_eq!(
+            answered(&store, &agent, "r2", None, &msgs(4), false).from,
+            2
+        );
+        assert_eq!(
+            answered(&store, &agent, "r3", None, &msgs(6), false).from,
+            4
+        );
+        store.plan(&agent, "r4", None, &msgs(8), false);
+        store.acknowledge(&agent, "some-other-request");
+        assert_eq!(store.plan(&agent, "r5", None, &msgs(10), false).from, 6);
+    }
+
     #[test]
     fn a_growing_conversation_is_handed_from_where_the_session_left_off() {
         let store = Conversations::new(true);
         let agent = store.session();
-        let first = store.plan(&agent, "r1", None, &msgs(2), false);
+        let first = answered(&store, &agent, "r1", None, &msgs(2), false);
         assert_eq!((first.from, first.total), (0, 2));
-        let second = store.plan(&agent, "r2", None, &msgs(4), false);
+        let second = answered(&store, &agent, "r2", None, &msgs(4), false);
         assert_eq!((second.from, second.total), (2, 4));
         assert_eq!(first.conversation_id, second.conversation_id);
         assert_eq!(
@@ -342,29 +399,44 @@ mod tests {
             Some("r2")
         );
         // The same messages again (a retry, a regenerate): nothing new, so all of them.
-        assert_eq!(store.plan(&agent, "r3", None, &msgs(4), false).from, 0);
+        assert_eq!(
+            answered(&store, &agent, "r3", None, &msgs(4), false).from,
+            0
+        );
         // `full` hands everything, and the next turn is a delta again.
-        assert_eq!(store.plan(&agent, "r4", None, &msgs(6), true).from, 0);
-        assert_eq!(store.plan(&agent, "r5", None, &msgs(8), false).from, 6);
+        assert_eq!(answered(&store, &agent, "r4", None, &msgs(6), true).from, 0);
+        assert_eq!(
+            answered(&store, &agent, "r5", None, &msgs(8), false).from,
+            6
+        );
     }
 
     #[test]
     fn edited_history_another_session_fresh_and_off_get_everything() {
         let store = Conversations::new(true);
         let agent = store.session();
-        store.plan(&agent, "r1", None, &msgs(4), false);
+        answered(&store, &agent, "r1", None, &msgs(4), false);
         let mut edited = msgs(6);
         edited[2]["content"] = json!("changed my mind");
-        assert_eq!(store.plan(&agent, "r2", None, &edited, false).from, 0);
-        assert_eq!(store.plan(&agent, "r3", None, &msgs(8), false).from, 0);
+        assert_eq!(answered(&store, &agent, "r2", None, &edited, false).from, 0);
+        assert_eq!(
+            answered(&store, &agent, "r3", None, &msgs(8), false).from,
+            0
+        );
         let other = store.session();
-        assert_eq!(store.plan(&other, "r4", None, &msgs(10), false).from, 0);
+        assert_eq!(
+            answered(&store, &other, "r4", None, &msgs(10), false).from,
+            0
+        );
         store.forget(&agent);
-        assert_eq!(store.plan(&agent, "r5", None, &msgs(10), false).from, 0);
+        assert_eq!(
+            answered(&store, &agent, "r5", None, &msgs(10), false).from,
+            0
+        );
         let off = Conversations::new(false);
         let agent = off.session();
-        off.plan(&agent, "r1", None, &msgs(2), false);
-        assert_eq!(off.plan(&agent, "r2", None, &msgs(4), false).from, 0);
+        answered(&off, &agent, "r1", None, &msgs(2), false);
+        assert_eq!(answered(&off, &agent, "r2", None, &msgs(4), false).from, 0);
     }
 
     #[test]
@@ -373,10 +445,13 @@ mod tests {
         let agent = store.session();
         let mut other = msgs(2);
         other[1]["content"] = json!("another question");
-        let a = store.plan(&agent, "a1", None, &msgs(2), false);
-        let b = store.plan(&agent, "b1", None, &other, false);
+        let a = answered(&store, &agent, "a1", None, &msgs(2), false);
+        let b = answered(&store, &agent, "b1", None, &other, false);
         assert_ne!(a.conversation_id, b.conversation_id);
-        assert_eq!(store.plan(&agent, "a2", None, &msgs(4), false).from, 2);
+        assert_eq!(
+            answered(&store, &agent, "a2", None, &msgs(4), false).from,
+            2
+        );
         let session = conversation_id(Some("sess-1"), &msgs(2));
         assert_eq!(session, conversation_id(Some("sess-1"), &other));
         assert_ne!(session, a.conversation_id);
@@ -400,7 +475,7 @@ mod tests {
         let agent = store.session();
         for i in 0..MAX_CONVERSATIONS + 5 {
             let m = vec![json!({"role": "user", "content": format!("q{i}")})];
-            store.plan(&agent, "r", None, &m, false);
+            answered(&store, &agent, "r", None, &m, false);
         }
         let kept = store.sessions()[&agent.id].conversations.len();
         assert_eq!(kept, MAX_CONVERSATIONS);

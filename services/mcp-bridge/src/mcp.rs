@@ -300,6 +300,10 @@ impl McpServer {
             Ok(s) => s,
             Err(refusal) => return refused("submit_response", refusal.0),
         };
+        // A reply proves the agent read the request as it was handed.
+        self.broker
+            .conversations
+            .acknowledge(&self.agent, &args.request_id);
         let mut out = json!({
             "status": if submitted.done { "answered" } else { "part_sent" },
             "request_id": args.request_id,
@@ -319,10 +323,15 @@ impl McpServer {
             .broker
             .fail(&args.request_id, &args.lease_id, code, &args.reason)
         {
-            Ok(()) => ok(
-                "fail_request",
-                json!({"status": "failed", "request_id": args.request_id}),
-            ),
+            Ok(()) => {
+                self.broker
+                    .conversations
+                    .acknowledge(&self.agent, &args.request_id);
+                ok(
+                    "fail_request",
+                    json!({"status": "failed", "request_id": args.request_id}),
+                )
+            }
             Err(refusal) => refused("fail_request", refusal.0),
         }
     }
