@@ -126,7 +126,7 @@ impl McpServer {
         let wait = self.broker.config.poll_wait(timeout);
         let started = Instant::now();
         match self.broker.next_request(wait, ct).await {
-            Some(handout) => self.describe(handout, full),
+            Some(handout) => self.describe(handout, full).await,
             None if self.broker.stopping.is_cancelled() => json!({
                 "status": "shutting_down",
                 "hint": "mcp-bridge is stopping; call wait_for_request again in a minute",
@@ -140,8 +140,8 @@ impl McpServer {
         }
     }
 
-    fn describe(&self, mut h: Handout, full: bool) -> Value {
-        let conversation = self.delta(&mut h, full);
+    async fn describe(&self, mut h: Handout, full: bool) -> Value {
+        let conversation = self.delta(&mut h, full).await;
         let answer_with = if h.payload["kind"] != "chat" {
             "only the text that belongs between prompt and suffix, in content; no tool_calls"
         } else if h.shape.tools.is_some() {
@@ -169,18 +169,30 @@ impl McpServer {
 
     /// Cuts a chat's messages down to what this session has not been handed yet, and says so.
     /// Completions (fill-in-the-middle) are always whole and carry no conversation.
-    fn delta(&self, h: &mut Handout, full: bool) -> Map<String, Value> {
+    async fn delta(&self, h: &mut Handout, full: bool) -> Map<String, Value> {
         let mut out = Map::new();
         let Some(messages) = h.payload.get_mut("messages").and_then(Value::as_array_mut) else {
             return out;
         };
-        let plan = self.broker.conversations.plan(
-            &self.agent,
-            &h.id,
-            h.session_id.as_deref(),
-            messages,
-            full,
-        );
+        // Digesting megabytes of messages runs on the blocking pool, not a worker thread.
+        let (store, agent) = (self.broker.conversations.clone(), self.agent.clone());
+        let (id, session_id) = (h.id.clone(), h.session_id.clone());
+        let taken = Arc::new(std::mem::take(messages));
+        let shared = taken.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            store.plan(&agent, &id, session_id.as_deref(), &shared, full)
+        })
+        .await;
+        // The blocking task has ended either way, so this is the only handle left.
+        *messages = Arc::try_unwrap(taken).unwrap_or_else(|rest| rest.as_ref().clone());
+        let plan = match planned {
+            Ok(plan) => plan,
+            // Only a panic while digesting gets here: the messages go out whole.
+            Err(err) => {
+                tracing::error!(id = %h.id, %err, "could not plan the hand-out; handing it whole");
+                return out;
+            }
+        };
         if plan.from > 0 {
             messages.drain(..plan.from);
             out.insert(
