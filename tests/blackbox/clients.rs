@@ -35,11 +35,15 @@ async fn openai_and_ollama_python_clients() {
     let keyless = GatewayProc::new(&stack.agent.socket)
         .env("ALLOW_KEYLESS_GENERATION", "true")
         .spawn();
+    // A model with a small context: 2,000 tokens (the default output reserve is 1,024).
+    let small = GatewayProc::new(&stack.agent.socket)
+        .env("CONTEXT_WINDOW", 2000)
+        .spawn();
     let dir = tempfile::tempdir().unwrap();
     let down = GatewayProc::new(&dir.path().join("nobody.sock"))
         .env("CONNECTION_TIMEOUT", 0.3)
         .spawn();
-    for gateway in [&limited, &keyless, &down] {
+    for gateway in [&limited, &keyless, &small, &down] {
         gateway.wait_live().await;
     }
     let envs = [
@@ -48,6 +52,8 @@ async fn openai_and_ollama_python_clients() {
         ("GW_LIMITED_URL", limited.base_url()),
         ("GW_KEYLESS_ROOT_URL", keyless.url("")),
         ("GW_DOWN_URL", down.base_url()),
+        ("GW_SMALL_URL", small.base_url()),
+        ("GW_SMALL_ROOT_URL", small.url("")),
         ("GW_KEY", KEY.to_owned()),
         ("GW_MODEL", MODEL.to_owned()),
     ];
@@ -74,6 +80,22 @@ async fn openai_and_ollama_python_clients() {
         "the Python client tests failed:\n{report}"
     );
     assert!(report.contains(" passed"), "{report}");
+
+    // Nothing that could not fit the context reached the agent; what fits did.
+    let invokes = stack.peer.invokes();
+    let asked = |marker: &str| {
+        invokes
+            .iter()
+            .any(|i| serde_json::to_string(&i.payload).unwrap().contains(marker))
+    };
+    assert!(
+        !asked("context-overflow"),
+        "a request over the context window reached the agent"
+    );
+    assert!(
+        asked("fits-the-context"),
+        "a request within the context window did not reach the agent"
+    );
 
     // Fill-in-the-middle reached the agent as a completion, with the text after the cursor.
     let fim = stack

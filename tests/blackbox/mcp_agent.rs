@@ -245,3 +245,54 @@ async fn with_sampling_off_a_sampling_client_is_never_asked() {
     let stack = McpStack::start().await;
     pytest(&stack, "test_sampling_off.py", BTreeMap::new()).await;
 }
+
+#[tokio::test]
+async fn conversations_are_handed_as_deltas() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start().await;
+    pytest(&stack, "test_deltas.py", BTreeMap::new()).await;
+    let (_, metrics) = get(&stack.bridge.url("/metrics")).await.unwrap();
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for handed in ["delta", "whole"] {
+        let series = format!("mcp_bridge_chat_handouts_total{{handed=\"{handed}\"}}");
+        let count: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count > 0.0, "{series} missing or zero in /metrics");
+    }
+}
+
+#[tokio::test]
+async fn with_deltas_off_every_conversation_is_handed_whole() {
+    if test_python().is_none() {
+        return;
+    }
+    let stack = McpStack::start_with(|b| b.env("MCP_DELTAS", "false"), |g| g).await;
+    pytest(&stack, "test_deltas_off.py", BTreeMap::new()).await;
+}
+
+#[tokio::test]
+async fn after_an_mcp_bridge_restart_the_conversation_is_handed_whole() {
+    if test_python().is_none() {
+        return;
+    }
+    let mut stack = McpStack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conversation.json").display().to_string();
+    let extra = BTreeMap::from([("CONVERSATION_FILE".to_owned(), file)]);
+    pytest(
+        &stack,
+        "test_deltas_restart.py::test_before_restart",
+        extra.clone(),
+    )
+    .await;
+    stack.bridge.restart().await;
+    stack.bridge.wait_agents(1, SOON).await;
+    stack.gateway.wait_health("healthy", SOON).await;
+    pytest(&stack, "test_deltas_restart.py::test_after_restart", extra).await;
+}

@@ -37,3 +37,9 @@ def limited_client() -> openai.OpenAI:
 def down_client() -> openai.OpenAI:
     """A gateway whose bridge-agent is not running."""
     return openai.OpenAI(base_url=_env("GW_DOWN_URL"), api_key=_env("GW_KEY"), max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def small_client() -> openai.OpenAI:
+    """A gateway whose model context is 2,000 tokens (LOCAL_PROVIDER_CONTEXT_WINDOW)."""
+    return openai.OpenAI(base_url=_env("GW_SMALL_URL"), api_key=_env("GW_KEY"), max_retries=0)

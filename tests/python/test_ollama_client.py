@@ -122,3 +122,21 @@ def test_openai_legacy_completions_for_autocomplete(client, model):
     assert out.usage.completion_tokens > 0
     stream = client.completions.create(model=model, prompt="[[chunks:3]] fn main", suffix="}", stream=True)
     assert "".join(c.choices[0].text for c in stream if c.choices) == "echo: fn main"
+
+
+def test_over_the_context_is_a_400_in_ollamas_shape():
+    small = ollama.Client(host=_env("GW_SMALL_ROOT_URL"), headers={"Authorization": f"Bearer {_env('GW_KEY')}"})
+    model = _env("GW_MODEL")
+    too_long = "context-overflow " + "lorem ipsum dolor sit amet " * 500
+    with pytest.raises(ollama.ResponseError) as raised:
+        small.chat(model=model, messages=[{"role": "user", "content": too_long}], stream=False)
+    assert raised.value.status_code == 400
+    assert raised.value.error.startswith("This model's maximum context length is 2000 tokens. However, your messages")
+    with pytest.raises(ollama.ResponseError) as raised:
+        list(small.generate(model=model, prompt=too_long, stream=True))
+    assert raised.value.status_code == 400
+    assert "However, your prompt resulted in" in raised.value.error
+    # The model reports that window, as Ollama reports num_ctx.
+    shown = small.show(model)
+    assert shown.modelinfo["cursor-agent.context_length"] == 2000
+    assert shown.parameters.split() == ["num_ctx", "2000"]

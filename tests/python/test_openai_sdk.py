@@ -1,5 +1,6 @@
 """The official `openai` package against the real gateway: what editors and scripts rely on."""
 import json
+import re
 
 import openai
 import pytest
@@ -128,3 +129,44 @@ def test_error_inside_a_stream_raises(client, model):
         for _ in stream:
             pass
     assert "scripted failure" in str(err.value)
+
+
+# About 3,000 tokens: more than the 2,000-token context of the small gateway.
+TOO_LONG = "context-overflow " + "lorem ipsum dolor sit amet " * 500
+CONTEXT = re.compile(
+    r"This model's maximum context length is 2000 tokens\. However, your messages resulted in (\d+) "
+    r"tokens \((\d+) in the messages, (\d+) in the completion\)\. Please reduce the length of the "
+    r"messages or completion\.")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_context_is_a_400_context_length_exceeded(small_client, model, stream):
+    with pytest.raises(openai.BadRequestError) as raised:
+        small_client.chat.completions.create(model=model, messages=user(TOO_LONG), stream=stream)
+    err = raised.value
+    assert err.status_code == 400
+    assert (err.code, err.param, err.type) == ("context_length_exceeded", "messages", "invalid_request_error")
+    body = err.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    total, prompt, output = map(int, CONTEXT.fullmatch(body["error"]["message"]).groups())
+    assert total == prompt + output and prompt > 2000 and output == 1024
+    assert err.response.headers["x-should-retry"] == "false"
+    assert err.response.headers["content-type"] == "application/json"
+
+
+def test_max_tokens_counts_towards_the_context(small_client, model):
+    with pytest.raises(openai.BadRequestError) as raised:
+        small_client.chat.completions.create(model=model, messages=user("context-overflow by max_tokens"),
+                                             max_tokens=1990)
+    total, prompt, output = map(int, CONTEXT.fullmatch(raised.value.body["message"]).groups())
+    assert output == 1990 and total == prompt + 1990
+    fits = small_client.chat.completions.create(model=model, messages=user("fits-the-context"), max_tokens=100)
+    assert fits.choices[0].message.content == "echo: fits-the-context"
+
+
+def test_a_completion_prompt_over_the_context_names_prompt(small_client, model):
+    with pytest.raises(openai.BadRequestError) as raised:
+        small_client.completions.create(model=model, prompt=TOO_LONG, suffix="\n", max_tokens=64)
+    err = raised.value
+    assert (err.code, err.param) == ("context_length_exceeded", "prompt")
+    assert "maximum context length is 2000 tokens. However, your prompt resulted in" in err.body["message"]

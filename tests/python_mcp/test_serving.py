@@ -35,13 +35,17 @@ def answer_of(future, timeout: float = 30):
 async def test_tools_prompt_and_schemas():
     async with agent_http() as agent:
         tools = {t.name: t for t in (await agent.list_tools()).tools}
-        assert set(tools) == {"wait_for_request", "submit_response", "fail_request", "get_status"}
-        assert "timeout_seconds" in tools["wait_for_request"].input_schema["properties"]
+        assert set(tools) == {"wait_for_request", "submit_response", "fail_request", "get_status",
+                              "get_conversation"}
+        assert {"timeout_seconds", "fresh", "full"} <= set(tools["wait_for_request"].input_schema["properties"])
+        assert {"request_id", "conversation_id", "from", "offset"} == set(
+            tools["get_conversation"].input_schema["properties"])
         assert set(tools["submit_response"].input_schema["required"]) == {"request_id", "lease_id"}
         assert set(tools["fail_request"].input_schema["required"]) == {"request_id", "lease_id", "reason"}
         prompt = await agent.get_prompt("serve_editor_requests")
         text = prompt.messages[0].content.text
         assert "wait_for_request" in text and "parameters.tools" in text
+        assert '"fresh": true' in text and "messages_from" in text and "get_conversation" in text
 
 
 async def test_idle_then_a_request(void, model):

@@ -62,13 +62,14 @@ impl McpBridgeProc {
     }
 
     pub fn spawn(self) -> McpBridge {
-        let service = Service::spawn(&bin_path("mcp-bridge"), vars(&self.envs), self.dir.path())
+        let envs = vars(&self.envs);
+        let service = Service::spawn(&bin_path("mcp-bridge"), &envs, self.dir.path())
             .unwrap_or_else(|e| panic!("cannot start mcp-bridge: {e}"));
         McpBridge {
             service,
-            envs: vars(&self.envs),
             port: self.envs["MCP_BRIDGE_PORT"].parse().unwrap(),
             audit: PathBuf::from(&self.envs["MCP_BRIDGE_AUDIT_LOG"]),
+            envs,
             _dir: self.dir,
         }
     }
@@ -76,7 +77,8 @@ impl McpBridgeProc {
 
 pub struct McpBridge {
     pub service: Service,
-    /// Its variables, full names: what `mcp-bridge --stdio` needs to reach it.
+    /// Its variables, full names: what `mcp-bridge --stdio` needs to reach it, and what a
+    /// restart starts it with again.
     pub envs: BTreeMap<String, String>,
     pub port: u16,
     audit: PathBuf,
@@ -84,6 +86,19 @@ pub struct McpBridge {
 }
 
 impl McpBridge {
+    /// Stops it with SIGTERM and starts it again on the same port with the same settings.
+    pub async fn restart(&mut self) {
+        self.service.terminate().unwrap();
+        let status = self
+            .service
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("mcp-bridge did not stop: {e}"));
+        assert!(status.success(), "mcp-bridge exited with {status}");
+        self.service = Service::spawn(&bin_path("mcp-bridge"), &self.envs, self._dir.path())
+            .unwrap_or_else(|e| panic!("cannot start mcp-bridge again: {e}"));
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub auth_failure_limit: Bounded<1, 1_000_000>,
     pub model_name: String,
     pub max_tokens_limit: Bounded<1, 1_000_000>,
+    pub context_window: Bounded<1, 100_000_000>,
     pub max_content_bytes: Bounded<1, 1_073_741_824>,
     pub max_body_bytes: Bounded<1024, 1_073_741_824>,
     pub request_timeout: Seconds,
@@ -77,6 +78,7 @@ impl Default for RawConfig {
             auth_failure_limit: Bounded(10),
             model_name: "cursor-agent-local".into(),
             max_tokens_limit: Bounded(8192),
+            context_window: Bounded(200_000),
             max_content_bytes: Bounded(100_000),
             max_body_bytes: Bounded(10 * 1024 * 1024),
             request_timeout: Seconds::from_secs(30),
@@ -183,6 +185,8 @@ pub struct Settings {
     pub auth_failure_limit: u64,
     pub model_name: String,
     pub max_tokens_limit: u64,
+    /// Prompt plus output tokens a request may need; more is a 400 `context_length_exceeded`.
+    pub context_window: u64,
     pub max_content_bytes: usize,
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
@@ -271,6 +275,15 @@ impl Settings {
                 ),
             ));
         }
+        if raw.default_max_tokens.0 >= raw.context_window.0 {
+            return Err(ConfigError::new(
+                "CONTEXT_WINDOW",
+                format!(
+                    "expected more than LOCAL_PROVIDER_DEFAULT_MAX_TOKENS ({}) tokens, or no request without max_tokens would fit; got {}",
+                    raw.default_max_tokens.0, raw.context_window.0
+                ),
+            ));
+        }
         let redis = redis_settings(&raw)?;
         if raw.store_timeout.0 > Duration::from_secs(10) {
             return Err(ConfigError::new(
@@ -311,6 +324,7 @@ impl Settings {
             auth_failure_limit: raw.auth_failure_limit.0,
             model_name: raw.model_name.trim().to_owned(),
             max_tokens_limit: raw.max_tokens_limit.0,
+            context_window: raw.context_window.0,
             max_content_bytes: raw.max_content_bytes.0 as usize,
             max_body_bytes: raw.max_body_bytes.0 as usize,
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
@@ -462,6 +476,10 @@ mod tests {
             (60, 10, 100_000, 10)
         );
         assert_eq!(s.model_name, "cursor-agent-local");
+        assert_eq!(
+            s.context_window, 200_000,
+            "what the README's Void override declares"
+        );
         assert_eq!(s.session_ttl, Duration::from_secs(300));
         assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));
     }
@@ -516,6 +534,11 @@ mod tests {
         assert_eq!(err.var, "LOCAL_PROVIDER_SESSION_STORE");
         let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp://x")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
+        let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "1000")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
+        assert!(err.message.contains("DEFAULT_MAX_TOKENS"), "{err}");
+        let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "lots")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
     }
 
     #[test]

@@ -173,6 +173,11 @@ fn describe_metrics() {
         "gateway_rate_limited_total",
         "Requests refused by a limit, by kind"
     );
+    describe_counter!(
+        "gateway_context_length_exceeded_total",
+        "Requests refused because prompt plus output tokens exceed CONTEXT_WINDOW"
+    );
+    metrics::counter!("gateway_context_length_exceeded_total").absolute(0);
     describe_counter!("gateway_auth_failures_total", "Failed authentications");
     describe_counter!("gateway_tokens_total", "Tokens processed, by kind");
     describe_gauge!("gateway_requests_in_flight", "Chat requests being answered");

@@ -3,8 +3,14 @@
 //! per message, plus the text of every field. The agent's own tokenizer is unknown, so any real
 //! tokenizer is an estimate; cl100k's tables take half the memory of o200k's (about 24 MB against
 //! 46 MB) and load on first use (about 0.1 s), so an idle gateway stays small.
+use provider_shared::bridge::Payload;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
+
+/// Text up to this many bytes is counted where it is (tens of microseconds); more goes to the
+/// blocking pool, so that counting a prompt of up to `MAX_BODY_BYTES` (a second or more) never
+/// holds a worker thread and the other requests on it.
+const INLINE_BYTES: usize = 16 * 1024;
 
 static BPE: std::sync::OnceLock<&'static CoreBPE> = std::sync::OnceLock::new();
 
@@ -25,6 +31,86 @@ pub fn count_text(text: &str) -> u64 {
         return 0;
     }
     bpe().encode_ordinary(text).len() as u64
+}
+
+/// Bytes of text inside `value`: what decides where it is counted.
+fn text_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        Value::Number(_) => 8,
+        Value::Bool(_) | Value::Null => 0,
+    }
+}
+
+/// Prompt tokens of a request for the agent: a chat's messages and tools, or a completion's
+/// prompt, suffix and system text. Large prompts are counted on the blocking pool; the payload
+/// is handed back unchanged.
+pub async fn count_payload(payload: Payload) -> Result<(Payload, u64), crate::error::Error> {
+    ready().await;
+    let bytes = match &payload {
+        Payload::Chat {
+            messages,
+            parameters,
+        } => {
+            messages.iter().map(text_bytes).sum::<usize>()
+                + parameters.get("tools").map_or(0, text_bytes)
+        }
+        Payload::Completion {
+            prompt,
+            suffix,
+            system,
+            ..
+        } => {
+            prompt.len()
+                + suffix.as_ref().map_or(0, String::len)
+                + system.as_ref().map_or(0, String::len)
+        }
+    };
+    if bytes <= INLINE_BYTES {
+        let n = payload_tokens(&payload);
+        return Ok((payload, n));
+    }
+    let counted = tokio::task::spawn_blocking(move || {
+        let n = payload_tokens(&payload);
+        (payload, n)
+    });
+    // Only a panic inside the tokenizer (or shutdown of the pool) fails this; it stays with
+    // this one request.
+    counted.await.map_err(|err| {
+        crate::error::Error::Internal(format!("counting prompt tokens failed: {err}"))
+    })
+}
+
+fn payload_tokens(payload: &Payload) -> u64 {
+    match payload {
+        Payload::Chat {
+            messages,
+            parameters,
+        } => count_prompt(messages, parameters.get("tools")),
+        Payload::Completion {
+            prompt,
+            suffix,
+            system,
+            ..
+        } => [Some(prompt), suffix.as_ref(), system.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| count_text(t))
+            .sum(),
+    }
+}
+
+/// Tokens of an answer's text, on the blocking pool when it is large.
+pub async fn count_answer(text: String) -> u64 {
+    if text.len() <= INLINE_BYTES {
+        return count_text(&text);
+    }
+    ready().await;
+    tokio::task::spawn_blocking(move || count_text(&text))
+        .await
+        .unwrap_or(0)
 }
 
 /// Every string inside `value` (keys of tool schemas included), counted as text.

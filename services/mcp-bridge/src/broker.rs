@@ -3,7 +3,7 @@
 //! the frame to its bridge-agent).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult};
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::answer::Part;
 use crate::config::Config;
+use crate::conversation::Conversations;
 use crate::metrics;
 use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
 use provider_shared::audit::Audit;
@@ -48,6 +49,8 @@ pub struct Broker {
     pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
+    /// What each MCP session was handed of each conversation (`MCP_DELTAS`).
+    pub conversations: Arc<Conversations>,
     counts: Counts,
 }
 
@@ -69,6 +72,7 @@ pub struct Submitted {
 impl Broker {
     pub fn new(config: Config, audit: Audit) -> Self {
         Self {
+            conversations: Conversations::new(config.deltas),
             config,
             audit,
             started: Instant::now(),
@@ -430,6 +434,13 @@ impl Broker {
             "lease_expiries": c.lease_expiries.load(Ordering::Relaxed),
             "lease_timeout_seconds": self.config.lease_timeout.as_secs_f64(),
         })
+    }
+
+    /// The gateway session and payload of the live request `id` (queued or leased).
+    pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Value)> {
+        let queue = self.queue();
+        let entry = queue.get(id)?;
+        Some((entry.invoke.session_id.clone(), entry.payload.clone()))
     }
 
     pub fn queue_depth(&self) -> usize {

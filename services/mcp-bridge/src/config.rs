@@ -41,6 +41,8 @@ struct Raw {
     shutdown_grace: Seconds,
     #[serde(default)]
     mcp_sampling: Flag,
+    #[serde(default = "yes")]
+    mcp_deltas: Flag,
 }
 
 fn default_host() -> String {
@@ -51,6 +53,9 @@ fn default_port() -> Port {
 }
 fn default_poll() -> Seconds {
     Seconds::from_secs(240)
+}
+fn yes() -> Flag {
+    Flag(true)
 }
 fn ten() -> Seconds {
     Seconds::from_secs(10)
@@ -80,6 +85,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Answer through `sampling/createMessage` when an MCP client declares sampling.
     pub sampling: bool,
+    /// Hand an MCP session only the messages of a conversation it has not been given yet.
+    pub deltas: bool,
 }
 
 impl Config {
@@ -134,6 +141,7 @@ impl Config {
             log_format: raw.log_format,
             shutdown_grace: raw.shutdown_grace.0,
             sampling: raw.mcp_sampling.0,
+            deltas: raw.mcp_deltas.0,
         })
     }
 
@@ -172,6 +180,12 @@ mod tests {
         assert_eq!(c.poll_default, Duration::from_secs(240));
         assert!(c.bridge_token.is_none() && c.http_token.is_none());
         assert!(!c.sampling, "sampling is opt-in");
+        assert!(c.deltas, "deltas are on by default");
+        assert!(
+            !Config::from_vars(vars(&[("MCP_DELTAS", "false")]))
+                .unwrap()
+                .deltas
+        );
         assert_eq!(
             c.audit_log,
             Some(PathBuf::from("logs/mcp_bridge_audit.log"))

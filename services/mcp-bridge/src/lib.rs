@@ -9,6 +9,7 @@ mod app;
 mod auth;
 mod broker;
 pub mod config;
+mod conversation;
 mod mcp;
 mod metrics;
 mod queue;

@@ -12,11 +12,12 @@ use rmcp::model::{
 use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{FinishReason, Part, ToolCall, UsageArg};
 use crate::broker::Broker;
+use crate::conversation::{self, AgentSession};
 use crate::metrics;
 use crate::queue::Handout;
 
@@ -28,6 +29,30 @@ pub struct WaitArgs {
     /// Seconds to wait for a request, clamped to 10–280 (default about 240).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
+    /// true on the first call of a new chat: forget what this MCP session was handed before,
+    /// so every conversation comes whole again.
+    #[serde(default)]
+    pub fresh: Option<bool>,
+    /// true to get this one request's conversation whole instead of only its new messages.
+    #[serde(default)]
+    pub full: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationArgs {
+    /// A live request's `request_id` (queued or being answered).
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// A `conversation_id` from wait_for_request: its latest live request.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Index of the first message of this page (default 0; `next.from` of the previous page).
+    #[serde(default)]
+    pub from: Option<usize>,
+    /// `next.offset` of the previous page, when a message larger than a page comes in slices.
+    #[serde(default)]
+    pub offset: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -81,6 +106,8 @@ pub struct FailArgs {
 #[derive(Clone)]
 pub struct McpServer {
     broker: Arc<Broker>,
+    /// This MCP session's delta bookkeeping; forgotten when the session's last clone goes.
+    agent: Arc<AgentSession>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -88,17 +115,18 @@ pub struct McpServer {
 impl McpServer {
     pub fn new(broker: Arc<Broker>) -> Self {
         Self {
+            agent: Arc::new(broker.conversations.session()),
             broker,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
     }
 
-    async fn poll(&self, timeout: Option<f64>, ct: &CancellationToken) -> Value {
+    async fn poll(&self, timeout: Option<f64>, full: bool, ct: &CancellationToken) -> Value {
         let wait = self.broker.config.poll_wait(timeout);
         let started = Instant::now();
         match self.broker.next_request(wait, ct).await {
-            Some(handout) => self.describe(handout),
+            Some(handout) => self.describe(handout, full).await,
             None if self.broker.stopping.is_cancelled() => json!({
                 "status": "shutting_down",
                 "hint": "mcp-bridge is stopping; call wait_for_request again in a minute",
@@ -112,7 +140,8 @@ impl McpServer {
         }
     }
 
-    fn describe(&self, h: Handout) -> Value {
+    async fn describe(&self, mut h: Handout, full: bool) -> Value {
+        let conversation = self.delta(&mut h, full).await;
         let answer_with = if h.payload["kind"] != "chat" {
             "only the text that belongs between prompt and suffix, in content; no tool_calls"
         } else if h.shape.tools.is_some() {
@@ -133,8 +162,83 @@ impl McpServer {
         // `kind` and the payload's own fields: messages and parameters for a chat.
         if let (Some(out), Value::Object(payload)) = (out.as_object_mut(), h.payload) {
             out.extend(payload);
+            out.extend(conversation);
         }
         out
+    }
+
+    /// Cuts a chat's messages down to what this session has not been handed yet, and says so.
+    /// Completions (fill-in-the-middle) are always whole and carry no conversation.
+    async fn delta(&self, h: &mut Handout, full: bool) -> Map<String, Value> {
+        let mut out = Map::new();
+        let Some(messages) = h.payload.get_mut("messages").and_then(Value::as_array_mut) else {
+            return out;
+        };
+        // Digesting megabytes of messages runs on the blocking pool, not a worker thread.
+        let (store, agent) = (self.broker.conversations.clone(), self.agent.clone());
+        let (id, session_id) = (h.id.clone(), h.session_id.clone());
+        let taken = Arc::new(std::mem::take(messages));
+        let shared = taken.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            store.plan(&agent, &id, session_id.as_deref(), &shared, full)
+        })
+        .await;
+        // The blocking task has ended either way, so this is the only handle left.
+        *messages = Arc::try_unwrap(taken).unwrap_or_else(|rest| rest.as_ref().clone());
+        let plan = match planned {
+            Ok(plan) => plan,
+            // Only a panic while digesting gets here: the messages go out whole.
+            Err(err) => {
+                tracing::error!(id = %h.id, %err, "could not plan the hand-out; handing it whole");
+                return out;
+            }
+        };
+        if plan.from > 0 {
+            messages.drain(..plan.from);
+            out.insert(
+                "earlier_messages".into(),
+                json!(format!(
+                    "messages 0 to {} of this conversation were handed to you before and are not repeated; \
+                     if you no longer have them, call get_conversation with this request_id",
+                    plan.from - 1
+                )),
+            );
+        }
+        metrics::chat_handed(plan.from > 0);
+        out.insert("conversation_id".into(), json!(plan.conversation_id));
+        out.insert("messages_from".into(), json!(plan.from));
+        out.insert("messages_total".into(), json!(plan.total));
+        out
+    }
+
+    fn conversation(&self, args: ConversationArgs) -> Result<Value, String> {
+        let request_id = match (args.request_id, args.conversation_id) {
+            (Some(id), None) => id,
+            (None, Some(conversation)) => self
+                .broker
+                .conversations
+                .latest_request(&conversation)
+                .ok_or_else(|| format!("unknown conversation_id {conversation:?}: no request of it was handed out recently; use a request_id"))?,
+            _ => return Err("give exactly one of request_id or conversation_id".into()),
+        };
+        let (session_id, payload) = self.broker.live_payload(&request_id).ok_or_else(|| {
+            format!("request {request_id} is not waiting or being answered any more (only live requests are kept); call wait_for_request with full: true to get the next one whole")
+        })?;
+        let Some(messages) = payload["messages"].as_array() else {
+            return Err(format!("request {request_id} is a text completion: it has no conversation; its prompt and suffix came whole"));
+        };
+        let mut page =
+            conversation::page(messages, args.from.unwrap_or(0), args.offset.unwrap_or(0))?;
+        page.insert("status".into(), json!("conversation"));
+        page.insert("request_id".into(), json!(request_id));
+        page.insert(
+            "conversation_id".into(),
+            json!(conversation::conversation_id(
+                session_id.as_deref(),
+                messages
+            )),
+        );
+        Ok(Value::Object(page))
     }
 }
 
@@ -154,16 +258,38 @@ impl McpServer {
     /// Waits for the next editor request and hands it to you under a lease. Returns
     /// {"status":"request", request_id, lease_id, lease_seconds, session_id, kind, stream,
     /// messages, parameters, answer_with} or {"status":"idle"} (call again).
+    /// In a conversation already handed to this session, `messages` holds only the new
+    /// messages, `messages_from` the index of the first; pass fresh: true on the first call of
+    /// a new chat, full: true to get one request whole.
     #[tool(annotations(read_only_hint = false, open_world_hint = false))]
     async fn wait_for_request(
         &self,
         Parameters(args): Parameters<WaitArgs>,
         ct: CancellationToken,
     ) -> CallToolResult {
+        if args.fresh == Some(true) {
+            self.broker.conversations.forget(&self.agent);
+        }
+        let full = args.full == Some(true);
         ok(
             "wait_for_request",
-            self.poll(args.timeout_seconds, &ct).await,
+            self.poll(args.timeout_seconds, full, &ct).await,
         )
+    }
+
+    /// The whole conversation of a live request (request_id) or of a conversation_id, paged:
+    /// each result holds at most 64 KiB of messages; call again with next.from (and
+    /// next.offset) until next is null. A message larger than a page comes in message_part
+    /// slices of its JSON text, to be joined.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false))]
+    async fn get_conversation(
+        &self,
+        Parameters(args): Parameters<ConversationArgs>,
+    ) -> CallToolResult {
+        match self.conversation(args) {
+            Ok(page) => ok("get_conversation", page),
+            Err(why) => refused("get_conversation", why),
+        }
     }
 
     /// Sends your answer to a request, whole or in parts (done: false for all but the last).
@@ -186,13 +312,17 @@ impl McpServer {
             Ok(s) => s,
             Err(refusal) => return refused("submit_response", refusal.0),
         };
+        // A reply proves the agent read the request as it was handed.
+        self.broker
+            .conversations
+            .acknowledge(&self.agent, &args.request_id);
         let mut out = json!({
             "status": if submitted.done { "answered" } else { "part_sent" },
             "request_id": args.request_id,
             "chunks_sent": submitted.chunks_sent,
         });
         if submitted.done && args.wait_for_next == Some(true) {
-            out["next"] = self.poll(args.timeout_seconds, &ct).await;
+            out["next"] = self.poll(args.timeout_seconds, false, &ct).await;
         }
         ok("submit_response", out)
     }
@@ -205,10 +335,15 @@ impl McpServer {
             .broker
             .fail(&args.request_id, &args.lease_id, code, &args.reason)
         {
-            Ok(()) => ok(
-                "fail_request",
-                json!({"status": "failed", "request_id": args.request_id}),
-            ),
+            Ok(()) => {
+                self.broker
+                    .conversations
+                    .acknowledge(&self.agent, &args.request_id);
+                ok(
+                    "fail_request",
+                    json!({"status": "failed", "request_id": args.request_id}),
+                )
+            }
             Err(refusal) => refused("fail_request", refusal.0),
         }
     }

@@ -13,6 +13,7 @@ pub const AGENT_WAIT: &str = "mcp_bridge_agent_wait_seconds";
 pub const ANSWER_TIME: &str = "mcp_bridge_answer_seconds";
 pub const AUTH_FAILURES: &str = "mcp_bridge_auth_failures_total";
 pub const TOOL_CALLS: &str = "mcp_bridge_tool_calls_total";
+pub const CHAT_HANDOUTS: &str = "mcp_bridge_chat_handouts_total";
 
 /// Every `outcome` label of [`REQUESTS`].
 const OUTCOMES: &[&str] = &[
@@ -50,6 +51,13 @@ pub fn describe() {
         "Refused bearer tokens, by endpoint (ws or mcp)"
     );
     describe_counter!(TOOL_CALLS, "MCP tool calls, by tool and result");
+    describe_counter!(
+        CHAT_HANDOUTS,
+        "Chats handed to an agent, by what was handed (delta: only new messages; whole)"
+    );
+    for handed in ["delta", "whole"] {
+        metrics::counter!(CHAT_HANDOUTS, "handed" => handed).absolute(0);
+    }
     queue(0, 0);
     pollers(0);
     agents(0);
@@ -98,4 +106,10 @@ pub fn auth_failed(endpoint: &'static str) {
 pub fn tool_call(tool: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(TOOL_CALLS, "tool" => tool, "result" => result).increment(1);
+}
+
+/// One chat handed out, with only its new messages (`delta`) or whole.
+pub fn chat_handed(delta: bool) {
+    let handed = if delta { "delta" } else { "whole" };
+    metrics::counter!(CHAT_HANDOUTS, "handed" => handed).increment(1);
 }

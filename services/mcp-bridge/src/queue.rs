@@ -182,6 +182,11 @@ impl Queue {
         })
     }
 
+    /// The live request `id`, queued or leased.
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
     /// The live request `id` if `lease` is its current lease.
     pub fn leased(&mut self, id: &str, lease: &str) -> Result<&mut Entry, Refusal> {
         let Some(entry) = self.entries.get_mut(id) else {

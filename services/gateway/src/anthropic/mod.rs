@@ -82,8 +82,6 @@ pub async fn messages(
     let obj = parse(&state, &body)?;
     let limits = validate::Limits::of(&state.settings);
     let request = convert::request(&obj, &limits, Purpose::Generate)?;
-    tokens::ready().await;
-    let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
     let mut scopes = vec!["chat".to_owned()];
     if request.tools.is_some() {
         scopes.push("tools".to_owned());
@@ -95,7 +93,6 @@ pub async fn messages(
             messages: request.messages,
             parameters: request.parameters,
         },
-        prompt_tokens,
         max_tokens: request.max_tokens,
         stream: request.stream,
         scopes,
@@ -106,7 +103,7 @@ pub async fn messages(
     let shell = Shell {
         id: running.id.clone(),
         model: state.settings.model_name.clone(),
-        prompt_tokens,
+        prompt_tokens: running.prompt_tokens,
     };
     let mut pieces = running.pieces;
     if !request.stream {

@@ -114,7 +114,7 @@ pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
                                 yield Piece::Delta(delta);
                             }
                         }
-                        let completion = tokens::count_text(&answer.completion_text());
+                        let completion = tokens::count_answer(answer.completion_text()).await;
                         account.busy += busy_since.elapsed();
                         let overhead = account.overhead();
                         let usage = account.finish("ok", result.usage, completion);
@@ -128,7 +128,7 @@ pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
                 Next::Backstop => backstop_error(limit),
                 Next::GraceOver => shutdown_error(),
             };
-            let completion = tokens::count_text(&answer.completion_text());
+            let completion = tokens::count_answer(answer.completion_text()).await;
             account.finish(&failure.code(), None, completion);
             yield Piece::Failed(failure);
             break;

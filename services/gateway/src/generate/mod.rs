@@ -20,10 +20,9 @@ pub mod drive;
 use account::Accounting;
 pub use drive::{Piece, Pieces};
 
-/// One request for the agent, already validated.
+/// One request for the agent, already validated. Its prompt tokens are counted by [`start`].
 pub struct Job {
     pub payload: Payload,
-    pub prompt_tokens: u64,
     /// What the client capped the answer at, if anything.
     pub max_tokens: Option<u64>,
     pub stream: bool,
@@ -41,6 +40,8 @@ pub struct Running {
     pub rate: RateHeaders,
     /// Gateway time before the request reached bridge-agent.
     pub pre_dispatch: Duration,
+    /// The prompt's token count, as admitted.
+    pub prompt_tokens: u64,
     pub pieces: Pieces,
 }
 
@@ -52,6 +53,12 @@ pub async fn start(
     started: Instant,
     job: Job,
 ) -> Result<Running, Error> {
+    let kind = match &job.payload {
+        Payload::Chat { .. } => "chat",
+        Payload::Completion { .. } => "completion",
+    };
+    let (payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
+    check_context(&state.settings, &payload, prompt_tokens, job.max_tokens)?;
     if state.shutdown.is_cancelled() {
         return Err(Error::Agent {
             status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -66,7 +73,7 @@ pub async fn start(
             limit: state.settings.max_concurrent_requests,
         }
     })?;
-    let reserved = job.prompt_tokens + job.max_tokens.unwrap_or(state.settings.default_max_tokens);
+    let reserved = prompt_tokens + job.max_tokens.unwrap_or(state.settings.default_max_tokens);
     let client = principal.client(state).to_owned();
     let rate = admit(state, &client, peer, reserved).await?;
 
@@ -78,7 +85,7 @@ pub async fn start(
         session_id: principal.session_id().map(str::to_owned),
         client_ip: peer.ip(),
         stream: job.stream,
-        prompt_tokens: job.prompt_tokens,
+        prompt_tokens,
         reserved_tokens: reserved,
         prompt_sha256: job.prompt_sha256,
         started,
@@ -89,10 +96,6 @@ pub async fn start(
         busy: Duration::ZERO,
     }
     .begin();
-    let kind = match &job.payload {
-        Payload::Chat { .. } => "chat",
-        Payload::Completion { .. } => "completion",
-    };
     state
         .status
         .started(&id, kind, job.stream, principal.client(state));
@@ -104,7 +107,7 @@ pub async fn start(
             label: state.settings.model_name.clone(),
             requested_scopes: job.scopes,
         },
-        payload: job.payload,
+        payload,
     };
     let mut account = account;
     let calling = Instant::now();
@@ -126,7 +129,45 @@ pub async fn start(
         created: unix_seconds(),
         rate,
         pre_dispatch: account.pre_dispatch,
+        prompt_tokens,
         pieces: drive::drive(state.clone(), call, account),
+    })
+}
+
+/// Refuses a request that cannot fit the model's context (`CONTEXT_WINDOW`): its prompt tokens
+/// plus the output it asks for (or `DEFAULT_MAX_TOKENS`), with OpenAI's code and wording, so
+/// that clients which trim or fall back on `context_length_exceeded` do so.
+pub fn check_context(
+    settings: &crate::config::Settings,
+    payload: &Payload,
+    prompt_tokens: u64,
+    max_tokens: Option<u64>,
+) -> Result<(), Error> {
+    let window = settings.context_window;
+    let output = max_tokens.unwrap_or(settings.default_max_tokens);
+    let total = prompt_tokens.saturating_add(output);
+    if total <= window {
+        return Ok(());
+    }
+    metrics::counter!("gateway_context_length_exceeded_total").increment(1);
+    let (param, message) = match payload {
+        Payload::Chat { .. } => (
+            "messages",
+            format!(
+                "This model's maximum context length is {window} tokens. However, your messages resulted in {total} tokens ({prompt_tokens} in the messages, {output} in the completion). Please reduce the length of the messages or completion."
+            ),
+        ),
+        Payload::Completion { .. } => (
+            "prompt",
+            format!(
+                "This model's maximum context length is {window} tokens. However, your prompt resulted in {total} tokens ({prompt_tokens} in your prompt; {output} for the completion). Please reduce your prompt; or completion length."
+            ),
+        ),
+    };
+    Err(Error::InvalidRequest {
+        message,
+        param: Some(param.to_owned()),
+        code: Some("context_length_exceeded"),
     })
 }
 
@@ -289,4 +330,83 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::fill(buf.as_mut_slice());
     hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{Map, Value};
+
+    fn settings(window: u64) -> crate::config::Settings {
+        let vars = [
+            (
+                "LOCAL_PROVIDER_API_KEY",
+                "k3y-0123456789abcdef0123456789abcdef",
+            ),
+            ("LOCAL_PROVIDER_CONTEXT_WINDOW", &window.to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        crate::config::Settings::resolve(provider_shared::config::from_vars(vars).unwrap()).unwrap()
+    }
+
+    fn chat() -> Payload {
+        Payload::Chat {
+            messages: vec![json!({"role": "user", "content": "hello"})],
+            parameters: Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_that_cannot_fit_gets_openais_error() {
+        let s = settings(2000);
+        assert!(
+            check_context(&s, &chat(), 900, Some(1100)).is_ok(),
+            "exactly the window fits"
+        );
+        let err = check_context(&s, &chat(), 900, Some(1101)).unwrap_err();
+        let body = err.body();
+        assert_eq!(body["error"]["code"], "context_length_exceeded");
+        assert_eq!(body["error"]["param"], "messages");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body["error"]["message"],
+            "This model's maximum context length is 2000 tokens. However, your messages resulted in 2001 tokens (900 in the messages, 1101 in the completion). Please reduce the length of the messages or completion."
+        );
+        // Without max_tokens the default output (1024) counts.
+        assert!(check_context(&s, &chat(), 977, None).is_err());
+        let completion = Payload::Completion {
+            prompt: "x".into(),
+            suffix: None,
+            system: None,
+            parameters: Map::new(),
+        };
+        let err = check_context(&s, &completion, 1900, Some(300)).unwrap_err();
+        assert_eq!(err.body()["error"]["param"], "prompt");
+        assert!(err
+            .to_string()
+            .contains("your prompt resulted in 2200 tokens"));
+    }
+
+    #[tokio::test]
+    async fn large_prompts_are_counted_off_the_worker_threads_to_the_same_figure() {
+        // Small prompts are counted inline, large ones on the blocking pool: the same figure.
+        for words in [10, 20_000] {
+            let text = vec!["token"; words].join(" ");
+            let messages: Vec<Value> = vec![json!({"role": "user", "content": text})];
+            let direct = crate::tokens::count_prompt(&messages, None);
+            let (payload, counted) = crate::tokens::count_payload(Payload::Chat {
+                messages: messages.clone(),
+                parameters: Map::new(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(counted, direct);
+            assert!(matches!(payload, Payload::Chat { messages: m, .. } if m == messages));
+        }
+        let answer = "word ".repeat(10_000);
+        let direct = crate::tokens::count_text(&answer);
+        assert!(direct >= 10_000);
+        assert_eq!(crate::tokens::count_answer(answer).await, direct);
+    }
 }

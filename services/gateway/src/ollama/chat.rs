@@ -20,7 +20,6 @@ use super::{
 use crate::generate::{self, convert::Answer, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
-use crate::tokens;
 use crate::validate::check_size;
 
 pub async fn chat(
@@ -70,9 +69,7 @@ pub async fn chat(
     if tools.is_some() {
         scopes.push("tools".to_owned());
     }
-    crate::tokens::ready().await;
     let job = Job {
-        prompt_tokens: tokens::count_prompt(&messages, tools.as_ref()),
         prompt_sha256: digest::sha256_hex(Value::Array(given).to_string().as_bytes()),
         payload: Payload::Chat {
             messages,

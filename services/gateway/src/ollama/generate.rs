@@ -63,7 +63,6 @@ pub async fn generate(
         )?;
     }
     let (params, max_tokens) = parameters(&state, &request, stream)?;
-    crate::tokens::ready().await;
     let job = completion_job(prompt, suffix, system, params, max_tokens, stream, "cmpl-");
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let headers = Headers::of(&state, &running);

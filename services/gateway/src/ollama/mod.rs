@@ -22,8 +22,6 @@ pub mod generate;
 
 /// The Ollama version reported: recent enough for clients that refuse older servers.
 pub const OLLAMA_VERSION: &str = "0.12.0";
-/// The context length `/api/show` reports, matching the editor override in the README.
-pub const CONTEXT_LENGTH: u64 = 200_000;
 
 /// An error in Ollama's shape, `{"error": "…"}`, with the status and headers of the gateway's
 /// one mapping of errors.
@@ -128,16 +126,21 @@ pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>
     let body = crate::generate::read_body(body, state.settings.max_body_bytes).await?;
     let request = object(&body)?;
     requested_model(&state, &request)?;
+    let window = state.settings.context_window;
     Ok(Json(json!({
         "license": "",
-        "modelfile": format!("# served by mcp-local-provider\nFROM {}\n", state.settings.model_name),
-        "parameters": "",
+        "modelfile": format!(
+            "# served by mcp-local-provider\nFROM {}\nPARAMETER num_ctx {window}\n",
+            state.settings.model_name
+        ),
+        // Ollama's layout: one parameter a line, the name padded to 30 columns.
+        "parameters": format!("{:<30} {window}", "num_ctx"),
         "template": "{{ .Prompt }}",
         "details": details(),
         "model_info": {
             "general.architecture": "cursor-agent",
             "general.basename": state.settings.model_name,
-            "cursor-agent.context_length": CONTEXT_LENGTH,
+            "cursor-agent.context_length": window,
         },
         "capabilities": ["completion", "tools"],
         "modified_at": modified_at(&state),

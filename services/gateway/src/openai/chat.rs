@@ -17,7 +17,7 @@ use super::{data, done_event, error_event, sse_response, Headers};
 use crate::error::Error;
 use crate::generate::{self, drive, Job, Piece, Running};
 use crate::state::Shared;
-use crate::{tokens, validate};
+use crate::validate;
 
 pub async fn completions(
     State(state): State<Shared>,
@@ -28,8 +28,6 @@ pub async fn completions(
     let started = Instant::now();
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = validate::chat(&body, &validate::Limits::of(&state.settings))?;
-    tokens::ready().await;
-    let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
     let mut scopes = vec!["chat".to_owned()];
     if request.tools.is_some() {
         scopes.push("tools".to_owned());
@@ -41,7 +39,6 @@ pub async fn completions(
             messages: request.messages,
             parameters: request.parameters,
         },
-        prompt_tokens,
         max_tokens: request.max_tokens,
         stream: request.stream,
         scopes,

@@ -19,7 +19,7 @@ use super::{data, done_event, error_event, sse_response, Headers};
 use crate::error::Error;
 use crate::generate::{self, drive, Job, Piece, Running};
 use crate::state::Shared;
-use crate::{tokens, validate};
+use crate::validate;
 
 pub async fn completions(
     State(state): State<Shared>,
@@ -30,7 +30,6 @@ pub async fn completions(
     let started = Instant::now();
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = validate::completion(&body, &validate::Limits::of(&state.settings))?;
-    tokens::ready().await;
     let job = completion_job(
         request.prompt,
         request.suffix,
@@ -64,11 +63,6 @@ pub fn completion_job(
     id_prefix: &'static str,
 ) -> Job {
     let texts = [Some(&prompt), suffix.as_ref(), system.as_ref()];
-    let prompt_tokens = texts
-        .iter()
-        .flatten()
-        .map(|t| tokens::count_text(t))
-        .sum::<u64>();
     let mut hashed = String::new();
     for text in texts.iter().flatten() {
         hashed.push_str(text);
@@ -82,7 +76,6 @@ pub fn completion_job(
             system,
             parameters,
         },
-        prompt_tokens,
         max_tokens,
         stream,
         scopes: vec!["completion".to_owned()],

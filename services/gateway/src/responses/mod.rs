@@ -23,7 +23,7 @@ use crate::generate::{self, drive, Job, Piece, Running};
 use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
 use crate::state::Shared;
-use crate::{tokens, validate};
+use crate::validate;
 
 pub mod convert;
 mod events;
@@ -39,8 +39,6 @@ pub async fn create(
     let started = Instant::now();
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = convert::request(&body, &validate::Limits::of(&state.settings))?;
-    tokens::ready().await;
-    let prompt_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
     let mut scopes = vec!["chat".to_owned()];
     if request.tools.is_some() {
         scopes.push("tools".to_owned());
@@ -52,7 +50,6 @@ pub async fn create(
             messages: request.messages,
             parameters: request.parameters,
         },
-        prompt_tokens,
         max_tokens: request.max_output_tokens,
         stream: request.stream,
         scopes,
