@@ -78,11 +78,11 @@ async def refused(client, tool: str, args: dict) -> str:
     return result.content[0].text
 
 
-async def take(client, within: float = 20.0) -> dict:
-    """Long-polls until a request comes (idle answers are normal)."""
+async def take(client, within: float = 20.0, args: dict | None = None) -> dict:
+    """Long-polls with `args` until a request comes (idle answers are normal)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        got = await call(client, "wait_for_request")
+        got = await call(client, "wait_for_request", args or {})
         if got["status"] == "request":
             return got
         assert got["status"] == "idle", got

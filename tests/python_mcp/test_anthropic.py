@@ -132,7 +132,7 @@ async def test_tool_use_round_trip(claude, model):
                 return stream.get_final_message()
 
         pending = background(second)
-        request = await take(agent)
+        request = await take(agent, args={"full": True})  # the whole conversation, to check its conversion
         messages = request["messages"]
         assert messages[1]["tool_calls"][0]["id"] == "toolu_w1"
         assert json.loads(messages[1]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}

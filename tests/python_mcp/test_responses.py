@@ -116,7 +116,7 @@ async def test_function_tool_round_trip(void, model):
                 return stream.get_final_response()
 
         pending = background(second)
-        request = await take(agent)
+        request = await take(agent, args={"full": True})  # the whole conversation, to check its conversion
         messages = request["messages"]
         assert messages[0] == question[0]
         assert messages[1]["role"] == "assistant" and messages[1]["tool_calls"][0]["id"] == "call_w1"
