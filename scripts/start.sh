@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts mcp-local-provider on this machine, in the foreground, supervised:
-#   - builds the release binaries (cargo build --release --bins);
+#   - builds the three service binaries, release (not the test or bench crates);
 #   - on first run creates the API key (and an admin token) with mode 0600 under
 #     ${LOCAL_PROVIDER_HOME:-~/.config/mcp-local-provider}; they are never printed unless asked;
 #   - loads .env from the repository root (variables already set in the shell win);
@@ -91,8 +91,9 @@ fi
 
 if $build; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (rustup) first"
-    log "building release binaries (the first build takes a few minutes)"
-    cargo build --release --bins
+    log "building the release binaries of gateway, bridge-agent and mcp-bridge (the first build takes a few minutes)"
+    # Only the three services: the test crates (containers, Docker API) would double the build.
+    cargo build --release --locked -p gateway -p bridge-agent -p mcp-bridge --bins
 fi
 for bin in gateway bridge-agent mcp-bridge; do
     [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin not found after the build"
