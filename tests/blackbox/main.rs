@@ -8,6 +8,7 @@ mod clients;
 mod compose;
 mod containers;
 mod mcp_agent;
+mod mcp_tokens;
 mod ollama;
 mod ops;
 mod redis_store;

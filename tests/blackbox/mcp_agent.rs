@@ -26,6 +26,7 @@ async fn pytest(stack: &McpStack, file: &str, extra: BTreeMap<String, String>) {
         .env("MB_MCP_URL", stack.bridge.url("/mcp"))
         .env("MB_PORT", stack.bridge.port.to_string())
         .env("MB_MCP_TOKEN", MCP_TOKEN)
+        .env("MB_MCP_TOKEN_FILE", stack.bridge.mcp_token_file())
         .env("MB_BIN", bin_path("mcp-bridge"))
         .envs(extra);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())

@@ -51,12 +51,13 @@ async def agent_http(mode: str = "legacy"):
 
 @asynccontextmanager
 async def agent_stdio(mode: str = "legacy"):
-    """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does."""
+    """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does, with
+    the token's file named as the README's Cursor entry names it (no copy of the secret)."""
     params = StdioServerParameters(
         command=env("MB_BIN"),
         args=["--stdio"],
         env={"LOCAL_PROVIDER_MCP_BRIDGE_PORT": env("MB_PORT"),
-             "LOCAL_PROVIDER_MCP_HTTP_TOKEN": env("MB_MCP_TOKEN"),
+             "LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE": env("MB_MCP_TOKEN_FILE"),
              "LOCAL_PROVIDER_LOG_LEVEL": "warning"},
     )
     async with Client(params, mode=mode) as client:
