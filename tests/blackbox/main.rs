@@ -3,6 +3,7 @@
 
 mod access;
 mod agent;
+mod audit_log;
 mod chat;
 mod clients;
 mod compose;

@@ -62,6 +62,10 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    // Its audit writer's figures are on /health too.
+    let (_, health) = get(&bridge.url("/health")).await.unwrap();
+    assert_eq!(health["audit"]["enabled"], true, "{health}");
+    assert_eq!(health["audit"]["dropped"], 0, "{health}");
 }
 
 fn initialize(id: u64) -> Value {
