@@ -29,6 +29,8 @@ pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod validate;
+#[cfg(test)]
+mod validate_props;
 
 pub use config::Settings;
 pub use error::Error;

@@ -310,6 +310,103 @@ mod tests {
         );
     }
 
+    /// Runs `test` on `strategy`'s values `PROPTEST_CASES` times (256 by default) and prints how
+    /// many cases ran, for `scripts/proptest-long.sh` to add up.
+    fn check<S: proptest::strategy::Strategy>(
+        name: &str,
+        strategy: S,
+        test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+    ) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        let ran = AtomicU64::new(0);
+        let result = runner.run(&strategy, |value| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            test(value)
+        });
+        println!("property {name}: {} cases", ran.load(Ordering::Relaxed));
+        if let Err(err) = result {
+            panic!("property {name} failed: {err}");
+        }
+    }
+
+    /// `bytes` fed in pieces cut at `cuts` (positions modulo the length).
+    fn feed_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<String> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        at.dedup();
+        let mut sse = SseLines::default();
+        at.windows(2)
+            .flat_map(|w| sse.feed(&bytes[w[0]..w[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn sse_parsing_of_any_bytes_does_not_depend_on_the_pieces() {
+        use proptest::prelude::*;
+        let input = (
+            prop::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    Just(b'\n'),
+                    Just(b'\r'),
+                    Just(b':'),
+                    Just(b'd')
+                ],
+                0..2048,
+            ),
+            prop::collection::vec(any::<usize>(), 0..10),
+        );
+        check("sse_any_bytes", input, |(bytes, cuts)| {
+            prop_assert_eq!(feed_in_pieces(&bytes, &[]), feed_in_pieces(&bytes, &cuts));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sse_events_come_back_as_sent() {
+        use proptest::prelude::*;
+        // Each event: data lines (no line breaks inside), maybe comments, `id:` and `event:`
+        // fields, CRLF or LF line ends.
+        let event = (
+            prop::collection::vec("[^\r\n]{0,40}", 1..4),
+            any::<bool>(),
+            any::<bool>(),
+        );
+        let input = (
+            prop::collection::vec(event, 0..6),
+            prop::collection::vec(any::<usize>(), 0..10),
+        );
+        check("sse_events_round_trip", input, |(events, cuts)| {
+            let mut wire = String::new();
+            let mut expected = Vec::new();
+            for (data, crlf, extras) in &events {
+                let end = if *crlf { "\r\n" } else { "\n" };
+                if *extras {
+                    wire.push_str(&format!(
+                        ": keep-alive{end}{end}id: 7{end}event: message{end}"
+                    ));
+                }
+                for line in data {
+                    wire.push_str(&format!("data: {line}{end}"));
+                }
+                wire.push_str(end);
+                expected.push(data.join("\n"));
+            }
+            prop_assert_eq!(feed_in_pieces(wire.as_bytes(), &cuts), expected);
+            Ok(())
+        });
+    }
+
     #[test]
     fn url_for_any_bind_address() {
         let mut c = Config::from_vars(vec![]).unwrap();
