@@ -6,6 +6,7 @@ and gateway and run these files with the addresses below in the environment.
 """
 import json
 import os
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -17,10 +18,20 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 
+def missing_dependency(what: str, how: str) -> None:
+    """The rule of every suite: when CI is set to anything but false/0 a missing dependency fails
+    the test; otherwise the test is skipped, loudly."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "false", "0"):
+        pytest.fail(f"{what} is missing ({how}); CI is set, so this is a failure, not a skip")
+    print(f"\n********** SKIPPED: {what} is missing ({how}) **********", file=sys.stderr)
+    pytest.skip(f"{what} is missing ({how})")
+
+
 def env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: run these tests through `scripts/test.sh`")
+        missing_dependency(f"the variable {name} (the running services)",
+                           "run these tests through `scripts/test.sh`, which starts them")
     return value
 
 

@@ -10,4 +10,5 @@ pub mod ipc_client;
 pub mod mcp_stack;
 pub mod peer;
 pub mod redis;
+pub mod skip;
 pub mod stack;

@@ -226,24 +226,11 @@ impl McpStack {
     }
 }
 
-/// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it);
-/// `None` (with a message) outside CI when it is missing, a failure in CI.
+/// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it), or
+/// `None` when it or its packages are missing (a failure under CI: [`crate::skip`]).
 pub fn test_python() -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidate = std::env::var_os("LOCAL_PROVIDER_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".venv/bin/python"));
-    if candidate.is_file() {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing; scripts/setup-test-deps.sh creates it",
-        candidate.display()
-    );
-    eprintln!(
-        "no Python test environment at {}: the MCP agent tests did not run (run scripts/setup-test-deps.sh)",
-        candidate.display()
-    );
-    None
+    crate::skip::python(
+        "the Python client tests",
+        &["openai", "ollama", "mcp", "pytest"],
+    )
 }
