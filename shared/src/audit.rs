@@ -157,7 +157,7 @@ impl Audit {
                 let before = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("audit_log_lines_dropped_total").increment(1);
                 // One log line per thousand drops: the counter has the exact figure.
-                if before % 1000 == 0 {
+                if before.is_multiple_of(1000) {
                     tracing::error!(
                         event,
                         dropped = before + 1,

@@ -250,7 +250,7 @@ fn ipc_decoder_takes_any_bytes_in_any_pieces() {
         prop::collection::vec(any::<usize>(), 0..8),
     );
     check("ipc_any_bytes", input, |(bytes, cuts)| {
-        let whole = decode_all(&[bytes.clone()]);
+        let whole = decode_all(std::slice::from_ref(&bytes));
         let split = decode_all(&pieces(&bytes, &cuts));
         prop_assert_eq!(whole, split);
         Ok(())
