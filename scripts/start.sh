@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts mcp-local-provider on this machine, in the foreground, supervised:
-#   - builds the release binaries (cargo build --release --bins);
-#   - on first run creates the API key (and an admin token) with mode 0600 under
+#   - builds the three service binaries, release (not the test or bench crates);
+#   - on first run creates the API key, an admin token, the bridge token (bridge-agent's
+#     WebSocket to mcp-bridge) and the MCP token (/mcp) with mode 0600 under
 #     ${LOCAL_PROVIDER_HOME:-~/.config/mcp-local-provider}; they are never printed unless asked;
 #   - loads .env from the repository root (variables already set in the shell win);
 #   - runs mcp-bridge (the Cursor-facing MCP server on :8787), bridge-agent and gateway,
@@ -91,8 +92,9 @@ fi
 
 if $build; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (rustup) first"
-    log "building release binaries (the first build takes a few minutes)"
-    cargo build --release --bins
+    log "building the release binaries of gateway, bridge-agent and mcp-bridge (the first build takes a few minutes)"
+    # Only the three services: the test crates (containers, Docker API) would double the build.
+    cargo build --release --locked -p gateway -p bridge-agent -p mcp-bridge --bins
 fi
 for bin in gateway bridge-agent mcp-bridge; do
     [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin not found after the build"
@@ -134,6 +136,40 @@ if [[ -z ${LOCAL_PROVIDER_ADMIN_TOKEN:-} ]]; then
     LOCAL_PROVIDER_ADMIN_TOKEN=$(<"$admin_file")
     export LOCAL_PROVIDER_ADMIN_TOKEN
 fi
+
+# The agent side's two doors: bridge-agent's WebSocket to mcp-bridge (bridge_token, used by both)
+# and MCP clients on /mcp (mcp_http_token, used by mcp-bridge and `mcp-bridge --stdio`). Created
+# once and handed over by path, never printed; the caller's own token or file wins. With
+# LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN=true none is made and mcp-bridge serves without (warning).
+# Sets $1_FILE to a token file unless $1 or $1_FILE is given; prints the file used.
+agent_side_token() {
+    local var=$1 name=$2 file_var="$1_FILE" file
+    if [[ -n ${!var:-} ]]; then
+        return 0
+    fi
+    if [[ -n ${!file_var:-} ]]; then
+        [[ -r ${!file_var} ]] || die "$file_var=${!file_var} is not readable"
+        printf '%s' "${!file_var}"
+        return 0
+    fi
+    file=$home_dir/$name
+    if [[ ! -s $file ]]; then
+        new_secret "$file"
+        log "created a new ${name//_/ } in $file"
+    fi
+    chmod 600 -- "$file"
+    printf '%s' "$file"
+}
+bridge_token_file='' mcp_token_file=''
+case ${LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN:-false} in
+1 | [Tt]rue | [Yy]es | [Oo]n) log "LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN is set: no token is made for mcp-bridge" ;;
+*)
+    bridge_token_file=$(agent_side_token LOCAL_PROVIDER_MCP_BRIDGE_TOKEN bridge_token)
+    mcp_token_file=$(agent_side_token LOCAL_PROVIDER_MCP_HTTP_TOKEN mcp_http_token)
+    if [[ -n $bridge_token_file ]]; then export LOCAL_PROVIDER_MCP_BRIDGE_TOKEN_FILE=$bridge_token_file; fi
+    if [[ -n $mcp_token_file ]]; then export LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE=$mcp_token_file; fi
+    ;;
+esac
 
 export LOCAL_PROVIDER_AUDIT_LOG=${LOCAL_PROVIDER_AUDIT_LOG:-$logs_dir/security_audit.log}
 mkdir -p -- "$(dirname -- "$LOCAL_PROVIDER_AUDIT_LOG")"
@@ -298,6 +334,12 @@ say "  Audit log   $LOCAL_PROVIDER_AUDIT_LOG"
 say "  Logs        $logs_dir/"
 say "  MCP bridge  ${LOCAL_PROVIDER_MCP_BRIDGE_URL:-ws://127.0.0.1:8787} (bridge-agent restarts until it is reachable)"
 say "  Cursor MCP  http://127.0.0.1:$mcp_port/mcp  (or: $bin_dir/mcp-bridge --stdio); health http://127.0.0.1:$mcp_port/health"
+if [[ -n $mcp_token_file ]]; then
+    say "  MCP token   $(printf '%q' "$mcp_token_file") (stdio: LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE=that path; see README, Connect Cursor)"
+fi
+if [[ -n $bridge_token_file ]]; then
+    say "  Bridge token $(printf '%q' "$bridge_token_file") (bridge-agent and mcp-bridge)"
+fi
 say "  MCP audit   $LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG"
 say ""
 

@@ -95,6 +95,7 @@ foreach ($exe in @($GatewayExe, $BridgeExe)) {
 $LogDir = Join-Path $DataDir "logs"
 $RunDir = Join-Path $DataDir "run"
 $KeyFile = Join-Path $DataDir "api_key"
+$BridgeTokenFile = Join-Path $DataDir "bridge_token"
 $EnvFile = Join-Path $DataDir "env"
 $Socket = Join-Path $RunDir "bridge.sock"
 foreach ($dir in @($DataDir, $LogDir, $RunDir)) {
@@ -106,18 +107,21 @@ foreach ($dir in @($LogDir, $RunDir)) {
     if ($LASTEXITCODE -ne 0) { throw "icacls on $dir failed" }
 }
 
-# API key: created once, never printed. Only SYSTEM, Administrators and the service account
-# may read it (the Windows counterpart of mode 0600).
-if (-not (Test-Path -LiteralPath $KeyFile)) {
-    $key = (& $GatewayExe generate-api-key | Out-String).Trim()
-    if ($LASTEXITCODE -ne 0 -or $key.Length -lt 64) {
-        throw "gateway.exe generate-api-key did not produce a key of 64+ characters"
+# API key and bridge token (the bearer mcp-bridge requires of bridge-agent): created once, never
+# printed. Only SYSTEM, Administrators and the service account may read them (the Windows
+# counterpart of mode 0600).
+foreach ($secretFile in @($KeyFile, $BridgeTokenFile)) {
+    if (-not (Test-Path -LiteralPath $secretFile)) {
+        $secret = (& $GatewayExe generate-api-key | Out-String).Trim()
+        if ($LASTEXITCODE -ne 0 -or $secret.Length -lt 64) {
+            throw "gateway.exe generate-api-key did not produce a secret of 64+ characters"
+        }
+        [System.IO.File]::WriteAllText($secretFile, $secret)
+        Write-Host "created $secretFile (read it with: Get-Content '$secretFile')"
     }
-    [System.IO.File]::WriteAllText($KeyFile, $key)
-    Write-Host "created API key file $KeyFile (read it with: Get-Content '$KeyFile')"
+    & icacls.exe $secretFile /inheritance:r /grant:r "SYSTEM:F" "Administrators:F" "${ServiceAccount}:R" | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "icacls on $secretFile failed" }
 }
-& icacls.exe $KeyFile /inheritance:r /grant:r "SYSTEM:F" "Administrators:F" "${ServiceAccount}:R" | Out-Null
-if ($LASTEXITCODE -ne 0) { throw "icacls on $KeyFile failed" }
 
 # Site settings from the optional env file (KEY=VALUE, # comments), added after the defaults
 # below so that they win (NSSM applies AppEnvironmentExtra in order).
@@ -146,6 +150,7 @@ $services = @(
         Log         = "bridge-agent"
         Env         = $common + @(
             "LOCAL_PROVIDER_MCP_BRIDGE_URL=$McpBridgeUrl",
+            "LOCAL_PROVIDER_MCP_BRIDGE_TOKEN_FILE=$BridgeTokenFile",
             "LOCAL_PROVIDER_BRIDGE_AGENT_HOST=127.0.0.1",
             "LOCAL_PROVIDER_BRIDGE_AGENT_PORT=8789"
         )
@@ -215,4 +220,5 @@ Write-Host "mcp-local-provider is running."
 Write-Host "  Base URL : http://127.0.0.1:8788/v1   (model: cursor-agent-local)"
 Write-Host "  Health   : http://127.0.0.1:8788/health"
 Write-Host "  API key  : Get-Content '$KeyFile'"
+Write-Host "  Bridge token (give mcp-bridge the same: LOCAL_PROVIDER_MCP_BRIDGE_TOKEN_FILE): $BridgeTokenFile"
 Write-Host "  Logs     : $LogDir"

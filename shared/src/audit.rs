@@ -1,16 +1,77 @@
 //! The security audit log of the gateway and mcp-bridge: JSON lines (`timestamp`, `event_type`,
 //! `source`, then the event's fields), appended by one writer task so requests never wait on disk.
 //! It records who and what, never a key, a token or a prompt (only their digests).
+//!
+//! The writer rotates the file by size (`AUDIT_LOG_MAX_BYTES`, keeping `AUDIT_LOG_BACKUPS` old
+//! files as `<name>.1` … `<name>.N`) and reopens it on SIGHUP, for an external logrotate. Its
+//! queue holds [`QUEUE_LINES`] lines: past that (the disk stalled for that long), new lines are
+//! dropped rather than making requests wait, counted in `audit_log_lines_dropped_total` and in
+//! [`AuditStats::dropped`] (shown by `/health`), and logged.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Lines the writer may fall behind by before new ones are dropped.
+pub const QUEUE_LINES: usize = 10_000;
+/// `AUDIT_LOG_MAX_BYTES`'s default: 10 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// `AUDIT_LOG_BACKUPS`'s default.
+pub const DEFAULT_BACKUPS: u32 = 5;
+
+/// When the writer starts a new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate before a write would take the file past this size; 0 never rotates.
+    pub max_bytes: u64,
+    /// Old files kept; 0 starts the file afresh on rotation.
+    pub backups: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: DEFAULT_MAX_BYTES,
+            backups: DEFAULT_BACKUPS,
+        }
+    }
+}
+
+/// What the writer has done so far, for `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditStats {
+    /// Whether an audit log is written at all.
+    pub enabled: bool,
+    /// Lines waiting for the writer now.
+    pub queued: u64,
+    /// Most lines that may wait ([`QUEUE_LINES`]).
+    pub capacity: u64,
+    /// Lines dropped because the queue was full.
+    pub dropped: u64,
+    pub written: u64,
+    pub write_errors: u64,
+    pub rotations: u64,
+    pub reopens: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped: AtomicU64,
+    written: AtomicU64,
+    write_errors: AtomicU64,
+    rotations: AtomicU64,
+    reopens: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct Audit {
-    tx: Option<mpsc::UnboundedSender<String>>,
+    tx: Option<mpsc::Sender<String>>,
+    counters: Arc<Counters>,
     /// The service writing, as `source` in every line.
     source: &'static str,
 }
@@ -28,32 +89,59 @@ impl AuditWriter {
     }
 }
 
+/// Registers the audit metrics' descriptions (once per process is enough; repeats are harmless).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "audit_log_lines_dropped_total",
+        "Audit lines dropped because the writer's queue was full (the disk stalled)"
+    );
+    metrics::describe_counter!(
+        "audit_log_rotations_total",
+        "Audit log files rotated by size"
+    );
+    metrics::describe_counter!(
+        "audit_log_write_errors_total",
+        "Failed writes, rotations or reopens of the audit log"
+    );
+    metrics::describe_gauge!(
+        "audit_log_queue_lines",
+        "Audit lines waiting for the writer"
+    );
+}
+
 impl Audit {
     /// `source`'s audit log appending to `path` (created 0600, parent directories made), or none.
     pub async fn open(
         path: Option<&Path>,
         source: &'static str,
+        rotation: Rotation,
     ) -> std::io::Result<(Audit, AuditWriter)> {
+        let counters = Arc::new(Counters::default());
         let Some(path) = path else {
-            return Ok((Audit { tx: None, source }, AuditWriter { task: None }));
+            let audit = Audit {
+                tx: None,
+                counters,
+                source,
+            };
+            return Ok((audit, AuditWriter { task: None }));
         };
-        let file = open_append(path).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let file = LogFile::open(path.to_owned(), rotation).await?;
+        let (tx, rx) = mpsc::channel(QUEUE_LINES);
         let span = tracing::info_span!("audit_writer", path = %path.display());
         let task = tokio::spawn(tracing::Instrument::instrument(
-            write_lines(file, rx, path.to_owned()),
+            write_lines(file, rx, counters.clone()),
             span,
         ));
-        Ok((
-            Audit {
-                tx: Some(tx),
-                source,
-            },
-            AuditWriter { task: Some(task) },
-        ))
+        let audit = Audit {
+            tx: Some(tx),
+            counters,
+            source,
+        };
+        Ok((audit, AuditWriter { task: Some(task) }))
     }
 
-    /// Records `event` with its fields, a timestamp and the source.
+    /// Records `event` with its fields, a timestamp and the source. Never waits: with the queue
+    /// full the line is dropped and counted.
     pub fn record(&self, event: &str, fields: Value) {
         let Some(tx) = &self.tx else { return };
         let mut line = Map::new();
@@ -63,7 +151,45 @@ impl Audit {
         if let Value::Object(fields) = fields {
             line.extend(fields);
         }
-        let _ = tx.send(Value::Object(line).to_string());
+        match tx.try_send(Value::Object(line).to_string()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let before = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("audit_log_lines_dropped_total").increment(1);
+                // One log line per thousand drops: the counter has the exact figure.
+                if before.is_multiple_of(1000) {
+                    tracing::error!(
+                        event,
+                        dropped = before + 1,
+                        "audit queue full ({QUEUE_LINES} lines): the audit line is dropped"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// The writer's figures.
+    pub fn stats(&self) -> AuditStats {
+        let c = &self.counters;
+        let queued = self
+            .tx
+            .as_ref()
+            .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as u64);
+        AuditStats {
+            enabled: self.tx.is_some(),
+            queued,
+            capacity: if self.tx.is_some() {
+                QUEUE_LINES as u64
+            } else {
+                0
+            },
+            dropped: c.dropped.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            rotations: c.rotations.load(Ordering::Relaxed),
+            reopens: c.reopens.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -73,30 +199,259 @@ pub fn timestamp() -> String {
         .unwrap_or_default()
 }
 
-async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let mut options = tokio::fs::OpenOptions::new();
-    options.create(true).append(true).mode(0o600);
-    options.open(path).await
+/// The open file, its size, and where its rotated copies go.
+struct LogFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    size: u64,
+    rotation: Rotation,
 }
 
-async fn write_lines(
-    mut file: tokio::fs::File,
-    mut rx: mpsc::UnboundedReceiver<String>,
-    path: PathBuf,
-) {
-    while let Some(mut line) = rx.recv().await {
-        line.push('\n');
+impl LogFile {
+    async fn open(path: PathBuf, rotation: Rotation) -> std::io::Result<LogFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true).append(true).mode(0o600);
+        let file = options.open(&path).await?;
+        let size = file.metadata().await?.len();
+        Ok(LogFile {
+            path,
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    /// The name of the `n`th old file.
+    fn backup(&self, n: u32) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Moves `<name>` to `<name>.1` (shifting the older ones, dropping the oldest) and opens a
+    /// fresh `<name>`.
+    async fn rotate(&mut self) -> std::io::Result<()> {
+        let _ = self.file.flush().await;
+        let backups = self.rotation.backups;
+        if backups == 0 {
+            tokio::fs::remove_file(&self.path).await?;
+        } else {
+            for n in (1..backups).rev() {
+                match tokio::fs::rename(self.backup(n), self.backup(n + 1)).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            tokio::fs::rename(&self.path, self.backup(1)).await?;
+        }
+        self.reopen().await
+    }
+
+    /// Opens `<name>` again (created if logrotate moved it away).
+    async fn reopen(&mut self) -> std::io::Result<()> {
+        *self = LogFile::open(self.path.clone(), self.rotation).await?;
+        Ok(())
+    }
+
+    /// Appends `bytes`, rotating first when they would take the file past the limit (a batch
+    /// larger than the limit still goes whole into a fresh file: lines are never cut). True when
+    /// it rotated.
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        let limit = self.rotation.max_bytes;
+        let rotate = limit > 0 && self.size > 0 && self.size + bytes.len() as u64 > limit;
+        if rotate {
+            self.rotate().await?;
+            tracing::info!(path = %self.path.display(), "audit log rotated");
+        }
+        self.file.write_all(bytes).await?;
+        self.file.flush().await?;
+        self.size += bytes.len() as u64;
+        Ok(rotate)
+    }
+}
+
+async fn write_lines(mut file: LogFile, mut rx: mpsc::Receiver<String>, counters: Arc<Counters>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; the audit log is not reopened on it");
+            None
+        }
+    };
+    loop {
+        let first = tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => line,
+                None => break,
+            },
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                match file.reopen().await {
+                    Ok(()) => {
+                        counters.reopens.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(path = %file.path.display(), "SIGHUP: audit log reopened");
+                    }
+                    Err(err) => {
+                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("audit_log_write_errors_total").increment(1);
+                        tracing::error!(path = %file.path.display(), %err, "SIGHUP: cannot reopen the audit log");
+                    }
+                }
+                continue;
+            }
+        };
+        let mut batch = first;
+        batch.push('\n');
+        let mut lines = 1u64;
         // Batch what is already queued into one write.
         while let Ok(more) = rx.try_recv() {
-            line.push_str(&more);
-            line.push('\n');
+            batch.push_str(&more);
+            batch.push('\n');
+            lines += 1;
         }
-        if let Err(err) = file.write_all(line.as_bytes()).await {
-            tracing::error!(path = %path.display(), %err, "cannot write the audit log");
+        match file.write(batch.as_bytes()).await {
+            Ok(rotated) => {
+                counters.written.fetch_add(lines, Ordering::Relaxed);
+                if rotated {
+                    counters.rotations.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("audit_log_rotations_total").increment(1);
+                }
+            }
+            Err(err) => {
+                counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("audit_log_write_errors_total").increment(1);
+                tracing::error!(path = %file.path.display(), %err, "cannot write the audit log");
+            }
         }
-        let _ = file.flush().await;
+        metrics::gauge!("audit_log_queue_lines").set((rx.max_capacity() - rx.capacity()) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rotates_by_size_keeping_the_configured_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs").join("audit.log");
+        let rotation = Rotation {
+            max_bytes: 400,
+            backups: 2,
+        };
+        let (audit, writer) = Audit::open(Some(&path), "test", rotation).await.unwrap();
+        for n in 0..40 {
+            audit.record("event", json!({"n": n}));
+            // One line per write, so each rotation point is exercised.
+            while audit.stats().queued > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let stats = audit.stats();
+        drop(audit);
+        writer.finish().await;
+        assert_eq!(
+            (stats.written, stats.dropped, stats.write_errors),
+            (40, 0, 0)
+        );
+        assert!(stats.rotations >= 4, "{stats:?}");
+        let backup = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+        assert!(backup(1).exists() && backup(2).exists() && !backup(3).exists());
+        for file in [path.clone(), backup(1), backup(2)] {
+            let size = std::fs::metadata(&file).unwrap().len();
+            assert!(
+                size > 0 && size <= 400,
+                "{} is {size} bytes",
+                file.display()
+            );
+        }
+        // The newest lines are in the live file, in order, and the backups precede them.
+        let mut all = lines(&backup(2));
+        all.extend(lines(&backup(1)));
+        all.extend(lines(&path));
+        let numbers: Vec<u64> = all.iter().map(|v| v["n"].as_u64().unwrap()).collect();
+        assert_eq!(numbers.last(), Some(&39));
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn no_backups_starts_afresh_and_zero_never_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let fresh = Rotation {
+            max_bytes: 200,
+            backups: 0,
+        };
+        let (audit, writer) = Audit::open(Some(&path), "test", fresh).await.unwrap();
+        for n in 0..20 {
+            audit.record("event", json!({"n": n}));
+            while audit.stats().queued > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(audit);
+        writer.finish().await;
+        assert!(std::fs::metadata(&path).unwrap().len() <= 200);
+        assert!(!PathBuf::from(format!("{}.1", path.display())).exists());
+
+        let never = Rotation {
+            max_bytes: 0,
+            backups: 5,
+        };
+        let (audit, writer) = Audit::open(Some(&path), "test", never).await.unwrap();
+        for n in 0..50 {
+            audit.record("event", json!({"n": n}));
+        }
+        drop(audit);
+        writer.finish().await;
+        assert!(lines(&path).len() >= 50);
+        assert!(!PathBuf::from(format!("{}.1", path.display())).exists());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(Some(&path), "test", Rotation::default())
+            .await
+            .unwrap();
+        // On one thread the writer cannot run while this loop does: the queue fills.
+        let extra = 25;
+        for n in 0..QUEUE_LINES + extra {
+            audit.record("event", json!({"n": n}));
+        }
+        let stats = audit.stats();
+        assert_eq!(stats.queued, QUEUE_LINES as u64, "{stats:?}");
+        assert_eq!(stats.dropped, extra as u64, "{stats:?}");
+        drop(audit);
+        writer.finish().await;
+        assert_eq!(lines(&path).len(), QUEUE_LINES);
+    }
+
+    #[tokio::test]
+    async fn no_path_records_nothing() {
+        let (audit, writer) = Audit::open(None, "test", Rotation::default())
+            .await
+            .unwrap();
+        audit.record("event", json!({}));
+        assert_eq!(audit.stats(), AuditStats::default());
+        writer.finish().await;
     }
 }

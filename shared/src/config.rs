@@ -44,10 +44,13 @@ pub const KNOWN_VARS: &[&str] = &[
     "STORE_TIMEOUT",
     "STORE_FAILURE_POLICY",
     "AUDIT_LOG",
+    "AUDIT_LOG_MAX_BYTES",
+    "AUDIT_LOG_BACKUPS",
     "ALLOWED_ORIGINS",
     "BRIDGE_SOCKET",
     "MCP_BRIDGE_URL",
     "MCP_BRIDGE_TOKEN",
+    "MCP_BRIDGE_TOKEN_FILE",
     "AGENT_ID",
     "CONNECTION_TIMEOUT",
     "HEARTBEAT_INTERVAL",
@@ -58,6 +61,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "MCP_BRIDGE_HOST",
     "MCP_BRIDGE_PORT",
     "MCP_HTTP_TOKEN",
+    "MCP_HTTP_TOKEN_FILE",
+    "MCP_ALLOW_NO_TOKEN",
     "MCP_BRIDGE_AUDIT_LOG",
     "MCP_SAMPLING",
     "MCP_DELTAS",
@@ -291,6 +296,42 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The secret `LOCAL_PROVIDER_<var>`, or the contents of the file `LOCAL_PROVIDER_<var>_FILE`
+/// names (one line; container secrets and `scripts/start.sh`'s files), never both. An empty value
+/// means none, as an unset variable does; an unreadable or empty file is an error.
+pub fn secret_or_file(
+    var: &str,
+    value: Option<Secret>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let value = value.filter(|v| !v.0.is_empty());
+    let file_var = format!("{var}_FILE");
+    match (value, file.filter(|f| !f.as_os_str().is_empty())) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            var,
+            format!("set only one of {PREFIX}{var} and {PREFIX}{file_var}"),
+        )),
+        (Some(value), None) => Ok(Some(value)),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(&file_var, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let secret = text.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(ConfigError::new(
+                    &file_var,
+                    format!(
+                        "{} is empty; expected the secret on one line",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(Some(Secret(secret.to_owned())))
+        }
+    }
+}
+
 /// True when `host` is a loopback address or `localhost`.
 pub fn is_loopback_host(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
@@ -365,6 +406,31 @@ mod tests {
         );
         let err = from_vars::<Sample>(vars(&[("VERBOSE", "maybe")])).unwrap_err();
         assert!(err.message.contains("true or false"));
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_its_file() {
+        let dir = std::env::temp_dir().join(format!("secret-or-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let given = |v: &str| Some(Secret(v.to_owned()));
+        assert_eq!(secret_or_file("T", None, None).unwrap(), None);
+        assert_eq!(secret_or_file("T", given(""), None).unwrap(), None);
+        assert_eq!(secret_or_file("T", given("v"), None).unwrap(), given("v"));
+        assert_eq!(
+            secret_or_file("T", None, Some(&file)).unwrap(),
+            given("from-file")
+        );
+        let err = secret_or_file("T", given("v"), Some(&file)).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_T");
+        assert!(err.message.contains("LOCAL_PROVIDER_T_FILE"), "{err}");
+        let err = secret_or_file("T", None, Some(&dir.join("missing"))).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_T_FILE");
+        std::fs::write(&file, "\n").unwrap();
+        let err = secret_or_file("T", None, Some(&file)).unwrap_err();
+        assert!(err.message.contains("empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

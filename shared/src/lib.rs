@@ -8,6 +8,8 @@ pub mod config;
 pub mod digest;
 pub mod ipc;
 pub mod probe;
+#[cfg(test)]
+mod props;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -2,10 +2,12 @@
 //! cap, validation, sessions and the admin routes.
 use std::time::Duration;
 
-use integration_tests::harness::free_port;
+use integration_tests::harness::{free_port, wait_for};
 use integration_tests::redis::Backend;
 use integration_tests::stack::{chat_body, GatewayProc, Stack, ADMIN, KEY, MODEL};
 use serde_json::{json, Value};
+
+use crate::SOON;
 
 async fn error_of(resp: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
     let status = resp.status().as_u16();
@@ -167,10 +169,13 @@ pub async fn tokens_per_minute_reserve_max_tokens_until_the_answer_on(store: Bac
             .unwrap()
             < 600
     );
-    // Once the held request ends, what it did not use comes back.
+    // Once the held request ends, what it did not use comes back (a refused try reserves
+    // nothing, so trying again until it fits waits on exactly that).
     drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gw.chat(next).await.status(), 200);
+    wait_for(SOON, "the held reservation given back", || async {
+        (gw.chat(next.clone()).await.status() == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -183,12 +188,12 @@ async fn past_the_concurrency_cap_a_503_with_retry_after() {
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "server_overloaded");
     assert!(headers.contains_key("retry-after"));
+    // The slot frees when the held stream ends; a refused try takes none.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        stack.gateway.chat(chat_body("third", false)).await.status(),
-        200
-    );
+    wait_for(SOON, "the held slot freed", || async {
+        (stack.gateway.chat(chat_body("third", false)).await.status() == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -3,30 +3,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use integration_tests::mcp_stack::test_python;
 use integration_tests::stack::{GatewayProc, Stack, KEY, MODEL};
 use provider_shared::bridge::Payload;
 
-/// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it).
-fn python() -> Option<PathBuf> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidate = std::env::var_os("LOCAL_PROVIDER_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".venv/bin/python"));
-    if candidate.is_file() {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing; scripts/setup-test-deps.sh creates it",
-        candidate.display()
-    );
-    eprintln!("no Python test environment at {}: the OpenAI SDK tests did not run (run scripts/setup-test-deps.sh)", candidate.display());
-    None
-}
-
 #[tokio::test]
 async fn openai_and_ollama_python_clients() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let stack = Stack::start().await;
     let limited = GatewayProc::new(&stack.agent.socket)
         .env("RATE_LIMIT_RPM", 1)

@@ -153,32 +153,11 @@ async fn a_killed_bridge_agent_container_degrades_the_gateway_until_it_is_restar
     assert_eq!(pair.gateway.inspect()["RestartCount"], 0);
 }
 
-/// The Redis store landed separately from the images; a gateway without it refuses
-/// `SESSION_STORE=redis` at start-up, naming the variable. Asks the image's own binary (its
-/// `healthcheck` parses the same settings) and returns that refusal, if any.
-fn redis_store_missing(gateway_image: &str) -> Option<String> {
-    let out = std::process::Command::new("docker")
-        .args(["run", "--rm", "--network", "none"])
-        .args(["-e", "LOCAL_PROVIDER_SESSION_STORE=redis"])
-        .args(["-e", "LOCAL_PROVIDER_REDIS_URL=redis://redis:6379/0"])
-        .args(["-e", &format!("LOCAL_PROVIDER_API_KEY={KEY}")])
-        .args([gateway_image, "healthcheck"])
-        .output()
-        .unwrap_or_else(|e| panic!("docker run: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code() == Some(2) && stderr.contains("LOCAL_PROVIDER_SESSION_STORE"))
-        .then(|| stderr.trim().to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateway_containers_on_one_redis_enforce_one_rate_limit() {
     let Some(docker) = docker("containers::redis").await else {
         return;
     };
-    if let Some(missing) = redis_store_missing(docker.image("GATEWAY_IMAGE")) {
-        eprintln!("SKIPPED containers::redis: this gateway build has no Redis store: {missing}");
-        return;
-    }
     let scene = Scene::new(docker);
     let (redis, peer) = tokio::join!(scene.redis(), scene.peer());
     let _agent = scene

@@ -4,11 +4,13 @@
 mod access;
 mod agent;
 mod api_shapes;
+mod audit_log;
 mod chat;
 mod clients;
 mod compose;
 mod containers;
 mod mcp_agent;
+mod mcp_tokens;
 mod messages_api;
 mod ollama;
 mod ops;

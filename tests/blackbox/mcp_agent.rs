@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use integration_tests::harness::{bin_path, get};
+use integration_tests::harness::{bin_path, get, wait_for};
 use integration_tests::mcp_stack::{
     test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
 };
@@ -26,6 +26,7 @@ pub(crate) async fn pytest(stack: &McpStack, file: &str, extra: BTreeMap<String,
         .env("MB_MCP_URL", stack.bridge.url("/mcp"))
         .env("MB_PORT", stack.bridge.port.to_string())
         .env("MB_MCP_TOKEN", MCP_TOKEN)
+        .env("MB_MCP_TOKEN_FILE", stack.bridge.mcp_token_file())
         .env("MB_BIN", bin_path("mcp-bridge"))
         .envs(extra);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
@@ -215,17 +216,15 @@ async fn a_client_that_declares_sampling_answers_when_sampling_is_on() {
     if test_python().is_none() {
         return;
     }
-    let stack = McpStack::start_with(|b| b.env("LOCAL_PROVIDER_MCP_SAMPLING", "true"), |g| g).await;
+    let stack = McpStack::start_with(|b| b.env("MCP_SAMPLING", "true"), |g| g).await;
     pytest(&stack, "test_sampling.py", BTreeMap::new()).await;
     // Every sampling client left with its session, so none is used any more; nothing is left.
-    let deadline = tokio::time::Instant::now() + SOON;
-    let health = loop {
-        let (_, health) = get(&stack.bridge.url("/health")).await.unwrap();
-        if health["sampling_clients"] == 0 || tokio::time::Instant::now() > deadline {
-            break health;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let url = stack.bridge.url("/health");
+    let health = wait_for(SOON, "no sampling client left", || async {
+        let (_, health) = get(&url).await.ok()?;
+        (health["sampling_clients"] == 0).then_some(health)
+    })
+    .await;
     assert_eq!(health["sampling_clients"], 0, "{health}");
     assert_eq!(health["queue_depth"], 0, "{health}");
     assert_eq!(health["leased"], 0, "{health}");

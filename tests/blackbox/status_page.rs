@@ -173,6 +173,12 @@ async fn the_page_follows_the_chain_through_real_transitions_in_chromium() {
         "recent errors: {:?}",
         browser.text("errors").await
     );
+    // The audit writer's figures: its bounded queue, nothing dropped.
+    browser
+        .wait_text("audit-value", "the audit writer's figures", SEEN, |t| {
+            t.contains("dropped 0") && t.contains("capacity")
+        })
+        .await;
     browser.screenshot(&screenshot_path()).await;
     eprintln!("status page screenshot: {}", screenshot_path().display());
 
@@ -187,7 +193,8 @@ async fn the_json_is_for_loopback_clients_or_the_admin_token_when_bound_elsewher
     let stack = Stack::start().await;
     let (status, body) = get(&stack.gateway.url("/status.json")).await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body["audit"].is_null(), "the audit spot is there: {body}");
+    assert_eq!(body["audit"]["enabled"], true, "{body}");
+    assert_eq!(body["audit"]["dropped"], 0, "{body}");
     let page = http()
         .get(stack.gateway.url("/status"))
         .send()

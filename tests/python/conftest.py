@@ -4,15 +4,26 @@ The Rust black-box test `clients::openai_python_sdk` starts the real gateway and
 with a scripted bridge peer and runs these tests with the addresses below in the environment.
 """
 import os
+import sys
 
 import openai
 import pytest
 
 
+def missing_dependency(what: str, how: str) -> None:
+    """The rule of every suite: when CI is set to anything but false/0 a missing dependency fails
+    the test; otherwise the test is skipped, loudly."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "false", "0"):
+        pytest.fail(f"{what} is missing ({how}); CI is set, so this is a failure, not a skip")
+    print(f"\n********** SKIPPED: {what} is missing ({how}) **********", file=sys.stderr)
+    pytest.skip(f"{what} is missing ({how})")
+
+
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: run these tests through `scripts/test.sh`")
+        missing_dependency(f"the variable {name} (the running services)",
+                           "run these tests through `scripts/test.sh`, which starts them")
     return value
 
 

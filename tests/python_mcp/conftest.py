@@ -6,6 +6,7 @@ and gateway and run these files with the addresses below in the environment.
 """
 import json
 import os
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -17,10 +18,20 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 
+def missing_dependency(what: str, how: str) -> None:
+    """The rule of every suite: when CI is set to anything but false/0 a missing dependency fails
+    the test; otherwise the test is skipped, loudly."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "false", "0"):
+        pytest.fail(f"{what} is missing ({how}); CI is set, so this is a failure, not a skip")
+    print(f"\n********** SKIPPED: {what} is missing ({how}) **********", file=sys.stderr)
+    pytest.skip(f"{what} is missing ({how})")
+
+
 def env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: run these tests through `scripts/test.sh`")
+        missing_dependency(f"the variable {name} (the running services)",
+                           "run these tests through `scripts/test.sh`, which starts them")
     return value
 
 
@@ -51,12 +62,13 @@ async def agent_http(mode: str = "legacy"):
 
 @asynccontextmanager
 async def agent_stdio(mode: str = "legacy"):
-    """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does."""
+    """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does, with
+    the token's file named as the README's Cursor entry names it (no copy of the secret)."""
     params = StdioServerParameters(
         command=env("MB_BIN"),
         args=["--stdio"],
         env={"LOCAL_PROVIDER_MCP_BRIDGE_PORT": env("MB_PORT"),
-             "LOCAL_PROVIDER_MCP_HTTP_TOKEN": env("MB_MCP_TOKEN"),
+             "LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE": env("MB_MCP_TOKEN_FILE"),
              "LOCAL_PROVIDER_LOG_LEVEL": "warning"},
     )
     async with Client(params, mode=mode) as client:

@@ -191,6 +191,11 @@ impl Service {
         self.signal(rustix::process::Signal::INT)
     }
 
+    /// Sends SIGHUP (reopen the audit log).
+    pub fn hangup(&self) -> io::Result<()> {
+        self.signal(rustix::process::Signal::HUP)
+    }
+
     fn signal(&self, signal: rustix::process::Signal) -> io::Result<()> {
         let pid = self
             .pid()

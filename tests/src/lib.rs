@@ -11,5 +11,6 @@ pub mod ipc_client;
 pub mod mcp_stack;
 pub mod peer;
 pub mod redis;
+pub mod skip;
 pub mod stack;
 pub mod stdio_agent;

@@ -20,8 +20,17 @@ fn vars(pairs: &BTreeMap<&str, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Writes `secret` to `dir/name` with mode 0600, as `scripts/start.sh` does; returns the path.
+pub fn token_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// Builds an mcp-bridge process: a free port, short leases and long-polls, its audit log in a
-/// temporary directory.
+/// temporary directory, both tokens in files as `scripts/start.sh` hands them over.
 pub struct McpBridgeProc {
     envs: BTreeMap<&'static str, String>,
     dir: TempDir,
@@ -37,11 +46,13 @@ impl McpBridgeProc {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let audit = dir.path().join("logs").join("mcp_bridge_audit.log");
+        let bridge_token = token_file(dir.path(), "bridge_token", BRIDGE_TOKEN);
+        let mcp_token = token_file(dir.path(), "mcp_http_token", MCP_TOKEN);
         let envs = BTreeMap::from([
             ("MCP_BRIDGE_PORT", free_port().to_string()),
             ("MCP_BRIDGE_AUDIT_LOG", audit.display().to_string()),
-            ("MCP_BRIDGE_TOKEN", BRIDGE_TOKEN.to_owned()),
-            ("MCP_HTTP_TOKEN", MCP_TOKEN.to_owned()),
+            ("MCP_BRIDGE_TOKEN_FILE", bridge_token.display().to_string()),
+            ("MCP_HTTP_TOKEN_FILE", mcp_token.display().to_string()),
             ("LEASE_TIMEOUT", "2".to_owned()),
             ("POLL_TIMEOUT_DEFAULT", "1".to_owned()),
             ("HEARTBEAT_INTERVAL", "1".to_owned()),
@@ -70,7 +81,7 @@ impl McpBridgeProc {
             port: self.envs["MCP_BRIDGE_PORT"].parse().unwrap(),
             audit: PathBuf::from(&self.envs["MCP_BRIDGE_AUDIT_LOG"]),
             envs,
-            _dir: self.dir,
+            dir: self.dir,
         }
     }
 }
@@ -82,7 +93,7 @@ pub struct McpBridge {
     pub envs: BTreeMap<String, String>,
     pub port: u16,
     audit: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl McpBridge {
@@ -95,8 +106,13 @@ impl McpBridge {
             .await
             .unwrap_or_else(|e| panic!("mcp-bridge did not stop: {e}"));
         assert!(status.success(), "mcp-bridge exited with {status}");
-        self.service = Service::spawn(&bin_path("mcp-bridge"), &self.envs, self._dir.path())
+        self.service = Service::spawn(&bin_path("mcp-bridge"), &self.envs, self.dir.path())
             .unwrap_or_else(|e| panic!("cannot start mcp-bridge again: {e}"));
+    }
+
+    /// The file holding the MCP token (what Cursor's stdio entry names).
+    pub fn mcp_token_file(&self) -> PathBuf {
+        self.dir.path().join("mcp_http_token")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -168,7 +184,8 @@ impl AgentRecipe {
             ("LOG_LEVEL", "debug".to_owned()),
         ]);
         if let Some(token) = token {
-            envs.insert("MCP_BRIDGE_TOKEN", token.to_owned());
+            let file = token_file(dir.path(), "bridge_token", token);
+            envs.insert("MCP_BRIDGE_TOKEN_FILE", file.display().to_string());
         }
         Self {
             envs: vars(&envs),
@@ -227,24 +244,11 @@ impl McpStack {
     }
 }
 
-/// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it);
-/// `None` (with a message) outside CI when it is missing, a failure in CI.
+/// The interpreter with the pinned client packages (`scripts/setup-test-deps.sh` makes it), or
+/// `None` when it or its packages are missing (a failure under CI: [`crate::skip`]).
 pub fn test_python() -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidate = std::env::var_os("LOCAL_PROVIDER_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".venv/bin/python"));
-    if candidate.is_file() {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing; scripts/setup-test-deps.sh creates it",
-        candidate.display()
-    );
-    eprintln!(
-        "no Python test environment at {}: the MCP agent tests did not run (run scripts/setup-test-deps.sh)",
-        candidate.display()
-    );
-    None
+    crate::skip::python(
+        "the Python client tests",
+        &["openai", "ollama", "mcp", "pytest"],
+    )
 }

@@ -105,6 +105,11 @@ impl Gateway {
         .await
     }
 
+    /// Where the audit log is written, when it is.
+    pub fn audit_path(&self) -> Option<&Path> {
+        self.audit.as_deref()
+    }
+
     /// Every audit record so far.
     pub fn audit(&self) -> Vec<Value> {
         let Some(path) = &self.audit else {

@@ -16,6 +16,9 @@ pub struct Config {
     pub mcp_bridge_url: BridgeUrl,
     #[serde(default)]
     pub mcp_bridge_token: Option<Secret>,
+    /// A file holding the token instead (read into `mcp_bridge_token` at start-up).
+    #[serde(default)]
+    pub mcp_bridge_token_file: Option<PathBuf>,
     #[serde(default = "default_agent_id")]
     pub agent_id: String,
     #[serde(default = "thirty")]
@@ -134,13 +137,11 @@ impl Config {
             return Err(ConfigError::new("AGENT_ID", "expected a non-empty name"));
         }
         // An empty token means "no token", as an unset variable does.
-        if self
-            .mcp_bridge_token
-            .as_ref()
-            .is_some_and(|t| t.0.is_empty())
-        {
-            self.mcp_bridge_token = None;
-        }
+        self.mcp_bridge_token = shared::secret_or_file(
+            "MCP_BRIDGE_TOKEN",
+            self.mcp_bridge_token.take(),
+            self.mcp_bridge_token_file.as_deref(),
+        )?;
         Ok(self)
     }
 
@@ -217,6 +218,11 @@ mod tests {
         .contains("s3cret"));
         let c = Config::from_vars(vars(&[("MCP_BRIDGE_TOKEN", "")])).unwrap();
         assert!(c.mcp_bridge_token.is_none());
+        let file = std::env::temp_dir().join(format!("bridge-token-{}", std::process::id()));
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let c = Config::from_vars(vars(&[("MCP_BRIDGE_TOKEN_FILE", file.to_str().unwrap())]));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(c.unwrap().mcp_bridge_token.unwrap().0, "from-a-file");
     }
 
     #[test]

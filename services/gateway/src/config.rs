@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub store_timeout: Seconds,
     pub store_failure_policy: FailurePolicy,
     pub audit_log: Option<String>,
+    pub audit_log_max_bytes: Bounded<0, { u64::MAX }>,
+    pub audit_log_backups: Bounded<0, 1000>,
     pub allowed_origins: List,
     pub bridge_socket: Option<PathBuf>,
     pub connection_timeout: Seconds,
@@ -91,6 +93,8 @@ impl Default for RawConfig {
             store_timeout: Seconds(Duration::from_millis(250)),
             store_failure_policy: FailurePolicy::Closed,
             audit_log: None,
+            audit_log_max_bytes: Bounded(provider_shared::audit::DEFAULT_MAX_BYTES),
+            audit_log_backups: Bounded(provider_shared::audit::DEFAULT_BACKUPS.into()),
             allowed_origins: List(vec![
                 "http://127.0.0.1:*".into(),
                 "http://localhost:*".into(),
@@ -202,6 +206,7 @@ pub struct Settings {
     pub store_timeout: Duration,
     pub store_failure_policy: FailurePolicy,
     pub audit_log: Option<PathBuf>,
+    pub audit_rotation: provider_shared::audit::Rotation,
     pub allowed_origins: Vec<String>,
     pub bridge_socket: PathBuf,
     pub connection_timeout: Duration,
@@ -336,6 +341,10 @@ impl Settings {
             store_timeout: raw.store_timeout.0,
             store_failure_policy: raw.store_failure_policy,
             audit_log,
+            audit_rotation: provider_shared::audit::Rotation {
+                max_bytes: raw.audit_log_max_bytes.0,
+                backups: raw.audit_log_backups.0 as u32,
+            },
             allowed_origins: raw.allowed_origins.0,
             bridge_socket: raw
                 .bridge_socket
@@ -482,6 +491,10 @@ mod tests {
         );
         assert_eq!(s.session_ttl, Duration::from_secs(300));
         assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));
+        assert_eq!(
+            (s.audit_rotation.max_bytes, s.audit_rotation.backups),
+            (10 * 1024 * 1024, 5)
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
             "socket": state.settings.bridge_socket.display().to_string(),
         },
         "store": state.store.health(),
+        "audit": state.audit.stats(),
     });
     (status, body)
 }

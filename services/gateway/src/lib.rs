@@ -33,6 +33,8 @@ pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod validate;
+#[cfg(test)]
+mod validate_props;
 
 pub use config::Settings;
 pub use error::Error;
@@ -46,23 +48,28 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     describe_metrics();
+    audit::describe_metrics();
 
     let tracker = TaskTracker::new();
-    let (audit, audit_writer) = audit::Audit::open(settings.audit_log.as_deref(), "gateway")
-        .await
-        .map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot open the audit log {}: {e}",
-                    settings
-                        .audit_log
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new(""))
-                        .display()
-                ),
-            ))
-        })?;
+    let (audit, audit_writer) = audit::Audit::open(
+        settings.audit_log.as_deref(),
+        "gateway",
+        settings.audit_rotation,
+    )
+    .await
+    .map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot open the audit log {}: {e}",
+                settings
+                    .audit_log
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ),
+        ))
+    })?;
     // Before anything is spawned: a store that cannot be reached stops start-up.
     let store = Arc::new(store::open(&settings, audit.clone()).await?);
     let links_down = CancellationToken::new();

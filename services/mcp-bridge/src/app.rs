@@ -123,6 +123,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     body["status"] = json!(overall(&app));
     body["version"] = json!(provider_shared::VERSION);
     body["uptime_seconds"] = json!(app.broker.started.elapsed().as_secs());
+    body["audit"] = json!(app.broker.audit.stats());
     Json(body)
 }
 

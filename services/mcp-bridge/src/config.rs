@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use provider_shared::audit;
 use provider_shared::config::{
     self as shared, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds, Secret,
 };
@@ -24,7 +25,13 @@ struct Raw {
     #[serde(default)]
     mcp_bridge_token: Option<Secret>,
     #[serde(default)]
+    mcp_bridge_token_file: Option<PathBuf>,
+    #[serde(default)]
     mcp_http_token: Option<Secret>,
+    #[serde(default)]
+    mcp_http_token_file: Option<PathBuf>,
+    #[serde(default)]
+    mcp_allow_no_token: Flag,
     #[serde(default = "sixty")]
     lease_timeout: Seconds,
     #[serde(default = "default_poll")]
@@ -33,6 +40,10 @@ struct Raw {
     heartbeat_interval: Seconds,
     #[serde(default)]
     mcp_bridge_audit_log: Option<String>,
+    #[serde(default = "default_audit_max_bytes")]
+    audit_log_max_bytes: Bounded<0, { u64::MAX }>,
+    #[serde(default = "default_audit_backups")]
+    audit_log_backups: Bounded<0, 1000>,
     #[serde(default)]
     log_level: LogLevel,
     #[serde(default)]
@@ -57,6 +68,12 @@ fn default_poll() -> Seconds {
 fn yes() -> Flag {
     Flag(true)
 }
+fn default_audit_max_bytes() -> Bounded<0, { u64::MAX }> {
+    Bounded(audit::DEFAULT_MAX_BYTES)
+}
+fn default_audit_backups() -> Bounded<0, 1000> {
+    Bounded(audit::DEFAULT_BACKUPS.into())
+}
 fn ten() -> Seconds {
     Seconds::from_secs(10)
 }
@@ -76,10 +93,13 @@ pub struct Config {
     pub bridge_token: Option<Secret>,
     /// MCP clients must present this bearer on `/mcp`, when set.
     pub http_token: Option<Secret>,
+    /// Serving without either token was asked for explicitly (`MCP_ALLOW_NO_TOKEN`).
+    pub allow_no_token: bool,
     pub lease_timeout: Duration,
     pub poll_default: Duration,
     pub heartbeat_interval: Duration,
     pub audit_log: Option<PathBuf>,
+    pub audit_rotation: audit::Rotation,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -122,7 +142,16 @@ impl Config {
             ));
         }
         // An empty token means "no token", as an unset variable does.
-        let non_empty = |t: Option<Secret>| t.filter(|t| !t.0.is_empty());
+        let bridge_token = shared::secret_or_file(
+            "MCP_BRIDGE_TOKEN",
+            raw.mcp_bridge_token,
+            raw.mcp_bridge_token_file.as_deref(),
+        )?;
+        let http_token = shared::secret_or_file(
+            "MCP_HTTP_TOKEN",
+            raw.mcp_http_token,
+            raw.mcp_http_token_file.as_deref(),
+        )?;
         let audit_log = match raw.mcp_bridge_audit_log.as_deref().map(str::trim) {
             None => Some(PathBuf::from("logs/mcp_bridge_audit.log")),
             Some("" | "off" | "none") => None,
@@ -131,18 +160,54 @@ impl Config {
         Ok(Config {
             host: raw.mcp_bridge_host,
             port: raw.mcp_bridge_port.0 as u16,
-            bridge_token: non_empty(raw.mcp_bridge_token),
-            http_token: non_empty(raw.mcp_http_token),
+            bridge_token,
+            http_token,
+            allow_no_token: raw.mcp_allow_no_token.0,
             lease_timeout: raw.lease_timeout.0,
             poll_default: raw.poll_timeout_default.0,
             heartbeat_interval: raw.heartbeat_interval.0,
             audit_log,
+            audit_rotation: audit::Rotation {
+                max_bytes: raw.audit_log_max_bytes.0,
+                backups: raw.audit_log_backups.0 as u32,
+            },
             log_level: raw.log_level,
             log_format: raw.log_format,
             shutdown_grace: raw.shutdown_grace.0,
             sampling: raw.mcp_sampling.0,
             deltas: raw.mcp_deltas.0,
         })
+    }
+
+    /// The token variables left unset, by name: the doors anything on this machine may open.
+    pub fn missing_tokens(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.bridge_token.is_none() {
+            missing.push("LOCAL_PROVIDER_MCP_BRIDGE_TOKEN");
+        }
+        if self.http_token.is_none() {
+            missing.push("LOCAL_PROVIDER_MCP_HTTP_TOKEN");
+        }
+        missing
+    }
+
+    /// Serving needs both tokens unless `MCP_ALLOW_NO_TOKEN` says otherwise: without them any
+    /// process on the machine could read every prompt through `/mcp` or reach the agent as a
+    /// bridge-agent. (`--stdio` is a client and does not ask.)
+    pub fn require_tokens(&self) -> Result<(), ConfigError> {
+        match self.missing_tokens().first() {
+            Some(var) if !self.allow_no_token => Err(ConfigError {
+                var: (*var).to_owned(),
+                message: format!(
+                    "not set; mcp-bridge serves only with a token for bridge-agent's WebSocket \
+                     (LOCAL_PROVIDER_MCP_BRIDGE_TOKEN or _FILE) and one for /mcp \
+                     (LOCAL_PROVIDER_MCP_HTTP_TOKEN or _FILE); scripts/start.sh makes both. \
+                     To serve without: LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN=true (missing: {})",
+                    self.missing_tokens().join(", ")
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// True when the listener binds something other than loopback (allowed, with a warning).
@@ -190,6 +255,49 @@ mod tests {
             c.audit_log,
             Some(PathBuf::from("logs/mcp_bridge_audit.log"))
         );
+    }
+
+    #[test]
+    fn serving_requires_both_tokens_unless_allowed() {
+        let none = Config::from_vars(vec![]).unwrap();
+        let err = none.require_tokens().unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MCP_BRIDGE_TOKEN");
+        assert!(err.message.contains("MCP_ALLOW_NO_TOKEN"), "{err}");
+        let one = Config::from_vars(vars(&[("MCP_BRIDGE_TOKEN", "b")])).unwrap();
+        assert_eq!(
+            one.require_tokens().unwrap_err().var,
+            "LOCAL_PROVIDER_MCP_HTTP_TOKEN"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mcp_http_token");
+        std::fs::write(&file, "h\n").unwrap();
+        let both = Config::from_vars(vars(&[
+            ("MCP_BRIDGE_TOKEN", "b"),
+            ("MCP_HTTP_TOKEN_FILE", file.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert!(both.require_tokens().is_ok());
+        assert_eq!(both.http_token.unwrap().0, "h");
+        let allowed = Config::from_vars(vars(&[("MCP_ALLOW_NO_TOKEN", "true")])).unwrap();
+        assert!(allowed.require_tokens().is_ok());
+        assert_eq!(allowed.missing_tokens().len(), 2);
+    }
+
+    #[test]
+    fn audit_rotation_defaults_and_values() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.audit_rotation, audit::Rotation::default());
+        let c = Config::from_vars(vars(&[
+            ("AUDIT_LOG_MAX_BYTES", "0"),
+            ("AUDIT_LOG_BACKUPS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.audit_rotation.max_bytes, c.audit_rotation.backups),
+            (0, 2)
+        );
+        let err = Config::from_vars(vars(&[("AUDIT_LOG_BACKUPS", "-1")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_AUDIT_LOG_BACKUPS");
     }
 
     #[test]

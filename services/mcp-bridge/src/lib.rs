@@ -58,13 +58,17 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     metrics::describe();
-    let (audit, audit_writer) =
-        provider_shared::audit::Audit::open(config.audit_log.as_deref(), "mcp-bridge")
-            .await
-            .map_err(|source| Error::Audit {
-                path: config.audit_log.clone().unwrap_or_default(),
-                source,
-            })?;
+    provider_shared::audit::describe_metrics();
+    let (audit, audit_writer) = provider_shared::audit::Audit::open(
+        config.audit_log.as_deref(),
+        "mcp-bridge",
+        config.audit_rotation,
+    )
+    .await
+    .map_err(|source| Error::Audit {
+        path: config.audit_log.clone().unwrap_or_default(),
+        source,
+    })?;
     let grace = config.shutdown_grace;
     let app = Arc::new(app::App {
         bridge_token: auth::Token::new(config.bridge_token.as_ref()),

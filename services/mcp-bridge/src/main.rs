@@ -67,6 +67,16 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    if let Err(err) = config.require_tokens() {
+        tracing::error!(%err, "mcp-bridge refuses to start");
+        eprintln!("mcp-bridge: {err}");
+        return ExitCode::from(2);
+    }
+    let missing = config.missing_tokens();
+    if !missing.is_empty() {
+        tracing::warn!(missing = %missing.join(", "),
+            "serving without a token (LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN=true): any process on this machine may take the editor's prompts from /mcp or reach the agent as a bridge-agent");
+    }
     if config.binds_non_loopback() {
         tracing::warn!(host = %config.host,
             "mcp-bridge bound beyond loopback (LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true)");

@@ -204,7 +204,13 @@ async fn forward(relay: Arc<Relay>, message: Value, id: Option<Value>) {
             let Ok(chunk) = chunk else {
                 return reply("the connection to mcp-bridge broke mid-answer");
             };
-            for data in events.feed(&chunk) {
+            let Ok(data) = events.feed(&chunk) else {
+                return reply(&format!(
+                    "an answer from mcp-bridge is larger than {} MiB; it was not relayed",
+                    MAX_EVENT_BYTES / (1024 * 1024)
+                ));
+            };
+            for data in data {
                 emit(&relay, &data, initialize);
             }
         }
@@ -267,16 +273,34 @@ fn error_reply(id: &Value, code: i64, message: &str) -> String {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
 }
 
+/// The largest event the relay holds (one JSON-RPC message: an answer the agent reads); past it
+/// the call fails with a clear error instead of the buffer growing without end.
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// The `data` of server-sent events, fed in arbitrary pieces.
 #[derive(Default)]
 struct SseLines {
     pending: Vec<u8>,
     data: Vec<String>,
+    /// Bytes of `data` so far.
+    held: usize,
 }
 
+/// An event past [`MAX_EVENT_BYTES`].
+#[derive(Debug, PartialEq)]
+struct EventTooLarge;
+
 impl SseLines {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, EventTooLarge> {
         self.pending.extend_from_slice(bytes);
+        let events = self.take_events();
+        if self.pending.len() + self.held > MAX_EVENT_BYTES {
+            return Err(EventTooLarge);
+        }
+        Ok(events)
+    }
+
+    fn take_events(&mut self) -> Vec<String> {
         let mut events = Vec::new();
         while let Some(at) = self.pending.iter().position(|b| *b == b'\n') {
             let raw: Vec<u8> = self.pending.drain(..=at).collect();
@@ -286,10 +310,12 @@ impl SseLines {
                 if !self.data.is_empty() {
                     events.push(self.data.join("\n"));
                     self.data.clear();
+                    self.held = 0;
                 }
             } else if let Some(value) = line.strip_prefix("data:") {
-                self.data
-                    .push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                self.held += value.len() + 1;
+                self.data.push(value.to_owned());
             }
         }
         events
@@ -303,11 +329,138 @@ mod tests {
     #[test]
     fn sse_events_across_pieces() {
         let mut s = SseLines::default();
-        assert!(s.feed(b": keep-alive\n\nid: 1\ndata: {\"a\"").is_empty());
+        assert!(s
+            .feed(b": keep-alive\n\nid: 1\ndata: {\"a\"")
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            s.feed(b":1}\r\n\r\ndata: x\ndata: y\n\n"),
+            s.feed(b":1}\r\n\r\ndata: x\ndata: y\n\n").unwrap(),
             vec![r#"{"a":1}"#, "x\ny"]
         );
+    }
+
+    /// Runs `test` on `strategy`'s values `PROPTEST_CASES` times (256 by default) and prints how
+    /// many cases ran, for `scripts/proptest-long.sh` to add up.
+    fn check<S: proptest::strategy::Strategy>(
+        name: &str,
+        strategy: S,
+        test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+    ) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        let ran = AtomicU64::new(0);
+        let result = runner.run(&strategy, |value| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            test(value)
+        });
+        println!("property {name}: {} cases", ran.load(Ordering::Relaxed));
+        if let Err(err) = result {
+            panic!("property {name} failed: {err}");
+        }
+    }
+
+    /// `bytes` fed in pieces cut at `cuts` (positions modulo the length).
+    fn feed_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<String> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        at.dedup();
+        let mut sse = SseLines::default();
+        at.windows(2)
+            .flat_map(|w| sse.feed(&bytes[w[0]..w[1]]).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_event_past_the_bound_is_refused_not_buffered() {
+        let mut s = SseLines::default();
+        let line = vec![b'x'; 1024 * 1024];
+        assert_eq!(s.feed(b"data: ").unwrap(), Vec::<String>::new());
+        let mut refused = None;
+        for i in 0..20 {
+            if s.feed(&line).is_err() {
+                refused = Some(i);
+                break;
+            }
+        }
+        // The 16th MiB, with the field name before it, takes it past the bound.
+        assert_eq!(refused, Some(15), "refused once past 16 MiB");
+        // Many data lines of one event count together.
+        let mut s = SseLines::default();
+        let data_line = [b"data: ".as_slice(), &line, b"\n"].concat();
+        let fed: Vec<bool> = (0..17).map(|_| s.feed(&data_line).is_ok()).collect();
+        assert_eq!(fed.iter().filter(|ok| **ok).count(), 15, "{fed:?}");
+        // Events that end in time are never refused, however many.
+        let mut s = SseLines::default();
+        let event = [b"data: ".as_slice(), &line, b"\n\n"].concat();
+        for _ in 0..40 {
+            assert_eq!(s.feed(&event).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn sse_parsing_of_any_bytes_does_not_depend_on_the_pieces() {
+        use proptest::prelude::*;
+        let input = (
+            prop::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    Just(b'\n'),
+                    Just(b'\r'),
+                    Just(b':'),
+                    Just(b'd')
+                ],
+                0..512,
+            ),
+            prop::collection::vec(any::<usize>(), 0..10),
+        );
+        check("sse_any_bytes", input, |(bytes, cuts)| {
+            prop_assert_eq!(feed_in_pieces(&bytes, &[]), feed_in_pieces(&bytes, &cuts));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sse_events_come_back_as_sent() {
+        use proptest::prelude::*;
+        // Each event: data lines (no line breaks inside), maybe comments, `id:` and `event:`
+        // fields, CRLF or LF line ends.
+        let event = (
+            prop::collection::vec("[^\r\n]{0,40}", 1..4),
+            any::<bool>(),
+            any::<bool>(),
+        );
+        let input = (
+            prop::collection::vec(event, 0..6),
+            prop::collection::vec(any::<usize>(), 0..10),
+        );
+        check("sse_events_round_trip", input, |(events, cuts)| {
+            let mut wire = String::new();
+            let mut expected = Vec::new();
+            for (data, crlf, extras) in &events {
+                let end = if *crlf { "\r\n" } else { "\n" };
+                if *extras {
+                    wire.push_str(&format!(
+                        ": keep-alive{end}{end}id: 7{end}event: message{end}"
+                    ));
+                }
+                for line in data {
+                    wire.push_str(&format!("data: {line}{end}"));
+                }
+                wire.push_str(end);
+                expected.push(data.join("\n"));
+            }
+            prop_assert_eq!(feed_in_pieces(wire.as_bytes(), &cuts), expected);
+            Ok(())
+        });
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The scripted bridge peer ([`integration_tests::peer`]) as a program, for the container tests:
 //! it runs in a container of its own on the test's Docker network, where bridge-agent containers
 //! reach it by name. Listens on all addresses, port `SCRIPTED_PEER_PORT` (default 8787), until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. With `SCRIPTED_PEER_TOKEN` set it refuses bridge-agents that do not present
+//! that bearer, as mcp-bridge does.
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -28,6 +29,11 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut peer = ScriptedPeer::start_on_addr(SocketAddr::from(([0, 0, 0, 0], port))).await;
+    peer.expected_token(
+        std::env::var("SCRIPTED_PEER_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    );
     // The container tests wait for this line.
     println!("scripted-peer listening on {}", peer.url());
     tokio::select! {

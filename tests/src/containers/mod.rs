@@ -26,11 +26,6 @@ pub fn repo_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// Whether a missing dependency must fail the test rather than skip it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
 /// What the container tests need, found once per test process.
 pub struct Docker {
     images: BTreeMap<String, String>,
@@ -62,15 +57,17 @@ enum Missing {
 static DOCKER: OnceCell<Result<Docker, Missing>> = OnceCell::const_new();
 
 /// The engine and the test images; `None` (after saying why) when `test` must be skipped.
-/// Panics when the engine is missing under `CI=true`, or when the images cannot be built.
+/// Panics when the engine is missing under CI ([`crate::skip`]), or when the images cannot be
+/// built.
 pub async fn docker(test: &str) -> Option<&'static Docker> {
     match DOCKER.get_or_init(init).await {
         Ok(docker) => Some(docker),
-        Err(Missing::Engine(why)) if in_ci() => {
-            panic!("{test} needs a Docker engine (CI=true, so this is a failure): {why}")
-        }
         Err(Missing::Engine(why)) => {
-            eprintln!("SKIPPED {test}: no Docker engine ({why}); CI=true makes this a failure");
+            crate::skip::missing_dependency(
+                test,
+                &format!("a Docker engine ({why})"),
+                "install Docker",
+            );
             None
         }
         Err(Missing::Broken(why)) => panic!("{test}: {why}"),

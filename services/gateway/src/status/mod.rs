@@ -142,8 +142,8 @@ fn snapshot(state: &Shared, sessions: Option<u64>) -> Value {
             "bucket_seconds": board::BUCKET.as_secs(),
             "points": board.history,
         },
-        // Left for the audit writer's figures (queue length, dropped lines); null until wired.
-        "audit": Value::Null,
+        // The audit writer's figures, as in /health: its bounded queue and what it dropped.
+        "audit": state.audit.stats(),
     })
 }
 

@@ -100,7 +100,7 @@
     $("in-flight-count").textContent = String(s.in_flight_total);
     $("sessions").textContent = s.sessions.active === null ? "unknown" : String(s.sessions.active);
     $("rate-limit-hits").textContent = String(s.rate_limits.hits_total);
-    // The audit writer's figures (e.g. its queue and dropped lines), as `name value` pairs.
+    // The audit writer's figures (its queue, dropped lines, rotations), as `name value` pairs.
     $("audit-value").textContent = s.audit === null || typeof s.audit !== "object" ? "not reported"
       : Object.entries(s.audit).map(([k, v]) => k.replace(/_/g, " ") + " " +
           (typeof v === "object" ? JSON.stringify(v) : v)).join(" · ");
