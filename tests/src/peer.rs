@@ -1,4 +1,4 @@
-//! A scripted MCP bridge: the WebSocket peer of bridge-agent (PRODUCT §4), for tests.
+//! A scripted MCP bridge: the WebSocket peer of bridge-agent (docs/PROTOCOL.md §1), for tests.
 //!
 //! It records what it receives and answers each `model_invoke` according to directives in the
 //! text of the LAST user message (for a `completion`, in its prompt):

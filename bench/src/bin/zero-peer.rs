@@ -1,4 +1,4 @@
-//! A zero-delay MCP bridge for benchmarks: answers every `model_invoke` at once (PRODUCT §4).
+//! A zero-delay MCP bridge for benchmarks: answers every `model_invoke` at once (docs/PROTOCOL.md §1).
 //! Streamed requests get `BENCH_CHUNKS` content chunks, `BENCH_CHUNK_DELAY_MS` apart, after
 //! `BENCH_DELAY_MS`; a request's own `x_bench_chunks` / `x_bench_delay_ms` parameters (unknown
 //! fields reach the agent unchanged) override those. A `model_cancel` ends a delayed answer.

@@ -1,4 +1,4 @@
-//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (PRODUCT §3).
+//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (README, "Configuration").
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `POST /v1/chat/completions`, streamed as strict clients need it (PRODUCT §2) or whole.
+//! `POST /v1/chat/completions`, streamed as strict clients need it (README, "The HTTP API") or whole.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
