@@ -63,6 +63,9 @@ pub const KNOWN_VARS: &[&str] = &[
     "POLL_TIMEOUT_DEFAULT",
     "KEEPALIVE_INTERVAL",
     "SHUTDOWN_GRACE",
+    "STREAM_BUFFER_BYTES",
+    "RESUME_GRACE",
+    "MAX_FRAME_BYTES",
 ];
 
 /// A variable with a value its service cannot use.

@@ -79,7 +79,7 @@ async fn cursor_agent_serves_void_through_the_tools() {
 }
 
 #[tokio::test]
-async fn bridge_agent_restart_loses_and_duplicates_no_request() {
+async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     if test_python().is_none() {
         return;
     }

@@ -438,6 +438,7 @@ fn on_text(
             reply(BridgeFrame::Welcome {
                 protocol: shared.welcome_protocol.load(Ordering::SeqCst),
                 bridge_id: Some(BRIDGE_ID.into()),
+                max_frame_bytes: None,
             });
         }
         Ok(BridgeFrame::ModelInvoke(invoke)) => {

@@ -27,6 +27,8 @@ pub struct AppState {
     pub key_client: String,
     /// The `created` time reported for the model: when this gateway started.
     pub models_created: u64,
+    /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 pub type Shared = Arc<AppState>;

@@ -18,6 +18,7 @@ use crate::answer::Part;
 use crate::config::Config;
 use crate::metrics;
 use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
+use crate::resume::Resumes;
 use provider_shared::audit::Audit;
 
 /// A connected bridge-agent.
@@ -46,6 +47,8 @@ pub struct Broker {
     pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
+    /// Requests of protocol-2 connections, which may resume on a new one.
+    pub resumes: std::sync::Arc<Resumes>,
     counts: Counts,
 }
 
@@ -66,7 +69,9 @@ pub struct Submitted {
 
 impl Broker {
     pub fn new(config: Config, audit: Audit) -> Self {
+        let resumes = Resumes::new(config.replay_bytes, config.resume_grace);
         Self {
+            resumes: std::sync::Arc::new(resumes),
             config,
             audit,
             started: Instant::now(),
@@ -119,6 +124,48 @@ impl Broker {
             self.record_end(&entry, Ended::Withdrawn, None);
         }
         self.gauges();
+    }
+
+    /// The connection of `owner`, which can resume, vanished: its requests stay (the agent
+    /// keeps answering them) until one of the same `agent_id` resumes them, or for
+    /// `RESUME_GRACE`, after which the rest are withdrawn.
+    pub fn agent_vanished(self: &std::sync::Arc<Self>, owner: Owner) {
+        let n = {
+            let mut agents = self.agents();
+            agents.remove(&owner);
+            agents.len()
+        };
+        metrics::agents(n);
+        let held = self.resumes.detach(owner);
+        tracing::info!(
+            held,
+            grace = ?self.resumes.grace,
+            "holding the requests of a vanished bridge-agent connection for a resume"
+        );
+        let broker = self.clone();
+        let span = tracing::info_span!("resume_grace", owner);
+        self.samplers.spawn(tracing::Instrument::instrument(
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(broker.resumes.grace) => {}
+                    _ = broker.stopping.cancelled() => {}
+                }
+                for id in broker.resumes.expire(owner) {
+                    let entry = broker.queue().end(&id, Ended::Withdrawn);
+                    if let Some(entry) = entry {
+                        tracing::info!(%id, "not resumed within RESUME_GRACE; withdrawn");
+                        broker.record_end(&entry, Ended::Withdrawn, None);
+                    }
+                }
+                broker.gauges();
+            },
+            span,
+        ));
+    }
+
+    /// `model_resume` succeeded: cancels from the new connection now reach the request.
+    pub fn reowned(&self, id: &str, owner: Owner) {
+        self.queue().reown(id, owner);
     }
 
     pub fn agent_count(&self) -> usize {

@@ -41,6 +41,19 @@ struct Raw {
     shutdown_grace: Seconds,
     #[serde(default)]
     mcp_sampling: Flag,
+    #[serde(default = "default_max_frame")]
+    max_frame_bytes: Bounded<1024, 1_073_741_824>,
+    #[serde(default = "thirty")]
+    resume_grace: Seconds,
+    #[serde(default = "default_stream_buffer")]
+    stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
+}
+
+fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
+    Bounded(provider_shared::bridge::DEFAULT_MAX_FRAME_BYTES)
+}
+fn default_stream_buffer() -> Bounded<65_536, 1_073_741_824> {
+    Bounded(1024 * 1024)
 }
 
 fn default_host() -> String {
@@ -80,6 +93,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Answer through `sampling/createMessage` when an MCP client declares sampling.
     pub sampling: bool,
+    /// The largest WebSocket frame (and message) taken from bridge-agent, said in `welcome`.
+    pub max_frame_bytes: u64,
+    /// How long the requests of a vanished bridge-agent connection wait for it to resume them.
+    pub resume_grace: Duration,
+    /// Bytes of each request's sent chunks kept for a replay after a resume.
+    pub replay_bytes: usize,
 }
 
 impl Config {
@@ -134,6 +153,9 @@ impl Config {
             log_format: raw.log_format,
             shutdown_grace: raw.shutdown_grace.0,
             sampling: raw.mcp_sampling.0,
+            max_frame_bytes: raw.max_frame_bytes.0,
+            resume_grace: raw.resume_grace.0,
+            replay_bytes: usize::try_from(raw.stream_buffer_bytes.0).unwrap_or(usize::MAX),
         })
     }
 

@@ -12,6 +12,7 @@ mod mcp;
 mod metrics;
 mod queue;
 pub mod relay;
+mod resume;
 mod sampling;
 mod ws;
 

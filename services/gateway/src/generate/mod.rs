@@ -16,6 +16,7 @@ use crate::state::{AppState, Shared};
 mod account;
 pub mod convert;
 pub mod drive;
+mod outbox;
 
 use account::Accounting;
 pub use drive::{Piece, Pieces};
