@@ -12,6 +12,7 @@ mod ollama;
 mod ops;
 mod redis_store;
 mod resilience;
+mod resume;
 mod store_scripts;
 
 use std::time::Duration;

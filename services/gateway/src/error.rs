@@ -115,6 +115,9 @@ impl Error {
             Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
             Error::BridgeAgentUnavailable(_) => ("server_error", Some("bridge_agent_unavailable")),
             Error::StoreUnavailable { .. } => ("server_error", Some("store_unavailable")),
+            Error::Agent { code, status, .. } if status.is_client_error() => {
+                ("invalid_request_error", Some(code.as_str()))
+            }
             Error::Agent { code, .. } => ("server_error", Some(code.as_str())),
             Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
                 ("server_error", Some("internal_error"))

@@ -265,6 +265,7 @@ pub fn agent_error(err: &ErrorBody) -> Error {
             Some(Duration::from_secs(1)),
         ),
         codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
+        codes::REQUEST_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, None),
         _ => (StatusCode::BAD_GATEWAY, None),
     };
     Error::Agent {
