@@ -1,4 +1,4 @@
-//! bridge-agent's WebSocket (bridge protocol 1, docs/PROTOCOL.md §1): token check on the upgrade,
+//! bridge-agent's WebSocket (bridge protocol 2 and 1, docs/PROTOCOL.md §1): token check on the upgrade,
 //! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out.
 use std::net::SocketAddr;
 use std::sync::Arc;
