@@ -50,6 +50,10 @@ pub enum IpcFrame {
         id: String,
         after_chunk_index: Option<u64>,
         elapsed_ms: u64,
+        /// The request itself, while no chunk has come: when the bridge never got it (it was
+        /// still on its way when bridge-agent went), it is sent afresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoke: Option<ModelInvoke>,
     },
     Chunk(StreamChunk),
     Result(ModelResult),

@@ -3,6 +3,7 @@
 
 mod access;
 mod agent;
+mod chaos;
 mod chat;
 mod clients;
 mod compose;

@@ -832,9 +832,10 @@ async fn bulk(id: &str, n: usize, send: &impl Fn(BridgeFrame) -> oneshot::Receiv
             },
             finish_reason: (i + 1 == n).then(|| "stop".to_owned()),
         }));
-        // Every 64 chunks, wait for the write, so the peer's own queue stays small.
-        if i % 64 == 63 && sent.await.is_err() {
-            return;
+        // Every 64 chunks, wait for the write, so the peer's own queue stays small (a detached
+        // protocol-2 request carries on into its journal, as mcp-bridge's agent would).
+        if i % 64 == 63 {
+            let _ = sent.await;
         }
     }
     let result = ModelResult {

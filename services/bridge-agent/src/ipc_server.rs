@@ -95,10 +95,12 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                 id,
                 after_chunk_index,
                 elapsed_ms,
+                invoke,
             })) => {
                 let start = Start::Resume {
                     after_chunk_index,
                     elapsed: Duration::from_millis(elapsed_ms),
+                    invoke,
                 };
                 on_request(&hub, conn, id, start, &out).await;
             }

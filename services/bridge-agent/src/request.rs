@@ -40,6 +40,8 @@ pub enum Start {
         after_chunk_index: Option<u64>,
         /// How long it has been running, so its deadlines stay where they were.
         elapsed: Duration,
+        /// The request, while no chunk has come (see [`Fallback`]).
+        invoke: Option<ModelInvoke>,
     },
 }
 
@@ -101,6 +103,7 @@ async fn relay(
         Start::Resume {
             after_chunk_index,
             elapsed,
+            ..
         } => (
             Instant::now()
                 .checked_sub(*elapsed)
@@ -116,6 +119,10 @@ async fn relay(
         Err(Waited::Ended(ending)) => return ending,
         Err(Waited::TimedOut) => return unavailable(hub, id),
     };
+    // Until the first chunk, the request is kept: a bridge that answers a resume with "no such
+    // request" never got it (it was still on its way), so it is sent afresh.
+    let mut fallback: Option<ModelInvoke>;
+    let mut asked_resume = false;
     let opening = match start {
         Start::Invoke(invoke) => {
             // The frame is this object plus its `"type":"model_invoke",` tag.
@@ -123,14 +130,19 @@ async fn relay(
             if size > link.max_frame_bytes {
                 return too_large(id, size, link.max_frame_bytes);
             }
+            fallback = (link.protocol >= RESUME_PROTOCOL_VERSION).then(|| invoke.clone());
             BridgeFrame::ModelInvoke(invoke)
         }
         Start::Resume {
-            after_chunk_index, ..
+            after_chunk_index,
+            invoke,
+            ..
         } => {
             if link.protocol < RESUME_PROTOCOL_VERSION {
                 return not_resumable(id, link.protocol);
             }
+            fallback = invoke;
+            asked_resume = true;
             BridgeFrame::ModelResume {
                 id: id.to_owned(),
                 after_chunk_index,
@@ -154,6 +166,7 @@ async fn relay(
                         continue;
                     }
                     last_forwarded = Some(chunk.chunk_index);
+                    fallback = None;
                     if !first_seen {
                         first_seen = true;
                         first_chunk(sent);
@@ -164,6 +177,15 @@ async fn relay(
                     }
                 }
                 Some(Event::Result(result)) => {
+                    let unknown = asked_resume.then(|| unknown_to_bridge(&result, &mut fallback));
+                    if let Some(invoke) = unknown.flatten() {
+                        asked_resume = false;
+                        tracing::info!("the bridge never got this request; sending it afresh");
+                        if link.tx.send(BridgeFrame::ModelInvoke(invoke)).await.is_err() {
+                            return disconnected(id);
+                        }
+                        continue;
+                    }
                     if !first_seen {
                         first_chunk(sent);
                     }
@@ -191,7 +213,10 @@ async fn relay(
             },
             () = link_gone(&mut link_rx, link.generation) => {
                 match carry_over(hub, id, &link, inbox, last_forwarded, last_deadline).await {
-                    Ok(next) => link = next,
+                    Ok(next) => {
+                        link = next;
+                        asked_resume = true;
+                    }
                     Err(ending) => return ending,
                 }
             }
@@ -213,6 +238,18 @@ async fn relay(
                 return Ending::error(id, Outcome::Error, code, message);
             }
         }
+    }
+}
+
+/// A failed result for a resume of a request the bridge does not hold, while the request itself is
+/// still kept: the request to send afresh.
+fn unknown_to_bridge(
+    result: &ModelResult,
+    fallback: &mut Option<ModelInvoke>,
+) -> Option<ModelInvoke> {
+    match &result.outcome {
+        Status::Error { error } if error.code == codes::BRIDGE_DISCONNECTED => fallback.take(),
+        _ => None,
     }
 }
 

@@ -162,6 +162,7 @@ impl BridgeClient {
             }
             return Ok(Call {
                 id,
+                invoke: Some(invoke),
                 tx,
                 rx,
                 queued,
@@ -194,6 +195,8 @@ impl BridgeClient {
 /// One request in flight. Dropping it before its result cancels it all the way to the agent.
 pub struct Call {
     pub id: String,
+    /// Kept until the first chunk, for a resume to send afresh if the bridge never got it.
+    invoke: Option<ModelInvoke>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     queued: Arc<AtomicUsize>,
@@ -210,6 +213,7 @@ impl Call {
             Event::Chunk(chunk) => {
                 self.queued
                     .fetch_sub(chunk.approx_bytes(), Ordering::Relaxed);
+                self.invoke = None;
             }
             Event::Result(_) | Event::Lost | Event::Overflow => self.finished = true,
         }
@@ -245,6 +249,7 @@ impl Call {
             id: self.id.clone(),
             after_chunk_index,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            invoke: self.invoke.clone(),
         };
         if conn.tx.send(frame).is_err() {
             conn.unregister(&self.id);
