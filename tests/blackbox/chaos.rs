@@ -137,7 +137,6 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
     let (peer, gateway) = (&peer, &gateway);
     let mut peak = (0.0_f64, 0.0_f64);
     let faults = async {
-        let mut restarts = Vec::new();
         for round in 0..3 {
             tokio::time::sleep(Duration::from_millis(700)).await;
             if round == 1 {
@@ -150,7 +149,6 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
                     .env("RESPONSE_TIMEOUT", 40)
                     .env("REQUEST_TIMEOUT", 30)
                     .spawn();
-                restarts.push(Instant::now());
             }
             gateway
                 .wait_health("healthy", Duration::from_secs(30))

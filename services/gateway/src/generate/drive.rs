@@ -203,8 +203,7 @@ async fn run(
             Next::ReaderGone => {
                 // Dropping the call cancels the request at bridge-agent.
                 drop(call);
-                let completion = tokens::count_text(&answer.completion_text());
-                account.finish("cancelled", None, completion);
+                account.finish("cancelled", None, estimate_tokens(&answer));
                 outbox.close();
                 return;
             }
@@ -213,9 +212,22 @@ async fn run(
     // Cancel at bridge-agent first (a no-op when its result already came).
     drop(call);
     let slow = failure.code() == codes::SLOW_CLIENT;
-    let completion = tokens::count_text(&answer.completion_text());
-    account.finish(&failure.code(), None, completion);
+    account.finish(&failure.code(), None, estimate_tokens(&answer));
     outbox.end(Piece::Failed(failure), slow);
+}
+
+/// The tokens of an answer that ended early, for the budget: about four bytes each. Counting
+/// exactly costs a tokenizer pass over all of it (seconds and many megabytes for a long run of
+/// one character), which a failed request must not cost.
+fn estimate_tokens(answer: &Answer) -> u64 {
+    let bytes = answer.content.len()
+        + answer.reasoning.len()
+        + answer
+            .tool_calls
+            .values()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>();
+    (bytes as u64).div_ceil(4)
 }
 
 /// The client is too far behind: the request ends alone, with a metric and a log line (the
