@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The newest protocol version, sent in `hello`; `welcome` answers with the version both speak.
+/// The newest protocol version, sent in `hello` as `max_protocol`; `welcome` answers with the
+/// version both speak.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest version still spoken: no `model_resume`, no frame limits in `hello`/`welcome`.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -26,9 +27,14 @@ pub fn negotiate(theirs: u32) -> Option<u32> {
 pub enum BridgeFrame {
     Hello {
         agent_id: String,
+        /// The oldest version the sender speaks (1), which every bridge accepts.
         protocol: u32,
         #[serde(default)]
         capabilities: Vec<String>,
+        /// The newest version the sender speaks; a bridge that knows it answers with the
+        /// version both speak, one that does not ignores it and answers 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_protocol: Option<u32>,
         /// The largest frame this side accepts (protocol 2).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_frame_bytes: Option<u64>,

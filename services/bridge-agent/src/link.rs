@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, AUTHORIZATION};
 use provider_shared::bridge::{
-    codes, negotiate, BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION,
+    codes, negotiate, BridgeFrame, FrameError, ModelResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use provider_shared::ipc::LinkState;
 use tokio::net::TcpStream;
@@ -136,9 +136,11 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
     // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
     let (mut ws, _response) =
         tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    // `protocol` stays 1, so that a bridge that knows only 1 (and checks it) still answers.
     let hello = BridgeFrame::Hello {
         agent_id: hub.config.agent_id.clone(),
-        protocol: PROTOCOL_VERSION,
+        protocol: MIN_PROTOCOL_VERSION,
+        max_protocol: Some(PROTOCOL_VERSION),
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         max_frame_bytes: Some(hub.config.max_frame_bytes.0),
     };

@@ -128,9 +128,12 @@ async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
         };
         match BridgeFrame::parse(&text) {
             Ok(BridgeFrame::Hello {
-                agent_id, protocol, ..
+                agent_id,
+                protocol,
+                max_protocol,
+                ..
             }) => {
-                let Some(agreed) = negotiate(protocol) else {
+                let Some(agreed) = negotiate(max_protocol.unwrap_or(protocol).max(protocol)) else {
                     return Err(format!(
                         "bridge protocol {protocol} is not supported (this bridge speaks 1 to {PROTOCOL_VERSION})"
                     ));
