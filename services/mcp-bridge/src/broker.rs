@@ -43,7 +43,8 @@ pub struct Broker {
     pollers: AtomicUsize,
     /// MCP clients being asked through `sampling/createMessage` (`MCP_SAMPLING`).
     pub sampling_clients: AtomicUsize,
-    /// Their loops, so shutdown waits for them.
+    /// Their loops, and the resume-grace timers of vanished connections, so shutdown waits for
+    /// them.
     pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
