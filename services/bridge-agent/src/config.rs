@@ -274,4 +274,20 @@ mod tests {
         .unwrap();
         assert!(c.binds_non_loopback());
     }
+
+    #[test]
+    fn buffer_frame_and_resume_settings_have_documented_defaults_and_bounds() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.stream_buffer_bytes(), 1024 * 1024);
+        assert_eq!(c.max_frame_bytes.0, 16 * 1024 * 1024);
+        assert_eq!(c.resume_grace(), Duration::from_secs(30));
+        for (var, bad) in [
+            ("STREAM_BUFFER_BYTES", "1000"),
+            ("MAX_FRAME_BYTES", "lots"),
+            ("RESUME_GRACE", "-1"),
+        ] {
+            let err = Config::from_vars(vars(&[(var, bad)])).unwrap_err();
+            assert_eq!(err.var, format!("LOCAL_PROVIDER_{var}"), "{err}");
+        }
+    }
 }
