@@ -1,11 +1,25 @@
-//! The bridge WebSocket protocol (bridge-agent ↔ MCP bridge), version 1: one JSON object per text
-//! frame, discriminated by `type`. The same request/response types also travel over the Unix socket
+//! The bridge WebSocket protocol (bridge-agent ↔ MCP bridge), version 2 (1 still spoken): one JSON
+//! object per text frame, discriminated by `type`. The same request/response types also travel over the Unix socket
 //! between the gateway and bridge-agent (see [`crate::ipc`]), so nothing is translated twice.
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The protocol version sent in `hello` and expected in `welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version, sent in `hello` as `max_protocol`; `welcome` answers with the
+/// version both speak.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version still spoken: no `model_resume`, no frame limits in `hello`/`welcome`.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// From this version on, a request can be resumed on a new connection with `model_resume`.
+pub const RESUME_PROTOCOL_VERSION: u32 = 2;
+/// The largest frame either side accepts unless it says otherwise in `hello`/`welcome`
+/// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): tungstenite's own default frame limit.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The version two peers speak: the lower of theirs and ours, if we still speak it.
+pub fn negotiate(theirs: u32) -> Option<u32> {
+    let agreed = theirs.min(PROTOCOL_VERSION);
+    (agreed >= MIN_PROTOCOL_VERSION).then_some(agreed)
+}
 
 /// Every frame of the bridge WebSocket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -13,20 +27,38 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum BridgeFrame {
     Hello {
         agent_id: String,
+        /// The oldest version the sender speaks (1), which every bridge accepts.
         protocol: u32,
         #[serde(default)]
         capabilities: Vec<String>,
+        /// The newest version the sender speaks; a bridge that knows it answers with the
+        /// version both speak, one that does not ignores it and answers 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_protocol: Option<u32>,
+        /// The largest frame this side accepts (protocol 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_frame_bytes: Option<u64>,
     },
     Welcome {
         protocol: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bridge_id: Option<String>,
+        /// The largest frame this side accepts (protocol 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_frame_bytes: Option<u64>,
     },
     ModelInvoke(ModelInvoke),
     ModelStreamChunk(StreamChunk),
     ModelResult(ModelResult),
     ModelCancel {
         id: String,
+    },
+    /// Protocol 2: carry on with request `id` (sent on an earlier connection of the same
+    /// `agent_id`) on this connection, replaying every chunk after `after_chunk_index` (all of
+    /// them when it is null).
+    ModelResume {
+        id: String,
+        after_chunk_index: Option<u64>,
     },
     Ping {
         ts: u64,
@@ -85,6 +117,7 @@ const KNOWN_TYPES: &[&str] = &[
     "model_stream_chunk",
     "model_result",
     "model_cancel",
+    "model_resume",
     "ping",
     "pong",
     "bridge_status",
@@ -179,6 +212,21 @@ pub struct Delta {
     /// delta, `function.arguments` fragments after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<Value>>,
+}
+
+impl StreamChunk {
+    /// Roughly what this chunk costs to hold: its text plus a fixed allowance for the rest, so
+    /// that many tiny chunks count for what they really take.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        let d = &self.delta;
+        OVERHEAD
+            + d.content.as_deref().map_or(0, str::len)
+            + d.reasoning_content.as_deref().map_or(0, str::len)
+            + d.tool_calls.as_ref().map_or(0, |calls| {
+                calls.iter().map(|c| c.to_string().len()).sum::<usize>()
+            })
+    }
 }
 
 impl Delta {
@@ -279,6 +327,10 @@ pub mod codes {
     pub const DUPLICATE_ID: &str = "duplicate_request_id";
     /// The gateway cancelled the request.
     pub const CANCELLED: &str = "cancelled";
+    /// The encoded `model_invoke` is larger than the bridge accepts in one frame.
+    pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// The reader of the answer fell more than `STREAM_BUFFER_BYTES` behind.
+    pub const SLOW_CLIENT: &str = "slow_client";
 }
 
 #[cfg(test)]

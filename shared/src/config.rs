@@ -71,6 +71,9 @@ pub const KNOWN_VARS: &[&str] = &[
     "KEEPALIVE_INTERVAL",
     "SHUTDOWN_GRACE",
     "STATUS_AGENT_GONE_AFTER",
+    "STREAM_BUFFER_BYTES",
+    "RESUME_GRACE",
+    "MAX_FRAME_BYTES",
 ];
 
 /// A variable with a value its service cannot use.

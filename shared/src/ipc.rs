@@ -17,6 +17,8 @@ pub const IPC_PROTOCOL: &str = "local-provider-ipc";
 pub const IPC_VERSION: u32 = 1;
 /// Largest frame either side accepts; larger ones end the connection with an error.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// In `welcome`'s `capabilities`: this bridge-agent takes `resume`.
+pub const CAP_RESUME: &str = "resume";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -30,6 +32,9 @@ pub enum IpcFrame {
         version: u32,
         agent_id: String,
         bridge: BridgeStatus,
+        /// What this bridge-agent can do beyond version 1's frames, e.g. [`CAP_RESUME`].
+        #[serde(default)]
+        capabilities: Vec<String>,
     },
     Reject {
         reason: String,
@@ -37,6 +42,18 @@ pub enum IpcFrame {
     Invoke(ModelInvoke),
     Cancel {
         id: String,
+    },
+    /// Re-attaches request `id`, sent to an earlier bridge-agent connection, to this one: the
+    /// gateway has every chunk up to `after_chunk_index` (none when null), and the request has
+    /// been running for `elapsed_ms`. Only sent when `welcome` listed [`CAP_RESUME`].
+    Resume {
+        id: String,
+        after_chunk_index: Option<u64>,
+        elapsed_ms: u64,
+        /// The request itself, while no chunk has come: when the bridge never got it (it was
+        /// still on its way when bridge-agent went), it is sent afresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoke: Option<ModelInvoke>,
     },
     Chunk(StreamChunk),
     Result(ModelResult),
@@ -59,6 +76,10 @@ pub struct BridgeStatus {
     /// down or when mcp-bridge sends none (an older one). Older gateways ignore the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_bridge: Option<BridgeReport>,
+    /// The largest `model_invoke` frame the bridge takes (the lower of its limit and
+    /// bridge-agent's), while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +108,7 @@ impl BridgeStatus {
             bridge_id: None,
             reconnects: 0,
             mcp_bridge: None,
+            max_frame_bytes: None,
         }
     }
 }
@@ -135,7 +157,7 @@ impl Decoder for IpcCodec {
 
 fn unknown_type(bytes: &[u8]) -> Option<String> {
     const KNOWN: &[&str] = &[
-        "hello", "welcome", "reject", "invoke", "cancel", "chunk", "result", "status",
+        "hello", "welcome", "reject", "invoke", "cancel", "resume", "chunk", "result", "status",
     ];
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let kind = value.get("type")?.as_str()?;

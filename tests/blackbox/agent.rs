@@ -114,7 +114,12 @@ async fn hello_and_bearer_token_reach_the_peer() {
     let hello = peer.wait_for_hello(SOON).await.unwrap();
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["agent_id"], "test-agent");
-    assert_eq!(hello["protocol"], 1);
+    assert_eq!(
+        hello["protocol"], 1,
+        "a bridge that knows only 1 still answers"
+    );
+    assert_eq!(hello["max_protocol"], 2);
+    assert_eq!(hello["max_frame_bytes"], 16 * 1024 * 1024);
     let caps: Vec<&str> = hello["capabilities"]
         .as_array()
         .unwrap()
@@ -618,7 +623,7 @@ async fn after_the_shutdown_grace_requests_end_with_shutting_down() {
 #[tokio::test]
 async fn a_welcome_with_another_protocol_is_a_failed_attempt() {
     let peer = ScriptedPeer::start().await;
-    peer.set_welcome_protocol(2);
+    peer.set_welcome_protocol(3);
     let agent = BridgeAgentProc::new(&peer.url()).spawn();
     peer.wait_until(SOON, |r| r.hellos.len() >= 2)
         .await
@@ -629,7 +634,7 @@ async fn a_welcome_with_another_protocol_is_a_failed_attempt() {
         !metrics.contains("bridge_agent_ws_connect_failures_total 0"),
         "{metrics}"
     );
-    assert!(agent.service.logs().contains("protocol 2"));
+    assert!(agent.service.logs().contains("protocol 3"));
 }
 
 #[tokio::test]

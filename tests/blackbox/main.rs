@@ -5,6 +5,7 @@ mod access;
 mod agent;
 mod api_shapes;
 mod audit_log;
+mod chaos;
 mod chat;
 mod clients;
 mod compose;
@@ -17,6 +18,7 @@ mod ops;
 mod redis_store;
 mod resilience;
 mod responses_api;
+mod resume;
 mod status_page;
 mod store_scripts;
 

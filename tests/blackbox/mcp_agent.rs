@@ -80,7 +80,7 @@ async fn cursor_agent_serves_void_through_the_tools() {
 }
 
 #[tokio::test]
-async fn bridge_agent_restart_loses_and_duplicates_no_request() {
+async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     if test_python().is_none() {
         return;
     }
@@ -112,6 +112,41 @@ async fn bridge_agent_restart_loses_and_duplicates_no_request() {
         ),
     ]);
     pytest(&stack, "test_restart.py", extra).await;
+}
+
+#[tokio::test]
+async fn chaos_half_through_mcp_bridge_twenty_five_streams_through_two_kills() {
+    if test_python().is_none() {
+        return;
+    }
+    // The other half of the chaos test (`chaos::`): agents answering over MCP.
+    let stack = McpStack::start_with(|b| b, |g| g.env("CONNECTION_TIMEOUT", 20)).await;
+    let recipe = &stack.agent_recipe;
+    let extra = BTreeMap::from([
+        (
+            "AGENT_BIN".to_owned(),
+            bin_path("bridge-agent").display().to_string(),
+        ),
+        (
+            "AGENT_ENV".to_owned(),
+            serde_json::to_string(&recipe.envs).unwrap(),
+        ),
+        (
+            "AGENT_PID".to_owned(),
+            stack.agent.pid().unwrap().to_string(),
+        ),
+        ("AGENT_HEALTH".to_owned(), recipe.health_url()),
+        (
+            "AGENT_LOG".to_owned(),
+            recipe
+                .dir
+                .path()
+                .join("bridge-agent-2.log")
+                .display()
+                .to_string(),
+        ),
+    ]);
+    pytest(&stack, "test_chaos.py", extra).await;
 }
 
 #[tokio::test]

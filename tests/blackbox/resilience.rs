@@ -37,12 +37,13 @@ async fn a_dropped_bridge_ends_the_request_clearly_then_chats_recover() {
 
 #[tokio::test]
 async fn bridge_agent_killed_and_restarted_without_restarting_the_gateway() {
-    let mut stack = Stack::start().await;
+    // No bridge-agent comes back within the resume grace: the request ends with a clear error.
+    let mut stack = Stack::start_with(|a| a, |g| g.env("RESUME_GRACE", "0.5")).await;
     let gateway_pid = stack.gateway.service.pid();
     let socket = stack.agent.socket.clone();
     let port = stack.agent.port;
 
-    // In flight when bridge-agent dies: an error event at once, never a hang.
+    // In flight when bridge-agent dies: an error event once the grace is over, never a hang.
     let mut held = stack
         .gateway
         .chat(chat_body("[[hang]] in flight", true))

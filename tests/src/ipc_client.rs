@@ -87,6 +87,7 @@ impl IpcClient {
                 version,
                 agent_id,
                 bridge,
+                ..
             })) => (version, agent_id, bridge),
             other => return Err(format!("expected welcome, got {other:?}")),
         };

@@ -9,6 +9,7 @@
 //! | `[[reasoning]]` | first two `reasoning_content` chunks (`"thinking"`, `"…"`) |
 //! | `[[tool]]` | an OpenAI-style `get_weather` tool call (`{"city":"Paris"}`), finish `tool_calls` |
 //! | `[[chunks:N]]` | exactly N content chunks (the text is padded with `" ."` when too short) |
+//! | `[[bulk:N]]` | N content chunks of 4 KiB each (`"x"` repeated), as fast as they go |
 //! | `[[delay:MS]]` / `[[slow:MS]]` | wait before the first chunk / between chunks |
 //! | `[[usage]]` | usage {11, 7, 18} in the result |
 //! | `[[fail]]` | error result `agent_error` / `scripted failure` |
@@ -18,6 +19,11 @@
 //!
 //! Directives are removed and the rest trimmed to make `<text>`. Requests whose
 //! `parameters.stream` is not `true` get no chunks, only the result.
+//!
+//! With a welcome of protocol 2 ([`ScriptedPeer::set_welcome_protocol`]) the peer resumes as
+//! mcp-bridge does: a request's script outlives its connection, every frame it sent is kept, and
+//! `model_resume` on any later connection re-attaches it and replays what came after the chunk
+//! named. [`ScriptedPeer::limit_frames`] makes it refuse larger frames with a 1009 close.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -34,6 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +66,10 @@ pub struct Record {
     pub closes: usize,
     /// Text frames the peer did not expect (unknown types, malformed).
     pub other: Vec<String>,
+    /// `model_resume` frames: id and `after_chunk_index`.
+    pub resumes: Vec<(String, Option<u64>)>,
+    /// Connections closed with 1009 because a frame was over the limit.
+    pub too_big: usize,
 }
 
 struct Conn {
@@ -77,6 +89,20 @@ struct Shared {
     expected_token: Mutex<Option<String>>,
     welcome_protocol: AtomicU32,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// The largest frame taken, and whether `welcome` says so.
+    frame_limit: Mutex<Option<(u64, bool)>>,
+    /// Protocol 2: every request's script and frames, by id.
+    journals: Mutex<HashMap<String, Journal>>,
+    /// Stops every script when the peer stops.
+    stopped: CancellationToken,
+}
+
+/// One request's frames so far and where they go now (protocol 2).
+struct Journal {
+    frames: Vec<BridgeFrame>,
+    out: Option<mpsc::UnboundedSender<Outgoing>>,
+    conn: u64,
+    cancel: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,8 +160,11 @@ impl ScriptedPeer {
             expected_token: Mutex::new(None),
             welcome_protocol: AtomicU32::new(1),
             conns: Mutex::new(HashMap::new()),
+            frame_limit: Mutex::new(None),
+            journals: Mutex::new(HashMap::new()),
+            stopped: CancellationToken::new(),
         });
-        let stop = CancellationToken::new();
+        let stop = shared.stopped.clone();
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         Self {
             addr,
@@ -256,6 +285,13 @@ impl ScriptedPeer {
             .store(protocol, Ordering::SeqCst);
     }
 
+    /// Frames larger than `bytes` close the connection with 1009 (message too big), as Python's
+    /// `websockets` does past its 1 MiB default; `announce` puts the limit in `welcome`.
+    /// Applies to connections made after the call.
+    pub fn limit_frames(&self, bytes: u64, announce: bool) {
+        *lock(&self.shared.frame_limit) = Some((bytes, announce));
+    }
+
     /// Sends a text frame, verbatim, on every open connection.
     pub fn send_raw(&self, text: &str) {
         self.shared.broadcast(&Message::text(text));
@@ -335,7 +371,14 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
             Err(denied)
         }
     };
-    let upgraded = tokio_tungstenite::accept_hdr_async(tcp, check).await;
+    let limit = *lock(&shared.frame_limit);
+    let config = limit.map(|(bytes, _)| {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_frame_size(Some(bytes))
+            .max_message_size(Some(bytes))
+    });
+    let upgraded = tokio_tungstenite::accept_hdr_async_with_config(tcp, check, config).await;
     if let Some(auth) = seen_auth {
         shared.note(|r| r.authorization.push(auth));
     }
@@ -394,11 +437,30 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
         };
         let msg = match msg {
             Some(Ok(msg)) => msg,
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                let close = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                };
+                let (tx, rx) = oneshot::channel();
+                let _ = out.send(Outgoing {
+                    msg: Message::Close(Some(close)),
+                    sent: Some(tx),
+                });
+                let _ = rx.await;
+                shared.note(|r| r.too_big += 1);
+                break;
+            }
             Some(Err(_)) | None => break,
         };
         match msg {
             Message::Text(text) => {
-                on_text(&text, &shared, &out, &kill, &mut scripts);
+                let at = At {
+                    conn: conn_id,
+                    out: &out,
+                    kill: &kill,
+                };
+                on_text(&text, &shared, &at, &mut scripts);
             }
             Message::Ping(_) => shared.note(|r| r.ws_pings += 1),
             Message::Close(_) => shared.note(|r| r.closes += 1),
@@ -409,6 +471,12 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
     for (_, script) in scripts {
         script.cancel();
     }
+    // Protocol-2 requests of this connection wait for a resume.
+    for journal in lock(&shared.journals).values_mut() {
+        if journal.conn == conn_id {
+            journal.out = None;
+        }
+    }
     lock(&shared.conns).remove(&conn_id);
     // Dropping both halves closes the TCP connection.
     if let Ok(sink) = writer.await {
@@ -418,13 +486,21 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
     shared.note(|r| r.open = r.open.saturating_sub(1));
 }
 
+/// The connection a frame came in on.
+struct At<'a> {
+    conn: u64,
+    out: &'a mpsc::UnboundedSender<Outgoing>,
+    kill: &'a CancellationToken,
+}
+
 fn on_text(
     text: &str,
     shared: &Arc<Shared>,
-    out: &mpsc::UnboundedSender<Outgoing>,
-    kill: &CancellationToken,
+    at: &At<'_>,
     scripts: &mut HashMap<String, CancellationToken>,
 ) {
+    let (out, kill) = (at.out, at.kill);
+    let resumable = shared.welcome_protocol.load(Ordering::SeqCst) >= 2;
     let reply = |frame: BridgeFrame| {
         let _ = out.send(Outgoing {
             msg: Message::text(frame.to_text()),
@@ -435,10 +511,62 @@ fn on_text(
         Ok(BridgeFrame::Hello { .. }) => {
             let hello = serde_json::from_str(text).unwrap_or(Value::Null);
             shared.note(|r| r.hellos.push(hello));
+            let announced = lock(&shared.frame_limit).and_then(|(b, say)| say.then_some(b));
             reply(BridgeFrame::Welcome {
                 protocol: shared.welcome_protocol.load(Ordering::SeqCst),
                 bridge_id: Some(BRIDGE_ID.into()),
+                max_frame_bytes: announced,
             });
+        }
+        Ok(BridgeFrame::ModelInvoke(invoke)) if resumable => {
+            shared.note(|r| r.invokes.push(invoke.clone()));
+            let cancel = shared.stopped.child_token();
+            lock(&shared.journals).insert(
+                invoke.id.clone(),
+                Journal {
+                    frames: Vec::new(),
+                    out: Some(out.clone()),
+                    conn: at.conn,
+                    cancel: cancel.clone(),
+                },
+            );
+            let target = Target::Journal(shared.clone(), invoke.id.clone());
+            tokio::spawn(script(invoke, target, shared.clone(), cancel, kill.clone()));
+        }
+        Ok(BridgeFrame::ModelResume {
+            id,
+            after_chunk_index,
+        }) if resumable => {
+            shared.note(|r| r.resumes.push((id.clone(), after_chunk_index)));
+            let mut journals = lock(&shared.journals);
+            match journals.get_mut(&id) {
+                Some(journal) => {
+                    for frame in &journal.frames {
+                        let replay = match frame {
+                            BridgeFrame::ModelStreamChunk(c) => {
+                                after_chunk_index.is_none_or(|a| c.chunk_index > a)
+                            }
+                            _ => true,
+                        };
+                        if replay {
+                            reply(frame.clone());
+                        }
+                    }
+                    journal.out = Some(out.clone());
+                    journal.conn = at.conn;
+                }
+                None => reply(BridgeFrame::ModelResult(ModelResult::error(
+                    &id,
+                    "bridge_disconnected",
+                    "the scripted peer holds no such request",
+                ))),
+            }
+        }
+        Ok(BridgeFrame::ModelCancel { id }) if resumable => {
+            if let Some(journal) = lock(&shared.journals).remove(&id) {
+                journal.cancel.cancel();
+            }
+            shared.note(|r| r.cancels.push(id));
         }
         Ok(BridgeFrame::ModelInvoke(invoke)) => {
             shared.note(|r| r.invokes.push(invoke.clone()));
@@ -447,7 +575,7 @@ fn on_text(
             scripts.insert(invoke.id.clone(), cancel.clone());
             tokio::spawn(script(
                 invoke,
-                out.clone(),
+                Target::Conn(out.clone()),
                 shared.clone(),
                 cancel,
                 kill.clone(),
@@ -475,6 +603,7 @@ pub struct Directives {
     pub reasoning: bool,
     pub tool: bool,
     pub chunks: Option<usize>,
+    pub bulk: Option<usize>,
     pub delay: Duration,
     pub slow: Duration,
     pub usage: bool,
@@ -515,6 +644,7 @@ impl Directives {
                 "reasoning" => d.reasoning = true,
                 "tool" => d.tool = true,
                 "chunks" => d.chunks = arg.trim().parse().ok(),
+                "bulk" => d.bulk = arg.trim().parse().ok(),
                 "delay" => d.delay = ms(),
                 "slow" => d.slow = ms(),
                 "usage" => d.usage = true,
@@ -571,25 +701,51 @@ pub fn reply_pieces(text: &str, n: Option<usize>) -> Vec<String> {
     }
 }
 
+/// Where a script's frames go: its connection, or (protocol 2) its request's journal.
+enum Target {
+    Conn(mpsc::UnboundedSender<Outgoing>),
+    Journal(Arc<Shared>, String),
+}
+
+impl Target {
+    /// Sends `frame`; the receiver hears when it was written (never, when nobody is attached).
+    fn send(&self, frame: BridgeFrame) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let outgoing = |frame: &BridgeFrame| Outgoing {
+            msg: Message::text(frame.to_text()),
+            sent: Some(tx),
+        };
+        match self {
+            Target::Conn(out) => {
+                let _ = out.send(outgoing(&frame));
+            }
+            Target::Journal(shared, id) => {
+                if let Some(journal) = lock(&shared.journals).get_mut(id) {
+                    if let Some(out) = &journal.out {
+                        let _ = out.send(outgoing(&frame));
+                    }
+                    journal.frames.push(frame);
+                }
+            }
+        }
+        rx
+    }
+}
+
 async fn script(
     invoke: ModelInvoke,
-    out: mpsc::UnboundedSender<Outgoing>,
+    target: Target,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     kill: CancellationToken,
 ) {
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = play(invoke, &out, &shared, &kill) => {}
+        _ = play(invoke, &target, &shared, &kill) => {}
     }
 }
 
-async fn play(
-    invoke: ModelInvoke,
-    out: &mpsc::UnboundedSender<Outgoing>,
-    shared: &Shared,
-    kill: &CancellationToken,
-) {
+async fn play(invoke: ModelInvoke, target: &Target, shared: &Shared, kill: &CancellationToken) {
     let d = Directives::of(&invoke);
     let id = invoke.id.clone();
     let (Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. }) =
@@ -603,14 +759,7 @@ async fn play(
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(d.delay).await;
-    let send = |frame: BridgeFrame| {
-        let (tx, rx) = oneshot::channel();
-        let _ = out.send(Outgoing {
-            msg: Message::text(frame.to_text()),
-            sent: Some(tx),
-        });
-        rx
-    };
+    let send = |frame: BridgeFrame| target.send(frame);
     if d.fail {
         // Nobody needs to know when it was written.
         drop(send(BridgeFrame::ModelResult(ModelResult::error(
@@ -621,6 +770,10 @@ async fn play(
         return;
     }
 
+    if let (Some(n), true) = (d.bulk, streamed) {
+        bulk(&id, n, &send).await;
+        return;
+    }
     let (deltas, finish, message) = answer(&d);
     if streamed {
         let last = deltas.len().saturating_sub(1);
@@ -660,6 +813,41 @@ async fn play(
                 }),
                 model: Some(BRIDGE_ID.into()),
                 created: Some(1_700_000_000),
+            },
+        },
+    };
+    drop(send(BridgeFrame::ModelResult(result)));
+}
+
+/// `n` chunks of 4 KiB, then a result without the text (it would not fit in one frame).
+async fn bulk(id: &str, n: usize, send: &impl Fn(BridgeFrame) -> oneshot::Receiver<()>) {
+    let piece = "x".repeat(4096);
+    for i in 0..n {
+        let sent = send(BridgeFrame::ModelStreamChunk(StreamChunk {
+            id: id.to_owned(),
+            chunk_index: i as u64,
+            delta: Delta {
+                content: Some(piece.clone()),
+                ..Delta::default()
+            },
+            finish_reason: (i + 1 == n).then(|| "stop".to_owned()),
+        }));
+        // Every 64 chunks, wait for the write, so the peer's own queue stays small (a detached
+        // protocol-2 request carries on into its journal, as mcp-bridge's agent would).
+        if i % 64 == 63 {
+            let _ = sent.await;
+        }
+    }
+    let result = ModelResult {
+        id: id.to_owned(),
+        outcome: Outcome::Ok {
+            result: ResultBody {
+                choices: vec![ResultChoice {
+                    index: 0,
+                    message: json!({"role": "assistant", "content": ""}),
+                    finish_reason: Some("stop".into()),
+                }],
+                ..ResultBody::default()
             },
         },
     };

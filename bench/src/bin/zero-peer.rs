@@ -76,6 +76,7 @@ async fn serve(stream: TcpStream, script: Script) {
                     BridgeFrame::Welcome {
                         protocol: 1,
                         bridge_id: Some("zero-peer".into()),
+                        max_frame_bytes: None,
                     }
                     .to_text(),
                 );

@@ -45,6 +45,22 @@ pub struct Config {
     pub log_format: LogFormat,
     #[serde(default = "ten")]
     pub shutdown_grace: Seconds,
+    /// Bytes of one request's answer that may wait for the gateway before the request ends.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
+    /// The largest frame the MCP bridge takes, unless its `welcome` says a smaller one.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: Bounded<1024, 1_073_741_824>,
+    /// How long a request whose WebSocket dropped waits for a new one to resume on.
+    #[serde(default = "thirty")]
+    pub resume_grace: Seconds,
+}
+
+fn default_stream_buffer() -> Bounded<65_536, 1_073_741_824> {
+    Bounded(1024 * 1024)
+}
+fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
+    Bounded(provider_shared::bridge::DEFAULT_MAX_FRAME_BYTES)
 }
 
 fn default_agent_id() -> String {
@@ -169,6 +185,12 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         self.shutdown_grace.0
     }
+    pub fn resume_grace(&self) -> Duration {
+        self.resume_grace.0
+    }
+    pub fn stream_buffer_bytes(&self) -> usize {
+        usize::try_from(self.stream_buffer_bytes.0).unwrap_or(usize::MAX)
+    }
 }
 
 #[cfg(test)]
@@ -257,5 +279,21 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.binds_non_loopback());
+    }
+
+    #[test]
+    fn buffer_frame_and_resume_settings_have_documented_defaults_and_bounds() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.stream_buffer_bytes(), 1024 * 1024);
+        assert_eq!(c.max_frame_bytes.0, 16 * 1024 * 1024);
+        assert_eq!(c.resume_grace(), Duration::from_secs(30));
+        for (var, bad) in [
+            ("STREAM_BUFFER_BYTES", "1000"),
+            ("MAX_FRAME_BYTES", "lots"),
+            ("RESUME_GRACE", "-1"),
+        ] {
+            let err = Config::from_vars(vars(&[(var, bad)])).unwrap_err();
+            assert_eq!(err.var, format!("LOCAL_PROVIDER_{var}"), "{err}");
+        }
     }
 }

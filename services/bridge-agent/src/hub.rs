@@ -21,6 +21,10 @@ pub enum Link {
     Up {
         generation: u64,
         tx: mpsc::Sender<BridgeFrame>,
+        /// The bridge protocol version agreed in `hello`/`welcome`.
+        protocol: u32,
+        /// The largest frame the bridge takes on this connection.
+        max_frame_bytes: u64,
     },
 }
 
@@ -54,12 +58,13 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: Config) -> Self {
+        let buffer_bytes = config.stream_buffer_bytes();
         Self {
             config,
             started: Instant::now(),
             status: watch::Sender::new(BridgeStatus::disconnected()),
             link: watch::Sender::new(Link::Down),
-            requests: RequestTable::default(),
+            requests: RequestTable::new(buffer_bytes),
             request_tasks: TaskTracker::new(),
             gateway_connections: AtomicUsize::new(0),
             draining: CancellationToken::new(),

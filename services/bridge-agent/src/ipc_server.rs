@@ -1,13 +1,14 @@
 //! The gateway-facing side: accepts connections on the Unix socket, checks each one's hello, then
 //! multiplexes its requests. Each connection has its own bounded queue and writer task, so a slow
 //! gateway only ever slows itself.
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use provider_shared::bridge::{codes, ModelInvoke, ModelResult};
-use provider_shared::ipc::{IpcCodec, IpcFrame, IPC_PROTOCOL, IPC_VERSION};
+use provider_shared::bridge::{codes, ModelResult};
+use provider_shared::ipc::{IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
 use crate::hub::Hub;
-use crate::request;
+use crate::request::{self, Inbox, Start};
 use crate::table::ConnId;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +68,7 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
         version: IPC_VERSION,
         agent_id: hub.config.agent_id.clone(),
         bridge: status_rx.borrow_and_update().clone(),
+        capabilities: vec![CAP_RESUME.to_owned()],
     };
     if sink.send(welcome).await.is_err() {
         return;
@@ -85,7 +87,23 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             _ = hub.closing.cancelled() => break,
         };
         match frame {
-            Some(Ok(IpcFrame::Invoke(invoke))) => on_invoke(&hub, conn, invoke, &out).await,
+            Some(Ok(IpcFrame::Invoke(invoke))) => {
+                let id = invoke.id.clone();
+                on_request(&hub, conn, id, Start::Invoke(invoke), &out).await;
+            }
+            Some(Ok(IpcFrame::Resume {
+                id,
+                after_chunk_index,
+                elapsed_ms,
+                invoke,
+            })) => {
+                let start = Start::Resume {
+                    after_chunk_index,
+                    elapsed: Duration::from_millis(elapsed_ms),
+                    invoke,
+                };
+                on_request(&hub, conn, id, start, &out).await;
+            }
             Some(Ok(IpcFrame::Cancel { id })) => {
                 if !hub.requests.cancel(&id, conn) {
                     tracing::debug!(%id, "cancel for a request not in flight ignored");
@@ -121,13 +139,13 @@ async fn handshake(source: &mut Source) -> Result<(), String> {
     }
 }
 
-async fn on_invoke(
+async fn on_request(
     hub: &Arc<Hub>,
     conn: ConnId,
-    invoke: ModelInvoke,
+    id: String,
+    start: Start,
     out: &mpsc::Sender<IpcFrame>,
 ) {
-    let id = invoke.id.clone();
     let refuse =
         |code: &str, message: &str| IpcFrame::Result(ModelResult::error(&id, code, message));
     if hub.draining.is_cancelled() {
@@ -141,7 +159,8 @@ async fn on_invoke(
         return;
     }
     let (events_tx, events) = mpsc::unbounded_channel();
-    let Some(ticket) = hub.requests.insert(&id, conn, events_tx) else {
+    let queued = Arc::new(AtomicUsize::new(0));
+    let Some(ticket) = hub.requests.insert(&id, conn, events_tx, queued.clone()) else {
         tracing::warn!(%id, "duplicate request id refused");
         crate::metrics::count_request(crate::metrics::Outcome::Error);
         let _ = out
@@ -153,8 +172,15 @@ async fn on_invoke(
         return;
     };
     hub.request_tasks.spawn(
-        request::serve(hub.clone(), invoke, ticket, events, out.clone())
-            .instrument(info_span!("request", %id, conn)),
+        request::serve(
+            hub.clone(),
+            id.clone(),
+            start,
+            ticket,
+            Inbox { events, queued },
+            out.clone(),
+        )
+        .instrument(info_span!("request", %id, conn)),
     );
 }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, AUTHORIZATION};
-use provider_shared::bridge::{BridgeFrame, FrameError, PROTOCOL_VERSION};
+use provider_shared::bridge::{
+    codes, negotiate, BridgeFrame, FrameError, ModelResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use provider_shared::ipc::LinkState;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -34,7 +36,9 @@ enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
-    #[error("the bridge speaks protocol {0}, we speak {PROTOCOL_VERSION}")]
+    #[error(
+        "the bridge answered with protocol {0}; this bridge-agent speaks 1 to {PROTOCOL_VERSION}"
+    )]
     Protocol(u32),
     #[error("the bridge closed the connection before its welcome")]
     Closed,
@@ -54,14 +58,26 @@ pub async fn supervise(hub: Arc<Hub>) -> Result<(), Error> {
             _ = hub.closing.cancelled() => break,
         };
         match attempt {
-            Ok((ws, bridge_id)) => {
+            Ok(Welcomed {
+                ws,
+                bridge_id,
+                protocol,
+                max_frame_bytes,
+            }) => {
                 failures = 0;
                 generation += 1;
                 if generation > 1 {
                     ::metrics::counter!(metrics::WS_RECONNECTS).increment(1);
                 }
-                tracing::info!(url = %hub.config.mcp_bridge_url, ?bridge_id, "connected to the MCP bridge");
-                let why = run_connection(&hub, ws, generation, bridge_id).await;
+                tracing::info!(url = %hub.config.mcp_bridge_url, ?bridge_id, protocol, max_frame_bytes,
+                    "connected to the MCP bridge");
+                let welcomed = Welcomed {
+                    ws,
+                    bridge_id,
+                    protocol,
+                    max_frame_bytes,
+                };
+                let why = run_connection(&hub, welcomed, generation).await;
                 tracing::warn!(reason = %why, "MCP bridge connection ended");
                 // An established connection that drops is retried at once.
             }
@@ -92,15 +108,24 @@ pub async fn supervise(hub: Arc<Hub>) -> Result<(), Error> {
     Ok(())
 }
 
+/// An established connection, as the handshake agreed it.
+struct Welcomed {
+    ws: Ws,
+    bridge_id: Option<String>,
+    protocol: u32,
+    /// The lower of ours and the bridge's (when it said one).
+    max_frame_bytes: u64,
+}
+
 /// TCP, WebSocket upgrade, our hello and the bridge's welcome, all within CONNECTION_TIMEOUT.
-async fn connect(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
+async fn connect(hub: &Hub) -> Result<Welcomed, ConnectError> {
     let limit = hub.config.connection_timeout();
     timeout(limit, handshake(hub))
         .await
         .unwrap_or(Err(ConnectError::Timeout(limit)))
 }
 
-async fn handshake(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
+async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
     let mut request = hub.config.mcp_bridge_url.0.as_str().into_client_request()?;
     if let Some(token) = &hub.config.mcp_bridge_token {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.0))
@@ -111,10 +136,13 @@ async fn handshake(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
     // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
     let (mut ws, _response) =
         tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    // `protocol` stays 1, so that a bridge that knows only 1 (and checks it) still answers.
     let hello = BridgeFrame::Hello {
         agent_id: hub.config.agent_id.clone(),
-        protocol: PROTOCOL_VERSION,
+        protocol: MIN_PROTOCOL_VERSION,
+        max_protocol: Some(PROTOCOL_VERSION),
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        max_frame_bytes: Some(hub.config.max_frame_bytes.0),
     };
     ws.send(Message::text(hello.to_text())).await?;
     while let Some(msg) = ws.next().await {
@@ -123,11 +151,19 @@ async fn handshake(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
             Ok(BridgeFrame::Welcome {
                 protocol,
                 bridge_id,
+                max_frame_bytes,
             }) => {
-                if protocol != PROTOCOL_VERSION {
+                // The bridge answers with the version both speak: never above ours.
+                if negotiate(protocol) != Some(protocol) {
                     return Err(ConnectError::Protocol(protocol));
                 }
-                return Ok((ws, bridge_id));
+                let ours = hub.config.max_frame_bytes.0;
+                return Ok(Welcomed {
+                    ws,
+                    bridge_id,
+                    protocol,
+                    max_frame_bytes: max_frame_bytes.map_or(ours, |theirs| theirs.min(ours)),
+                });
             }
             Ok(BridgeFrame::Ping { ts }) => {
                 ws.send(Message::text(BridgeFrame::Pong { ts }.to_text()))
@@ -141,18 +177,28 @@ async fn handshake(hub: &Hub) -> Result<(Ws, Option<String>), ConnectError> {
 }
 
 /// Serves one established connection until it drops, goes silent, or `closing`; says why.
-async fn run_connection(
-    hub: &Hub,
-    mut ws: Ws,
-    generation: u64,
-    bridge_id: Option<String>,
-) -> String {
+async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> String {
+    let Welcomed {
+        mut ws,
+        bridge_id,
+        protocol,
+        max_frame_bytes,
+    } = welcomed;
     let (tx, mut rx) = mpsc::channel::<BridgeFrame>(OUTBOUND_QUEUE);
-    hub.link.send_replace(Link::Up { generation, tx });
+    hub.link.send_replace(Link::Up {
+        generation,
+        tx,
+        protocol,
+        max_frame_bytes,
+    });
     hub.status.send_modify(|s| {
         s.bridge_id = bridge_id;
         s.reconnects = generation - 1;
+        s.max_frame_bytes = Some(max_frame_bytes);
     });
+    // The request whose invoke went out last: if the bridge closes with 1009 (too big), it is
+    // the one that caused it.
+    let mut last_invoke: Option<String> = None;
     hub.set_state(LinkState::Connected);
 
     let beat = hub.config.heartbeat_interval();
@@ -168,6 +214,9 @@ async fn run_connection(
                 Some(Ok(msg)) => {
                     silence.as_mut().reset(Instant::now() + beat * 2);
                     if let Message::Close(frame) = &msg {
+                        if frame.as_ref().is_some_and(|f| f.code == CloseCode::Size) {
+                            too_big(hub, last_invoke.take(), max_frame_bytes);
+                        }
                         break format!("the bridge closed the connection ({frame:?})");
                     }
                     if let Message::Text(text) = msg {
@@ -182,6 +231,9 @@ async fn run_connection(
                 None => break "the connection closed".to_owned(),
             },
             Some(frame) = rx.recv() => {
+                if let BridgeFrame::ModelInvoke(invoke) = &frame {
+                    last_invoke = Some(invoke.id.clone());
+                }
                 if let Err(err) = send(&mut ws, Message::text(frame.to_text()), send_limit).await {
                     break err;
                 }
@@ -211,10 +263,12 @@ async fn run_connection(
             }
         }
     };
-    // Request tasks watching this generation end with bridge_disconnected.
+    // Request tasks watching this generation resume on the next one, or end with
+    // bridge_disconnected.
     hub.link.send_replace(Link::Down);
     // What mcp-bridge last said no longer holds once its connection is gone.
     hub.status.send_modify(|s| s.mcp_bridge = None);
+    hub.status.send_modify(|s| s.max_frame_bytes = None);
     hub.set_state(LinkState::Disconnected);
     why
 }
@@ -255,6 +309,19 @@ fn on_text(hub: &Hub, text: &str) -> Option<Message> {
         }
     }
     None
+}
+
+/// The bridge refused a frame as too big: the request that sent it ends with
+/// `request_too_large`; the others resume on the next connection.
+fn too_big(hub: &Hub, id: Option<String>, limit: u64) {
+    let Some(id) = id else { return };
+    tracing::warn!(%id, "the bridge closed the connection with 1009 (message too big) after this request");
+    let result = ModelResult::error(
+        &id,
+        codes::REQUEST_TOO_LARGE,
+        format!("the MCP bridge refused this request as too large for one frame (it closed the connection with 1009); bridge-agent's limit is {limit} bytes (LOCAL_PROVIDER_MAX_FRAME_BYTES): lower it to the bridge's, or shorten the conversation"),
+    );
+    deliver(hub, &id, Event::Result(result));
 }
 
 fn deliver(hub: &Hub, id: &str, event: Event) {

@@ -10,6 +10,7 @@ pub const TIME_TO_FIRST_CHUNK: &str = "bridge_agent_time_to_first_chunk_seconds"
 pub const REQUEST_DURATION: &str = "bridge_agent_request_duration_seconds";
 pub const GATEWAY_CONNECTIONS: &str = "bridge_agent_gateway_connections";
 pub const FRAMES_DROPPED: &str = "bridge_agent_frames_dropped_total";
+pub const RESUMED: &str = "bridge_agent_requests_resumed_total";
 
 /// Registers help text and units; the names then show on /metrics even before first use.
 pub fn describe() {
@@ -45,12 +46,17 @@ pub fn describe() {
         FRAMES_DROPPED,
         "Bridge frames logged and dropped, by reason"
     );
+    describe_counter!(
+        RESUMED,
+        "Requests carried over to a new WebSocket with model_resume after the old one dropped"
+    );
     // Zero values, so dashboards and alerts see the series from the start.
     metrics::gauge!(WS_CONNECTED).set(0.0);
     metrics::gauge!(REQUESTS_IN_FLIGHT).set(0.0);
     metrics::gauge!(GATEWAY_CONNECTIONS).set(0.0);
     metrics::counter!(WS_RECONNECTS).absolute(0);
     metrics::counter!(WS_CONNECT_FAILURES).absolute(0);
+    metrics::counter!(RESUMED).absolute(0);
     for outcome in Outcome::ALL {
         metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).absolute(0);
     }
@@ -67,6 +73,7 @@ pub const DROP_REASONS: &[&str] = &[
     "unknown_type",
     "malformed",
     "unexpected",
+    "replayed",
 ];
 
 /// How a request ended, as the `outcome` label.

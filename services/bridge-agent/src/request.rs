@@ -1,16 +1,20 @@
-//! Serving one request: wait for the bridge, send `model_invoke`, relay chunks, and answer the
-//! gateway with exactly one `result`, whatever happens.
+//! Serving one request: wait for the bridge, send `model_invoke` (or `model_resume`), relay
+//! chunks, carry the request over to a new WebSocket when the old one drops (protocol 2), and
+//! answer the gateway with exactly one `result`, whatever happens.
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status};
+use provider_shared::bridge::{
+    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status, RESUME_PROTOCOL_VERSION,
+};
 use provider_shared::ipc::IpcFrame;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, timeout};
+use tokio::time::{sleep_until, timeout_at};
 
 use crate::hub::{Hub, Link};
 use crate::metrics::{self, Outcome};
-use crate::table::{Event, Ticket};
+use crate::table::{taken, Event, Ticket};
 
 /// How a request ended: what to tell the gateway (if it is still there) and the metric label.
 struct Ending {
@@ -27,16 +31,47 @@ impl Ending {
     }
 }
 
+/// How the request begins on the bridge.
+pub enum Start {
+    /// A new request.
+    Invoke(ModelInvoke),
+    /// A request a gateway re-attaches after the bridge-agent it was sent to went away.
+    Resume {
+        after_chunk_index: Option<u64>,
+        /// How long it has been running, so its deadlines stay where they were.
+        elapsed: Duration,
+        /// The request, while no chunk has come (see [`Fallback`]).
+        invoke: Option<ModelInvoke>,
+    },
+}
+
+/// What the request's task receives.
+pub struct Inbox {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    /// Bytes of chunks waiting in `events` (see `table::taken`).
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Event> {
+        let event = self.events.recv().await;
+        if let Some(event) = &event {
+            taken(&self.queued, event);
+        }
+        event
+    }
+}
+
 pub async fn serve(
     hub: Arc<Hub>,
-    invoke: ModelInvoke,
+    id: String,
+    start: Start,
     ticket: Ticket,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut inbox: Inbox,
     out: mpsc::Sender<IpcFrame>,
 ) {
-    let id = invoke.id.clone();
     let received = Instant::now();
-    let ending = relay(&hub, invoke, &mut events, &out).await;
+    let ending = relay(&hub, &id, start, &mut inbox, &out).await;
     // Forget the id before answering, so the gateway may reuse it as soon as it hears back.
     hub.requests.remove(&id, ticket);
     metrics::count_request(ending.outcome);
@@ -48,45 +83,109 @@ pub async fn serve(
     }
 }
 
+/// The WebSocket a request is on.
+struct OnLink {
+    generation: u64,
+    tx: mpsc::Sender<BridgeFrame>,
+    protocol: u32,
+    max_frame_bytes: u64,
+}
+
 async fn relay(
     hub: &Hub,
-    invoke: ModelInvoke,
-    events: &mut mpsc::UnboundedReceiver<Event>,
+    id: &str,
+    start: Start,
+    inbox: &mut Inbox,
     out: &mpsc::Sender<IpcFrame>,
 ) -> Ending {
-    let id = invoke.id.clone();
-    let (generation, tx) = match wait_for_link(hub, &id, events).await {
+    let (begun, mut last_forwarded) = match &start {
+        Start::Invoke(_) => (Instant::now(), None),
+        Start::Resume {
+            after_chunk_index,
+            elapsed,
+            ..
+        } => (
+            Instant::now()
+                .checked_sub(*elapsed)
+                .unwrap_or_else(Instant::now),
+            *after_chunk_index,
+        ),
+    };
+    let first_deadline = begun + hub.config.request_timeout();
+    let last_deadline = begun + hub.config.response_timeout();
+    let wait_until = Instant::now() + hub.config.connection_timeout();
+    let mut link = match wait_for_link(hub, id, inbox, wait_until).await {
         Ok(link) => link,
-        Err(ending) => return ending,
+        Err(Waited::Ended(ending)) => return ending,
+        Err(Waited::TimedOut) => return unavailable(hub, id),
+    };
+    // Until the first chunk, the request is kept: a bridge that answers a resume with "no such
+    // request" never got it (it was still on its way), so it is sent afresh.
+    let mut fallback: Option<ModelInvoke>;
+    let mut asked_resume = false;
+    let opening = match start {
+        Start::Invoke(invoke) => {
+            // The frame is this object plus its `"type":"model_invoke",` tag.
+            let size = serde_json::to_vec(&invoke).map_or(0, |v| v.len()) as u64 + 24;
+            if size > link.max_frame_bytes {
+                return too_large(id, size, link.max_frame_bytes);
+            }
+            fallback = (link.protocol >= RESUME_PROTOCOL_VERSION).then(|| invoke.clone());
+            BridgeFrame::ModelInvoke(invoke)
+        }
+        Start::Resume {
+            after_chunk_index,
+            invoke,
+            ..
+        } => {
+            if link.protocol < RESUME_PROTOCOL_VERSION {
+                return not_resumable(id, link.protocol);
+            }
+            fallback = invoke;
+            asked_resume = true;
+            BridgeFrame::ModelResume {
+                id: id.to_owned(),
+                after_chunk_index,
+            }
+        }
     };
     let sent = Instant::now();
-    if tx.send(BridgeFrame::ModelInvoke(invoke)).await.is_err() {
-        return disconnected(&id);
+    if link.tx.send(opening).await.is_err() {
+        return disconnected(id);
     }
-    let first_deadline = sent + hub.config.request_timeout();
-    let last_deadline = sent + hub.config.response_timeout();
-    let mut first_seen = false;
+    let mut first_seen = last_forwarded.is_some();
     let mut link_rx = hub.link.subscribe();
-    let cancel_at_peer = || async {
-        // The connection may be gone already; then there is nothing to cancel.
-        let _ = tx.send(BridgeFrame::ModelCancel { id: id.clone() }).await;
-    };
     loop {
         tokio::select! {
             // Frames already received win over a disconnect noticed at the same moment.
             biased;
-            event = events.recv() => match event {
+            event = inbox.recv() => match event {
                 Some(Event::Chunk(chunk)) => {
+                    if last_forwarded.is_some_and(|last| chunk.chunk_index <= last) {
+                        metrics::frame_dropped("replayed");
+                        continue;
+                    }
+                    last_forwarded = Some(chunk.chunk_index);
+                    fallback = None;
                     if !first_seen {
                         first_seen = true;
                         first_chunk(sent);
                     }
                     if !to_gateway(hub, out, IpcFrame::Chunk(chunk)).await {
-                        cancel_at_peer().await;
+                        cancel_at_peer(&link, id).await;
                         return Ending { result: None, outcome: Outcome::Cancelled };
                     }
                 }
                 Some(Event::Result(result)) => {
+                    let unknown = asked_resume.then(|| unknown_to_bridge(&result, &mut fallback));
+                    if let Some(invoke) = unknown.flatten() {
+                        asked_resume = false;
+                        tracing::info!("the bridge never got this request; sending it afresh");
+                        if link.tx.send(BridgeFrame::ModelInvoke(invoke)).await.is_err() {
+                            return disconnected(id);
+                        }
+                        continue;
+                    }
                     if !first_seen {
                         first_chunk(sent);
                     }
@@ -97,37 +196,105 @@ async fn relay(
                     return Ending { result: Some(result), outcome };
                 }
                 Some(Event::Cancel) => {
-                    cancel_at_peer().await;
-                    return Ending::error(&id, Outcome::Cancelled, codes::CANCELLED,
+                    cancel_at_peer(&link, id).await;
+                    return Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
                         "cancelled by the gateway");
                 }
                 Some(Event::GatewayGone) | None => {
-                    cancel_at_peer().await;
+                    cancel_at_peer(&link, id).await;
                     return Ending { result: None, outcome: Outcome::Cancelled };
                 }
+                Some(Event::Overflow) => {
+                    cancel_at_peer(&link, id).await;
+                    return Ending::error(id, Outcome::Error, codes::SLOW_CLIENT, format!(
+                        "the gateway fell more than {} bytes (LOCAL_PROVIDER_STREAM_BUFFER_BYTES) behind this answer",
+                        hub.config.stream_buffer_bytes()));
+                }
             },
-            () = link_gone(&mut link_rx, generation) => {
-                return disconnected(&id);
+            () = link_gone(&mut link_rx, link.generation) => {
+                match carry_over(hub, id, &link, inbox, last_forwarded, last_deadline).await {
+                    Ok(next) => {
+                        link = next;
+                        asked_resume = true;
+                    }
+                    Err(ending) => return ending,
+                }
             }
             _ = sleep_until(first_deadline.into()), if !first_seen => {
-                cancel_at_peer().await;
+                cancel_at_peer(&link, id).await;
                 let secs = hub.config.request_timeout().as_secs_f64();
-                return Ending::error(&id, Outcome::Timeout, codes::REQUEST_TIMEOUT,
+                return Ending::error(id, Outcome::Timeout, codes::REQUEST_TIMEOUT,
                     format!("the agent did not start answering within {secs}s"));
             }
             _ = sleep_until(last_deadline.into()) => {
-                cancel_at_peer().await;
+                cancel_at_peer(&link, id).await;
                 let secs = hub.config.response_timeout().as_secs_f64();
-                return Ending::error(&id, Outcome::Timeout, codes::RESPONSE_TIMEOUT,
+                return Ending::error(id, Outcome::Timeout, codes::RESPONSE_TIMEOUT,
                     format!("the agent did not finish answering within {secs}s"));
             }
             _ = hub.hard_stop.cancelled() => {
-                cancel_at_peer().await;
+                cancel_at_peer(&link, id).await;
                 let (code, message) = hub.stop_reason();
-                return Ending::error(&id, Outcome::Error, code, message);
+                return Ending::error(id, Outcome::Error, code, message);
             }
         }
     }
+}
+
+/// A failed result for a resume of a request the bridge does not hold, while the request itself is
+/// still kept: the request to send afresh.
+fn unknown_to_bridge(
+    result: &ModelResult,
+    fallback: &mut Option<ModelInvoke>,
+) -> Option<ModelInvoke> {
+    match &result.outcome {
+        Status::Error { error } if error.code == codes::BRIDGE_DISCONNECTED => fallback.take(),
+        _ => None,
+    }
+}
+
+/// The WebSocket the request was on dropped: with a bridge that resumes (protocol 2), waits up
+/// to `RESUME_GRACE` (never past the request's deadline) for the next one and asks it to carry
+/// on after the last chunk relayed; otherwise the request ends with `bridge_disconnected`.
+async fn carry_over(
+    hub: &Hub,
+    id: &str,
+    old: &OnLink,
+    inbox: &mut Inbox,
+    after_chunk_index: Option<u64>,
+    deadline: Instant,
+) -> Result<OnLink, Ending> {
+    let grace = hub.config.resume_grace();
+    if old.protocol < RESUME_PROTOCOL_VERSION || grace.is_zero() {
+        return Err(disconnected(id));
+    }
+    let until = (Instant::now() + grace).min(deadline);
+    let link = match wait_for_link(hub, id, inbox, until).await {
+        Ok(link) => link,
+        Err(Waited::Ended(ending)) => return Err(ending),
+        Err(Waited::TimedOut) => return Err(disconnected(id)),
+    };
+    if link.protocol < RESUME_PROTOCOL_VERSION {
+        return Err(not_resumable(id, link.protocol));
+    }
+    let resume = BridgeFrame::ModelResume {
+        id: id.to_owned(),
+        after_chunk_index,
+    };
+    if link.tx.send(resume).await.is_err() {
+        return Err(disconnected(id));
+    }
+    ::metrics::counter!(metrics::RESUMED).increment(1);
+    tracing::info!(?after_chunk_index, "request resumed on the new WebSocket");
+    Ok(link)
+}
+
+async fn cancel_at_peer(link: &OnLink, id: &str) {
+    // The connection may be gone already; then there is nothing to cancel.
+    let _ = link
+        .tx
+        .send(BridgeFrame::ModelCancel { id: id.to_owned() })
+        .await;
 }
 
 /// Queues `frame` for the gateway; false when it is gone, or when its queue stays full after
@@ -160,21 +327,54 @@ fn disconnected(id: &str) -> Ending {
     )
 }
 
-/// Waits up to `CONNECTION_TIMEOUT` for the WebSocket to be up.
+fn not_resumable(id: &str, protocol: u32) -> Ending {
+    Ending::error(
+        id,
+        Outcome::Disconnected,
+        codes::BRIDGE_DISCONNECTED,
+        format!("the connection to the agent broke mid-answer, and the MCP bridge speaks protocol {protocol}, which cannot resume a request"),
+    )
+}
+
+fn too_large(id: &str, size: u64, limit: u64) -> Ending {
+    Ending::error(
+        id,
+        Outcome::Error,
+        codes::REQUEST_TOO_LARGE,
+        format!("this request is {size} bytes once encoded for the MCP bridge, more than the {limit} bytes the bridge accepts in one frame (LOCAL_PROVIDER_MAX_FRAME_BYTES); shorten the conversation or its attachments"),
+    )
+}
+
+enum Waited {
+    Ended(Ending),
+    TimedOut,
+}
+
+/// Waits until `until` for the WebSocket to be up.
 async fn wait_for_link(
     hub: &Hub,
     id: &str,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-) -> Result<(u64, mpsc::Sender<BridgeFrame>), Ending> {
+    inbox: &mut Inbox,
+    until: Instant,
+) -> Result<OnLink, Waited> {
     let mut link_rx = hub.link.subscribe();
-    let wait = hub.config.connection_timeout();
-    let up = timeout(wait, async {
+    let up = timeout_at(until.into(), async {
         let link = link_rx
             .wait_for(|l| matches!(l, Link::Up { .. }))
             .await
             .map(|guard| guard.clone());
         match link {
-            Ok(Link::Up { generation, tx }) => Some((generation, tx)),
+            Ok(Link::Up {
+                generation,
+                tx,
+                protocol,
+                max_frame_bytes,
+            }) => Some(OnLink {
+                generation,
+                tx,
+                protocol,
+                max_frame_bytes,
+            }),
             _ => None,
         }
     });
@@ -184,31 +384,31 @@ async fn wait_for_link(
             link = &mut up => {
                 return match link {
                     Ok(Some(link)) => Ok(link),
-                    _ => Err(unavailable(hub, id, wait)),
+                    _ => Err(Waited::TimedOut),
                 };
             }
-            event = events.recv() => match event {
+            event = inbox.recv() => match event {
                 Some(Event::Cancel) => {
-                    return Err(Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
-                        "cancelled by the gateway"));
+                    return Err(Waited::Ended(Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
+                        "cancelled by the gateway")));
                 }
                 Some(Event::GatewayGone) | None => {
-                    return Err(Ending { result: None, outcome: Outcome::Cancelled });
+                    return Err(Waited::Ended(Ending { result: None, outcome: Outcome::Cancelled }));
                 }
-                // Nothing was sent yet, so these are not ours to relay.
-                Some(Event::Chunk(_) | Event::Result(_)) => {
+                // Nothing is being answered on a link that is down, so these are not ours.
+                Some(Event::Chunk(_) | Event::Result(_) | Event::Overflow) => {
                     metrics::frame_dropped("not_sent");
                 }
             },
             _ = hub.hard_stop.cancelled() => {
                 let (code, message) = hub.stop_reason();
-                return Err(Ending::error(id, Outcome::Error, code, message));
+                return Err(Waited::Ended(Ending::error(id, Outcome::Error, code, message)));
             }
         }
     }
 }
 
-fn unavailable(hub: &Hub, id: &str, waited: Duration) -> Ending {
+fn unavailable(hub: &Hub, id: &str) -> Ending {
     Ending::error(
         id,
         Outcome::Unavailable,
@@ -216,7 +416,7 @@ fn unavailable(hub: &Hub, id: &str, waited: Duration) -> Ending {
         format!(
             "not connected to the MCP bridge at {} (waited {}s); bridge-agent is reconnecting",
             hub.config.mcp_bridge_url,
-            waited.as_secs_f64()
+            hub.config.connection_timeout().as_secs_f64()
         ),
     )
 }

@@ -1,6 +1,9 @@
-//! The requests in flight, by id: where the bridge's frames for each one go.
+//! The requests in flight, by id: where the bridge's frames for each one go. Each request may
+//! have at most the table's byte bound of chunks waiting for its task; past that it is told
+//! [`Event::Overflow`] and gets nothing more, so the WebSocket reader never waits for anyone.
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use provider_shared::bridge::{ModelResult, StreamChunk};
 use tokio::sync::mpsc;
@@ -16,6 +19,8 @@ pub enum Event {
     Cancel,
     /// The gateway connection that sent it closed.
     GatewayGone,
+    /// More than the byte bound of chunks waited for it: its gateway is not keeping up.
+    Overflow,
 }
 
 /// Which gateway connection a request came from.
@@ -25,7 +30,9 @@ struct Entry {
     serial: u64,
     conn: ConnId,
     events: mpsc::UnboundedSender<Event>,
-    /// Its `model_result` arrived; anything after it is dropped.
+    /// Bytes of chunks sent on `events` and not yet taken by the request's task.
+    queued: Arc<AtomicUsize>,
+    /// Its `model_result` arrived (or it overflowed); anything after it is dropped.
     finished: bool,
 }
 
@@ -36,9 +43,9 @@ pub enum Undeliverable {
     AfterResult,
 }
 
-#[derive(Default)]
 pub struct RequestTable {
     inner: Mutex<Inner>,
+    buffer_bytes: usize,
 }
 
 #[derive(Default)]
@@ -52,17 +59,26 @@ struct Inner {
 pub struct Ticket(u64);
 
 impl RequestTable {
+    pub fn new(buffer_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            buffer_bytes,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // The map stays consistent even if a holder panicked: every change is one statement.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers `id` for `conn`; `None` when that id is already in flight.
+    /// Registers `id` for `conn`; `None` when that id is already in flight. The counter is
+    /// what the request's task gives back as it takes chunks (see [`Taken`]).
     pub fn insert(
         &self,
         id: &str,
         conn: ConnId,
         events: mpsc::UnboundedSender<Event>,
+        queued: Arc<AtomicUsize>,
     ) -> Option<Ticket> {
         let mut inner = self.lock();
         if inner.entries.contains_key(id) {
@@ -76,6 +92,7 @@ impl RequestTable {
                 serial,
                 conn,
                 events,
+                queued,
                 finished: false,
             },
         );
@@ -98,6 +115,14 @@ impl RequestTable {
         let entry = inner.entries.get_mut(id).ok_or(Undeliverable::UnknownId)?;
         if entry.finished {
             return Err(Undeliverable::AfterResult);
+        }
+        if let Event::Chunk(chunk) = &event {
+            let size = chunk.approx_bytes();
+            if entry.queued.fetch_add(size, Ordering::Relaxed) + size > self.buffer_bytes {
+                entry.finished = true;
+                let _ = entry.events.send(Event::Overflow);
+                return Ok(());
+            }
         }
         if matches!(event, Event::Result(_)) {
             entry.finished = true;
@@ -132,6 +157,13 @@ impl RequestTable {
     }
 }
 
+/// Gives a chunk's bytes back to its request's bound once its task has taken it.
+pub fn taken(queued: &AtomicUsize, event: &Event) {
+    if let Event::Chunk(chunk) = event {
+        queued.fetch_sub(chunk.approx_bytes(), Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -149,30 +181,30 @@ mod tests {
 
     #[test]
     fn duplicate_ids_are_refused_until_removed() {
-        let table = RequestTable::default();
+        let table = RequestTable::new(1 << 20);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let t1 = table.insert("a", 1, tx.clone()).unwrap();
-        assert!(table.insert("a", 2, tx.clone()).is_none());
+        let t1 = table.insert("a", 1, tx.clone(), Arc::default()).unwrap();
+        assert!(table.insert("a", 2, tx.clone(), Arc::default()).is_none());
         table.remove("a", t1);
-        assert!(table.insert("a", 2, tx).is_some());
+        assert!(table.insert("a", 2, tx, Arc::default()).is_some());
     }
 
     #[test]
     fn a_stale_ticket_does_not_remove_a_reused_id() {
-        let table = RequestTable::default();
+        let table = RequestTable::new(1 << 20);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let old = table.insert("a", 1, tx.clone()).unwrap();
+        let old = table.insert("a", 1, tx.clone(), Arc::default()).unwrap();
         table.remove("a", old);
-        let _new = table.insert("a", 1, tx).unwrap();
+        let _new = table.insert("a", 1, tx, Arc::default()).unwrap();
         table.remove("a", old);
         assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn routes_by_id_and_drops_after_result() {
-        let table = RequestTable::default();
+        let table = RequestTable::new(1 << 20);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        table.insert("a", 1, tx).unwrap();
+        table.insert("a", 1, tx, Arc::default()).unwrap();
         assert_eq!(table.route("b", chunk("b")), Err(Undeliverable::UnknownId));
         table.route("a", chunk("a")).unwrap();
         table
@@ -192,13 +224,13 @@ mod tests {
 
     #[test]
     fn cancel_only_from_the_owning_connection_and_gone_reaches_all_of_it() {
-        let table = RequestTable::default();
+        let table = RequestTable::new(1 << 20);
         let (tx1, mut rx1) = mpsc::unbounded_channel();
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         let (tx3, mut rx3) = mpsc::unbounded_channel();
-        table.insert("a", 1, tx1).unwrap();
-        table.insert("b", 1, tx2).unwrap();
-        table.insert("c", 2, tx3).unwrap();
+        table.insert("a", 1, tx1, Arc::default()).unwrap();
+        table.insert("b", 1, tx2, Arc::default()).unwrap();
+        table.insert("c", 2, tx3, Arc::default()).unwrap();
         assert!(!table.cancel("a", 2));
         assert!(table.cancel("a", 1));
         assert!(matches!(rx1.try_recv().unwrap(), Event::Cancel));
@@ -206,5 +238,27 @@ mod tests {
         assert!(matches!(rx1.try_recv().unwrap(), Event::GatewayGone));
         assert!(matches!(rx2.try_recv().unwrap(), Event::GatewayGone));
         assert!(rx3.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_request_past_its_byte_bound_is_told_once_and_gets_nothing_more() {
+        let table = RequestTable::new(600);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (other_tx, mut other_rx) = mpsc::unbounded_channel();
+        table.insert("a", 1, tx, Arc::default()).unwrap();
+        table.insert("b", 1, other_tx, Arc::default()).unwrap();
+        table.route("a", chunk("a")).unwrap();
+        table.route("a", chunk("a")).unwrap();
+        table.route("a", chunk("a")).unwrap();
+        assert_eq!(
+            table.route("a", chunk("a")),
+            Err(Undeliverable::AfterResult)
+        );
+        table.route("b", chunk("b")).unwrap();
+        assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
+        assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
+        assert!(matches!(rx.try_recv().unwrap(), Event::Overflow));
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(other_rx.try_recv().unwrap(), Event::Chunk(_)));
     }
 }

@@ -54,6 +54,8 @@ pub struct RawConfig {
     pub keepalive_interval: Seconds,
     pub shutdown_grace: Seconds,
     pub status_agent_gone_after: Seconds,
+    pub stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
+    pub resume_grace: Seconds,
 }
 
 impl Default for RawConfig {
@@ -104,6 +106,8 @@ impl Default for RawConfig {
             keepalive_interval: Seconds::from_secs(10),
             shutdown_grace: Seconds::from_secs(10),
             status_agent_gone_after: Seconds::from_secs(60),
+            stream_buffer_bytes: Bounded(DEFAULT_STREAM_BUFFER_BYTES),
+            resume_grace: Seconds::from_secs(30),
         }
     }
 }
@@ -214,7 +218,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The status page calls the agent gone when no long-poll was open for this long.
     pub status_agent_gone_after: Duration,
+    /// Bytes of answer one request may hold for a client that is not reading, before it ends
+    /// with `slow_client`.
+    pub stream_buffer_bytes: usize,
+    /// How long a request waits for bridge-agent to come back and resume it.
+    pub resume_grace: Duration,
 }
+
+/// 1 MiB: 25 times the longest answer `MAX_TOKENS_LIMIT` allows by default, so an agent that
+/// keeps to it never trips the bound, yet one client that stops reading costs at most this much.
+pub const DEFAULT_STREAM_BUFFER_BYTES: u64 = 1024 * 1024;
 
 /// Keys shorter than this are refused: they would be guessable.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -353,6 +366,8 @@ impl Settings {
             keepalive_interval: raw.keepalive_interval.0,
             shutdown_grace: raw.shutdown_grace.0,
             status_agent_gone_after: raw.status_agent_gone_after.0,
+            stream_buffer_bytes: raw.stream_buffer_bytes.0 as usize,
+            resume_grace: raw.resume_grace.0,
         })
     }
 

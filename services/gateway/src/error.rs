@@ -22,6 +22,8 @@ pub enum Error {
     },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("this request is {size} bytes once encoded for the MCP bridge, more than the {limit} bytes the bridge accepts in one frame (LOCAL_PROVIDER_MAX_FRAME_BYTES); shorten the conversation or its attachments")]
+    RequestTooLarge { size: u64, limit: u64 },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -82,7 +84,9 @@ impl Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooLarge { .. } | Error::RequestTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -99,7 +103,9 @@ impl Error {
     fn kind_and_code(&self) -> (&str, Option<&str>) {
         match self {
             Error::InvalidRequest { code, .. } => ("invalid_request_error", *code),
-            Error::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Error::BodyTooLarge { .. } | Error::RequestTooLarge { .. } => {
+                ("invalid_request_error", Some("request_too_large"))
+            }
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
@@ -109,6 +115,9 @@ impl Error {
             Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
             Error::BridgeAgentUnavailable(_) => ("server_error", Some("bridge_agent_unavailable")),
             Error::StoreUnavailable { .. } => ("server_error", Some("store_unavailable")),
+            Error::Agent { code, status, .. } if status.is_client_error() => {
+                ("invalid_request_error", Some(code.as_str()))
+            }
             Error::Agent { code, .. } => ("server_error", Some(code.as_str())),
             Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
                 ("server_error", Some("internal_error"))

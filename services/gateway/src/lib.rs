@@ -73,8 +73,12 @@ pub async fn run(
     // Before anything is spawned: a store that cannot be reached stops start-up.
     let store = Arc::new(store::open(&settings, audit.clone()).await?);
     let links_down = CancellationToken::new();
-    let bridge =
-        bridge::BridgeClient::start(settings.bridge_socket.clone(), links_down.clone(), &tracker);
+    let bridge = bridge::BridgeClient::start(
+        settings.bridge_socket.clone(),
+        settings.stream_buffer_bytes,
+        links_down.clone(),
+        &tracker,
+    );
     let grace_over = CancellationToken::new();
     let key_client = format!("key:{}", hex::encode(&settings.api_key_digest[..6]));
     let state = Arc::new(state::AppState {
@@ -88,6 +92,7 @@ pub async fn run(
         key_client,
         models_created: store::now_ms() / 1000,
         status: status::Board::default(),
+        tasks: tracker.clone(),
         settings,
     });
     tracker.spawn(
@@ -186,6 +191,14 @@ fn describe_metrics() {
     );
     metrics::counter!("gateway_context_length_exceeded_total").absolute(0);
     describe_counter!("gateway_auth_failures_total", "Failed authentications");
+    describe_counter!(
+        "gateway_slow_clients_total",
+        "Requests ended with slow_client: their client fell more than STREAM_BUFFER_BYTES behind"
+    );
+    describe_counter!(
+        "gateway_requests_resumed_total",
+        "Requests re-attached to a new bridge-agent connection after the old one broke"
+    );
     describe_counter!("gateway_tokens_total", "Tokens processed, by kind");
     describe_gauge!("gateway_requests_in_flight", "Chat requests being answered");
     describe_gauge!("gateway_sessions_active", "Live sessions");

@@ -29,6 +29,8 @@ pub struct AppState {
     pub models_created: u64,
     /// Requests in flight, recent errors and history for the status page.
     pub status: crate::status::Board,
+    /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 pub type Shared = Arc<AppState>;

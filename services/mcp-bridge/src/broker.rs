@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::conversation::Conversations;
 use crate::metrics;
 use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
+use crate::resume::Resumes;
 use provider_shared::audit::Audit;
 
 /// A connected bridge-agent.
@@ -45,12 +46,15 @@ pub struct Broker {
     pub activity: crate::activity::Activity,
     /// MCP clients being asked through `sampling/createMessage` (`MCP_SAMPLING`).
     pub sampling_clients: AtomicUsize,
-    /// Their loops, so shutdown waits for them.
+    /// Their loops, and the resume-grace timers of vanished connections, so shutdown waits for
+    /// them.
     pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
     /// What each MCP session was handed of each conversation (`MCP_DELTAS`).
     pub conversations: Arc<Conversations>,
+    /// Requests of protocol-2 connections, which may resume on a new one.
+    pub resumes: std::sync::Arc<Resumes>,
     counts: Counts,
 }
 
@@ -71,8 +75,10 @@ pub struct Submitted {
 
 impl Broker {
     pub fn new(config: Config, audit: Audit) -> Self {
+        let resumes = Resumes::new(config.replay_bytes, config.resume_grace);
         Self {
             conversations: Conversations::new(config.deltas),
+            resumes: std::sync::Arc::new(resumes),
             config,
             audit,
             started: Instant::now(),
@@ -126,6 +132,48 @@ impl Broker {
             self.record_end(&entry, Ended::Withdrawn, None);
         }
         self.gauges();
+    }
+
+    /// The connection of `owner`, which can resume, vanished: its requests stay (the agent
+    /// keeps answering them) until one of the same `agent_id` resumes them, or for
+    /// `RESUME_GRACE`, after which the rest are withdrawn.
+    pub fn agent_vanished(self: &std::sync::Arc<Self>, owner: Owner) {
+        let n = {
+            let mut agents = self.agents();
+            agents.remove(&owner);
+            agents.len()
+        };
+        metrics::agents(n);
+        let held = self.resumes.detach(owner);
+        tracing::info!(
+            held,
+            grace = ?self.resumes.grace,
+            "holding the requests of a vanished bridge-agent connection for a resume"
+        );
+        let broker = self.clone();
+        let span = tracing::info_span!("resume_grace", owner);
+        self.samplers.spawn(tracing::Instrument::instrument(
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(broker.resumes.grace) => {}
+                    _ = broker.stopping.cancelled() => {}
+                }
+                for id in broker.resumes.expire(owner) {
+                    let entry = broker.queue().end(&id, Ended::Withdrawn);
+                    if let Some(entry) = entry {
+                        tracing::info!(%id, "not resumed within RESUME_GRACE; withdrawn");
+                        broker.record_end(&entry, Ended::Withdrawn, None);
+                    }
+                }
+                broker.gauges();
+            },
+            span,
+        ));
+    }
+
+    /// `model_resume` succeeded: cancels from the new connection now reach the request.
+    pub fn reowned(&self, id: &str, owner: Owner) {
+        self.queue().reown(id, owner);
     }
 
     pub fn agent_count(&self) -> usize {

@@ -54,6 +54,19 @@ struct Raw {
     mcp_sampling: Flag,
     #[serde(default = "yes")]
     mcp_deltas: Flag,
+    #[serde(default = "default_max_frame")]
+    max_frame_bytes: Bounded<1024, 1_073_741_824>,
+    #[serde(default = "thirty")]
+    resume_grace: Seconds,
+    #[serde(default = "default_stream_buffer")]
+    stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
+}
+
+fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
+    Bounded(provider_shared::bridge::DEFAULT_MAX_FRAME_BYTES)
+}
+fn default_stream_buffer() -> Bounded<65_536, 1_073_741_824> {
+    Bounded(1024 * 1024)
 }
 
 fn default_host() -> String {
@@ -107,6 +120,12 @@ pub struct Config {
     pub sampling: bool,
     /// Hand an MCP session only the messages of a conversation it has not been given yet.
     pub deltas: bool,
+    /// The largest WebSocket frame (and message) taken from bridge-agent, said in `welcome`.
+    pub max_frame_bytes: u64,
+    /// How long the requests of a vanished bridge-agent connection wait for it to resume them.
+    pub resume_grace: Duration,
+    /// Bytes of each request's sent chunks kept for a replay after a resume.
+    pub replay_bytes: usize,
 }
 
 impl Config {
@@ -176,6 +195,9 @@ impl Config {
             shutdown_grace: raw.shutdown_grace.0,
             sampling: raw.mcp_sampling.0,
             deltas: raw.mcp_deltas.0,
+            max_frame_bytes: raw.max_frame_bytes.0,
+            resume_grace: raw.resume_grace.0,
+            replay_bytes: usize::try_from(raw.stream_buffer_bytes.0).unwrap_or(usize::MAX),
         })
     }
 

@@ -14,6 +14,7 @@ mod mcp;
 mod metrics;
 mod queue;
 pub mod relay;
+mod resume;
 mod sampling;
 mod ws;
 

@@ -252,6 +252,13 @@ impl Queue {
         }
     }
 
+    /// Request `id` now belongs to connection `owner` (it was resumed there).
+    pub fn reown(&mut self, id: &str, owner: Owner) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.owner = owner;
+        }
+    }
+
     /// Ends every request of `owner` (its connection dropped).
     pub fn drop_owner(&mut self, owner: Owner) -> Vec<Entry> {
         let ids: Vec<String> = self

@@ -1,4 +1,4 @@
-//! bridge-agent's WebSocket (bridge protocol 1, docs/PROTOCOL.md §1): token check on the upgrade,
+//! bridge-agent's WebSocket (bridge protocol 2 and 1, docs/PROTOCOL.md §1): token check on the upgrade,
 //! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use provider_shared::bridge::{BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION};
+use provider_shared::bridge::{
+    negotiate, BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION, RESUME_PROTOCOL_VERSION,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
@@ -59,6 +61,10 @@ pub async fn upgrade(
     }
     let tracker = app.tasks.clone();
     let app = app.clone();
+    // A frame over the limit closes the connection with 1009; bridge-agent, told the limit in
+    // `welcome`, refuses such a request itself before sending it.
+    let limit = usize::try_from(broker.config.max_frame_bytes).unwrap_or(usize::MAX);
+    let ws = ws.max_frame_size(limit).max_message_size(limit);
     ws.on_upgrade(move |socket| {
         let span = tracing::info_span!("bridge_agent", %addr);
         tracker.track_future(serve(app, socket, addr).instrument(span))
@@ -66,8 +72,8 @@ pub async fn upgrade(
 }
 
 async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
-    let agent_id = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
-        Ok(Ok(agent_id)) => agent_id,
+    let (agent_id, protocol) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+        Ok(Ok(agreed)) => agreed,
         Ok(Err(why)) => {
             tracing::warn!(%why, "bridge-agent handshake failed");
             close(&mut socket, 1002, why).await;
@@ -80,8 +86,9 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
         }
     };
     let welcome = BridgeFrame::Welcome {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         bridge_id: Some(app.bridge_id.clone()),
+        max_frame_bytes: (protocol >= 2).then_some(app.broker.config.max_frame_bytes),
     };
     if socket
         .send(Message::Text(welcome.to_text().into()))
@@ -102,28 +109,41 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
                "credential": if app.bridge_token.required() { "mcp_bridge_token" } else { "none" },
                "success": true}),
     );
-    tracing::info!(%agent_id, owner, "bridge-agent connected");
-    let why = run(&app, &mut socket, owner).await;
-    broker.agent_disconnected(owner);
+    tracing::info!(%agent_id, owner, protocol, "bridge-agent connected");
+    let peer = Peer {
+        owner,
+        agent_id: agent_id.clone(),
+        resumable: protocol >= RESUME_PROTOCOL_VERSION && !broker.config.resume_grace.is_zero(),
+    };
+    let why = run(&app, &mut socket, &peer).await;
+    if peer.resumable && !app.closing.is_cancelled() {
+        broker.agent_vanished(owner);
+    } else {
+        broker.agent_disconnected(owner);
+    }
     tracing::info!(%agent_id, reason = %why, "bridge-agent disconnected");
 }
 
-/// Waits for `hello`; answers pings meanwhile. Returns the agent id.
-async fn hello(socket: &mut WebSocket) -> Result<String, String> {
+/// Waits for `hello`; answers pings meanwhile. Returns the agent id and the protocol version
+/// both sides speak.
+async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
     while let Some(msg) = socket.recv().await {
         let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
             continue;
         };
         match BridgeFrame::parse(&text) {
             Ok(BridgeFrame::Hello {
-                agent_id, protocol, ..
+                agent_id,
+                protocol,
+                max_protocol,
+                ..
             }) => {
-                if protocol != PROTOCOL_VERSION {
+                let Some(agreed) = negotiate(max_protocol.unwrap_or(protocol).max(protocol)) else {
                     return Err(format!(
-                        "bridge protocol {protocol} is not supported (this bridge speaks {PROTOCOL_VERSION})"
+                        "bridge protocol {protocol} is not supported (this bridge speaks 1 to {PROTOCOL_VERSION})"
                     ));
-                }
-                return Ok(agent_id);
+                };
+                return Ok((agent_id, agreed));
             }
             Ok(BridgeFrame::Ping { ts }) => {
                 let pong = BridgeFrame::Pong { ts }.to_text();
@@ -138,7 +158,15 @@ async fn hello(socket: &mut WebSocket) -> Result<String, String> {
     Err("closed before hello".into())
 }
 
-async fn run(app: &App, socket: &mut WebSocket, owner: Owner) -> String {
+/// One bridge-agent connection, as its requests see it.
+struct Peer {
+    owner: Owner,
+    agent_id: String,
+    /// Protocol 2 with a resume grace: its requests outlive the connection.
+    resumable: bool,
+}
+
+async fn run(app: &App, socket: &mut WebSocket, peer: &Peer) -> String {
     let broker = &app.broker;
     let (tx, mut rx) = mpsc::unbounded_channel::<BridgeFrame>();
     let silence_limit = broker.config.heartbeat_interval * 2;
@@ -166,7 +194,7 @@ async fn run(app: &App, socket: &mut WebSocket, owner: Owner) -> String {
                     silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
                     match msg {
                         Message::Text(text) => {
-                            if let Some(reply) = on_text(app, owner, &tx, &text) {
+                            if let Some(reply) = on_text(app, peer, &tx, &text) {
                                 if let Err(err) = send(socket, reply).await {
                                     return err;
                                 }
@@ -203,14 +231,51 @@ async fn run(app: &App, socket: &mut WebSocket, owner: Owner) -> String {
 
 fn on_text(
     app: &App,
-    owner: Owner,
+    peer: &Peer,
     tx: &mpsc::UnboundedSender<BridgeFrame>,
     text: &str,
 ) -> Option<BridgeFrame> {
+    let owner = peer.owner;
     match BridgeFrame::parse(text) {
         Ok(BridgeFrame::ModelInvoke(invoke)) => {
             tracing::info!(id = %invoke.id, session = ?invoke.session_id, "request queued");
-            app.broker.invoke(owner, invoke, tx.clone());
+            let to_owner = if peer.resumable {
+                let routed = app
+                    .broker
+                    .resumes
+                    .open(&invoke.id, &peer.agent_id, owner, tx.clone());
+                // A live id: the queue refuses it, answering on the connection itself.
+                routed.unwrap_or_else(|| tx.clone())
+            } else {
+                tx.clone()
+            };
+            app.broker.invoke(owner, invoke, to_owner);
+        }
+        Ok(BridgeFrame::ModelResume {
+            id,
+            after_chunk_index,
+        }) if peer.resumable => {
+            let resumed = app.broker.resumes.resume(
+                &id,
+                &peer.agent_id,
+                owner,
+                tx.clone(),
+                after_chunk_index,
+            );
+            match resumed {
+                Ok(()) => {
+                    tracing::info!(%id, ?after_chunk_index, "request resumed");
+                    app.broker.reowned(&id, owner);
+                }
+                Err(why) => {
+                    tracing::info!(%id, reason = %why.0, "model_resume refused");
+                    return Some(BridgeFrame::ModelResult(ModelResult::error(
+                        id,
+                        provider_shared::bridge::codes::BRIDGE_DISCONNECTED,
+                        why.0,
+                    )));
+                }
+            }
         }
         Ok(BridgeFrame::ModelCancel { id }) => app.broker.cancel(owner, &id),
         Ok(BridgeFrame::Ping { ts }) => return Some(BridgeFrame::Pong { ts }),

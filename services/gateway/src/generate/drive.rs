@@ -1,16 +1,22 @@
 //! Turns the agent's frames for one request into [`Piece`]s: output deltas as they arrive, then
-//! exactly one ending, answered or failed. Dropping the stream before its end cancels the request
-//! all the way to the agent and closes its books.
+//! exactly one ending, answered or failed. The request runs in its own task, so its deadline,
+//! its cancellation and a lost bridge-agent are handled whether or not the client reads; what
+//! the client has not read yet waits in a bounded [`Outbox`]. Dropping the pieces before their
+//! end cancels the request all the way to the agent and closes its books.
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use provider_shared::bridge::{Outcome, Usage};
+use provider_shared::bridge::{codes, Outcome, Usage};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::account::Accounting;
 use super::agent_error;
 use super::convert::Answer;
+use super::outbox::Outbox;
 use crate::bridge::{Call, Event};
 use crate::error::Error;
 use crate::state::{AppState, Shared};
@@ -37,19 +43,12 @@ enum Next {
     Bridge(Event),
     Backstop,
     GraceOver,
+    ReaderGone,
 }
 
 /// How long the gateway waits for bridge-agent's own timeouts before it gives up by itself.
 fn backstop(state: &AppState) -> Duration {
     state.settings.response_timeout + state.settings.connection_timeout + Duration::from_secs(5)
-}
-
-async fn next(state: &AppState, call: &mut Call, deadline: tokio::time::Instant) -> Next {
-    tokio::select! {
-        event = call.next() => Next::Bridge(event),
-        _ = tokio::time::sleep_until(deadline) => Next::Backstop,
-        _ = state.grace_over.cancelled() => Next::GraceOver,
-    }
 }
 
 fn backstop_error(after: Duration) -> Error {
@@ -67,73 +66,177 @@ fn backstop_error(after: Duration) -> Error {
 fn shutdown_error() -> Error {
     Error::Agent {
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        code: provider_shared::bridge::codes::SHUTTING_DOWN.into(),
+        code: codes::SHUTTING_DOWN.into(),
         message: "the gateway shut down before the answer was complete; try again".into(),
         retry_after: Some(Duration::from_secs(1)),
     }
 }
 
-fn lost_error() -> Error {
+fn lost_error(grace: Duration) -> Error {
     Error::Agent {
         status: axum::http::StatusCode::BAD_GATEWAY,
         code: "bridge_agent_disconnected".into(),
-        message: "the connection to bridge-agent broke before the answer was complete".into(),
+        message: format!(
+            "the connection to bridge-agent broke before the answer was complete, and no bridge-agent resumed it within {:.0}s (LOCAL_PROVIDER_RESUME_GRACE)",
+            grace.as_secs_f64()
+        ),
         retry_after: None,
     }
 }
 
-pub fn drive(state: Shared, mut call: Call, mut account: Accounting) -> Pieces {
-    Box::pin(async_stream::stream! {
-        let mut answer = Answer::default();
-        let mut streamed = false;
-        let limit = backstop(&state);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let event = next(&state, &mut call, deadline).await;
-            let busy_since = Instant::now();
-            let failure = match event {
-                Next::Bridge(Event::Chunk(c)) => {
-                    account.mark_first_chunk();
-                    let delta = answer.absorb(&c.delta);
-                    account.busy += busy_since.elapsed();
-                    if let Some(delta) = delta {
-                        streamed = true;
-                        yield Piece::Delta(delta);
-                    }
-                    if c.finish_reason.is_some() {
-                        answer.finish_reason = c.finish_reason;
-                    }
+fn slow_client_error(limit: usize) -> Error {
+    Error::Agent {
+        status: axum::http::StatusCode::BAD_GATEWAY,
+        code: codes::SLOW_CLIENT.into(),
+        message: format!(
+            "the client fell more than {limit} bytes (LOCAL_PROVIDER_STREAM_BUFFER_BYTES) behind the answer and it was ended; read the stream as it comes"
+        ),
+        retry_after: None,
+    }
+}
+
+/// Starts the request's own task and returns what it produces.
+pub fn drive(state: Shared, call: Call, account: Accounting) -> Pieces {
+    let outbox = Outbox::new(state.settings.stream_buffer_bytes);
+    let reader_gone = CancellationToken::new();
+    let span = tracing::info_span!("request", request_id = %call.id);
+    state.tasks.spawn(
+        run(
+            state.clone(),
+            call,
+            account,
+            outbox.clone(),
+            reader_gone.clone(),
+        )
+        .instrument(span),
+    );
+    Box::pin(outbox.reader(reader_gone))
+}
+
+async fn run(
+    state: Shared,
+    mut call: Call,
+    mut account: Accounting,
+    outbox: Arc<Outbox>,
+    reader_gone: CancellationToken,
+) {
+    let mut answer = Answer::default();
+    let mut streamed = false;
+    let limit = backstop(&state);
+    let started = tokio::time::Instant::now();
+    let deadline = started + limit;
+    // The last chunk taken, so a resumed answer continues right after it, and a chunk seen
+    // twice is taken once.
+    let mut last_chunk: Option<u64> = None;
+    let failure = loop {
+        let event = tokio::select! {
+            biased;
+            _ = reader_gone.cancelled() => Next::ReaderGone,
+            event = call.next() => Next::Bridge(event),
+            _ = tokio::time::sleep_until(deadline) => Next::Backstop,
+            _ = state.grace_over.cancelled() => Next::GraceOver,
+        };
+        let busy_since = Instant::now();
+        match event {
+            Next::Bridge(Event::Chunk(c)) => {
+                if last_chunk.is_some_and(|last| c.chunk_index <= last) {
                     continue;
                 }
-                Next::Bridge(Event::Result(result)) => match result.outcome {
-                    Outcome::Ok { result } => {
-                        account.mark_first_chunk();
-                        answer.absorb_result(&result);
-                        if !streamed {
-                            if let Some(delta) = answer.as_single_delta() {
-                                yield Piece::Delta(delta);
-                            }
-                        }
-                        let completion = tokens::count_answer(answer.completion_text()).await;
-                        account.busy += busy_since.elapsed();
-                        let overhead = account.overhead();
-                        let usage = account.finish("ok", result.usage, completion);
-                        let finish_reason = answer.finish_reason();
-                        yield Piece::Done { answer: Box::new(answer), finish_reason, usage, overhead };
-                        break;
+                last_chunk = Some(c.chunk_index);
+                account.mark_first_chunk();
+                let delta = answer.absorb(&c.delta);
+                account.busy += busy_since.elapsed();
+                if c.finish_reason.is_some() {
+                    answer.finish_reason = c.finish_reason.clone();
+                }
+                if let Some(delta) = delta {
+                    streamed = true;
+                    if outbox.push(Piece::Delta(delta), c.approx_bytes()).is_err() {
+                        break slow_client(&state, &account);
                     }
-                    Outcome::Error { error } => agent_error(&error),
-                },
-                Next::Bridge(Event::Lost) => lost_error(),
-                Next::Backstop => backstop_error(limit),
-                Next::GraceOver => shutdown_error(),
-            };
-            let completion = tokens::count_answer(answer.completion_text()).await;
-            account.finish(&failure.code(), None, completion);
-            yield Piece::Failed(failure);
-            break;
+                }
+            }
+            Next::Bridge(Event::Result(result)) => match result.outcome {
+                Outcome::Ok { result } => {
+                    account.mark_first_chunk();
+                    answer.absorb_result(&result);
+                    if !streamed {
+                        if let Some(delta) = answer.as_single_delta() {
+                            // The ending follows at once, so this one piece is not held back.
+                            let _ = outbox.push(Piece::Delta(delta), 0);
+                        }
+                    }
+                    let completion = tokens::count_answer(answer.completion_text()).await;
+                    account.busy += busy_since.elapsed();
+                    let overhead = account.overhead();
+                    let usage = account.finish("ok", result.usage, completion);
+                    let finish_reason = answer.finish_reason();
+                    let done = Piece::Done {
+                        answer: Box::new(answer),
+                        finish_reason,
+                        usage,
+                        overhead,
+                    };
+                    outbox.end(done, false);
+                    return;
+                }
+                Outcome::Error { error } => break agent_error(&error),
+            },
+            Next::Bridge(Event::Lost) => {
+                let grace = state.settings.resume_grace;
+                let until = deadline.min(tokio::time::Instant::now() + grace);
+                let resumed = tokio::select! {
+                    resumed = call.resume(last_chunk, started.elapsed(), until) => resumed,
+                    _ = reader_gone.cancelled() => false,
+                    _ = state.grace_over.cancelled() => false,
+                };
+                if resumed {
+                    tracing::info!(after_chunk_index = ?last_chunk, "request resumed on a new bridge-agent connection");
+                    metrics::counter!("gateway_requests_resumed_total").increment(1);
+                    continue;
+                }
+                break lost_error(grace);
+            }
+            Next::Bridge(Event::Overflow) => break slow_client(&state, &account),
+            Next::Backstop => break backstop_error(limit),
+            Next::GraceOver => break shutdown_error(),
+            Next::ReaderGone => {
+                // Dropping the call cancels the request at bridge-agent.
+                drop(call);
+                account.finish("cancelled", None, estimate_tokens(&answer));
+                outbox.close();
+                return;
+            }
         }
-    })
+    };
+    // Cancel at bridge-agent first (a no-op when its result already came).
+    drop(call);
+    let slow = failure.code() == codes::SLOW_CLIENT;
+    account.finish(&failure.code(), None, estimate_tokens(&answer));
+    outbox.end(Piece::Failed(failure), slow);
+}
+
+/// The tokens of an answer that ended early, for the budget: about four bytes each. Counting
+/// exactly costs a tokenizer pass over all of it (seconds and many megabytes for a long run of
+/// one character), which a failed request must not cost.
+fn estimate_tokens(answer: &Answer) -> u64 {
+    let bytes = answer.content.len()
+        + answer.reasoning.len()
+        + answer
+            .tool_calls
+            .values()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>();
+    (bytes as u64).div_ceil(4)
+}
+
+/// The client is too far behind: the request ends alone, with a metric and a log line (the
+/// audit record comes with its books).
+fn slow_client(state: &AppState, account: &Accounting) -> Error {
+    metrics::counter!("gateway_slow_clients_total").increment(1);
+    tracing::warn!(client_ip = %account.client_ip, limit = state.settings.stream_buffer_bytes,
+        "client fell too far behind the answer; ending the request");
+    slow_client_error(state.settings.stream_buffer_bytes)
 }
 
 /// Waits for the end of a non-streamed answer.

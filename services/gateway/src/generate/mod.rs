@@ -16,6 +16,7 @@ use crate::state::{AppState, Shared};
 mod account;
 pub mod convert;
 pub mod drive;
+mod outbox;
 
 use account::Accounting;
 pub use drive::{Piece, Pieces};
@@ -312,6 +313,7 @@ pub fn agent_error(err: &ErrorBody) -> Error {
             Some(Duration::from_secs(1)),
         ),
         codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
+        codes::REQUEST_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, None),
         _ => (StatusCode::BAD_GATEWAY, None),
     };
     Error::Agent {

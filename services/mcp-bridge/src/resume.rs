@@ -1,0 +1,349 @@
+//! Requests that outlive their bridge-agent connection (bridge protocol 2, docs/PROTOCOL.md §1):
+//! every frame a request sends goes through its [`Route`], which forwards it to the connection
+//! that owns the request now and keeps the recent chunks and the result. When that connection
+//! vanishes, its requests stay for `RESUME_GRACE` (the agent keeps answering into the log), and a
+//! `model_resume` from a connection of the same `agent_id` re-attaches one and replays what came
+//! after the chunk bridge-agent names.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use provider_shared::bridge::BridgeFrame;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tracing::Instrument;
+
+use crate::queue::Owner;
+
+/// How many ended requests keep their last frames, in case the connection that was sent them
+/// drops before they arrive.
+const ENDED_KEPT: usize = 64;
+
+/// Where one request's frames go.
+#[derive(Clone)]
+struct Route(Arc<Mutex<RouteState>>);
+
+struct RouteState {
+    /// The owning connection; `None` while it is gone.
+    tx: Option<UnboundedSender<BridgeFrame>>,
+    owner: Owner,
+    /// Chunks sent, oldest first, at most `limit` bytes of them.
+    chunks: VecDeque<(u64, BridgeFrame, usize)>,
+    bytes: usize,
+    limit: usize,
+    /// The highest chunk index dropped from `chunks` to keep within `limit`.
+    dropped_through: Option<u64>,
+    result: Option<BridgeFrame>,
+}
+
+impl Route {
+    fn lock(&self) -> MutexGuard<'_, RouteState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, frame: BridgeFrame) {
+        let mut state = self.lock();
+        if let Some(tx) = &state.tx {
+            let _ = tx.send(frame.clone());
+        }
+        match frame {
+            BridgeFrame::ModelStreamChunk(chunk) => {
+                let size = chunk.approx_bytes();
+                let index = chunk.chunk_index;
+                state
+                    .chunks
+                    .push_back((index, BridgeFrame::ModelStreamChunk(chunk), size));
+                state.bytes += size;
+                while state.bytes > state.limit {
+                    let Some((index, _, size)) = state.chunks.pop_front() else {
+                        break;
+                    };
+                    state.bytes -= size;
+                    state.dropped_through = Some(index);
+                }
+            }
+            result @ BridgeFrame::ModelResult(_) => state.result = Some(result),
+            _ => {}
+        }
+    }
+
+    /// Points the route at a new connection and replays what came after `after`.
+    fn attach(
+        &self,
+        tx: UnboundedSender<BridgeFrame>,
+        owner: Owner,
+        after: Option<u64>,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        if let Some(dropped) = state.dropped_through {
+            if after.is_none_or(|a| a < dropped) {
+                return Err(format!(
+                    "chunks up to {dropped} are no longer held (STREAM_BUFFER_BYTES), and bridge-agent has only up to {after:?}"
+                ));
+            }
+        }
+        for (index, frame, _) in &state.chunks {
+            if after.is_none_or(|a| *index > a) {
+                let _ = tx.send(frame.clone());
+            }
+        }
+        if let Some(result) = &state.result {
+            let _ = tx.send(result.clone());
+        }
+        state.tx = Some(tx);
+        state.owner = owner;
+        Ok(())
+    }
+}
+
+struct Held {
+    agent_id: String,
+    route: Route,
+    /// When its last frame was sent (it is no longer in the queue).
+    ended: Option<Instant>,
+}
+
+/// The routes of protocol-2 requests, by id.
+pub struct Resumes {
+    held: Mutex<HashMap<String, Held>>,
+    limit: usize,
+    pub grace: Duration,
+}
+
+/// A `model_resume` that cannot be honoured, with the sentence to send back.
+#[derive(Debug)]
+pub struct NotResumable(pub String);
+
+impl Resumes {
+    pub fn new(limit: usize, grace: Duration) -> Self {
+        Self {
+            held: Mutex::default(),
+            limit,
+            grace,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sender a new request of `agent_id` on connection `owner` should be answered through;
+    /// `None` when a live request already has this id (the queue refuses the duplicate).
+    pub fn open(
+        self: &Arc<Self>,
+        id: &str,
+        agent_id: &str,
+        owner: Owner,
+        tx: UnboundedSender<BridgeFrame>,
+    ) -> Option<UnboundedSender<BridgeFrame>> {
+        let route = Route(Arc::new(Mutex::new(RouteState {
+            tx: Some(tx),
+            owner,
+            chunks: VecDeque::new(),
+            bytes: 0,
+            limit: self.limit,
+            dropped_through: None,
+            result: None,
+        })));
+        {
+            let mut held = self.lock();
+            if held.get(id).is_some_and(|h| h.ended.is_none()) {
+                return None;
+            }
+            held.insert(
+                id.to_owned(),
+                Held {
+                    agent_id: agent_id.to_owned(),
+                    route: route.clone(),
+                    ended: None,
+                },
+            );
+        }
+        // The queue's entry holds the sender; when the entry is gone, so is the request.
+        let (request_tx, mut request_rx) = mpsc::unbounded_channel::<BridgeFrame>();
+        let resumes = self.clone();
+        let id = id.to_owned();
+        let span = tracing::info_span!("route", %id);
+        tokio::spawn(
+            async move {
+                while let Some(frame) = request_rx.recv().await {
+                    route.send(frame);
+                }
+                resumes.ended(&id, &route);
+            }
+            .instrument(span),
+        );
+        Some(request_tx)
+    }
+
+    fn ended(&self, id: &str, route: &Route) {
+        let mut held = self.lock();
+        if let Some(h) = held
+            .get_mut(id)
+            .filter(|h| Arc::ptr_eq(&h.route.0, &route.0))
+        {
+            h.ended = Some(Instant::now());
+        }
+        let mut ended: Vec<(Instant, String)> = held
+            .iter()
+            .filter_map(|(id, h)| h.ended.map(|at| (at, id.clone())))
+            .collect();
+        if ended.len() > ENDED_KEPT {
+            ended.sort();
+            for (_, id) in &ended[..ended.len() - ENDED_KEPT] {
+                held.remove(id);
+            }
+        }
+    }
+
+    /// Connection `owner` vanished: its requests wait for a resume. Returns how many.
+    pub fn detach(&self, owner: Owner) -> usize {
+        self.lock()
+            .values()
+            .filter(|h| {
+                let mut state = h.route.lock();
+                let mine = state.owner == owner && state.tx.is_some();
+                if mine {
+                    state.tx = None;
+                }
+                mine && h.ended.is_none()
+            })
+            .count()
+    }
+
+    /// After the grace: forgets the requests of `owner` nobody resumed; returns the live ones,
+    /// for the queue to withdraw.
+    pub fn expire(&self, owner: Owner) -> Vec<String> {
+        let mut held = self.lock();
+        let lapsed: Vec<(String, bool)> = held
+            .iter()
+            .filter(|(_, h)| {
+                let state = h.route.lock();
+                state.owner == owner && state.tx.is_none()
+            })
+            .map(|(id, h)| (id.clone(), h.ended.is_none()))
+            .collect();
+        for (id, _) in &lapsed {
+            held.remove(id);
+        }
+        lapsed
+            .into_iter()
+            .filter_map(|(id, live)| live.then_some(id))
+            .collect()
+    }
+
+    /// `model_resume` of `id` from connection `owner` of `agent_id`: re-attaches and replays.
+    pub fn resume(
+        &self,
+        id: &str,
+        agent_id: &str,
+        owner: Owner,
+        tx: UnboundedSender<BridgeFrame>,
+        after: Option<u64>,
+    ) -> Result<(), NotResumable> {
+        let held = self.lock();
+        let Some(h) = held.get(id).filter(|h| h.agent_id == agent_id) else {
+            return Err(NotResumable(format!(
+                "mcp-bridge holds no request {id} of bridge-agent {agent_id:?} to resume: it restarted (its queue is in memory) or LOCAL_PROVIDER_RESUME_GRACE ran out"
+            )));
+        };
+        h.route
+            .attach(tx, owner, after)
+            .map_err(|why| NotResumable(format!("request {id} cannot be resumed: {why}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::bridge::{Delta, ModelResult, StreamChunk};
+
+    fn chunk(id: &str, index: u64) -> BridgeFrame {
+        BridgeFrame::ModelStreamChunk(StreamChunk {
+            id: id.into(),
+            chunk_index: index,
+            delta: Delta {
+                content: Some(format!("c{index}")),
+                ..Delta::default()
+            },
+            finish_reason: None,
+        })
+    }
+
+    fn indices(rx: &mut mpsc::UnboundedReceiver<BridgeFrame>) -> Vec<String> {
+        let mut out = vec![];
+        while let Ok(frame) = rx.try_recv() {
+            out.push(match frame {
+                BridgeFrame::ModelStreamChunk(c) => c.chunk_index.to_string(),
+                BridgeFrame::ModelResult(_) => "result".into(),
+                _ => "other".into(),
+            });
+        }
+        out
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vanished_connection_s_request_is_replayed_after_the_named_chunk() {
+        let resumes = Arc::new(Resumes::new(1 << 20, Duration::from_secs(30)));
+        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
+        let request = resumes.open("r1", "agent", 1, old_tx).unwrap();
+        request.send(chunk("r1", 0)).unwrap();
+        request.send(chunk("r1", 1)).unwrap();
+        settle().await;
+        assert_eq!(indices(&mut old_rx), ["0", "1"]);
+        assert_eq!(resumes.detach(1), 1);
+        // The agent keeps answering while nobody is attached.
+        request.send(chunk("r1", 2)).unwrap();
+        request
+            .send(BridgeFrame::ModelResult(ModelResult::error("r1", "x", "y")))
+            .unwrap();
+        drop(request);
+        settle().await;
+        let (new_tx, mut new_rx) = mpsc::unbounded_channel();
+        assert!(resumes
+            .resume("r1", "other-agent", 2, new_tx.clone(), Some(0))
+            .is_err());
+        resumes.resume("r1", "agent", 2, new_tx, Some(0)).unwrap();
+        assert_eq!(indices(&mut new_rx), ["1", "2", "result"]);
+        assert!(resumes.expire(1).is_empty(), "it was resumed");
+    }
+
+    #[tokio::test]
+    async fn past_the_grace_the_live_requests_are_given_up_and_forgotten() {
+        let resumes = Arc::new(Resumes::new(1 << 20, Duration::from_secs(30)));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let _live = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
+        assert!(
+            resumes.open("r1", "agent", 1, tx.clone()).is_none(),
+            "a live id is not opened twice"
+        );
+        resumes.detach(1);
+        assert_eq!(resumes.expire(1), vec!["r1".to_owned()]);
+        assert!(resumes.resume("r1", "agent", 2, tx, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_before_the_kept_chunks_is_refused() {
+        let resumes = Arc::new(Resumes::new(600, Duration::from_secs(30)));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let request = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
+        for i in 0..5 {
+            request.send(chunk("r1", i)).unwrap();
+        }
+        settle().await;
+        resumes.detach(1);
+        let err = resumes
+            .resume("r1", "agent", 2, tx.clone(), Some(0))
+            .unwrap_err();
+        assert!(err.0.contains("no longer held"), "{err:?}");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        resumes.resume("r1", "agent", 2, tx, Some(3)).unwrap();
+        assert_eq!(indices(&mut rx), ["4"]);
+    }
+}

@@ -1,0 +1,242 @@
+//! Chaos: fifty streamed chats while bridge-agent is SIGKILLed and restarted twice, its WebSocket
+//! is dropped once, and five clients stop reading. Every chat either gets exactly the answer a
+//! fault-free run gives (no chunk lost or repeated, one `[DONE]`) or, for the five, exactly one
+//! `slow_client` error; none outlives the gateway's deadline; both services' memory stays bounded.
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use integration_tests::harness::{wait_for, BridgeAgentProc};
+use integration_tests::stack::{chat_body, Gateway, Sse, Stack, KEY};
+
+use crate::SOON;
+
+const STREAMS: usize = 45;
+const STALLED: usize = 5;
+
+fn text(k: usize) -> String {
+    format!("[[chunks:60]] [[slow:150]] chat number {k}")
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: Option<u32>) -> f64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", pid.unwrap_or(0))).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn errors(sse: &Sse) -> Vec<String> {
+    sse.json()
+        .iter()
+        .filter_map(|e| e["error"]["code"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A streamed chat read to its end, or what came of it by the time the gateway's deadline passed.
+async fn stream(gateway: &Gateway, text: String) -> (String, Duration) {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let patient = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = patient
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat_body(&text, true))
+        .send()
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    let mut chunks = resp.bytes_stream();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            body.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert!(read.is_ok(), "{text}: no end within 60 s; so far: {body}");
+    (body, started.elapsed())
+}
+
+#[tokio::test]
+async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
+    let backstop = Duration::from_secs(40 + 1 + 5);
+    let stack = Stack::start_with(
+        |a| a.env("RESPONSE_TIMEOUT", 40).env("REQUEST_TIMEOUT", 30),
+        |g| {
+            g.env("RESPONSE_TIMEOUT", 40)
+                .env("STREAM_BUFFER_BYTES", 262_144)
+                .env("RATE_LIMIT_TPM", 1_000_000_000)
+        },
+    )
+    .await;
+    stack.peer.set_welcome_protocol(2);
+    stack.peer.drop_connections();
+    wait_for(SOON, "bridge-agent on protocol 2", || async {
+        (stack.peer.hellos().len() >= 2 && stack.peer.record().open == 1).then_some(())
+    })
+    .await;
+    stack
+        .gateway
+        .wait_health("healthy", Duration::from_secs(10))
+        .await;
+
+    // What a fault-free run gives, for every chat.
+    let Stack {
+        peer,
+        agent,
+        gateway,
+    } = stack;
+    let reference: Vec<String> = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))))
+        .await
+        .into_iter()
+        .map(|(body, _)| {
+            let sse = Sse::parse(&body);
+            assert!(errors(&sse).is_empty(), "{body}");
+            sse.content()
+        })
+        .collect();
+    let gateway_before = rss_mib(gateway.service.pid());
+
+    // Five clients that stop reading: their responses are held, unread, until the end.
+    // Their own client: the shared one gives up on a request after 30 s, and these wait longer.
+    let patient = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let resp = patient
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat_body("[[bulk:2500]]", true))
+            .send()
+            .await
+            .unwrap();
+        stalled.push(resp);
+    }
+    // The stalled readers are cut off first (a 10 MiB answer each, far past the buffer), then
+    // the faults come while the fifty chats are mid-answer; the stalled are read at the end.
+    wait_for(
+        Duration::from_secs(60),
+        "the stalled readers cut off",
+        || async {
+            let cut = gateway
+                .audit()
+                .iter()
+                .filter(|r| r["outcome"] == "slow_client")
+                .count();
+            (cut >= STALLED).then_some(())
+        },
+    )
+    .await;
+    let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
+    let socket = agent.socket.clone();
+    let port = agent.port;
+    let url = peer.url();
+    let mut agent = agent;
+    let (peer, gateway) = (&peer, &gateway);
+    let mut peak = (0.0_f64, 0.0_f64);
+    let faults = async {
+        for round in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            if round == 1 {
+                peer.drop_connections();
+            } else {
+                agent.service.kill().await.unwrap();
+                agent = BridgeAgentProc::new(&url)
+                    .env("BRIDGE_SOCKET", socket.display())
+                    .env("BRIDGE_AGENT_PORT", port)
+                    .env("RESPONSE_TIMEOUT", 40)
+                    .env("REQUEST_TIMEOUT", 30)
+                    .spawn();
+            }
+            gateway
+                .wait_health("healthy", Duration::from_secs(30))
+                .await;
+            peak.0 = peak.0.max(rss_mib(gateway.service.pid()));
+            peak.1 = peak.1.max(rss_mib(agent.service.pid()));
+        }
+        agent
+    };
+    let (results, agent) = tokio::join!(chats, faults);
+
+    let mut completed = 0;
+    for (k, (body, took)) in results.iter().enumerate() {
+        assert!(*took < backstop, "chat {k} took {took:?}");
+        let sse = Sse::parse(body);
+        assert_eq!(
+            sse.data.iter().filter(|d| *d == "[DONE]").count(),
+            1,
+            "chat {k}: {body}"
+        );
+        let errs = errors(&sse);
+        assert!(errs.len() <= 1, "chat {k}: {errs:?}");
+        if errs.is_empty() {
+            assert_eq!(
+                sse.content(),
+                reference[k],
+                "chat {k}: lost or repeated chunks"
+            );
+            completed += 1;
+        } else {
+            let last = sse.json().into_iter().find(|e| e.get("error").is_some());
+            println!("chat {k} ended with {last:?}");
+        }
+    }
+    assert_eq!(completed, STREAMS, "every chat was resumed and completed");
+    for resp in stalled {
+        let body = tokio::time::timeout(Duration::from_secs(60), resp.text())
+            .await
+            .unwrap()
+            .unwrap();
+        let sse = Sse::parse(&body);
+        let last = sse
+            .json()
+            .into_iter()
+            .rev()
+            .find(|e| e.get("error").is_some());
+        assert_eq!(errors(&sse), ["slow_client"], "{last:?}");
+        assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+    }
+    let record = peer.record();
+    println!(
+        "chaos: {} invokes, {} resumes, {} cancels",
+        record.invokes.len(),
+        record.resumes.len(),
+        record.cancels.len()
+    );
+    assert_eq!(
+        record.invokes.len(),
+        2 * STREAMS + STALLED,
+        "nothing sent twice"
+    );
+    assert!(
+        record.resumes.len() >= STREAMS,
+        "the faults came while the chats were in flight"
+    );
+    let metrics: String = gateway
+        .get("/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_requests_in_flight 0"),
+        "{metrics}"
+    );
+    let gateway_after = rss_mib(gateway.service.pid());
+    let agent_after = rss_mib(agent.service.pid());
+    println!(
+        "RSS (MiB, debug build): gateway {gateway_before:.1} before, {:.1} peak, {gateway_after:.1} after; bridge-agent {:.1} peak, {agent_after:.1} after",
+        peak.0, peak.1
+    );
+    // Bounded: five readers were sent 50 MiB of answers between them, the services far less.
+    assert!(
+        peak.0 < gateway_before + 64.0,
+        "gateway peak {:.1} MiB",
+        peak.0
+    );
+    assert!(peak.1 < 96.0, "bridge-agent peak {:.1} MiB", peak.1);
+}

@@ -1,0 +1,331 @@
+//! Requests that survive a dropped WebSocket or a killed bridge-agent (bridge protocol 2), clients
+//! that stop reading (`slow_client`), and requests too large for the bridge's frames
+//! (`request_too_large`), each without touching the other requests in flight.
+use std::time::{Duration, Instant};
+
+use integration_tests::harness::{wait_for, BridgeAgentProc};
+use integration_tests::stack::{chat_body, Sse, Stack, KEY, MODEL};
+use serde_json::{json, Value};
+
+use crate::SOON;
+
+/// A stack whose scripted peer resumes as mcp-bridge does.
+async fn resuming_stack(
+    agent: impl FnOnce(BridgeAgentProc) -> BridgeAgentProc,
+    gateway: impl FnOnce(integration_tests::stack::GatewayProc) -> integration_tests::stack::GatewayProc,
+) -> Stack {
+    let stack = Stack::start_with(agent, gateway).await;
+    stack.peer.set_welcome_protocol(2);
+    // Reconnect so the welcome of protocol 2 is the one in force.
+    stack.peer.drop_connections();
+    wait_for(SOON, "bridge-agent back on protocol 2", || async {
+        let hellos = stack.peer.hellos().len();
+        (hellos >= 2 && stack.peer.record().open == 1).then_some(())
+    })
+    .await;
+    stack
+        .gateway
+        .wait_health("healthy", Duration::from_secs(10))
+        .await;
+    stack
+}
+
+/// "echo: <text>": what a fault-free run answers to a message without directives.
+fn expected(text: &str) -> String {
+    format!("echo: {text}")
+}
+
+/// The content a fault-free streamed run of `text` gives.
+async fn fault_free(stack: &Stack, text: &str) -> String {
+    let body = stack
+        .gateway
+        .chat(chat_body(text, true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(only_error_code(&sse), None, "{body}");
+    sse.content()
+}
+
+/// Lifts the token budget so that a conversation over 1 MiB is admitted.
+fn roomy(g: integration_tests::stack::GatewayProc) -> integration_tests::stack::GatewayProc {
+    g.env("RATE_LIMIT_TPM", 1_000_000_000)
+}
+
+fn only_error_code(sse: &Sse) -> Option<String> {
+    let errors: Vec<Value> = sse
+        .json()
+        .into_iter()
+        .filter(|e| e.get("error").is_some())
+        .collect();
+    assert!(errors.len() <= 1, "one error at most: {errors:?}");
+    errors
+        .first()
+        .and_then(|e| e["error"]["code"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn every_chunk_arrives_once_in_order_across_a_websocket_drop() {
+    let stack = resuming_stack(|a| a, |g| g).await;
+    let text = "[[chunks:40]] [[slow:25]] in order please";
+    let want = fault_free(&stack, text).await;
+    let resp = stack.gateway.chat(chat_body(text, true)).await;
+    let reader = tokio::spawn(async move { resp.text().await.unwrap() });
+    stack
+        .peer
+        .wait_until(SOON, |r| !r.invokes.is_empty())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.peer.drop_connections();
+    let body = tokio::time::timeout(SOON, reader).await.unwrap().unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(only_error_code(&sse), None, "{body}");
+    assert_eq!(sse.content(), want);
+    assert_eq!(sse.data.iter().filter(|d| *d == "[DONE]").count(), 1);
+    let finishes = sse
+        .json()
+        .iter()
+        .filter(|e| e["choices"][0]["finish_reason"].is_string())
+        .count();
+    assert_eq!(finishes, 1);
+    assert_eq!(stack.peer.record().resumes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_killed_bridge_agent_is_replaced_and_the_gateway_resumes_its_streams() {
+    let mut stack = resuming_stack(|a| a, |g| g).await;
+    let socket = stack.agent.socket.clone();
+    let port = stack.agent.port;
+    let text = "[[chunks:30]] [[slow:60]] survive the restart";
+    let mut streamed = stack.gateway.chat(chat_body(text, true)).await;
+    let whole = stack
+        .gateway
+        .post("/v1/chat/completions", Some(KEY))
+        .json(&chat_body("[[delay:800]] whole", false));
+    let whole = tokio::spawn(async move { whole.send().await.unwrap() });
+    stack
+        .peer
+        .wait_until(SOON, |r| r.invokes.len() == 2)
+        .await
+        .unwrap();
+    streamed.chunk().await.unwrap();
+    streamed.chunk().await.unwrap();
+    stack.agent.service.kill().await.unwrap();
+    let restarted_at = Instant::now();
+    let _restarted = BridgeAgentProc::new(&stack.peer.url())
+        .env("BRIDGE_SOCKET", socket.display())
+        .env("BRIDGE_AGENT_PORT", port)
+        .spawn();
+    let next = tokio::time::timeout(SOON, streamed.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    let to_next_chunk = restarted_at.elapsed();
+    println!(
+        "from bridge-agent's restart to the resumed stream's next chunk: {} ms",
+        to_next_chunk.as_millis()
+    );
+    let rest = tokio::time::timeout(SOON, streamed.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let body = format!(
+        "{}{}",
+        String::from_utf8_lossy(next.as_deref().unwrap_or_default()),
+        rest
+    );
+    let tail = Sse::parse(&body);
+    assert_eq!(only_error_code(&tail), None, "{body}");
+    assert_eq!(tail.data.last().map(String::as_str), Some("[DONE]"));
+    let whole: Value = whole.await.unwrap().json().await.unwrap();
+    assert_eq!(whole["choices"][0]["message"]["content"], expected("whole"));
+    let record = stack.peer.record();
+    assert_eq!(record.invokes.len(), 2, "nothing sent twice");
+    assert_eq!(record.resumes.len(), 2, "{:?}", record.resumes);
+}
+
+#[tokio::test]
+async fn without_a_bridge_agent_within_the_grace_the_stream_ends_with_one_clear_error() {
+    let mut stack = resuming_stack(|a| a, |g| g.env("RESUME_GRACE", "0.5")).await;
+    let mut streamed = stack
+        .gateway
+        .chat(chat_body("[[chunks:30]] [[slow:60]] alone", true))
+        .await;
+    streamed.chunk().await.unwrap();
+    stack.agent.service.kill().await.unwrap();
+    let body = tokio::time::timeout(SOON, streamed.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(
+        only_error_code(&sse).as_deref(),
+        Some("bridge_agent_disconnected")
+    );
+    assert!(body.contains("RESUME_GRACE"), "{body}");
+    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
+    let stack = Stack::start_with(|a| a, |g| g.env("STREAM_BUFFER_BYTES", 262_144)).await;
+    // 40 MiB: far more than the socket buffers between the gateway and a client hold.
+    let stalled = stack.gateway.chat(chat_body("[[bulk:10000]]", true)).await;
+    let invoke = stack
+        .peer
+        .wait_until(SOON, |r| !r.invokes.is_empty())
+        .await
+        .unwrap()
+        .invokes[0]
+        .id
+        .clone();
+    // Meanwhile another client is answered at once.
+    let other: Value = stack
+        .gateway
+        .chat(chat_body("[[chunks:3]] meanwhile", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        other["choices"][0]["message"]["content"],
+        expected("meanwhile")
+    );
+    // Debug builds on a busy machine move the first megabytes slowly; the bound is what counts.
+    assert!(
+        stack
+            .peer
+            .wait_for_cancel(&invoke, Duration::from_secs(90))
+            .await,
+        "the stalled request is cancelled at the agent"
+    );
+    let audit = stack
+        .gateway
+        .wait_audit("the slow_client record", |v| v["outcome"] == "slow_client")
+        .await;
+    assert_eq!(audit["request_id"], invoke);
+    // What the client reads when it comes back: part of the answer, then one clear error.
+    let body = tokio::time::timeout(SOON, stalled.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(only_error_code(&sse).as_deref(), Some("slow_client"));
+    assert!(body.contains("STREAM_BUFFER_BYTES"));
+    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+    assert!(sse.content().len() < 40 * 1024 * 1024);
+    let metrics = stack
+        .gateway
+        .get("/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_slow_clients_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_requests_in_flight 0"),
+        "{metrics}"
+    );
+}
+
+/// A conversation of about 1.2 MB: over a 1 MiB frame, within every other limit.
+fn big_chat(stream: bool) -> Value {
+    let part = "y".repeat(99_000);
+    let mut messages: Vec<Value> = (0..12)
+        .map(|_| json!({"role": "user", "content": part}))
+        .collect();
+    messages.push(json!({"role": "user", "content": "and a question"}));
+    json!({"model": MODEL, "messages": messages, "stream": stream})
+}
+
+#[tokio::test]
+async fn a_request_over_the_bridge_frame_limit_gets_413_before_it_is_sent() {
+    let stack = Stack::start_with(|a| a, roomy).await;
+    stack.peer.limit_frames(1024 * 1024, true);
+    stack.peer.set_welcome_protocol(2);
+    stack.peer.drop_connections();
+    wait_for(SOON, "the limit in force", || async {
+        let health = stack.gateway.get("/health", None).send().await.ok()?;
+        let v: Value = health.json().await.ok()?;
+        (stack.peer.hellos().len() >= 2 && v["status"] == "healthy").then_some(())
+    })
+    .await;
+    for stream in [false, true] {
+        let resp = stack.gateway.chat(big_chat(stream)).await;
+        assert_eq!(resp.status(), 413);
+        assert_eq!(resp.headers()["x-should-retry"], "false");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "request_too_large");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("1048576"), "{message}");
+        assert!(message.contains("MAX_FRAME_BYTES"), "{message}");
+    }
+    let ok: Value = stack
+        .gateway
+        .chat(chat_body("still fine", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok["choices"][0]["message"]["content"],
+        expected("still fine")
+    );
+    let record = stack.peer.record();
+    assert_eq!(record.invokes.len(), 1, "the big ones were never sent");
+    assert_eq!(record.too_big, 0);
+}
+
+#[tokio::test]
+async fn a_1009_close_fails_only_the_request_that_caused_it_and_the_others_resume() {
+    // The peer takes 1 MiB frames but does not say so; bridge-agent believes in 16 MiB.
+    let stack = resuming_stack(|a| a, roomy).await;
+    stack.peer.limit_frames(1024 * 1024, false);
+    stack.peer.drop_connections();
+    wait_for(SOON, "the limit in force", || async {
+        (stack.peer.hellos().len() >= 3 && stack.peer.record().open == 1).then_some(())
+    })
+    .await;
+    stack
+        .gateway
+        .wait_health("healthy", Duration::from_secs(10))
+        .await;
+    // Long enough to be in flight while the big request is validated and counted.
+    let text = "[[chunks:60]] [[slow:100]] bystander";
+    let want = fault_free(&stack, text).await;
+    let bystander = stack
+        .gateway
+        .post("/v1/chat/completions", Some(KEY))
+        .json(&chat_body(text, true));
+    let bystander =
+        tokio::spawn(async move { bystander.send().await.unwrap().text().await.unwrap() });
+    stack
+        .peer
+        .wait_until(SOON, |r| r.invokes.len() == 2)
+        .await
+        .unwrap();
+    let resp = stack.gateway.chat(big_chat(false)).await;
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "request_too_large");
+    assert!(body["error"]["message"].as_str().unwrap().contains("1009"));
+    let body = tokio::time::timeout(Duration::from_secs(30), bystander)
+        .await
+        .unwrap()
+        .unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(only_error_code(&sse), None, "{body}");
+    assert_eq!(sse.content(), want);
+    let record = stack.peer.record();
+    assert_eq!(record.too_big, 1);
+    assert_eq!(record.resumes.len(), 1, "{:?}", record.resumes);
+}
