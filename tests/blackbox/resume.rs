@@ -50,8 +50,10 @@ async fn fault_free(stack: &Stack, text: &str) -> String {
 }
 
 /// Lifts the token budget so that a conversation over 1 MiB is admitted.
+/// Token budgets that a request of over a megabyte fits: the rate limit and the context window.
 fn roomy(g: integration_tests::stack::GatewayProc) -> integration_tests::stack::GatewayProc {
     g.env("RATE_LIMIT_TPM", 1_000_000_000)
+        .env("CONTEXT_WINDOW", 10_000_000)
 }
 
 fn only_error_code(sse: &Sse) -> Option<String> {

@@ -12,8 +12,6 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use provider_shared::bridge::Payload;
-use provider_shared::digest;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
@@ -82,22 +80,14 @@ pub async fn messages(
     let obj = parse(&state, &body)?;
     let limits = validate::Limits::of(&state.settings);
     let request = convert::request(&obj, &limits, Purpose::Generate)?;
-    let mut scopes = vec!["chat".to_owned()];
-    if request.tools.is_some() {
-        scopes.push("tools".to_owned());
-    }
-    let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
-    let job = Job {
-        prompt_sha256: digest::sha256_hex(prompt.as_bytes()),
-        payload: Payload::Chat {
-            messages: request.messages,
-            parameters: request.parameters,
-        },
-        max_tokens: request.max_tokens,
-        stream: request.stream,
-        scopes,
-        id_prefix: "msg_",
-    };
+    let job = Job::chat(
+        request.messages,
+        request.parameters,
+        request.tools.is_some(),
+        request.max_tokens,
+        request.stream,
+        "msg_",
+    );
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let headers = Headers::of(&state, &running);
     let shell = Shell {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use provider_shared::bridge::{codes, ErrorBody, ModelInvoke, ModelMeta, Payload};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
 use crate::error::Error;
@@ -32,6 +32,36 @@ pub struct Job {
     pub prompt_sha256: String,
     /// `chatcmpl-`, `cmpl-`, …: the id's prefix in the client's API.
     pub id_prefix: &'static str,
+}
+
+impl Job {
+    /// A chat for the agent, as every chat-shaped API sends it: the audit log's digest of the
+    /// messages, and the `tools` scope when the request carries tools.
+    pub fn chat(
+        messages: Vec<Value>,
+        parameters: Map<String, Value>,
+        has_tools: bool,
+        max_tokens: Option<u64>,
+        stream: bool,
+        id_prefix: &'static str,
+    ) -> Self {
+        let mut scopes = vec!["chat".to_owned()];
+        if has_tools {
+            scopes.push("tools".to_owned());
+        }
+        let prompt = serde_json::to_string(&messages).unwrap_or_default();
+        Self {
+            prompt_sha256: provider_shared::digest::sha256_hex(prompt.as_bytes()),
+            payload: Payload::Chat {
+                messages,
+                parameters,
+            },
+            max_tokens,
+            stream,
+            scopes,
+            id_prefix,
+        }
+    }
 }
 
 /// A job the agent is working on.

@@ -9,8 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use provider_shared::bridge::{Payload, Usage};
-use provider_shared::digest;
+use provider_shared::bridge::Usage;
 use serde_json::{json, Value};
 
 use super::{data, done_event, error_event, sse_response, Headers};
@@ -28,22 +27,14 @@ pub async fn completions(
     let started = Instant::now();
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = validate::chat(&body, &validate::Limits::of(&state.settings))?;
-    let mut scopes = vec!["chat".to_owned()];
-    if request.tools.is_some() {
-        scopes.push("tools".to_owned());
-    }
-    let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
-    let job = Job {
-        prompt_sha256: digest::sha256_hex(prompt.as_bytes()),
-        payload: Payload::Chat {
-            messages: request.messages,
-            parameters: request.parameters,
-        },
-        max_tokens: request.max_tokens,
-        stream: request.stream,
-        scopes,
-        id_prefix: "chatcmpl-",
-    };
+    let job = Job::chat(
+        request.messages,
+        request.parameters,
+        request.tools.is_some(),
+        request.max_tokens,
+        request.stream,
+        "chatcmpl-",
+    );
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let reply = Reply {
         id: running.id.clone(),

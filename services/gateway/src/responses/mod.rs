@@ -14,8 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use provider_shared::bridge::{Payload, Usage};
-use provider_shared::digest;
+use provider_shared::bridge::Usage;
 use serde_json::{json, Value};
 
 use crate::error::Error;
@@ -39,22 +38,14 @@ pub async fn create(
     let started = Instant::now();
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = convert::request(&body, &validate::Limits::of(&state.settings))?;
-    let mut scopes = vec!["chat".to_owned()];
-    if request.tools.is_some() {
-        scopes.push("tools".to_owned());
-    }
-    let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
-    let job = Job {
-        prompt_sha256: digest::sha256_hex(prompt.as_bytes()),
-        payload: Payload::Chat {
-            messages: request.messages,
-            parameters: request.parameters,
-        },
-        max_tokens: request.max_output_tokens,
-        stream: request.stream,
-        scopes,
-        id_prefix: "resp_",
-    };
+    let job = Job::chat(
+        request.messages,
+        request.parameters,
+        request.tools.is_some(),
+        request.max_output_tokens,
+        request.stream,
+        "resp_",
+    );
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let shell = Shell {
         id: running.id.clone(),
