@@ -360,6 +360,14 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
+        // An empty queue means the writer took the last line, not that it wrote it yet.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while audit.stats().written + audit.stats().write_errors < 40 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the writer never wrote 40 lines: {:?}", audit.stats()));
         let stats = audit.stats();
         drop(audit);
         writer.finish().await;
