@@ -127,8 +127,8 @@ async fn chaos_half_through_mcp_bridge_two_kills_a_drop_and_five_stalled_readers
     // reaches mcp-bridge through a relay the Python side cuts to drop the WebSocket. The gateway
     // holds requests up to CONNECTION_TIMEOUT while bridge-agent is away, and holds 64 KiB for a
     // reader that stops. mcp-bridge keeps a whole stalled answer (10 MiB) for replay: a stalled
-    // reader's chain holds megabytes unread in socket buffers, and a resume from before the kept
-    // chunks is refused and then hangs to the deadline (see the report in BENCHMARKS.md).
+    // reader's chain holds megabytes unread in socket buffers; a resume from before the kept
+    // chunks is refused, and that request then waits out REQUEST_TIMEOUT.
     let bridge = McpBridgeProc::new()
         .env("STREAM_BUFFER_BYTES", REPLAY_BYTES)
         .spawn();
