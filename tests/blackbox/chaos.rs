@@ -12,6 +12,7 @@ use crate::SOON;
 
 const STREAMS: usize = 45;
 const STALLED: usize = 5;
+const STALLED_TEXT: &str = "[[delay:1000]] [[bulk:2500]]";
 
 fn text(k: usize) -> String {
     format!("[[chunks:60]] [[slow:150]] chat number {k}")
@@ -100,35 +101,18 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
         .collect();
     let gateway_before = rss_mib(gateway.service.pid());
 
-    // Five clients that stop reading: their responses are held, unread, until the end.
-    // Their own client: the shared one gives up on a request after 30 s, and these wait longer.
+    // Five clients that stop reading: their responses are held, unread, until the end. Their
+    // 10 MiB answers, far past the buffer, begin a second in, after the first fault (700 ms), so
+    // that the readers are cut off while the faults come. Their own client: the shared one gives
+    // up on a request after 30 s, and these wait longer.
     let patient = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut stalled = Vec::new();
-    for _ in 0..STALLED {
-        let resp = patient
+    let stalled = join_all((0..STALLED).map(|_| {
+        patient
             .post(gateway.url("/v1/chat/completions"))
             .bearer_auth(KEY)
-            .json(&chat_body("[[bulk:2500]]", true))
+            .json(&chat_body(STALLED_TEXT, true))
             .send()
-            .await
-            .unwrap();
-        stalled.push(resp);
-    }
-    // The stalled readers are cut off first (a 10 MiB answer each, far past the buffer), then
-    // the faults come while the fifty chats are mid-answer; the stalled are read at the end.
-    wait_for(
-        Duration::from_secs(60),
-        "the stalled readers cut off",
-        || async {
-            let cut = gateway
-                .audit()
-                .iter()
-                .filter(|r| r["outcome"] == "slow_client")
-                .count();
-            (cut >= STALLED).then_some(())
-        },
-    )
-    .await;
+    }));
     let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
     let socket = agent.socket.clone();
     let port = agent.port;
@@ -158,7 +142,7 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
         }
         agent
     };
-    let (results, agent) = tokio::join!(chats, faults);
+    let (results, agent, stalled) = tokio::join!(chats, faults, stalled);
 
     let mut completed = 0;
     for (k, (body, took)) in results.iter().enumerate() {
@@ -185,6 +169,7 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
     }
     assert_eq!(completed, STREAMS, "every chat was resumed and completed");
     for resp in stalled {
+        let resp = resp.unwrap();
         let body = tokio::time::timeout(Duration::from_secs(60), resp.text())
             .await
             .unwrap()
@@ -199,8 +184,23 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
         assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
     }
     let record = peer.record();
+    let stalled_ids: Vec<&str> = record
+        .invokes
+        .iter()
+        .filter(|i| {
+            serde_json::to_string(&i.payload)
+                .unwrap()
+                .contains("bulk:2500")
+        })
+        .map(|i| i.id.as_str())
+        .collect();
+    let stalled_resumed = record
+        .resumes
+        .iter()
+        .filter(|(id, _)| stalled_ids.contains(&id.as_str()))
+        .count();
     println!(
-        "chaos: {} invokes, {} resumes, {} cancels",
+        "chaos: {} invokes, {} resumes ({stalled_resumed} of stalled readers), {} cancels",
         record.invokes.len(),
         record.resumes.len(),
         record.cancels.len()
@@ -209,6 +209,10 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
         record.invokes.len(),
         2 * STREAMS + STALLED,
         "nothing sent twice"
+    );
+    assert!(
+        stalled_resumed >= STALLED,
+        "the stalled readers were still in flight when the faults came"
     );
     assert!(
         record.resumes.len() >= STREAMS,

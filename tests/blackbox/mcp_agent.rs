@@ -9,7 +9,8 @@ use integration_tests::harness::{bin_path, get, wait_for};
 use integration_tests::mcp_stack::{
     test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
 };
-use integration_tests::stack::{KEY, MODEL};
+use integration_tests::stack::{GatewayProc, KEY, MODEL};
+use integration_tests::tcp_relay::TcpRelay;
 
 use crate::SOON;
 
@@ -114,14 +115,36 @@ async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     pytest(&stack, "test_restart.py", extra).await;
 }
 
+/// What mcp-bridge keeps of each answer for a resume in the chaos test.
+const REPLAY_BYTES: usize = 16 << 20;
+
 #[tokio::test]
-async fn chaos_half_through_mcp_bridge_twenty_five_streams_through_two_kills() {
+async fn chaos_half_through_mcp_bridge_two_kills_a_drop_and_five_stalled_readers() {
     if test_python().is_none() {
         return;
     }
-    // The other half of the chaos test (`chaos::`): agents answering over MCP.
-    let stack = McpStack::start_with(|b| b, |g| g.env("CONNECTION_TIMEOUT", 20)).await;
-    let recipe = &stack.agent_recipe;
+    // The other half of the chaos test (`chaos::`): agents answering over MCP. bridge-agent
+    // reaches mcp-bridge through a relay the Python side cuts to drop the WebSocket. The gateway
+    // holds requests up to CONNECTION_TIMEOUT while bridge-agent is away, and holds 64 KiB for a
+    // reader that stops. mcp-bridge keeps a whole stalled answer (10 MiB) for replay: a stalled
+    // reader's chain holds megabytes unread in socket buffers; a resume from before the kept
+    // chunks is refused, and that request then waits out REQUEST_TIMEOUT.
+    let bridge = McpBridgeProc::new()
+        .env("STREAM_BUFFER_BYTES", REPLAY_BYTES)
+        .spawn();
+    let relay = TcpRelay::start(bridge.port).await;
+    let recipe = AgentRecipe::new(&relay.ws_url(), Some(BRIDGE_TOKEN));
+    let agent = recipe.spawn();
+    let gateway = GatewayProc::new(&recipe.socket())
+        .env("CONNECTION_TIMEOUT", 20)
+        .env("STREAM_BUFFER_BYTES", 65_536)
+        .env("RATE_LIMIT_TPM", 1_000_000_000)
+        .spawn();
+    gateway
+        .wait_health("healthy", std::time::Duration::from_secs(30))
+        .await;
+    bridge.wait_agents(1, SOON).await;
+    let rss_report = recipe.dir.path().join("rss.json");
     let extra = BTreeMap::from([
         (
             "AGENT_BIN".to_owned(),
@@ -131,10 +154,7 @@ async fn chaos_half_through_mcp_bridge_twenty_five_streams_through_two_kills() {
             "AGENT_ENV".to_owned(),
             serde_json::to_string(&recipe.envs).unwrap(),
         ),
-        (
-            "AGENT_PID".to_owned(),
-            stack.agent.pid().unwrap().to_string(),
-        ),
+        ("AGENT_PID".to_owned(), agent.pid().unwrap().to_string()),
         ("AGENT_HEALTH".to_owned(), recipe.health_url()),
         (
             "AGENT_LOG".to_owned(),
@@ -145,8 +165,68 @@ async fn chaos_half_through_mcp_bridge_twenty_five_streams_through_two_kills() {
                 .display()
                 .to_string(),
         ),
+        ("RELAY_CUT_PORT".to_owned(), relay.cut_port.to_string()),
+        (
+            "GW_PID".to_owned(),
+            gateway.service.pid().unwrap().to_string(),
+        ),
+        (
+            "MB_PID".to_owned(),
+            bridge.service.pid().unwrap().to_string(),
+        ),
+        ("RSS_REPORT".to_owned(), rss_report.display().to_string()),
     ]);
+    let stack = McpStack {
+        bridge,
+        agent_recipe: recipe,
+        agent,
+        gateway,
+    };
     pytest(&stack, "test_chaos.py", extra).await;
+    // One drop through the relay; bridge-agent connected through it at the start, after each
+    // kill and after the drop.
+    assert_eq!(relay.cuts(), 1);
+    assert!(relay.accepted() >= 4, "{} connections", relay.accepted());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rss_report).unwrap()).unwrap();
+    let rss = &report["rss"];
+    let faults: Vec<String> = report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| fixed_width(t.as_str().unwrap()))
+        .collect();
+    let cut: Vec<String> = stack
+        .gateway
+        .audit()
+        .iter()
+        .filter(|r| r["outcome"] == "slow_client")
+        .map(|r| fixed_width(r["timestamp"].as_str().unwrap()))
+        .collect();
+    println!("faults at {faults:?}; stalled readers cut off at {cut:?}");
+    assert_eq!(cut.len(), 5, "{cut:?}");
+    assert!(
+        cut.iter().all(|t| *t > faults[0]),
+        "the stalled readers were cut off during the faults, not before"
+    );
+    println!("RSS (MiB, debug build, before / peak during the faults / after): {rss}");
+    let peak = |name: &str| rss[name]["peak"].as_f64().unwrap_or(0.0);
+    let before = |name: &str| rss[name]["before"].as_f64().unwrap_or(0.0);
+    // Bounded: the five stalled readers were sent megabytes each; the services hold far less.
+    assert!(peak("gateway") < before("gateway") + 64.0, "{rss}");
+    let replay_mib = (REPLAY_BYTES >> 20) as f64;
+    assert!(
+        peak("mcp-bridge") < before("mcp-bridge") + 5.0 * replay_mib + 32.0,
+        "{rss}"
+    );
+    assert!(peak("bridge-agent") < 96.0, "{rss}");
+}
+
+/// An RFC 3339 UTC time with its fraction padded to nine digits, so that times compare as text.
+fn fixed_width(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (whole, fraction) = t.split_once('.').unwrap_or((t, ""));
+    format!("{whole}.{fraction:0<9}Z")
 }
 
 #[tokio::test]

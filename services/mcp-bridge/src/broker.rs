@@ -46,8 +46,8 @@ pub struct Broker {
     pub activity: crate::activity::Activity,
     /// MCP clients being asked through `sampling/createMessage` (`MCP_SAMPLING`).
     pub sampling_clients: AtomicUsize,
-    /// Their loops, and the resume-grace timers of vanished connections, so shutdown waits for
-    /// them.
+    /// Their loops, the resume-grace timers of vanished connections and each request's
+    /// forwarding task, so shutdown waits for them.
     pub samplers: TaskTracker,
     /// Shutdown began: long-polls return, nothing new is handed out.
     pub stopping: CancellationToken,
@@ -75,7 +75,9 @@ pub struct Submitted {
 
 impl Broker {
     pub fn new(config: Config, audit: Audit) -> Self {
-        let resumes = Resumes::new(config.replay_bytes, config.resume_grace);
+        // Request forwarding tasks share the tracker shutdown waits on.
+        let samplers = TaskTracker::new();
+        let resumes = Resumes::new(config.replay_bytes, config.resume_grace, samplers.clone());
         Self {
             conversations: Conversations::new(config.deltas),
             resumes: std::sync::Arc::new(resumes),
@@ -90,7 +92,7 @@ impl Broker {
             pollers: AtomicUsize::new(0),
             activity: crate::activity::Activity::default(),
             sampling_clients: AtomicUsize::new(0),
-            samplers: TaskTracker::new(),
+            samplers,
             stopping: CancellationToken::new(),
             counts: Counts::default(),
         }

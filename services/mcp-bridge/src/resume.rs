@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use provider_shared::bridge::BridgeFrame;
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::queue::Owner;
@@ -107,6 +108,8 @@ pub struct Resumes {
     held: Mutex<HashMap<String, Held>>,
     limit: usize,
     pub grace: Duration,
+    /// Where each request's forwarding task runs; shutdown waits on it.
+    tasks: TaskTracker,
 }
 
 /// A `model_resume` that cannot be honoured, with the sentence to send back.
@@ -114,11 +117,12 @@ pub struct Resumes {
 pub struct NotResumable(pub String);
 
 impl Resumes {
-    pub fn new(limit: usize, grace: Duration) -> Self {
+    pub fn new(limit: usize, grace: Duration, tasks: TaskTracker) -> Self {
         Self {
             held: Mutex::default(),
             limit,
             grace,
+            tasks,
         }
     }
 
@@ -163,7 +167,7 @@ impl Resumes {
         let resumes = self.clone();
         let id = id.to_owned();
         let span = tracing::info_span!("route", %id);
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 while let Some(frame) = request_rx.recv().await {
                     route.send(frame);
@@ -290,7 +294,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_vanished_connection_s_request_is_replayed_after_the_named_chunk() {
-        let resumes = Arc::new(Resumes::new(1 << 20, Duration::from_secs(30)));
+        let resumes = Arc::new(Resumes::new(
+            1 << 20,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
         let (old_tx, mut old_rx) = mpsc::unbounded_channel();
         let request = resumes.open("r1", "agent", 1, old_tx).unwrap();
         request.send(chunk("r1", 0)).unwrap();
@@ -316,7 +324,11 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_grace_the_live_requests_are_given_up_and_forgotten() {
-        let resumes = Arc::new(Resumes::new(1 << 20, Duration::from_secs(30)));
+        let resumes = Arc::new(Resumes::new(
+            1 << 20,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
         let (tx, _rx) = mpsc::unbounded_channel();
         let _live = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
         assert!(
@@ -330,7 +342,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_from_before_the_kept_chunks_is_refused() {
-        let resumes = Arc::new(Resumes::new(600, Duration::from_secs(30)));
+        let resumes = Arc::new(Resumes::new(
+            600,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
         let (tx, _rx) = mpsc::unbounded_channel();
         let request = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
         for i in 0..5 {
