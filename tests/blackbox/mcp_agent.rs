@@ -128,7 +128,7 @@ async fn chaos_half_through_mcp_bridge_two_kills_a_drop_and_five_stalled_readers
     // holds requests up to CONNECTION_TIMEOUT while bridge-agent is away, and holds 64 KiB for a
     // reader that stops. mcp-bridge keeps a whole stalled answer (10 MiB) for replay: a stalled
     // reader's chain holds megabytes unread in socket buffers; a resume from before the kept
-    // chunks is refused, and that request then waits out REQUEST_TIMEOUT.
+    // chunks is refused, and that request would end with `bridge_disconnected` instead of its answer.
     let bridge = McpBridgeProc::new()
         .env("STREAM_BUFFER_BYTES", REPLAY_BYTES)
         .spawn();

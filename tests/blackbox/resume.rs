@@ -172,6 +172,45 @@ async fn without_a_bridge_agent_within_the_grace_the_stream_ends_with_one_clear_
 }
 
 #[tokio::test]
+async fn a_resume_the_bridge_refuses_and_withdraws_ends_the_request_at_once_not_sent_afresh() {
+    // No chunk has reached bridge-agent yet, so it still holds the request: a refusal must not
+    // make it send the request afresh when the bridge says it had it and withdrew it.
+    let stack = resuming_stack(|a| a, |g| g).await;
+    stack.peer.withdraw_on_resume(true);
+    let whole = stack
+        .gateway
+        .post("/v1/chat/completions", Some(KEY))
+        .json(&chat_body("[[delay:5000]] withdrawn", false));
+    let whole = tokio::spawn(async move { whole.send().await.unwrap() });
+    stack
+        .peer
+        .wait_until(SOON, |r| r.invokes.len() == 1)
+        .await
+        .unwrap();
+    let dropped_at = Instant::now();
+    stack.peer.drop_connections();
+    let resp = tokio::time::timeout(SOON, whole).await.unwrap().unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bridge_disconnected", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("withdrawn")),
+        "the bridge's reason: {body}"
+    );
+    assert!(status.is_server_error(), "{status} {body}");
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(4),
+        "ended at once, not when the answer came: {:?}",
+        dropped_at.elapsed()
+    );
+    let record = stack.peer.record();
+    assert_eq!(record.resumes.len(), 1, "{:?}", record.resumes);
+    assert_eq!(record.invokes.len(), 1, "not sent afresh");
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
     let stack = Stack::start_with(|a| a, |g| g.env("STREAM_BUFFER_BYTES", 262_144)).await;
     // 40 MiB: far more than the socket buffers between the gateway and a client hold.

@@ -91,6 +91,9 @@ struct Shared {
     conns: Mutex<HashMap<u64, Conn>>,
     /// The largest frame taken, and whether `welcome` says so.
     frame_limit: Mutex<Option<(u64, bool)>>,
+    /// Protocol 2: a `model_resume` of a held request is refused and the request withdrawn, as
+    /// mcp-bridge does when the chunks after `after_chunk_index` are no longer held.
+    withdraw_on_resume: AtomicBool,
     /// Protocol 2: every request's script and frames, by id.
     journals: Mutex<HashMap<String, Journal>>,
     /// Stops every script when the peer stops.
@@ -161,6 +164,7 @@ impl ScriptedPeer {
             welcome_protocol: AtomicU32::new(1),
             conns: Mutex::new(HashMap::new()),
             frame_limit: Mutex::new(None),
+            withdraw_on_resume: AtomicBool::new(false),
             journals: Mutex::new(HashMap::new()),
             stopped: CancellationToken::new(),
         });
@@ -283,6 +287,15 @@ impl ScriptedPeer {
         self.shared
             .welcome_protocol
             .store(protocol, Ordering::SeqCst);
+    }
+
+    /// From now on a `model_resume` of a request the peer holds is refused (`bridge_disconnected`,
+    /// `details.withdrawn`) and the request withdrawn, as mcp-bridge does once the chunks after
+    /// `after_chunk_index` are past its `STREAM_BUFFER_BYTES`.
+    pub fn withdraw_on_resume(&self, withdraw: bool) {
+        self.shared
+            .withdraw_on_resume
+            .store(withdraw, Ordering::SeqCst);
     }
 
     /// Frames larger than `bytes` close the connection with 1009 (message too big), as Python's
@@ -539,7 +552,22 @@ fn on_text(
         }) if resumable => {
             shared.note(|r| r.resumes.push((id.clone(), after_chunk_index)));
             let mut journals = lock(&shared.journals);
+            let withdraw = shared.withdraw_on_resume.load(Ordering::SeqCst);
             match journals.get_mut(&id) {
+                Some(_) if withdraw => {
+                    if let Some(journal) = journals.remove(&id) {
+                        journal.cancel.cancel();
+                    }
+                    let mut refused = ModelResult::error(
+                        &id,
+                        "bridge_disconnected",
+                        "the scripted peer no longer holds the chunks asked for; withdrawn",
+                    );
+                    if let Outcome::Error { error } = &mut refused.outcome {
+                        error.details = Some(serde_json::json!({ "withdrawn": true }));
+                    }
+                    reply(BridgeFrame::ModelResult(refused));
+                }
                 Some(journal) => {
                     for frame in &journal.frames {
                         let replay = match frame {

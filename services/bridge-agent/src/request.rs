@@ -248,7 +248,17 @@ fn unknown_to_bridge(
     fallback: &mut Option<ModelInvoke>,
 ) -> Option<ModelInvoke> {
     match &result.outcome {
-        Status::Error { error } if error.code == codes::BRIDGE_DISCONNECTED => fallback.take(),
+        // `withdrawn`: the bridge had it and dropped it (its early chunks were gone), so sending
+        // it afresh would start the answer over under an id the editor already saw fail.
+        Status::Error { error }
+            if error.code == codes::BRIDGE_DISCONNECTED
+                && !error
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d["withdrawn"] == true) =>
+        {
+            fallback.take()
+        }
         _ => None,
     }
 }
@@ -419,4 +429,45 @@ fn unavailable(hub: &Hub, id: &str) -> Ending {
             hub.config.connection_timeout().as_secs_f64()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::bridge::{ModelMeta, Payload};
+
+    fn invoke() -> ModelInvoke {
+        ModelInvoke {
+            id: "r1".into(),
+            session_id: None,
+            model_meta: ModelMeta {
+                provider: "cursor".into(),
+                label: "agent".into(),
+                requested_scopes: vec![],
+            },
+            payload: Payload::Chat {
+                messages: vec![],
+                parameters: serde_json::Map::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_resume_of_a_request_the_bridge_never_got_sends_it_afresh_once() {
+        let refused = ModelResult::error("r1", codes::BRIDGE_DISCONNECTED, "holds no request r1");
+        let mut fallback = Some(invoke());
+        assert!(unknown_to_bridge(&refused, &mut fallback).is_some());
+        assert!(unknown_to_bridge(&refused, &mut fallback).is_none());
+    }
+
+    #[test]
+    fn a_resume_the_bridge_withdrew_is_not_sent_afresh() {
+        let mut refused = ModelResult::error("r1", codes::BRIDGE_DISCONNECTED, "no longer held");
+        if let Status::Error { error } = &mut refused.outcome {
+            error.details = Some(serde_json::json!({ "withdrawn": true }));
+        }
+        let mut fallback = Some(invoke());
+        assert!(unknown_to_bridge(&refused, &mut fallback).is_none());
+    }
 }

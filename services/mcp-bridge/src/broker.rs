@@ -173,6 +173,17 @@ impl Broker {
         ));
     }
 
+    /// A `model_resume` of `id` was refused although the bridge held it: it ends here, so an agent
+    /// still answering it has its parts refused.
+    pub fn withdraw(&self, id: &str) {
+        let entry = self.queue().end(id, Ended::Withdrawn);
+        if let Some(entry) = entry {
+            tracing::info!(%id, "withdrawn: its resume was refused");
+            self.record_end(&entry, Ended::Withdrawn, None);
+        }
+        self.gauges();
+    }
+
     /// `model_resume` succeeded: cancels from the new connection now reach the request.
     pub fn reowned(&self, id: &str, owner: Owner) {
         self.queue().reown(id, owner);

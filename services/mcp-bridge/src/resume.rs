@@ -114,7 +114,13 @@ pub struct Resumes {
 
 /// A `model_resume` that cannot be honoured, with the sentence to send back.
 #[derive(Debug)]
-pub struct NotResumable(pub String);
+pub struct NotResumable {
+    pub why: String,
+    /// The bridge held the request but cannot carry it on (its early chunks are gone): it has
+    /// been forgotten here, and the queue must withdraw it, so that nothing is left live and
+    /// bridge-agent, told so, does not send it afresh under the same id.
+    pub withdrawn: bool,
+}
 
 impl Resumes {
     pub fn new(limit: usize, grace: Duration, tasks: TaskTracker) -> Self {
@@ -244,15 +250,23 @@ impl Resumes {
         tx: UnboundedSender<BridgeFrame>,
         after: Option<u64>,
     ) -> Result<(), NotResumable> {
-        let held = self.lock();
+        let mut held = self.lock();
         let Some(h) = held.get(id).filter(|h| h.agent_id == agent_id) else {
-            return Err(NotResumable(format!(
-                "mcp-bridge holds no request {id} of bridge-agent {agent_id:?} to resume: it restarted (its queue is in memory) or LOCAL_PROVIDER_RESUME_GRACE ran out"
-            )));
+            return Err(NotResumable {
+                why: format!(
+                    "mcp-bridge holds no request {id} of bridge-agent {agent_id:?} to resume: it restarted (its queue is in memory) or LOCAL_PROVIDER_RESUME_GRACE ran out"
+                ),
+                withdrawn: false,
+            });
         };
-        h.route
-            .attach(tx, owner, after)
-            .map_err(|why| NotResumable(format!("request {id} cannot be resumed: {why}")))
+        let attached = h.route.attach(tx, owner, after);
+        attached.map_err(|why| {
+            held.remove(id);
+            NotResumable {
+                why: format!("request {id} cannot be resumed, and is withdrawn: {why}"),
+                withdrawn: true,
+            }
+        })
     }
 }
 
@@ -357,7 +371,31 @@ mod tests {
         let err = resumes
             .resume("r1", "agent", 2, tx.clone(), Some(0))
             .unwrap_err();
-        assert!(err.0.contains("no longer held"), "{err:?}");
+        assert!(err.why.contains("no longer held"), "{err:?}");
+        assert!(err.withdrawn, "a held request refused is withdrawn");
+        // Forgotten at once: no second resume, nothing left to expire, and the id is free.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let again = resumes.resume("r1", "agent", 2, tx.clone(), Some(3));
+        assert!(again.is_err_and(|e| !e.withdrawn));
+        assert!(resumes.expire(1).is_empty());
+        assert!(resumes.open("r1", "agent", 2, tx).is_some());
+        drop(request);
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_within_the_kept_chunks_replays_them() {
+        let resumes = Arc::new(Resumes::new(
+            600,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let request = resumes.open("r1", "agent", 1, tx).unwrap();
+        for i in 0..5 {
+            request.send(chunk("r1", i)).unwrap();
+        }
+        settle().await;
+        resumes.detach(1);
         let (tx, mut rx) = mpsc::unbounded_channel();
         resumes.resume("r1", "agent", 2, tx, Some(3)).unwrap();
         assert_eq!(indices(&mut rx), ["4"]);

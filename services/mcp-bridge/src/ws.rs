@@ -267,13 +267,24 @@ fn on_text(
                     tracing::info!(%id, ?after_chunk_index, "request resumed");
                     app.broker.reowned(&id, owner);
                 }
-                Err(why) => {
-                    tracing::info!(%id, reason = %why.0, "model_resume refused");
-                    return Some(BridgeFrame::ModelResult(ModelResult::error(
-                        id,
+                Err(refused) => {
+                    tracing::info!(%id, reason = %refused.why, "model_resume refused");
+                    let mut result = ModelResult::error(
+                        &id,
                         provider_shared::bridge::codes::BRIDGE_DISCONNECTED,
-                        why.0,
-                    )));
+                        refused.why,
+                    );
+                    if refused.withdrawn {
+                        app.broker.withdraw(&id);
+                        // Tells bridge-agent the bridge had the request, so it must not send it
+                        // afresh (docs/PROTOCOL.md, resume).
+                        if let provider_shared::bridge::Outcome::Error { error } =
+                            &mut result.outcome
+                        {
+                            error.details = Some(serde_json::json!({ "withdrawn": true }));
+                        }
+                    }
+                    return Some(BridgeFrame::ModelResult(result));
                 }
             }
         }
