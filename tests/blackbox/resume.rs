@@ -211,6 +211,33 @@ async fn a_resume_the_bridge_refuses_and_withdraws_ends_the_request_at_once_not_
 }
 
 #[tokio::test]
+async fn a_request_the_bridge_never_got_is_sent_afresh_once_and_answered() {
+    let stack = resuming_stack(|a| a, |g| g).await;
+    stack.peer.forget_on_resume(true);
+    let whole = stack
+        .gateway
+        .post("/v1/chat/completions", Some(KEY))
+        .json(&chat_body("[[delay:1500]] again", false));
+    let whole = tokio::spawn(async move { whole.send().await.unwrap() });
+    stack
+        .peer
+        .wait_until(SOON, |r| r.invokes.len() == 1)
+        .await
+        .unwrap();
+    stack.peer.drop_connections();
+    let resp = tokio::time::timeout(SOON, whole).await.unwrap().unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        expected("again"),
+        "{body}"
+    );
+    let record = stack.peer.record();
+    assert_eq!(record.resumes.len(), 1, "{:?}", record.resumes);
+    assert_eq!(record.invokes.len(), 2, "sent afresh once");
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
     let stack = Stack::start_with(|a| a, |g| g.env("STREAM_BUFFER_BYTES", 262_144)).await;
     // 40 MiB: far more than the socket buffers between the gateway and a client hold.

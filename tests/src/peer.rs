@@ -94,6 +94,8 @@ struct Shared {
     /// Protocol 2: a `model_resume` of a held request is refused and the request withdrawn, as
     /// mcp-bridge does when the chunks after `after_chunk_index` are no longer held.
     withdraw_on_resume: AtomicBool,
+    /// Protocol 2: a `model_resume` is answered as by an mcp-bridge that never got the request.
+    forget_on_resume: AtomicBool,
     /// Protocol 2: every request's script and frames, by id.
     journals: Mutex<HashMap<String, Journal>>,
     /// Stops every script when the peer stops.
@@ -165,6 +167,7 @@ impl ScriptedPeer {
             conns: Mutex::new(HashMap::new()),
             frame_limit: Mutex::new(None),
             withdraw_on_resume: AtomicBool::new(false),
+            forget_on_resume: AtomicBool::new(false),
             journals: Mutex::new(HashMap::new()),
             stopped: CancellationToken::new(),
         });
@@ -296,6 +299,12 @@ impl ScriptedPeer {
         self.shared
             .withdraw_on_resume
             .store(withdraw, Ordering::SeqCst);
+    }
+
+    /// From now on a `model_resume` is answered as by an mcp-bridge that never got the request
+    /// (`bridge_disconnected`, no `details`), and the request it held is forgotten.
+    pub fn forget_on_resume(&self, forget: bool) {
+        self.shared.forget_on_resume.store(forget, Ordering::SeqCst);
     }
 
     /// Frames larger than `bytes` close the connection with 1009 (message too big), as Python's
@@ -553,6 +562,11 @@ fn on_text(
             shared.note(|r| r.resumes.push((id.clone(), after_chunk_index)));
             let mut journals = lock(&shared.journals);
             let withdraw = shared.withdraw_on_resume.load(Ordering::SeqCst);
+            if shared.forget_on_resume.load(Ordering::SeqCst) {
+                if let Some(journal) = journals.remove(&id) {
+                    journal.cancel.cancel();
+                }
+            }
             match journals.get_mut(&id) {
                 Some(_) if withdraw => {
                     if let Some(journal) = journals.remove(&id) {

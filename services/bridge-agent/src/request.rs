@@ -181,6 +181,7 @@ async fn relay(
                     if let Some(invoke) = unknown.flatten() {
                         asked_resume = false;
                         tracing::info!("the bridge never got this request; sending it afresh");
+                        hub.requests.reopen(id);
                         if link.tx.send(BridgeFrame::ModelInvoke(invoke)).await.is_err() {
                             return disconnected(id);
                         }

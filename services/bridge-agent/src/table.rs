@@ -132,6 +132,14 @@ impl RequestTable {
         Ok(())
     }
 
+    /// The result `id` got was a refused resume and the request is sent afresh: what the bridge
+    /// sends for it now is delivered again.
+    pub fn reopen(&self, id: &str) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.finished = false;
+        }
+    }
+
     /// Cancels `id` if `conn` sent it; false when there is no such request.
     pub fn cancel(&self, id: &str, conn: ConnId) -> bool {
         let inner = self.lock();
@@ -220,6 +228,9 @@ mod tests {
         assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
         assert!(matches!(rx.try_recv().unwrap(), Event::Result(_)));
         assert!(rx.try_recv().is_err());
+        table.reopen("a");
+        table.route("a", chunk("a")).unwrap();
+        assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
     }
 
     #[test]
