@@ -394,6 +394,15 @@ async fn a_1009_close_fails_only_the_request_that_caused_it_and_the_others_resum
     assert_eq!(only_error_code(&sse), None, "{body}");
     assert_eq!(sse.content(), want);
     let record = stack.peer.record();
-    assert_eq!(record.too_big, 1);
-    assert_eq!(record.resumes.len(), 1, "{:?}", record.resumes);
+    assert!((1..=2).contains(&record.too_big), "{}", record.too_big);
+    // Usually the 1009 arrives first: the bystander is resumed once. When the peer's close races
+    // the big frame's write, bridge-agent sees only a reset, resumes both, sends the big request
+    // afresh (the peer never took it) and gets the 1009 then: the bystander is resumed twice.
+    let bystander_id = sse.json()[0]["id"].as_str().unwrap().to_owned();
+    let bystander_resumes = record
+        .resumes
+        .iter()
+        .filter(|(id, _)| *id == bystander_id)
+        .count();
+    assert!((1..=2).contains(&bystander_resumes), "{:?}", record.resumes);
 }
