@@ -180,7 +180,14 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
             .into_iter()
             .rev()
             .find(|e| e.get("error").is_some());
-        assert_eq!(errors(&sse), ["slow_client"], "{last:?}");
+        // Cut off for falling behind, as a rule. When a kill lands after the peer sent the whole
+        // answer but before the gateway's buffer overflowed, the rest died with that bridge-agent
+        // and the peer, having finished, holds nothing to replay: one clear error all the same.
+        let errs = errors(&sse);
+        assert!(
+            errs == ["slow_client"] || errs == ["bridge_disconnected"],
+            "{errs:?} {last:?}"
+        );
         assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
     }
     let record = peer.record();
