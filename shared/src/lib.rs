@@ -8,6 +8,8 @@ pub mod config;
 pub mod digest;
 pub mod ipc;
 pub mod probe;
+#[cfg(any(test, feature = "proptest"))]
+pub mod property;
 #[cfg(test)]
 mod props;
 pub mod shutdown;

@@ -3,11 +3,10 @@
 //! `PROPTEST_CASES` sets the number of cases (256 by default, as in CI);
 //! `scripts/proptest-long.sh` runs them much longer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -15,33 +14,7 @@ use crate::bridge::{
     BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, StreamChunk,
 };
 use crate::ipc::{IpcCodec, IpcError, IpcFrame, MAX_FRAME_BYTES};
-
-/// Runs `test` on `strategy`'s values `PROPTEST_CASES` times (256 by default) and prints how many
-/// cases ran, for `scripts/proptest-long.sh` to add up.
-fn check<S: Strategy>(
-    name: &str,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let ran = AtomicU64::new(0);
-    let result = runner.run(&strategy, |value| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        test(value)
-    });
-    println!("property {name}: {} cases", ran.load(Ordering::Relaxed));
-    if let Err(err) = result {
-        panic!("property {name} failed: {err}");
-    }
-}
+use crate::property::check;
 
 /// Field names the frames use, so that generated objects often come close to real frames.
 const FIELDS: &[&str] = &[

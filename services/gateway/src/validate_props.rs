@@ -5,39 +5,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
+use provider_shared::property::check;
 use serde_json::{json, Map, Value};
 
 use crate::config::Settings;
 use crate::error::Error;
 use crate::validate::{self, Limits};
-
-/// Runs `test` on `strategy`'s values `PROPTEST_CASES` times (256 by default) and prints how many
-/// cases ran, for `scripts/proptest-long.sh` to add up.
-fn check<S: Strategy>(
-    name: &str,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let ran = AtomicU64::new(0);
-    let result = runner.run(&strategy, |value| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        test(value)
-    });
-    println!("property {name}: {} cases", ran.load(Ordering::Relaxed));
-    if let Err(err) = result {
-        panic!("property {name} failed: {err}");
-    }
-}
 
 const MODEL: &str = "cursor-agent-local";
 const MAX_TOKENS: u64 = 8192;

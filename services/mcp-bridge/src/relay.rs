@@ -339,33 +339,7 @@ mod tests {
         );
     }
 
-    /// Runs `test` on `strategy`'s values `PROPTEST_CASES` times (256 by default) and prints how
-    /// many cases ran, for `scripts/proptest-long.sh` to add up.
-    fn check<S: proptest::strategy::Strategy>(
-        name: &str,
-        strategy: S,
-        test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
-    ) {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
-        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
-            cases,
-            failure_persistence: None,
-            ..Default::default()
-        });
-        let ran = AtomicU64::new(0);
-        let result = runner.run(&strategy, |value| {
-            ran.fetch_add(1, Ordering::Relaxed);
-            test(value)
-        });
-        println!("property {name}: {} cases", ran.load(Ordering::Relaxed));
-        if let Err(err) = result {
-            panic!("property {name} failed: {err}");
-        }
-    }
+    use provider_shared::property::check;
 
     /// `bytes` fed in pieces cut at `cuts` (positions modulo the length).
     fn feed_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<String> {
