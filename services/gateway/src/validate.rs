@@ -209,6 +209,29 @@ pub struct CompletionRequest {
     pub parameters: Map<String, Value>,
 }
 
+/// `tools` of another API in chat's shape, each converted by `chat_tool` (given its index): `None`
+/// when absent, null or empty; a 400 naming `tools` when it is not an array.
+pub fn tools_as_chat(
+    obj: &Map<String, Value>,
+    chat_tool: impl Fn(usize, &Value) -> Result<Value, Error>,
+) -> Result<Option<Value>, Error> {
+    match obj.get("tools") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.is_empty() => Ok(None),
+        Some(Value::Array(items)) => Ok(Some(Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| chat_tool(i, t))
+                .collect::<Result<_, _>>()?,
+        ))),
+        Some(v) => Err(invalid(
+            "tools",
+            format!("expected an array, got {}", describe(v)),
+        )),
+    }
+}
+
 /// Parses and checks a `/v1/completions` body.
 pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest, Error> {
     let mut obj = object_of(body)?;

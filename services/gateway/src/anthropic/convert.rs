@@ -137,23 +137,7 @@ pub fn request(
             ))
         }
     }
-    let tools = match obj.get("tools") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) if items.is_empty() => None,
-        Some(Value::Array(items)) => Some(Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| chat_tool(i, t))
-                .collect::<Result<_, _>>()?,
-        )),
-        Some(v) => {
-            return Err(invalid(
-                "tools",
-                format!("expected an array, got {}", describe(v)),
-            ))
-        }
-    };
+    let tools = validate::tools_as_chat(obj, chat_tool)?;
     if let Some(tools) = &tools {
         parameters.insert("tools".into(), tools.clone());
     }
