@@ -119,8 +119,7 @@ pub async fn authenticate(
             let digest = digest::sha256(token.as_bytes());
             if bool::from(digest.ct_eq(&state.settings.api_key_digest)) {
                 Some(Principal::ApiKey)
-            } else if accept != Accept::KeyOnly && token.starts_with(crate::sessions::TOKEN_PREFIX)
-            {
+            } else if accept != Accept::KeyOnly && token.starts_with(crate::secrets::TOKEN_PREFIX) {
                 // Only session-shaped tokens are looked up: a plain wrong key is refused even
                 // while the store is unreachable.
                 state

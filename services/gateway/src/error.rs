@@ -7,6 +7,11 @@ use serde_json::json;
 
 use crate::ratelimit::RateHeaders;
 
+/// The error code of an error answer, left on the response by [`Error`]'s conversion so the
+/// status page's recent-errors list (`status/mod.rs`) can name it without reading the body.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -237,9 +242,7 @@ impl IntoResponse for Error {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         let mut response = (status, headers, self.body().to_string()).into_response();
-        response
-            .extensions_mut()
-            .insert(crate::status::ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }
 }

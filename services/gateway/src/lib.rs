@@ -27,6 +27,7 @@ pub mod openai;
 pub mod parts;
 pub mod ratelimit;
 pub mod responses;
+pub mod secrets;
 pub mod sessions;
 pub mod state;
 pub mod status;
@@ -91,7 +92,7 @@ pub async fn run(
         grace_over: grace_over.clone(),
         key_client,
         models_created: store::now_ms() / 1000,
-        status: status::Board::default(),
+        status: status::board::Board::default(),
         tasks: tracker.clone(),
         settings,
     });

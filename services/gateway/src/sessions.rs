@@ -7,17 +7,15 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use base64::Engine;
 use provider_shared::digest;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Accept, Principal};
 use crate::error::Error;
+use crate::secrets;
 use crate::state::{AppState, Shared};
 use crate::store::{now_ms, Created, Session};
-
-pub const TOKEN_PREFIX: &str = "lps_";
 
 pub async fn create(
     State(state): State<Shared>,
@@ -25,15 +23,10 @@ pub async fn create(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOnly).await?;
-    let mut secret = [0u8; 32];
-    rand::fill(&mut secret);
-    let token = format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-    );
+    let token = secrets::session_token();
     let now = now_ms();
     let session = Session {
-        id: format!("sess-{}", crate::generate::random_hex(16)),
+        id: format!("sess-{}", secrets::random_hex(16)),
         token_digest: digest::sha256(token.as_bytes()),
         owner: state.key_client.clone(),
         created_ms: now,

@@ -28,7 +28,7 @@ pub struct AppState {
     /// The `created` time reported for the model: when this gateway started.
     pub models_created: u64,
     /// Requests in flight, recent errors and history for the status page.
-    pub status: crate::status::Board,
+    pub status: crate::status::board::Board,
     /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
 }

@@ -117,7 +117,7 @@ async fn run(
     state: Shared,
     mut call: Call,
     mut account: Accounting,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<Piece>>,
     reader_gone: CancellationToken,
 ) {
     let mut answer = Answer::default();

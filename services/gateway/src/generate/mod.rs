@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::ratelimit::{RateHeaders, Take};
+use crate::secrets::random_hex;
 use crate::state::{AppState, Shared};
 
 mod account;
@@ -356,12 +357,6 @@ pub fn agent_error(err: &ErrorBody) -> Error {
 
 pub fn unix_seconds() -> u64 {
     crate::store::now_ms() / 1000
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::fill(buf.as_mut_slice());
-    hex::encode(buf)
 }
 
 #[cfg(test)]

@@ -8,16 +8,15 @@ use futures_util::Stream;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::drive::Piece;
-
-pub struct Outbox {
-    inner: Mutex<Inner>,
+/// Generic over what it holds, so that it needs nothing from `drive.rs`, its one user.
+pub struct Outbox<T> {
+    inner: Mutex<Inner<T>>,
     ready: Notify,
     limit: usize,
 }
 
-struct Inner {
-    pieces: VecDeque<(Piece, usize)>,
+struct Inner<T> {
+    pieces: VecDeque<(T, usize)>,
     bytes: usize,
     /// The last piece is in; nothing follows.
     closed: bool,
@@ -27,7 +26,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct Full;
 
-impl Outbox {
+impl<T: Send + 'static> Outbox<T> {
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -40,13 +39,13 @@ impl Outbox {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // Every change is a few plain statements; a poisoned lock still holds usable state.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a piece costing `bytes`; refused when that would pass the bound.
-    pub fn push(&self, piece: Piece, bytes: usize) -> Result<(), Full> {
+    pub fn push(&self, piece: T, bytes: usize) -> Result<(), Full> {
         {
             let mut inner = self.lock();
             if inner.bytes + bytes > self.limit {
@@ -61,7 +60,7 @@ impl Outbox {
 
     /// Queues the last piece. With `discard`, everything still unread is dropped first (the
     /// client gets the ending next, and the memory comes back now).
-    pub fn end(&self, piece: Piece, discard: bool) {
+    pub fn end(&self, piece: T, discard: bool) {
         {
             let mut inner = self.lock();
             if discard {
@@ -80,7 +79,7 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    fn pop(&self) -> Option<Option<Piece>> {
+    fn pop(&self) -> Option<Option<T>> {
         let mut inner = self.lock();
         match inner.pieces.pop_front() {
             Some((piece, bytes)) => {
@@ -93,10 +92,7 @@ impl Outbox {
     }
 
     /// The pieces in order, for the one reader. Dropping the stream fires `reader_gone`.
-    pub fn reader(
-        self: Arc<Self>,
-        reader_gone: CancellationToken,
-    ) -> impl Stream<Item = Piece> + Send {
+    pub fn reader(self: Arc<Self>, reader_gone: CancellationToken) -> impl Stream<Item = T> + Send {
         let guard: DropGuard = reader_gone.drop_guard();
         async_stream::stream! {
             let _guard = guard;
@@ -116,6 +112,7 @@ impl Outbox {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::generate::Piece;
     use futures_util::StreamExt;
     use serde_json::json;
 

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::{status_of, Ending, Shell};
 use crate::error::Error;
-use crate::generate::random_hex;
 use crate::parts::{Kind, Part, Parts, Step};
+use crate::secrets::random_hex;
 
 pub fn item_id(part: &Part) -> String {
     let prefix = match part.kind {

@@ -18,18 +18,11 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::state::Shared;
 
-mod board;
+pub mod board;
 mod view;
-
-pub use board::Board;
-
-/// The error code of an error answer, left on the response by [`Error`]'s conversion so the
-/// recent-errors list can name it without reading the body.
-#[derive(Debug, Clone)]
-pub struct ErrorCode(pub String);
 
 const STYLE: &str = include_str!("page.css");
 const SCRIPT: &str = include_str!("page.js");
