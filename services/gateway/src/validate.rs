@@ -1,6 +1,12 @@
 //! Checks a chat request against the rules in the README ("The HTTP API"). Content is never altered or truncated: a
 //! request either passes as sent or gets a 400 naming the field and what it accepts. Unknown
 //! fields pass through to the agent untouched, as OpenAI-compatible servers accept them.
+//!
+//! The rules for a message list, roles, content, tools and sampling parameters are written once
+//! here ([`messages`], [`tools`], [`sampling`]) and used by the OpenAI routes and by Ollama's
+//! `/api/chat` and `/api/generate` (`ollama/`). A [`Dialect`] says how each API spells and
+//! places the fields, so that an error names the field as the client sent it (`temperature` for
+//! OpenAI, `options.temperature` for Ollama); each API renders the error in its own shape.
 use serde_json::{Map, Value};
 
 use crate::error::Error;
@@ -34,14 +40,76 @@ pub struct ChatRequest {
     pub parameters: Map<String, Value>,
 }
 
-const ROLES: &[&str] = &[
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
+/// Where the APIs differ in what the shared rules check.
+pub struct Dialect {
+    /// The path of the object holding the sampling parameters, as the client writes it: empty
+    /// for OpenAI (top level), `options.` for Ollama.
+    pub options: &'static str,
+    /// The keys of the answer's token cap, the first given one winning.
+    pub max_tokens: &'static [&'static str],
+    /// Values of the token cap meaning "no cap" (Ollama: -1 none, -2 fill the context).
+    pub no_cap: &'static [i64],
+    /// The most stop sequences accepted, when bounded.
+    pub max_stops: Option<usize>,
+    pub roles: &'static [&'static str],
+    /// `content` may be an array of typed parts, not only a string.
+    pub content_parts: bool,
+    /// `content` may be left out for every role, not only for the assistant.
+    pub content_optional: bool,
+    /// Messages may carry `images`, base64 strings that count towards the content's size.
+    pub images: bool,
+    /// A `tool` message must name the call it answers; Ollama's are matched to calls by order.
+    pub tool_call_id: bool,
+}
+
+pub const OPENAI: Dialect = Dialect {
+    options: "",
+    max_tokens: &["max_completion_tokens", "max_tokens"],
+    no_cap: &[],
+    max_stops: Some(4),
+    roles: &[
+        "system",
+        "developer",
+        "user",
+        "assistant",
+        "tool",
+        "function",
+    ],
+    content_parts: true,
+    content_optional: false,
+    images: false,
+    tool_call_id: true,
+};
+
+pub const OLLAMA: Dialect = Dialect {
+    options: "options.",
+    max_tokens: &["num_predict"],
+    no_cap: &[-1, -2],
+    max_stops: None,
+    roles: &["system", "user", "assistant", "tool"],
+    content_parts: false,
+    content_optional: true,
+    images: true,
+    tool_call_id: false,
+};
+
+/// Ranges of the numeric sampling parameters, the same in every API that has them.
+const SAMPLING: &[(&str, f64, f64)] = &[
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
 ];
+
+/// Sampling parameters that passed [`sampling`].
+#[derive(Debug, Default)]
+pub struct Sampling {
+    /// The numeric parameters given, by their OpenAI names, within their ranges.
+    pub numbers: Vec<(&'static str, f64)>,
+    pub max_tokens: Option<u64>,
+    /// The stop sequences, always as an array.
+    pub stop: Option<Vec<Value>>,
+}
 
 pub fn invalid(param: &str, message: String) -> Error {
     Error::invalid(format!("{param}: {message}"), Some(param.to_owned()))
@@ -90,8 +158,13 @@ pub fn int_in(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<O
 }
 
 pub fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
+    bool_or(obj, key, false)
+}
+
+/// A true-or-false field, `default` when absent or null.
+pub fn bool_or(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, Error> {
     match obj.get(key) {
-        None | Some(Value::Null) => Ok(false),
+        None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(v) => Err(invalid(
             key,
@@ -121,33 +194,11 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
         }
         None => return Err(invalid("messages", "required".into())),
     };
-    for (i, message) in messages.iter().enumerate() {
-        check_message(i, message, limits.max_content_bytes)?;
-    }
+    self::messages(&OPENAI, &messages, limits.max_content_bytes)?;
 
     let common = check_common(&obj, limits)?;
     check_no_logprobs(&obj)?;
-    let tools = match obj.get("tools") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(tools)) => {
-            for (i, tool) in tools.iter().enumerate() {
-                let name = tool.pointer("/function/name").and_then(Value::as_str);
-                if tool.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
-                    return Err(invalid(
-                        &format!("tools[{i}]"),
-                        "expected {\"type\": \"function\", \"function\": {\"name\": …}}".into(),
-                    ));
-                }
-            }
-            Some(Value::Array(tools.clone()))
-        }
-        Some(v) => {
-            return Err(invalid(
-                "tools",
-                format!("expected an array, got {}", describe(v)),
-            ))
-        }
-    };
+    let tools = tools(&obj)?;
     match obj.get("tool_choice") {
         None | Some(Value::Null | Value::String(_) | Value::Object(_)) => {}
         Some(v) => {
@@ -170,6 +221,30 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
         tools,
         parameters: obj,
     })
+}
+
+/// Checks `tools`: an array of `{"type": "function", "function": {"name": …}}`, the shape both
+/// OpenAI's and Ollama's chats use. `None` when absent or null.
+pub fn tools(obj: &Map<String, Value>) -> Result<Option<Value>, Error> {
+    match obj.get("tools") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(tools)) => {
+            for (i, tool) in tools.iter().enumerate() {
+                let name = tool.pointer("/function/name").and_then(Value::as_str);
+                if tool.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
+                    return Err(invalid(
+                        &format!("tools[{i}]"),
+                        "expected {\"type\": \"function\", \"function\": {\"name\": …}}".into(),
+                    ));
+                }
+            }
+            Ok(Some(Value::Array(tools.clone())))
+        }
+        Some(v) => Err(invalid(
+            "tools",
+            format!("expected an array, got {}", describe(v)),
+        )),
+    }
 }
 
 /// Refuses `logprobs` and `top_logprobs`: the agent has no token probabilities to give, and a
@@ -357,12 +432,7 @@ pub fn check_size(param: &str, size: usize, max: usize) -> Result<(), Error> {
 
 /// Sampling parameters, `n`, streaming options and `stop`: the same for chat and completions.
 fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common, Error> {
-    let max_completion = int_in(obj, "max_completion_tokens", 1, limits.max_tokens)?;
-    let max_tokens = int_in(obj, "max_tokens", 1, limits.max_tokens)?;
-    number_in(obj, "temperature", 0.0, 2.0)?;
-    number_in(obj, "top_p", 0.0, 1.0)?;
-    number_in(obj, "presence_penalty", -2.0, 2.0)?;
-    number_in(obj, "frequency_penalty", -2.0, 2.0)?;
+    let sampling = sampling(&OPENAI, obj, limits)?;
     if let Some(n) = int_in(obj, "n", 1, u64::MAX)? {
         if n != 1 {
             return Err(invalid("n", format!("only 1 choice is supported, got {n}")));
@@ -392,12 +462,78 @@ fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common,
             ))
         }
     };
-    check_stop(obj)?;
     Ok(Common {
         stream,
         include_usage,
-        max_tokens: max_completion.or(max_tokens),
+        max_tokens: sampling.max_tokens,
     })
+}
+
+/// Checks the sampling parameters in `params` (the request for OpenAI, its `options` for
+/// Ollama): the numeric ranges of [`SAMPLING`], the token cap within `MAX_TOKENS_LIMIT`, and
+/// the stop sequences.
+pub fn sampling(
+    dialect: &Dialect,
+    params: &Map<String, Value>,
+    limits: &Limits<'_>,
+) -> Result<Sampling, Error> {
+    let name = |key: &str| format!("{}{key}", dialect.options);
+    let mut out = Sampling::default();
+    for &(key, lo, hi) in SAMPLING {
+        match params.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_f64() {
+                Some(x) if (lo..=hi).contains(&x) => out.numbers.push((key, x)),
+                _ => {
+                    return Err(invalid(
+                        &name(key),
+                        format!("expected a number from {lo} to {hi}, got {}", describe(v)),
+                    ))
+                }
+            },
+        }
+    }
+    let limit = limits.max_tokens;
+    for key in dialect.max_tokens {
+        let cap = match params.get(*key) {
+            None | Some(Value::Null) => None,
+            Some(v) if v.as_i64().is_some_and(|n| dialect.no_cap.contains(&n)) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=limit).contains(&n) => Some(n),
+                _ => {
+                    let no_cap: String = dialect.no_cap.iter().map(|n| format!("{n}, ")).collect();
+                    return Err(invalid(
+                        &name(key),
+                        format!(
+                            "expected {no_cap}a whole number from 1 to {limit}, got {}",
+                            describe(v)
+                        ),
+                    ));
+                }
+            },
+        };
+        out.max_tokens = out.max_tokens.or(cap);
+    }
+    out.stop = match params.get("stop") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(vec![Value::String(s.clone())]),
+        Some(Value::Array(items))
+            if items.iter().all(Value::is_string)
+                && dialect.max_stops.is_none_or(|max| items.len() <= max) =>
+        {
+            Some(items.clone())
+        }
+        Some(v) => {
+            let count = dialect
+                .max_stops
+                .map_or("strings".to_owned(), |max| format!("up to {max} strings"));
+            return Err(invalid(
+                &name("stop"),
+                format!("expected a string or {count}, got {}", describe(v)),
+            ));
+        }
+    };
+    Ok(out)
 }
 
 /// The configured name, also as `name:latest` the way Ollama-style clients write it.
@@ -408,20 +544,22 @@ pub fn model_matches(requested: &str, configured: &str) -> bool {
             .is_some_and(|base| base == configured)
 }
 
-fn check_stop(obj: &Map<String, Value>) -> Result<(), Error> {
-    match obj.get("stop") {
-        None | Some(Value::Null | Value::String(_)) => Ok(()),
-        Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {
-            Ok(())
-        }
-        Some(v) => Err(invalid(
-            "stop",
-            format!("expected a string or up to 4 strings, got {}", describe(v)),
-        )),
+/// Checks each message of a chat: an object with a known role, content of the accepted shape
+/// and within `max_content` bytes, a tool result naming its call where the API asks for it, and
+/// tool calls as an array of named functions. The messages are not changed.
+pub fn messages(dialect: &Dialect, messages: &[Value], max_content: usize) -> Result<(), Error> {
+    for (i, message) in messages.iter().enumerate() {
+        check_message(dialect, i, message, max_content)?;
     }
+    Ok(())
 }
 
-fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Error> {
+fn check_message(
+    dialect: &Dialect,
+    i: usize,
+    message: &Value,
+    max_content: usize,
+) -> Result<(), Error> {
     let at = format!("messages[{i}]");
     let Value::Object(m) = message else {
         return Err(invalid(
@@ -430,12 +568,13 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
         ));
     };
     let role = match m.get("role") {
-        Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
+        Some(Value::String(r)) if dialect.roles.contains(&r.as_str()) => r.as_str(),
         Some(v) => {
             return Err(invalid(
                 &format!("{at}.role"),
                 format!(
-                    "expected one of system, developer, user, assistant, tool, got {}",
+                    "expected one of {}, got {}",
+                    dialect.roles.join(", "),
                     describe(v)
                 ),
             ))
@@ -443,9 +582,9 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
     let content_at = format!("{at}.content");
-    let size = match m.get("content") {
+    let mut size = match m.get("content") {
         Some(Value::String(s)) => s.len(),
-        Some(Value::Array(parts)) => {
+        Some(Value::Array(parts)) if dialect.content_parts => {
             for (j, part) in parts.iter().enumerate() {
                 if part.get("type").and_then(Value::as_str).is_none() {
                     return Err(invalid(
@@ -462,33 +601,68 @@ fn check_message(i: usize, message: &Value, max_content: usize) -> Result<(), Er
                 })
                 .sum()
         }
-        None | Some(Value::Null) if role == "assistant" => 0,
+        None | Some(Value::Null) if dialect.content_optional || role == "assistant" => 0,
         None | Some(Value::Null) => {
             return Err(invalid(&content_at, "required for this role".into()))
         }
         Some(v) => {
+            let shapes = if dialect.content_parts {
+                "a string or an array of content parts"
+            } else {
+                "a string"
+            };
             return Err(invalid(
                 &content_at,
-                format!(
-                    "expected a string or an array of content parts, got {}",
-                    describe(v)
-                ),
-            ))
+                format!("expected {shapes}, got {}", describe(v)),
+            ));
         }
     };
+    if dialect.images {
+        match m.get("images") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (j, item) in items.iter().enumerate() {
+                    let Value::String(b64) = item else {
+                        return Err(invalid(
+                            &format!("{at}.images[{j}]"),
+                            format!("expected a base64 string, got {}", describe(item)),
+                        ));
+                    };
+                    size += b64.len();
+                }
+            }
+            Some(v) => {
+                return Err(invalid(
+                    &format!("{at}.images"),
+                    format!("expected an array of base64 strings, got {}", describe(v)),
+                ))
+            }
+        }
+    }
     check_size(&content_at, size, max_content)?;
-    if role == "tool" && !m.get("tool_call_id").is_some_and(Value::is_string) {
+    if dialect.tool_call_id
+        && role == "tool"
+        && !m.get("tool_call_id").is_some_and(Value::is_string)
+    {
         return Err(invalid(
             &format!("{at}.tool_call_id"),
             "required (a string) for tool messages".into(),
         ));
     }
     if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
-        if !calls.is_array() {
+        let Value::Array(calls) = calls else {
             return Err(invalid(
                 &format!("{at}.tool_calls"),
                 "expected an array".into(),
             ));
+        };
+        for (j, call) in calls.iter().enumerate() {
+            if !call.pointer("/function/name").is_some_and(Value::is_string) {
+                return Err(invalid(
+                    &format!("{at}.tool_calls[{j}].function.name"),
+                    "required (a string)".into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -615,6 +789,246 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("JSON object"));
+    }
+
+    /// The same rule through both front ends: OpenAI's chat (`body` merged into a valid request)
+    /// and Ollama's (`ollama` merged into a valid `/api/chat` body). Each returns the field the
+    /// error names, or "" when the body passed.
+    fn both(openai: Value, ollama: Value) -> (String, String) {
+        fn merge(mut base: Value, extra: Value) -> Value {
+            if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+                b.extend(e);
+            }
+            base
+        }
+        let param = |r: Result<(), Error>| match r {
+            Ok(()) => String::new(),
+            Err(Error::InvalidRequest { param, message, .. }) => {
+                let param = param.unwrap_or_default();
+                // Both APIs' messages start with the field, which is all Ollama's shape shows.
+                assert!(message.starts_with(&format!("{param}: ")), "{message}");
+                param
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        };
+        let open = check(merge(base(), openai)).map(drop);
+        let body = merge(
+            json!({"model": "cursor-agent-local", "messages": [{"role": "user", "content": "hi"}]}),
+            ollama,
+        );
+        let olla = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS).map(drop);
+        (param(open), param(olla))
+    }
+
+    fn pair(a: &str, b: &str) -> (String, String) {
+        (a.to_owned(), b.to_owned())
+    }
+
+    fn msgs(m: Value) -> Value {
+        json!({"messages": [m]})
+    }
+
+    #[test]
+    fn rule_messages_are_objects() {
+        assert_eq!(
+            both(msgs(json!("hi")), msgs(json!("hi"))),
+            pair("messages[0]", "messages[0]")
+        );
+    }
+
+    #[test]
+    fn rule_role_is_one_the_api_knows() {
+        let robot = msgs(json!({"role": "robot", "content": "x"}));
+        assert_eq!(
+            both(robot.clone(), robot),
+            pair("messages[0].role", "messages[0].role")
+        );
+        let none = msgs(json!({"content": "x"}));
+        assert_eq!(
+            both(none.clone(), none),
+            pair("messages[0].role", "messages[0].role")
+        );
+        // `developer` is OpenAI's alone.
+        let dev = msgs(json!({"role": "developer", "content": "x"}));
+        assert_eq!(both(dev.clone(), dev), pair("", "messages[0].role"));
+    }
+
+    #[test]
+    fn rule_content_has_the_apis_shape() {
+        let number = msgs(json!({"role": "user", "content": 5}));
+        assert_eq!(
+            both(number.clone(), number),
+            pair("messages[0].content", "messages[0].content")
+        );
+        // Typed parts are OpenAI's; Ollama sends text and `images`.
+        let parts = msgs(json!({"role": "user", "content": [{"type": "text", "text": "x"}]}));
+        assert_eq!(both(parts.clone(), parts), pair("", "messages[0].content"));
+        let untyped = msgs(json!({"role": "user", "content": [{"text": "x"}]}));
+        assert_eq!(both(untyped, json!({})).0, "messages[0].content[0]");
+        // A user message without content: OpenAI requires it, Ollama takes it as empty.
+        let empty = msgs(json!({"role": "user"}));
+        assert_eq!(both(empty.clone(), empty), pair("messages[0].content", ""));
+    }
+
+    #[test]
+    fn rule_content_size_is_bounded_and_counts_images() {
+        let big = msgs(json!({"role": "user", "content": "x".repeat(101)}));
+        assert_eq!(
+            both(big.clone(), big),
+            pair("messages[0].content", "messages[0].content")
+        );
+        let at_limit = msgs(json!({"role": "user", "content": "x".repeat(100)}));
+        assert_eq!(both(at_limit.clone(), at_limit), pair("", ""));
+        let image =
+            msgs(json!({"role": "user", "content": "x".repeat(60), "images": ["A".repeat(41)]}));
+        assert_eq!(both(json!({}), image).1, "messages[0].content");
+        let bad = msgs(json!({"role": "user", "content": "x", "images": [5]}));
+        assert_eq!(both(json!({}), bad).1, "messages[0].images[0]");
+    }
+
+    #[test]
+    fn rule_tool_results_name_their_call_where_the_api_asks() {
+        let tool = msgs(json!({"role": "tool", "content": "sunny"}));
+        assert_eq!(
+            both(tool.clone(), tool),
+            pair("messages[0].tool_call_id", "")
+        );
+    }
+
+    #[test]
+    fn rule_tool_calls_are_named_functions() {
+        let not_array = msgs(json!({"role": "assistant", "content": "", "tool_calls": {}}));
+        assert_eq!(
+            both(not_array.clone(), not_array),
+            pair("messages[0].tool_calls", "messages[0].tool_calls")
+        );
+        let nameless =
+            msgs(json!({"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}));
+        let at = "messages[0].tool_calls[0].function.name";
+        assert_eq!(both(nameless.clone(), nameless), pair(at, at));
+    }
+
+    #[test]
+    fn rule_tools_are_functions() {
+        let bad = json!({"tools": [{"type": "function"}]});
+        assert_eq!(both(bad.clone(), bad), pair("tools[0]", "tools[0]"));
+        let not_array = json!({"tools": "f"});
+        assert_eq!(both(not_array.clone(), not_array), pair("tools", "tools"));
+        let good = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
+        assert_eq!(both(good.clone(), good), pair("", ""));
+    }
+
+    #[test]
+    fn rule_sampling_ranges() {
+        for (key, bad, good) in [
+            ("temperature", 2.5, 2.0),
+            ("top_p", -0.1, 1.0),
+            ("presence_penalty", 3.0, -2.0),
+            ("frequency_penalty", -2.1, 2.0),
+        ] {
+            assert_eq!(
+                both(json!({key: bad}), json!({"options": {key: bad}})),
+                pair(key, &format!("options.{key}"))
+            );
+            assert_eq!(
+                both(json!({key: good}), json!({"options": {key: good}})),
+                pair("", "")
+            );
+        }
+    }
+
+    #[test]
+    fn rule_token_cap_within_the_limit() {
+        for n in [json!(0), json!(8193), json!("8")] {
+            assert_eq!(
+                both(
+                    json!({"max_tokens": n}),
+                    json!({"options": {"num_predict": n}})
+                ),
+                pair("max_tokens", "options.num_predict")
+            );
+        }
+        assert_eq!(
+            both(
+                json!({"max_tokens": 8192}),
+                json!({"options": {"num_predict": 8192}})
+            ),
+            pair("", "")
+        );
+        // Ollama's "no cap" values are Ollama's alone.
+        assert_eq!(
+            both(
+                json!({"max_tokens": -1}),
+                json!({"options": {"num_predict": -1}})
+            ),
+            pair("max_tokens", "")
+        );
+    }
+
+    #[test]
+    fn rule_stop_is_strings() {
+        assert_eq!(
+            both(json!({"stop": [1]}), json!({"options": {"stop": [1]}})),
+            pair("stop", "options.stop")
+        );
+        let five = json!(["a", "b", "c", "d", "e"]);
+        // OpenAI takes up to 4.
+        assert_eq!(
+            both(json!({"stop": five}), json!({"options": {"stop": five}})),
+            pair("stop", "")
+        );
+        assert_eq!(
+            both(json!({"stop": "x"}), json!({"options": {"stop": "x"}})),
+            pair("", "")
+        );
+    }
+
+    #[test]
+    fn rule_stream_is_true_or_false() {
+        assert_eq!(
+            both(json!({"stream": "yes"}), json!({"stream": "yes"})),
+            pair("stream", "stream")
+        );
+    }
+
+    #[test]
+    fn rule_no_log_probabilities() {
+        for key in ["logprobs", "top_logprobs"] {
+            let v = if key == "logprobs" {
+                json!(true)
+            } else {
+                json!(2)
+            };
+            assert_eq!(both(json!({key: v}), json!({key: v})), pair(key, key));
+        }
+    }
+
+    #[test]
+    fn ollama_parameters_reach_the_agent_by_openai_names() {
+        let body = json!({"model": "cursor-agent-local", "stream": false,
+            "messages": [{"role": "user", "content": "hi"}],
+            "options": {"temperature": 1, "num_predict": 64, "stop": "\n", "seed": 7},
+            "tools": [{"type": "function", "function": {"name": "f"}}]});
+        let job = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert!(!job.stream);
+        assert_eq!(job.max_tokens, Some(64));
+        assert_eq!(job.scopes, vec!["chat", "tools"]);
+        let provider_shared::bridge::Payload::Chat { parameters, .. } = job.payload else {
+            panic!("not a chat")
+        };
+        assert_eq!(parameters["temperature"], json!(1.0));
+        assert_eq!(parameters["max_tokens"], 64);
+        assert_eq!(parameters["stop"], json!(["\n"]));
+        assert_eq!(parameters["seed"], 7);
+        assert_eq!(parameters["tools"][0]["function"]["name"], "f");
+        let empty = json!({"model": "cursor-agent-local", "messages": []});
+        assert!(
+            crate::ollama::chat::job(empty.as_object().unwrap(), &LIMITS)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

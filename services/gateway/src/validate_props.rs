@@ -1,5 +1,6 @@
-//! Property tests of request validation (`validate.rs`): any body, bytes or request-like JSON,
-//! passes unchanged or gets a clean 400 naming what is wrong, never a panic. `PROPTEST_CASES` sets
+//! Property tests of request validation (`validate.rs`, through OpenAI's chat and completions and
+//! Ollama's chat): any body, bytes or request-like JSON, passes unchanged or gets a clean 400
+//! naming what is wrong, never a panic. `PROPTEST_CASES` sets
 //! the number of cases (256 by default, as in CI); `scripts/proptest-long.sh` runs them longer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,9 @@ const FIELDS: &[&str] = &[
     "logprobs",
     "include_usage",
     "user",
+    "options",
+    "num_predict",
+    "images",
 ];
 const WORDS: &[&str] = &[
     "system",
@@ -223,6 +227,16 @@ fn check_body(body: &[u8], original: Option<&Value>) -> Result<(), TestCaseError
                 .is_none_or(|t| (1..=MAX_TOKENS).contains(&t)));
         }
         Err(err) => clean_refusal(&err)?,
+    }
+    // Ollama's chat goes through the same rules in its own dialect.
+    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) {
+        match crate::ollama::chat::job(&obj, &limits) {
+            Ok(job) => {
+                prop_assert!(job
+                    .is_none_or(|job| job.max_tokens.is_none_or(|t| (1..=MAX_TOKENS).contains(&t))))
+            }
+            Err(err) => clean_refusal(&err)?,
+        }
     }
     Ok(())
 }

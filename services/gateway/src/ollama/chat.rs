@@ -8,19 +8,18 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use provider_shared::bridge::Payload;
-use provider_shared::digest;
 use serde_json::{json, Map, Value};
 
 use super::convert;
 use super::{
-    counters, created_at, done_reason, invalid, ndjson, object, parameters, requested_model,
-    wants_stream, OllamaError,
+    counters, created_at, done_reason, ndjson, object, parameters, requested_model, wants_stream,
+    OllamaError,
 };
+use crate::error::Error;
 use crate::generate::{self, convert::Answer, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
-use crate::validate::check_size;
+use crate::validate::{self, Limits};
 
 pub async fn chat(
     State(state): State<Shared>,
@@ -32,54 +31,13 @@ pub async fn chat(
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = object(&body)?;
     let model = requested_model(&state, &request)?;
-    let stream = wants_stream(&request)?;
-    let given = match request.get("messages") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(m)) => m.clone(),
-        Some(other) => return Err(invalid(format!("messages: expected an array, got {other}"))),
-    };
-    if given.is_empty() {
+    let Some(job) = job(&request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty chat by loading the model: nothing to ask the agent.
         return Ok(Json(json!({"model": model, "created_at": created_at(),
             "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
         .into_response());
-    }
-    let messages = convert::messages(&given).map_err(invalid)?;
-    for (i, m) in messages.iter().enumerate() {
-        let size = m.get("content").map_or(0, |c| match c {
-            Value::String(s) => s.len(),
-            other => other.to_string().len(),
-        });
-        check_size(
-            &format!("messages[{i}].content"),
-            size,
-            state.settings.max_content_bytes,
-        )?;
-    }
-    let (mut params, max_tokens) = parameters(&state, &request, stream)?;
-    let tools = match request.get("tools") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(t)) => Some(Value::Array(t.clone())),
-        Some(other) => return Err(invalid(format!("tools: expected an array, got {other}"))),
     };
-    if let Some(tools) = &tools {
-        params.insert("tools".into(), tools.clone());
-    }
-    let mut scopes = vec!["chat".to_owned()];
-    if tools.is_some() {
-        scopes.push("tools".to_owned());
-    }
-    let job = Job {
-        prompt_sha256: digest::sha256_hex(Value::Array(given).to_string().as_bytes()),
-        payload: Payload::Chat {
-            messages,
-            parameters: params,
-        },
-        max_tokens,
-        stream,
-        scopes,
-        id_prefix: "chatcmpl-",
-    };
+    let stream = job.stream;
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
@@ -133,6 +91,38 @@ pub async fn chat(
         }
     };
     Ok(ndjson(lines, &headers))
+}
+
+/// The agent's job for a `/api/chat` body (the model already checked), by the rules every chat
+/// API shares (`validate.rs`); `None` for a chat without messages.
+pub(crate) fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, Error> {
+    let stream = wants_stream(request)?;
+    let given = match request.get("messages") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(m)) if m.is_empty() => return Ok(None),
+        Some(Value::Array(m)) => m,
+        Some(other) => {
+            return Err(validate::invalid(
+                "messages",
+                format!("expected an array, got {}", validate::describe(other)),
+            ))
+        }
+    };
+    validate::messages(&validate::OLLAMA, given, limits.max_content_bytes)?;
+    let (mut params, max_tokens) = parameters(limits, request, stream)?;
+    let tools = validate::tools(request)?;
+    let has_tools = tools.is_some();
+    if let Some(tools) = tools {
+        params.insert("tools".into(), tools);
+    }
+    Ok(Some(Job::chat(
+        convert::messages(given),
+        params,
+        has_tools,
+        max_tokens,
+        stream,
+        "chatcmpl-",
+    )))
 }
 
 fn line(model: &str, message: Value) -> Map<String, Value> {

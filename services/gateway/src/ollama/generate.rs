@@ -19,7 +19,7 @@ use crate::generate::{self, Piece};
 use crate::openai::completions::completion_job;
 use crate::openai::Headers;
 use crate::state::Shared;
-use crate::validate::check_size;
+use crate::validate::{check_size, Limits};
 
 fn text_field(request: &Map<String, Value>, key: &str) -> Result<Option<String>, OllamaError> {
     match request.get(key) {
@@ -62,7 +62,7 @@ pub async fn generate(
             state.settings.max_content_bytes,
         )?;
     }
-    let (params, max_tokens) = parameters(&state, &request, stream)?;
+    let (params, max_tokens) = parameters(&Limits::of(&state.settings), &request, stream)?;
     let job = completion_job(prompt, suffix, system, params, max_tokens, stream, "cmpl-");
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let headers = Headers::of(&state, &running);

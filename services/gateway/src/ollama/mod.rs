@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::Error;
 use crate::state::{AppState, Shared};
+use crate::validate::{self, Limits};
 
 pub mod chat;
 mod convert;
@@ -62,7 +63,7 @@ fn requested_model(state: &AppState, body: &Map<String, Value>) -> Result<String
         Some(other) => return Err(invalid(format!("model: expected a string, got {other}"))),
         None => return Err(invalid("model: required".into())),
     };
-    if crate::validate::model_matches(&name, &state.settings.model_name) {
+    if validate::model_matches(&name, &state.settings.model_name) {
         Ok(name)
     } else {
         Err(not_found(&name))
@@ -147,94 +148,52 @@ pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>
     })))
 }
 
-/// Sampling options of Ollama's `options` as OpenAI-named parameters for the agent, checked with
-/// the same bounds as the OpenAI routes. Returns the parameters and the answer's token cap.
+/// Sampling options of Ollama's `options` as OpenAI-named parameters for the agent, checked by
+/// the rules the OpenAI routes use (`validate.rs` `sampling`, errors naming `options.…`).
+/// Returns the parameters and the answer's token cap.
 fn parameters(
-    state: &AppState,
+    limits: &Limits<'_>,
     request: &Map<String, Value>,
     stream: bool,
-) -> Result<(Map<String, Value>, Option<u64>), OllamaError> {
-    crate::validate::check_no_logprobs(request)?;
+) -> Result<(Map<String, Value>, Option<u64>), Error> {
+    validate::check_no_logprobs(request)?;
     let mut out = Map::new();
     out.insert("stream".into(), json!(stream));
     let empty = Map::new();
     let options = match request.get("options") {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(o)) => o,
-        Some(other) => return Err(invalid(format!("options: expected an object, got {other}"))),
-    };
-    let number = |key: &str, lo: f64, hi: f64| -> Result<Option<f64>, OllamaError> {
-        match options.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
-                _ => Err(invalid(format!(
-                    "options.{key}: expected a number from {lo} to {hi}, got {v}"
-                ))),
-            },
+        Some(other) => {
+            return Err(validate::invalid(
+                "options",
+                format!("expected an object, got {}", validate::describe(other)),
+            ))
         }
     };
-    for (key, to, lo, hi) in [
-        ("temperature", "temperature", 0.0, 2.0),
-        ("top_p", "top_p", 0.0, 1.0),
-        ("presence_penalty", "presence_penalty", -2.0, 2.0),
-        ("frequency_penalty", "frequency_penalty", -2.0, 2.0),
-    ] {
-        if let Some(x) = number(key, lo, hi)? {
-            out.insert(to.into(), json!(x));
-        }
+    let sampling = validate::sampling(&validate::OLLAMA, options, limits)?;
+    for (key, x) in sampling.numbers {
+        out.insert(key.into(), json!(x));
     }
     if let Some(seed) = options.get("seed").filter(|v| !v.is_null()) {
         out.insert("seed".into(), seed.clone());
     }
-    let limit = state.settings.max_tokens_limit;
-    let max_tokens = match options.get("num_predict") {
-        None | Some(Value::Null) => None,
-        // Ollama's "no limit" (-1) and "fill the context" (-2).
-        Some(v) if v.as_i64().is_some_and(|n| n == -1 || n == -2) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=limit).contains(&n) => Some(n),
-            _ => {
-                return Err(invalid(format!(
-                "options.num_predict: expected -1, -2 or a whole number from 1 to {limit}, got {v}"
-            )))
-            }
-        },
-    };
-    if let Some(n) = max_tokens {
+    if let Some(n) = sampling.max_tokens {
         out.insert("max_tokens".into(), json!(n));
     }
-    match options.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            out.insert("stop".into(), Value::Array(items.clone()));
-        }
-        Some(Value::String(s)) => {
-            out.insert("stop".into(), json!([s]));
-        }
-        Some(other) => {
-            return Err(invalid(format!(
-                "options.stop: expected strings, got {other}"
-            )))
-        }
+    if let Some(stop) = sampling.stop {
+        out.insert("stop".into(), Value::Array(stop));
     }
     for key in ["format", "think", "raw", "template"] {
         if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
             out.insert(key.into(), v.clone());
         }
     }
-    Ok((out, max_tokens))
+    Ok((out, sampling.max_tokens))
 }
 
 /// `stream`, which Ollama defaults to true.
-fn wants_stream(request: &Map<String, Value>) -> Result<bool, OllamaError> {
-    match request.get("stream") {
-        None | Some(Value::Null) => Ok(true),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(invalid(format!(
-            "stream: expected true or false, got {other}"
-        ))),
-    }
+fn wants_stream(request: &Map<String, Value>) -> Result<bool, Error> {
+    validate::bool_or(request, "stream", true)
 }
 
 /// Ollama's closing counters, in nanoseconds and tokens.
