@@ -145,10 +145,7 @@ impl<T: Routed, M> RouteTable<T, M> {
     /// Hands an item from upstream to its request, without ever waiting.
     pub fn route(&self, id: &str, item: T) -> Result<Delivered, Undeliverable> {
         let mut inner = lock(&self.inner);
-        let entry = inner
-            .entries
-            .get_mut(id)
-            .ok_or(Undeliverable::UnknownId)?;
+        let entry = inner.entries.get_mut(id).ok_or(Undeliverable::UnknownId)?;
         if entry.finished {
             return Err(Undeliverable::AfterLast);
         }
@@ -374,7 +371,10 @@ mod tests {
         // Taking one gives its bytes back: exactly the bound may wait, not more.
         assert_eq!(slow.recv().await, Some(Item::Chunk(300)));
         assert_eq!(table.route("slow", Item::Chunk(300)), Ok(Delivered::Queued));
-        assert_eq!(table.route("slow", Item::Chunk(1)), Ok(Delivered::Overflowed));
+        assert_eq!(
+            table.route("slow", Item::Chunk(1)),
+            Ok(Delivered::Overflowed)
+        );
         assert_eq!(
             table.route("slow", Item::Chunk(1)),
             Err(Undeliverable::AfterLast)
