@@ -12,6 +12,7 @@ pub mod probe;
 pub mod property;
 #[cfg(test)]
 mod props;
+pub mod routes;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use crate::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()

@@ -1,7 +1,6 @@
 //! The gateway-facing side: accepts connections on the Unix socket, checks each one's hello, then
 //! multiplexes its requests. Each connection has its own bounded queue and writer task, so a slow
 //! gateway only ever slows itself.
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{codes, ModelResult};
 use provider_shared::ipc::{IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION};
+use provider_shared::routes::Refused;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
-use crate::hub::Hub;
-use crate::request::{self, Inbox, Start};
-use crate::table::ConnId;
+use crate::request::{self, RequestEvent, Start};
+use crate::Hub;
+
+/// Which gateway connection a request came from.
+pub type ConnId = u64;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued for one gateway before its request tasks wait.
@@ -105,8 +107,11 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                 on_request(&hub, conn, id, start, &out).await;
             }
             Some(Ok(IpcFrame::Cancel { id })) => {
-                if !hub.requests.cancel(&id, conn) {
-                    tracing::debug!(%id, "cancel for a request not in flight ignored");
+                if !hub
+                    .requests
+                    .signal(&id, |from| *from == conn, RequestEvent::Cancel)
+                {
+                    tracing::debug!(%id, "cancel for a request not in flight (or cancelled already) ignored");
                 }
             }
             Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected gateway frame ignored"),
@@ -117,7 +122,9 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             None => break,
         }
     }
-    let orphaned = hub.requests.gateway_gone(conn);
+    let orphaned = hub
+        .requests
+        .signal_all(|from| *from == conn, || RequestEvent::GatewayGone);
     tracing::info!(orphaned, "gateway disconnected");
     // The writer ends once this and every request task's sender are gone.
 }
@@ -158,29 +165,26 @@ async fn on_request(
             .await;
         return;
     }
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let Some(ticket) = hub.requests.insert(&id, conn, events_tx, queued.clone()) else {
-        tracing::warn!(%id, "duplicate request id refused");
-        crate::metrics::count_request(crate::metrics::Outcome::Error);
-        let _ = out
-            .send(refuse(
-                codes::DUPLICATE_ID,
-                "a request with this id is already in flight",
-            ))
-            .await;
-        return;
+    let (ticket, inbox) = match hub.requests.insert(&id, conn) {
+        Ok(registered) => registered,
+        Err(why) => {
+            tracing::warn!(%id, ?why, "request refused");
+            crate::metrics::count_request(crate::metrics::Outcome::Error);
+            let refusal = match why {
+                Refused::Duplicate => refuse(
+                    codes::DUPLICATE_ID,
+                    "a request with this id is already in flight",
+                ),
+                Refused::Closed => refuse(codes::SHUTTING_DOWN, "bridge-agent is shutting down"),
+            };
+            let _ = out.send(refusal).await;
+            return;
+        }
     };
+    crate::metrics::gauge_in_flight(hub.requests.len());
     hub.request_tasks.spawn(
-        request::serve(
-            hub.clone(),
-            id.clone(),
-            start,
-            ticket,
-            Inbox { events, queued },
-            out.clone(),
-        )
-        .instrument(info_span!("request", %id, conn)),
+        request::serve(hub.clone(), id.clone(), start, ticket, inbox, out.clone())
+            .instrument(info_span!("request", %id, conn)),
     );
 }
 

@@ -9,6 +9,7 @@ use provider_shared::bridge::{
     codes, negotiate, BridgeFrame, FrameError, ModelResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use provider_shared::ipc::LinkState;
+use provider_shared::routes::Undeliverable;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
@@ -18,10 +19,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::hub::{Hub, Link};
 use crate::metrics;
-use crate::table::{Event, Undeliverable};
-use crate::{backoff, Error};
+use crate::request::RequestEvent;
+use crate::{backoff, CurrentWebSocket, Error, Hub};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -185,7 +185,7 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         max_frame_bytes,
     } = welcomed;
     let (tx, mut rx) = mpsc::channel::<BridgeFrame>(OUTBOUND_QUEUE);
-    hub.link.send_replace(Link::Up {
+    hub.link.send_replace(CurrentWebSocket::Up {
         generation,
         tx,
         protocol,
@@ -265,7 +265,7 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
     };
     // Request tasks watching this generation resume on the next one, or end with
     // bridge_disconnected.
-    hub.link.send_replace(Link::Down);
+    hub.link.send_replace(CurrentWebSocket::Down);
     // What mcp-bridge last said no longer holds once its connection is gone.
     hub.status.send_modify(|s| s.mcp_bridge = None);
     hub.status.send_modify(|s| s.max_frame_bytes = None);
@@ -278,11 +278,11 @@ fn on_text(hub: &Hub, text: &str) -> Option<Message> {
     match BridgeFrame::parse(text) {
         Ok(BridgeFrame::ModelStreamChunk(chunk)) => {
             let id = chunk.id.clone();
-            deliver(hub, &id, Event::Chunk(chunk));
+            deliver(hub, &id, RequestEvent::Chunk(chunk));
         }
         Ok(BridgeFrame::ModelResult(result)) => {
             let id = result.id.clone();
-            deliver(hub, &id, Event::Result(result));
+            deliver(hub, &id, RequestEvent::Result(result));
         }
         Ok(BridgeFrame::Ping { ts }) => {
             return Some(Message::text(BridgeFrame::Pong { ts }.to_text()));
@@ -321,17 +321,19 @@ fn too_big(hub: &Hub, id: Option<String>, limit: u64) {
         codes::REQUEST_TOO_LARGE,
         format!("the MCP bridge refused this request as too large for one frame (it closed the connection with 1009); bridge-agent's limit is {limit} bytes (LOCAL_PROVIDER_MAX_FRAME_BYTES): lower it to the bridge's, or shorten the conversation"),
     );
-    deliver(hub, &id, Event::Result(result));
+    deliver(hub, &id, RequestEvent::Result(result));
 }
 
-fn deliver(hub: &Hub, id: &str, event: Event) {
+/// Hands a frame straight to its request's task; never waits (an overflowing request is told so
+/// and cancels itself upstream).
+fn deliver(hub: &Hub, id: &str, event: RequestEvent) {
     match hub.requests.route(id, event) {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(Undeliverable::UnknownId) => {
             tracing::warn!(%id, "bridge frame for an unknown request id dropped");
             metrics::frame_dropped("unknown_id");
         }
-        Err(Undeliverable::AfterResult) => {
+        Err(Undeliverable::AfterLast) => {
             tracing::debug!(%id, "bridge frame after the request's result dropped");
             metrics::frame_dropped("after_result");
         }

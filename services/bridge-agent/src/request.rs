@@ -1,20 +1,54 @@
 //! Serving one request: wait for the bridge, send `model_invoke` (or `model_resume`), relay
 //! chunks, carry the request over to a new WebSocket when the old one drops (protocol 2), and
 //! answer the gateway with exactly one `result`, whatever happens.
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::{
-    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status, RESUME_PROTOCOL_VERSION,
+    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status, StreamChunk,
+    RESUME_PROTOCOL_VERSION,
 };
 use provider_shared::ipc::IpcFrame;
+use provider_shared::routes::{Routed, Ticket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout_at};
 
-use crate::hub::{Hub, Link};
 use crate::metrics::{self, Outcome};
-use crate::table::{taken, Event, Ticket};
+use crate::{CurrentWebSocket, Hub};
+
+/// The request's inbox: what the bridge sends for it (routed by `Hub::requests` straight from
+/// the WebSocket reader in `link.rs`), and what its gateway says.
+pub type Inbox = provider_shared::routes::Inbox<RequestEvent>;
+
+/// What happens to a request, delivered to the task serving it.
+#[derive(Debug)]
+pub enum RequestEvent {
+    Chunk(StreamChunk),
+    Result(ModelResult),
+    /// The gateway asked to cancel it.
+    Cancel,
+    /// The gateway connection that sent it closed.
+    GatewayGone,
+    /// More than `STREAM_BUFFER_BYTES` of chunks waited for it: its gateway is not keeping up.
+    Overflow,
+}
+
+impl Routed for RequestEvent {
+    fn cost(&self) -> usize {
+        match self {
+            RequestEvent::Chunk(chunk) => chunk.approx_bytes(),
+            _ => 0,
+        }
+    }
+
+    fn is_last(&self) -> bool {
+        matches!(self, RequestEvent::Result(_))
+    }
+
+    fn overflow() -> Self {
+        RequestEvent::Overflow
+    }
+}
 
 /// How a request ended: what to tell the gateway (if it is still there) and the metric label.
 struct Ending {
@@ -45,23 +79,6 @@ pub enum Start {
     },
 }
 
-/// What the request's task receives.
-pub struct Inbox {
-    pub events: mpsc::UnboundedReceiver<Event>,
-    /// Bytes of chunks waiting in `events` (see `table::taken`).
-    pub queued: Arc<AtomicUsize>,
-}
-
-impl Inbox {
-    async fn recv(&mut self) -> Option<Event> {
-        let event = self.events.recv().await;
-        if let Some(event) = &event {
-            taken(&self.queued, event);
-        }
-        event
-    }
-}
-
 pub async fn serve(
     hub: Arc<Hub>,
     id: String,
@@ -74,12 +91,13 @@ pub async fn serve(
     let ending = relay(&hub, &id, start, &mut inbox, &out).await;
     // Forget the id before answering, so the gateway may reuse it as soon as it hears back.
     hub.requests.remove(&id, ticket);
+    metrics::gauge_in_flight(hub.requests.len());
     metrics::count_request(ending.outcome);
     ::metrics::histogram!(metrics::REQUEST_DURATION).record(received.elapsed().as_secs_f64());
     tracing::debug!(outcome = ending.outcome.as_str(), "request ended");
     if let Some(result) = ending.result {
         // A closed connection has nobody left to tell.
-        let _ = to_gateway(&hub, &out, IpcFrame::Result(result)).await;
+        let _ = to_gateway(&out, IpcFrame::Result(result), hub.hard_stop.cancelled()).await;
     }
 }
 
@@ -155,12 +173,18 @@ async fn relay(
     }
     let mut first_seen = last_forwarded.is_some();
     let mut link_rx = hub.link.subscribe();
+    // Made once for the whole answer: the deadlines do not move, and rebuilding these on every
+    // chunk would cost a timer registration and a waiter each time.
+    let first_timeout = sleep_until(first_deadline.into());
+    let last_timeout = sleep_until(last_deadline.into());
+    let stopped = hub.hard_stop.cancelled();
+    tokio::pin!(first_timeout, last_timeout, stopped);
     loop {
         tokio::select! {
             // Frames already received win over a disconnect noticed at the same moment.
             biased;
             event = inbox.recv() => match event {
-                Some(Event::Chunk(chunk)) => {
+                Some(RequestEvent::Chunk(chunk)) => {
                     if last_forwarded.is_some_and(|last| chunk.chunk_index <= last) {
                         metrics::frame_dropped("replayed");
                         continue;
@@ -171,12 +195,12 @@ async fn relay(
                         first_seen = true;
                         first_chunk(sent);
                     }
-                    if !to_gateway(hub, out, IpcFrame::Chunk(chunk)).await {
+                    if !to_gateway(out, IpcFrame::Chunk(chunk), &mut stopped).await {
                         cancel_at_peer(&link, id).await;
                         return Ending { result: None, outcome: Outcome::Cancelled };
                     }
                 }
-                Some(Event::Result(result)) => {
+                Some(RequestEvent::Result(result)) => {
                     let unknown = asked_resume.then(|| unknown_to_bridge(&result, &mut fallback));
                     if let Some(invoke) = unknown.flatten() {
                         asked_resume = false;
@@ -196,16 +220,16 @@ async fn relay(
                     };
                     return Ending { result: Some(result), outcome };
                 }
-                Some(Event::Cancel) => {
+                Some(RequestEvent::Cancel) => {
                     cancel_at_peer(&link, id).await;
                     return Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
                         "cancelled by the gateway");
                 }
-                Some(Event::GatewayGone) | None => {
+                Some(RequestEvent::GatewayGone) | None => {
                     cancel_at_peer(&link, id).await;
                     return Ending { result: None, outcome: Outcome::Cancelled };
                 }
-                Some(Event::Overflow) => {
+                Some(RequestEvent::Overflow) => {
                     cancel_at_peer(&link, id).await;
                     return Ending::error(id, Outcome::Error, codes::SLOW_CLIENT, format!(
                         "the gateway fell more than {} bytes (LOCAL_PROVIDER_STREAM_BUFFER_BYTES) behind this answer",
@@ -221,19 +245,19 @@ async fn relay(
                     Err(ending) => return ending,
                 }
             }
-            _ = sleep_until(first_deadline.into()), if !first_seen => {
+            () = &mut first_timeout, if !first_seen => {
                 cancel_at_peer(&link, id).await;
                 let secs = hub.config.request_timeout().as_secs_f64();
                 return Ending::error(id, Outcome::Timeout, codes::REQUEST_TIMEOUT,
                     format!("the agent did not start answering within {secs}s"));
             }
-            _ = sleep_until(last_deadline.into()) => {
+            () = &mut last_timeout => {
                 cancel_at_peer(&link, id).await;
                 let secs = hub.config.response_timeout().as_secs_f64();
                 return Ending::error(id, Outcome::Timeout, codes::RESPONSE_TIMEOUT,
                     format!("the agent did not finish answering within {secs}s"));
             }
-            _ = hub.hard_stop.cancelled() => {
+            () = &mut stopped => {
                 cancel_at_peer(&link, id).await;
                 let (code, message) = hub.stop_reason();
                 return Ending::error(id, Outcome::Error, code, message);
@@ -309,17 +333,22 @@ async fn cancel_at_peer(link: &OnLink, id: &str) {
 }
 
 /// Queues `frame` for the gateway; false when it is gone, or when its queue stays full after
-/// requests are being ended (a stuck gateway must not hold up shutdown).
-async fn to_gateway(hub: &Hub, out: &mpsc::Sender<IpcFrame>, frame: IpcFrame) -> bool {
+/// requests are being ended (`stopped`, `Hub::hard_stop`: a stuck gateway must not hold up
+/// shutdown).
+async fn to_gateway(
+    out: &mpsc::Sender<IpcFrame>,
+    frame: IpcFrame,
+    stopped: impl std::future::Future<Output = ()>,
+) -> bool {
     tokio::select! {
         biased;
         sent = out.send(frame) => sent.is_ok(),
-        _ = hub.hard_stop.cancelled() => false,
+        () = stopped => false,
     }
 }
 
 /// Resolves once connection `generation` is no longer the link.
-async fn link_gone(link_rx: &mut watch::Receiver<Link>, generation: u64) {
+async fn link_gone(link_rx: &mut watch::Receiver<CurrentWebSocket>, generation: u64) {
     let _ = link_rx
         .wait_for(|l| l.generation() != Some(generation))
         .await;
@@ -371,11 +400,11 @@ async fn wait_for_link(
     let mut link_rx = hub.link.subscribe();
     let up = timeout_at(until.into(), async {
         let link = link_rx
-            .wait_for(|l| matches!(l, Link::Up { .. }))
+            .wait_for(|l| matches!(l, CurrentWebSocket::Up { .. }))
             .await
             .map(|guard| guard.clone());
         match link {
-            Ok(Link::Up {
+            Ok(CurrentWebSocket::Up {
                 generation,
                 tx,
                 protocol,
@@ -389,7 +418,8 @@ async fn wait_for_link(
             _ => None,
         }
     });
-    tokio::pin!(up);
+    let stopped = hub.hard_stop.cancelled();
+    tokio::pin!(up, stopped);
     loop {
         tokio::select! {
             link = &mut up => {
@@ -399,19 +429,19 @@ async fn wait_for_link(
                 };
             }
             event = inbox.recv() => match event {
-                Some(Event::Cancel) => {
+                Some(RequestEvent::Cancel) => {
                     return Err(Waited::Ended(Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
                         "cancelled by the gateway")));
                 }
-                Some(Event::GatewayGone) | None => {
+                Some(RequestEvent::GatewayGone) | None => {
                     return Err(Waited::Ended(Ending { result: None, outcome: Outcome::Cancelled }));
                 }
                 // Nothing is being answered on a link that is down, so these are not ours.
-                Some(Event::Chunk(_) | Event::Result(_) | Event::Overflow) => {
+                Some(RequestEvent::Chunk(_) | RequestEvent::Result(_) | RequestEvent::Overflow) => {
                     metrics::frame_dropped("not_sent");
                 }
             },
-            _ = hub.hard_stop.cancelled() => {
+            () = &mut stopped => {
                 let (code, message) = hub.stop_reason();
                 return Err(Waited::Ended(Ending::error(id, Outcome::Error, code, message)));
             }

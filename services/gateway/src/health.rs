@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::state::{AppState, Shared};
 
 fn status_of(state: &AppState) -> (&'static str, Value) {
-    let link = state.bridge.link();
+    let link = state.agent.link();
     let bridge_up = link.agent_connected && link.bridge.state == LinkState::Connected;
     let status = if state.shutdown.is_cancelled() {
         "unhealthy"

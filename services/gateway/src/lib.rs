@@ -13,10 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub mod admin;
+pub mod agent_client;
 pub mod anthropic;
 pub mod app;
 pub mod auth;
-pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -74,7 +74,7 @@ pub async fn run(
     // Before anything is spawned: a store that cannot be reached stops start-up.
     let store = Arc::new(store::open(&settings, audit.clone()).await?);
     let links_down = CancellationToken::new();
-    let bridge = bridge::BridgeClient::start(
+    let agent = agent_client::AgentClient::start(
         settings.bridge_socket.clone(),
         settings.stream_buffer_bytes,
         links_down.clone(),
@@ -85,7 +85,7 @@ pub async fn run(
     let state = Arc::new(state::AppState {
         concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         store,
-        bridge,
+        agent,
         audit,
         started: Instant::now(),
         shutdown: shutdown.clone(),

@@ -5,7 +5,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::BridgeClient;
+use crate::agent_client::AgentClient;
 use crate::config::Settings;
 use crate::ratelimit::BucketSpec;
 use crate::store::Guarded;
@@ -15,7 +15,7 @@ pub struct AppState {
     pub settings: Settings,
     /// Sessions and rate-limit buckets, behind the timeout and failure policy.
     pub store: Arc<Guarded>,
-    pub bridge: BridgeClient,
+    pub agent: AgentClient,
     pub audit: Audit,
     pub concurrency: Arc<Semaphore>,
     pub started: Instant,

@@ -17,7 +17,7 @@ use super::account::Accounting;
 use super::agent_error;
 use super::convert::Answer;
 use super::outbox::Outbox;
-use crate::bridge::{Call, Event};
+use crate::agent_client::{Call, CallEvent};
 use crate::error::Error;
 use crate::state::{AppState, Shared};
 use crate::tokens;
@@ -40,7 +40,7 @@ pub enum Piece {
 pub type Pieces = Pin<Box<dyn Stream<Item = Piece> + Send>>;
 
 enum Next {
-    Bridge(Event),
+    Bridge(CallEvent),
     Backstop,
     GraceOver,
     ReaderGone,
@@ -138,7 +138,7 @@ async fn run(
         };
         let busy_since = Instant::now();
         match event {
-            Next::Bridge(Event::Chunk(c)) => {
+            Next::Bridge(CallEvent::Chunk(c)) => {
                 if last_chunk.is_some_and(|last| c.chunk_index <= last) {
                     continue;
                 }
@@ -156,7 +156,7 @@ async fn run(
                     }
                 }
             }
-            Next::Bridge(Event::Result(result)) => match result.outcome {
+            Next::Bridge(CallEvent::Result(result)) => match result.outcome {
                 Outcome::Ok { result } => {
                     account.mark_first_chunk();
                     answer.absorb_result(&result);
@@ -182,7 +182,7 @@ async fn run(
                 }
                 Outcome::Error { error } => break agent_error(&error),
             },
-            Next::Bridge(Event::Lost) => {
+            Next::Bridge(CallEvent::Lost) => {
                 let grace = state.settings.resume_grace;
                 let until = deadline.min(tokio::time::Instant::now() + grace);
                 let resumed = tokio::select! {
@@ -197,7 +197,7 @@ async fn run(
                 }
                 break lost_error(grace);
             }
-            Next::Bridge(Event::Overflow) => break slow_client(&state, &account),
+            Next::Bridge(CallEvent::Overflow) => break slow_client(&state, &account),
             Next::Backstop => break backstop_error(limit),
             Next::GraceOver => break shutdown_error(),
             Next::ReaderGone => {

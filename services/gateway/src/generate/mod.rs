@@ -144,7 +144,7 @@ pub async fn start(
     let mut account = account;
     let calling = Instant::now();
     let call = match state
-        .bridge
+        .agent
         .call(invoke, state.settings.connection_timeout)
         .await
     {

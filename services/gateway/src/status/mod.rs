@@ -97,7 +97,7 @@ async fn allowed(state: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Resul
 
 fn snapshot(state: &Shared, sessions: Option<u64>) -> Value {
     let now = crate::store::now_ms();
-    let link = state.bridge.link();
+    let link = state.agent.link();
     let board = state.status.snapshot();
     let socket = state.settings.bridge_socket.display().to_string();
     let (to_agent, to_bridge) = view::links(&link, &socket);
@@ -150,7 +150,7 @@ pub async fn sample(state: Shared, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let link = state.bridge.link();
+        let link = state.agent.link();
         let depth = view::report(&link).map(|r| r.queue_depth);
         state.status.close_point(depth);
     }

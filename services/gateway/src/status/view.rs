@@ -5,13 +5,13 @@ use provider_shared::bridge::BridgeReport;
 use provider_shared::ipc::LinkState;
 use serde_json::{json, Value};
 
-use crate::bridge::Link;
+use crate::agent_client::LinkStatus;
 
 /// A `bridge_status` older than this is stale: mcp-bridge sends one at least every 10 s.
 pub const REPORT_STALE_MS: u64 = 30_000;
 
 /// The report mcp-bridge sent over a link that is up, if any.
-pub fn report(link: &Link) -> Option<&BridgeReport> {
+pub fn report(link: &LinkStatus) -> Option<&BridgeReport> {
     if link.agent_connected && link.bridge.state == LinkState::Connected {
         link.bridge.mcp_bridge.as_ref()
     } else {
@@ -20,7 +20,7 @@ pub fn report(link: &Link) -> Option<&BridgeReport> {
 }
 
 /// `gateway → bridge-agent` and `bridge-agent → mcp-bridge`.
-pub fn links(link: &Link, socket: &str) -> (Value, Value) {
+pub fn links(link: &LinkStatus, socket: &str) -> (Value, Value) {
     let to_agent = json!({
         "state": if link.agent_connected { "connected" } else { "disconnected" },
         "detail": if link.agent_connected {
@@ -51,7 +51,7 @@ pub fn links(link: &Link, socket: &str) -> (Value, Value) {
 
 /// The agent's state: `polling`, `sampling`, `working`, `idle`, `gone` or `unknown`, with the
 /// sentence the page leads with.
-pub fn agent(link: &Link, now_ms: u64, gone_after: Duration) -> Value {
+pub fn agent(link: &LinkStatus, now_ms: u64, gone_after: Duration) -> Value {
     let Some(r) = report(link) else {
         let why = if !link.agent_connected {
             "unknown: bridge-agent is not connected"
@@ -116,7 +116,7 @@ pub fn agent(link: &Link, now_ms: u64, gone_after: Duration) -> Value {
 }
 
 /// mcp-bridge's queue, or `null` when it is not known.
-pub fn queue(link: &Link, now_ms: u64) -> Value {
+pub fn queue(link: &LinkStatus, now_ms: u64) -> Value {
     match report(link) {
         Some(r) => json!({
             "depth": r.queue_depth,
@@ -152,8 +152,8 @@ mod tests {
     use super::*;
     use provider_shared::ipc::BridgeStatus;
 
-    fn link(report: Option<BridgeReport>) -> Link {
-        Link {
+    fn link(report: Option<BridgeReport>) -> LinkStatus {
+        LinkStatus {
             agent_connected: true,
             bridge: BridgeStatus {
                 state: LinkState::Connected,

@@ -2,10 +2,8 @@
 //! by itself, routes chunks and results to their requests by id, and cancels requests whose
 //! callers went away. A request whose connection broke can be re-attached to the next one
 //! ([`Call::resume`]) when that bridge-agent takes `resume` (docs/PROTOCOL.md §2).
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,6 +11,7 @@ use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
 use provider_shared::ipc::{
     BridgeStatus, IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION,
 };
+use provider_shared::routes::{Delivered, Inbox, Refused, RouteTable, Routed, Ticket};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
@@ -21,9 +20,9 @@ use tracing::Instrument;
 
 use crate::error::Error;
 
-/// What a request hears back.
+/// What a request in flight hears back.
 #[derive(Debug)]
-pub enum Event {
+pub enum CallEvent {
     Chunk(StreamChunk),
     Result(ModelResult),
     /// The connection to bridge-agent broke before the result came.
@@ -32,74 +31,50 @@ pub enum Event {
     Overflow,
 }
 
-/// What the gateway knows of the path to the agent.
+impl Routed for CallEvent {
+    fn cost(&self) -> usize {
+        match self {
+            CallEvent::Chunk(chunk) => chunk.approx_bytes(),
+            _ => 0,
+        }
+    }
+
+    fn is_last(&self) -> bool {
+        matches!(self, CallEvent::Result(_))
+    }
+
+    fn overflow() -> Self {
+        CallEvent::Overflow
+    }
+}
+
+/// What the gateway knows of the path to the agent: whether bridge-agent is connected, and the
+/// bridge status it last reported.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Link {
+pub struct LinkStatus {
     pub agent_connected: bool,
     pub bridge: BridgeStatus,
 }
 
-/// Where one request's frames go, and how many bytes of them wait there.
-struct Route {
-    tx: mpsc::UnboundedSender<Event>,
-    queued: Arc<AtomicUsize>,
-}
-
-/// The requests of one connection. Registering and closing take the same lock, and nothing
-/// registers once the table is closed: a request either is in the table when the connection's
-/// end drains it (and hears `Lost`), or is refused and tries the next connection. No request
-/// can fall in between.
-#[derive(Default)]
-struct Table {
-    open: bool,
-    routes: HashMap<String, Route>,
-}
-
+/// One connection to bridge-agent: where its frames are queued, and its requests. Registering
+/// and closing take the table's one lock, and nothing registers once it is closed: a request
+/// either is in the table when the connection's end drains it (and hears `Lost`), or is refused
+/// and tries the next connection. No request can fall in between.
 #[derive(Clone)]
 struct Conn {
     tx: mpsc::UnboundedSender<IpcFrame>,
-    table: Arc<Mutex<Table>>,
+    table: Arc<RouteTable<CallEvent>>,
     /// This bridge-agent takes `resume`.
     resume: bool,
-    /// Bytes of frames one request may have waiting for its task.
-    buffer_bytes: usize,
-}
-
-fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
-    // Every change to the table is one statement, so a poisoned lock still holds a whole table.
-    table.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Conn {
-    /// Adds `id`; false when this connection has already ended.
-    fn register(&self, id: &str, route: Route) -> bool {
-        let mut table = lock(&self.table);
-        if !table.open {
-            return false;
-        }
-        table.routes.insert(id.to_owned(), route);
-        true
-    }
-
-    fn unregister(&self, id: &str) {
-        lock(&self.table).routes.remove(id);
-    }
-
-    /// Ends the connection's table; returns the requests that were waiting on it.
-    fn close(&self) -> Vec<Route> {
-        let mut table = lock(&self.table);
-        table.open = false;
-        table.routes.drain().map(|(_, r)| r).collect()
-    }
 }
 
 #[derive(Clone)]
-pub struct BridgeClient {
+pub struct AgentClient {
     conn: watch::Receiver<Option<Conn>>,
-    link: watch::Receiver<Link>,
+    link: watch::Receiver<LinkStatus>,
 }
 
-impl BridgeClient {
+impl AgentClient {
     /// Starts the connection task; it ends when `shutdown` fires.
     pub fn start(
         socket: PathBuf,
@@ -108,7 +83,7 @@ impl BridgeClient {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (conn_tx, conn_rx) = watch::channel(None);
-        let (link_tx, link_rx) = watch::channel(Link {
+        let (link_tx, link_rx) = watch::channel(LinkStatus {
             agent_connected: false,
             bridge: BridgeStatus::disconnected(),
         });
@@ -120,7 +95,7 @@ impl BridgeClient {
         }
     }
 
-    pub fn link(&self) -> Link {
+    pub fn link(&self) -> LinkStatus {
         self.link.borrow().clone()
     }
 
@@ -137,8 +112,6 @@ impl BridgeClient {
                 });
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
         let id = invoke.id.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -148,24 +121,25 @@ impl BridgeClient {
                     wait.as_secs_f64()
                 ))
             })?;
-            let route = Route {
-                tx: tx.clone(),
-                queued: queued.clone(),
-            };
-            if !conn.register(&id, route) {
+            let (ticket, inbox) = match conn.table.insert(&id, ()) {
+                Ok(registered) => registered,
                 // That connection just ended; the next one is on its way.
-                continue;
-            }
+                Err(Refused::Closed) => continue,
+                Err(Refused::Duplicate) => {
+                    return Err(Error::Internal(format!(
+                        "request id {id} is already in flight to bridge-agent"
+                    )))
+                }
+            };
             if conn.tx.send(IpcFrame::Invoke(invoke.clone())).is_err() {
-                conn.unregister(&id);
+                conn.table.remove(&id, ticket);
                 continue;
             }
             return Ok(Call {
                 id,
                 invoke: Some(invoke),
-                tx,
-                rx,
-                queued,
+                inbox,
+                ticket,
                 conn,
                 client: self.clone(),
                 finished: false,
@@ -177,7 +151,7 @@ impl BridgeClient {
     async fn next_conn(
         &self,
         deadline: tokio::time::Instant,
-        not: Option<&Arc<Mutex<Table>>>,
+        not: Option<&Arc<RouteTable<CallEvent>>>,
     ) -> Option<Conn> {
         let mut conn_rx = self.conn.clone();
         let fresh = |c: &Option<Conn>| {
@@ -197,25 +171,22 @@ pub struct Call {
     pub id: String,
     /// Kept until the first chunk, for a resume to send afresh if the bridge never got it.
     invoke: Option<ModelInvoke>,
-    tx: mpsc::UnboundedSender<Event>,
-    rx: mpsc::UnboundedReceiver<Event>,
-    queued: Arc<AtomicUsize>,
+    inbox: Inbox<CallEvent>,
+    /// Its registration in `conn`'s table.
+    ticket: Ticket,
     conn: Conn,
-    client: BridgeClient,
+    client: AgentClient,
     finished: bool,
 }
 
 impl Call {
     /// The next event; after a `Result`, `Lost` or `Overflow` there are none (until a resume).
-    pub async fn next(&mut self) -> Event {
-        let event = self.rx.recv().await.unwrap_or(Event::Lost);
+    pub async fn next(&mut self) -> CallEvent {
+        // The table drains every entry with `Lost` before it lets go of the inbox.
+        let event = self.inbox.recv().await.unwrap_or(CallEvent::Lost);
         match &event {
-            Event::Chunk(chunk) => {
-                self.queued
-                    .fetch_sub(chunk.approx_bytes(), Ordering::Relaxed);
-                self.invoke = None;
-            }
-            Event::Result(_) | Event::Lost | Event::Overflow => self.finished = true,
+            CallEvent::Chunk(_) => self.invoke = None,
+            CallEvent::Result(_) | CallEvent::Lost | CallEvent::Overflow => self.finished = true,
         }
         event
     }
@@ -237,14 +208,9 @@ impl Call {
             tracing::info!(request_id = %self.id, "the new bridge-agent cannot resume requests");
             return false;
         }
-        let route = Route {
-            tx: self.tx.clone(),
-            queued: self.queued.clone(),
-        };
-        self.queued.store(0, Ordering::Relaxed);
-        if !conn.register(&self.id, route) {
+        let Ok((ticket, inbox)) = conn.table.insert(&self.id, ()) else {
             return false;
-        }
+        };
         let frame = IpcFrame::Resume {
             id: self.id.clone(),
             after_chunk_index,
@@ -252,9 +218,11 @@ impl Call {
             invoke: self.invoke.clone(),
         };
         if conn.tx.send(frame).is_err() {
-            conn.unregister(&self.id);
+            conn.table.remove(&self.id, ticket);
             return false;
         }
+        self.inbox = inbox;
+        self.ticket = ticket;
         self.conn = conn;
         self.finished = false;
         true
@@ -263,8 +231,8 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
+        self.conn.table.remove(&self.id, self.ticket);
         if !self.finished {
-            self.conn.unregister(&self.id);
             let _ = self.conn.tx.send(IpcFrame::Cancel {
                 id: self.id.clone(),
             });
@@ -277,7 +245,7 @@ async fn maintain(
     socket: PathBuf,
     buffer_bytes: usize,
     conn_tx: watch::Sender<Option<Conn>>,
-    link_tx: watch::Sender<Link>,
+    link_tx: watch::Sender<LinkStatus>,
     shutdown: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(50);
@@ -361,19 +329,15 @@ async fn serve(
     welcome: Welcomed,
     buffer_bytes: usize,
     conn_tx: &watch::Sender<Option<Conn>>,
-    link_tx: &watch::Sender<Link>,
+    link_tx: &watch::Sender<LinkStatus>,
     shutdown: &CancellationToken,
 ) {
     let (mut sink, mut stream) = welcome.framed.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<IpcFrame>();
     let conn = Conn {
         tx,
-        table: Arc::new(Mutex::new(Table {
-            open: true,
-            routes: HashMap::new(),
-        })),
+        table: Arc::new(RouteTable::new(buffer_bytes)),
         resume: welcome.resume,
-        buffer_bytes,
     };
     set_bridge(link_tx, true, welcome.bridge);
     conn_tx.send_replace(Some(conn.clone()));
@@ -391,11 +355,11 @@ async fn serve(
             match frame {
                 Ok(IpcFrame::Chunk(chunk)) => {
                     let id = chunk.id.clone();
-                    route(&conn, &id, Event::Chunk(chunk));
+                    route(&conn, &id, CallEvent::Chunk(chunk));
                 }
                 Ok(IpcFrame::Result(result)) => {
                     let id = result.id.clone();
-                    route(&conn, &id, Event::Result(result));
+                    route(&conn, &id, CallEvent::Result(result));
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
@@ -414,47 +378,29 @@ async fn serve(
     // Unpublish first, so a request refused by the closed table waits for the next connection.
     conn_tx.send_replace(None);
     set_bridge(link_tx, false, BridgeStatus::disconnected());
-    for orphan in conn.close() {
-        let _ = orphan.tx.send(Event::Lost);
-    }
+    conn.table.close(|| CallEvent::Lost);
 }
 
 /// Hands a frame to its request. A request whose task has let more than the buffer bound wait
 /// is dropped alone (and cancelled at bridge-agent); the shared connection never waits for it.
-fn route(conn: &Conn, id: &str, event: Event) {
-    let mut table = lock(&conn.table);
-    let Some(route) = table.routes.get(id) else {
-        tracing::debug!(
+fn route(conn: &Conn, id: &str, event: CallEvent) {
+    match conn.table.route(id, event) {
+        Ok(Delivered::Queued) => {}
+        Ok(Delivered::Overflowed) => {
+            let _ = conn.tx.send(IpcFrame::Cancel { id: id.to_owned() });
+        }
+        Err(why) => tracing::debug!(
             request_id = id,
+            ?why,
             "dropping a frame for a request no longer waiting"
-        );
-        return;
-    };
-    let chunk_bytes = match &event {
-        Event::Chunk(chunk) => chunk.approx_bytes(),
-        _ => 0,
-    };
-    let waiting = route.queued.fetch_add(chunk_bytes, Ordering::Relaxed) + chunk_bytes;
-    if waiting > conn.buffer_bytes {
-        if let Some(route) = table.routes.remove(id) {
-            let _ = route.tx.send(Event::Overflow);
-        }
-        let _ = conn.tx.send(IpcFrame::Cancel { id: id.to_owned() });
-        return;
-    }
-    if matches!(event, Event::Result(_)) {
-        if let Some(route) = table.routes.remove(id) {
-            let _ = route.tx.send(event);
-        }
-    } else {
-        let _ = route.tx.send(event);
+        ),
     }
 }
 
-fn set_bridge(link_tx: &watch::Sender<Link>, agent_connected: bool, bridge: BridgeStatus) {
+fn set_bridge(link_tx: &watch::Sender<LinkStatus>, agent_connected: bool, bridge: BridgeStatus) {
     let up = bridge.state == provider_shared::ipc::LinkState::Connected;
     metrics::gauge!("gateway_bridge_connected").set(if up && agent_connected { 1.0 } else { 0.0 });
-    link_tx.send_replace(Link {
+    link_tx.send_replace(LinkStatus {
         agent_connected,
         bridge,
     });
@@ -465,51 +411,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    fn conn() -> (Conn, mpsc::UnboundedReceiver<IpcFrame>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let table = Table {
-            open: true,
-            routes: HashMap::new(),
-        };
-        let conn = Conn {
-            tx,
-            table: Arc::new(Mutex::new(table)),
-            resume: true,
-            buffer_bytes: 1000,
-        };
-        (conn, rx)
-    }
-
-    fn route_to(tx: &mpsc::UnboundedSender<Event>) -> Route {
-        Route {
-            tx: tx.clone(),
-            queued: Arc::default(),
-        }
-    }
-
-    // The interleaving that used to lose a request: a caller holding the connection registers
-    // just after the connection's end drained the table. It must be refused, never parked.
-    #[test]
-    fn a_request_registering_after_the_end_is_refused_not_lost() {
-        let (conn, _frames) = conn();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let held_by_caller = conn.clone();
-        assert!(conn.close().is_empty());
-        assert!(!held_by_caller.register("r1", route_to(&tx)));
-        assert!(rx.try_recv().is_err());
-    }
-
-    #[test]
-    fn a_request_registered_before_the_end_hears_lost() {
-        let (conn, _frames) = conn();
-        let (tx, _rx) = mpsc::unbounded_channel();
-        assert!(conn.register("r1", route_to(&tx)));
-        let orphans = conn.close();
-        assert_eq!(orphans.len(), 1);
-    }
-
-    fn chunk(id: &str, text: &str) -> Event {
-        Event::Chunk(StreamChunk {
+    fn chunk(id: &str, text: &str) -> CallEvent {
+        CallEvent::Chunk(StreamChunk {
             id: id.into(),
             chunk_index: 0,
             delta: provider_shared::bridge::Delta {
@@ -520,23 +423,26 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_request_whose_frames_pile_up_is_dropped_alone_and_cancelled() {
-        let (conn, mut frames) = conn();
-        let (slow_tx, mut slow_rx) = mpsc::unbounded_channel();
-        let (fast_tx, mut fast_rx) = mpsc::unbounded_channel();
-        conn.register("slow", route_to(&slow_tx));
-        conn.register("fast", route_to(&fast_tx));
+    #[tokio::test]
+    async fn a_request_whose_frames_pile_up_is_dropped_alone_and_cancelled() {
+        let (tx, mut frames) = mpsc::unbounded_channel();
+        let conn = Conn {
+            tx,
+            table: Arc::new(RouteTable::new(1000)),
+            resume: true,
+        };
+        let (_, mut slow) = conn.table.insert("slow", ()).unwrap();
+        let (_, mut fast) = conn.table.insert("fast", ()).unwrap();
         route(&conn, "slow", chunk("slow", &"x".repeat(600)));
         route(&conn, "slow", chunk("slow", &"x".repeat(600)));
         route(&conn, "fast", chunk("fast", "hi"));
-        assert!(matches!(slow_rx.try_recv().unwrap(), Event::Chunk(_)));
-        assert!(matches!(slow_rx.try_recv().unwrap(), Event::Overflow));
-        assert!(matches!(fast_rx.try_recv().unwrap(), Event::Chunk(_)));
+        assert!(matches!(slow.recv().await, Some(CallEvent::Chunk(_))));
+        assert!(matches!(slow.recv().await, Some(CallEvent::Overflow)));
+        assert!(matches!(fast.recv().await, Some(CallEvent::Chunk(_))));
         assert_eq!(
             frames.try_recv().unwrap(),
             IpcFrame::Cancel { id: "slow".into() }
         );
-        assert_eq!(lock(&conn.table).routes.len(), 1);
+        assert!(frames.try_recv().is_err());
     }
 }
