@@ -210,7 +210,7 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         send_timeout: hub.config.connection_timeout(),
         goodbye: (CloseCode::Normal, "bridge-agent shutting down".to_owned()),
     };
-    let mut peer = Peer {
+    let mut peer = LinkHandler {
         hub,
         last_invoke: None,
     };
@@ -238,14 +238,14 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
 }
 
 /// One connection's frames, as the shared peer loop hands them over.
-struct Peer<'a> {
+struct LinkHandler<'a> {
     hub: &'a Hub,
     /// The request whose invoke went out last: if the bridge closes with 1009 (too big), it is
     /// the one that caused it.
     last_invoke: Option<String>,
 }
 
-impl ws_peer::Handler for Peer<'_> {
+impl ws_peer::Handler for LinkHandler<'_> {
     type Out = BridgeFrame;
 
     fn on_text(&mut self, text: &str) -> ws_peer::Step {

@@ -555,3 +555,85 @@ impl Drop for Poller<'_> {
         self.0.activity.poll_ended();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::bridge::{ModelMeta, Outcome, Payload};
+    use provider_shared::ws_peer;
+    use serde_json::Map;
+
+    fn invoke(id: &str) -> ModelInvoke {
+        ModelInvoke {
+            id: id.into(),
+            session_id: None,
+            model_meta: ModelMeta {
+                provider: "local".into(),
+                label: "m".into(),
+                requested_scopes: vec![],
+            },
+            payload: Payload::Chat {
+                messages: vec![json!({"role": "user", "content": id})],
+                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
+            },
+        }
+    }
+
+    fn part(content: &str) -> Part {
+        serde_json::from_value(json!({"content": content, "done": false})).unwrap()
+    }
+
+    fn chunk_of(frame: BridgeFrame) -> (String, String) {
+        match frame {
+            BridgeFrame::ModelStreamChunk(c) => (c.id, c.delta.content.unwrap_or_default()),
+            other => panic!("not a chunk: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_overflows_its_connection_s_queue_ends_alone() {
+        let config = Config::from_vars(vec![]).unwrap();
+        let (audit, _writer) = Audit::open(None, "mcp-bridge", Default::default())
+            .await
+            .unwrap();
+        let broker = Broker::new(config, audit);
+        // One connection whose queue holds two frames, with two requests on it.
+        let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(2);
+        broker.invoke(1, invoke("a"), tx.clone());
+        broker.invoke(1, invoke("b"), tx.clone());
+        let a = broker.take().unwrap();
+        let b = broker.take().unwrap();
+        broker.submit("a", &a.lease, part("a1")).unwrap();
+        broker.submit("b", &b.lease, part("b1")).unwrap();
+        let refused = broker.submit("a", &a.lease, part("a2")).unwrap_err();
+        assert!(refused.0.contains("frames behind"), "{refused:?}");
+
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("a".into(), "a1".into())
+        );
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("b".into(), "b1".into())
+        );
+        // a's result waited for room; it names the reason.
+        match rx.recv().await.unwrap() {
+            BridgeFrame::ModelResult(result) => {
+                assert_eq!(result.id, "a");
+                let Outcome::Error { error } = result.outcome else {
+                    panic!("not an error")
+                };
+                assert_eq!(error.code, codes::SLOW_CLIENT);
+            }
+            other => panic!("not a result: {other:?}"),
+        }
+        assert!(broker.submit("a", &a.lease, part("a3")).is_err(), "a ended");
+        // b, on the same connection, goes on.
+        broker.submit("b", &b.lease, part("b2")).unwrap();
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("b".into(), "b2".into())
+        );
+    }
+}

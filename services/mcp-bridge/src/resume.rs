@@ -426,4 +426,37 @@ mod tests {
         let replay = resumes.resume("r1", "agent", 2, tx, Some(3)).unwrap();
         assert_eq!(named(replay), ["4"]);
     }
+
+    #[tokio::test]
+    async fn a_request_waits_for_its_connection_then_fills_its_own_bounded_queue() {
+        let resumes = Arc::new(Resumes::new(
+            1 << 20,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
+        // A connection whose queue holds one frame and is not being read.
+        let (conn_tx, mut conn_rx) = ws_peer::queue(1);
+        let request = resumes.open("r1", "agent", 1, conn_tx).unwrap();
+        let mut pushed = 0u64;
+        for _ in 0..2 {
+            request.try_push(chunk("r1", pushed)).unwrap();
+            pushed += 1;
+            settle().await;
+        }
+        while request.try_push(chunk("r1", pushed)).is_ok() {
+            pushed += 1;
+            assert!(pushed <= 2 + OUTBOUND_QUEUE as u64, "never full");
+        }
+        // One frame in the connection's queue, one held by the waiting forwarder, the rest in
+        // the request's own queue.
+        assert_eq!(pushed, 2 + OUTBOUND_QUEUE as u64);
+        assert_eq!(indices(&mut conn_rx), ["0"]);
+        settle().await;
+        assert_eq!(
+            indices(&mut conn_rx),
+            ["1"],
+            "the forwarder goes on as room appears"
+        );
+        assert!(request.try_push(chunk("r1", pushed)).is_ok());
+    }
 }

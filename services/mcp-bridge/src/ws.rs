@@ -184,7 +184,7 @@ async fn run(app: &App, socket: &mut Socket, peer: &Peer) -> String {
         send_timeout: SEND_TIMEOUT,
         goodbye: (CloseCode::Away, "mcp-bridge shutting down".to_owned()),
     };
-    let mut connection = Connection {
+    let mut connection = AgentHandler {
         app,
         peer,
         tx,
@@ -200,7 +200,7 @@ async fn run(app: &App, socket: &mut Socket, peer: &Peer) -> String {
 }
 
 /// One connection's frames, as the shared peer loop hands them over.
-struct Connection<'a> {
+struct AgentHandler<'a> {
     app: &'a App,
     peer: &'a Peer,
     /// Where this connection's requests send their frames.
@@ -209,7 +209,7 @@ struct Connection<'a> {
     last_report: Option<(provider_shared::bridge::BridgeReport, Instant)>,
 }
 
-impl ws_peer::Handler for Connection<'_> {
+impl ws_peer::Handler for AgentHandler<'_> {
     type Out = BridgeFrame;
 
     fn on_text(&mut self, text: &str) -> ws_peer::Step {
