@@ -1,5 +1,6 @@
 //! bridge-agent's WebSocket (bridge protocol 2 and 1, docs/PROTOCOL.md §1): token check on the upgrade,
-//! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out.
+//! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out,
+//! over the peer loop bridge-agent runs too (`provider_shared::ws_peer`).
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
