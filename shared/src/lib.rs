@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backoff;
 pub mod bridge;
 pub mod config;
 pub mod digest;
@@ -15,6 +16,7 @@ mod props;
 pub mod routes;
 pub mod shutdown;
 pub mod telemetry;
+pub mod ws_peer;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,7 +2,6 @@
 //! gateways over a local Unix socket, relaying each request and its streamed answer.
 #![forbid(unsafe_code)]
 
-mod backoff;
 pub mod config;
 mod health;
 mod ipc_server;

@@ -1,33 +1,36 @@
 //! The WebSocket to the MCP bridge: connecting with a handshake deadline, heartbeats, routing
-//! inbound frames to requests, and reconnecting with backoff until the attempts run out.
+//! inbound frames to requests (over the shared peer loop, `provider_shared::ws_peer`), and
+//! reconnecting with the shared jittered back-off until the attempts run out.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, AUTHORIZATION};
+use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{
     codes, negotiate, BridgeFrame, FrameError, ModelResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use provider_shared::ipc::LinkState;
 use provider_shared::routes::Undeliverable;
+use provider_shared::ws_peer::{self, CloseCode, Message};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
+use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::metrics;
 use crate::request::RequestEvent;
-use crate::{backoff, CurrentWebSocket, Error, Hub};
+use crate::{CurrentWebSocket, Error, Hub};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const CAPABILITIES: &[&str] = &["stream", "cancel", "tools", "reasoning"];
 /// Frames waiting to go out on the WebSocket; request tasks wait when it is full.
 const OUTBOUND_QUEUE: usize = 256;
+
+/// The reconnect delay's ceiling never grows past this, unless `RECONNECT_DELAY` itself is longer.
+const MAX_RECONNECT_CEILING: Duration = Duration::from_secs(60);
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,7 @@ pub async fn supervise(hub: Arc<Hub>) -> Result<(), Error> {
     let attempts = hub.config.reconnect_attempts.0;
     let mut failures: u64 = 0;
     let mut generation: u64 = 0;
+    let backoff = Backoff::new(hub.config.reconnect_delay(), MAX_RECONNECT_CEILING);
     while !hub.closing.is_cancelled() {
         hub.set_state(LinkState::Connecting);
         let attempt = tokio::select! {
@@ -95,7 +99,7 @@ pub async fn supervise(hub: Arc<Hub>) -> Result<(), Error> {
                     });
                 }
                 let n = u32::try_from(failures).unwrap_or(u32::MAX);
-                let wait = backoff::delay(hub.config.reconnect_delay(), n, &mut rand::rng());
+                let wait = backoff.delay(n, &mut rand::rng());
                 tracing::debug!(?wait, "waiting before the next attempt");
                 tokio::select! {
                     _ = sleep(wait) => {}
@@ -196,72 +200,32 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         s.reconnects = generation - 1;
         s.max_frame_bytes = Some(max_frame_bytes);
     });
-    // The request whose invoke went out last: if the bridge closes with 1009 (too big), it is
-    // the one that caused it.
-    let mut last_invoke: Option<String> = None;
     hub.set_state(LinkState::Connected);
 
     let beat = hub.config.heartbeat_interval();
-    let send_limit = hub.config.connection_timeout();
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let silence = sleep(beat * 2);
-    tokio::pin!(silence);
-
-    let why = loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(msg)) => {
-                    silence.as_mut().reset(Instant::now() + beat * 2);
-                    if let Message::Close(frame) = &msg {
-                        if frame.as_ref().is_some_and(|f| f.code == CloseCode::Size) {
-                            too_big(hub, last_invoke.take(), max_frame_bytes);
-                        }
-                        break format!("the bridge closed the connection ({frame:?})");
-                    }
-                    if let Message::Text(text) = msg {
-                        if let Some(reply) = on_text(hub, &text) {
-                            if let Err(err) = send(&mut ws, reply, send_limit).await {
-                                break err;
-                            }
-                        }
-                    }
-                }
-                Some(Err(err)) => break format!("read failed: {err}"),
-                None => break "the connection closed".to_owned(),
-            },
-            Some(frame) = rx.recv() => {
-                if let BridgeFrame::ModelInvoke(invoke) = &frame {
-                    last_invoke = Some(invoke.id.clone());
-                }
-                if let Err(err) = send(&mut ws, Message::text(frame.to_text()), send_limit).await {
-                    break err;
-                }
+    let settings = ws_peer::Settings {
+        silence: beat * 2,
+        tick: beat,
+        first_tick: beat,
+        send_timeout: hub.config.connection_timeout(),
+        goodbye: (CloseCode::Normal, "bridge-agent shutting down".to_owned()),
+    };
+    let mut peer = LinkHandler {
+        hub,
+        last_invoke: None,
+    };
+    let ended = ws_peer::run(&mut ws, &mut peer, &mut rx, &settings, &hub.closing).await;
+    let why = match &ended {
+        ws_peer::Ended::PeerClosed(frame) => {
+            if frame.as_ref().is_some_and(|f| f.code == CloseCode::Size) {
+                too_big(hub, peer.last_invoke.take(), max_frame_bytes);
             }
-            _ = heartbeat.tick() => {
-                let ping = Message::text(BridgeFrame::Ping { ts: unix_millis() }.to_text());
-                if let Err(err) = send(&mut ws, ping, send_limit).await {
-                    break err;
-                }
-                if let Err(err) = send(&mut ws, Message::Ping(Vec::new().into()), send_limit).await {
-                    break err;
-                }
-            }
-            _ = &mut silence => {
-                break format!("the bridge sent nothing for {:?} (2 × HEARTBEAT_INTERVAL); dropping it",
-                    beat * 2);
-            }
-            _ = hub.closing.cancelled() => {
-                // Cancels queued by requests ended at shutdown go out before the Close.
-                while let Ok(frame) = rx.try_recv() {
-                    if send(&mut ws, Message::text(frame.to_text()), send_limit).await.is_err() {
-                        break;
-                    }
-                }
-                close(&mut ws).await;
-                break "shutting down".to_owned();
-            }
+            format!("the bridge closed the connection ({frame:?})")
         }
+        ws_peer::Ended::Silent(quiet) => {
+            format!("the bridge sent nothing for {quiet:?} (2 × HEARTBEAT_INTERVAL); dropping it")
+        }
+        other => other.to_string(),
     };
     // Request tasks watching this generation resume on the next one, or end with
     // bridge_disconnected.
@@ -271,6 +235,41 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
     hub.status.send_modify(|s| s.max_frame_bytes = None);
     hub.set_state(LinkState::Disconnected);
     why
+}
+
+/// One connection's frames, as the shared peer loop hands them over.
+struct LinkHandler<'a> {
+    hub: &'a Hub,
+    /// The request whose invoke went out last: if the bridge closes with 1009 (too big), it is
+    /// the one that caused it.
+    last_invoke: Option<String>,
+}
+
+impl ws_peer::Handler for LinkHandler<'_> {
+    type Out = BridgeFrame;
+
+    fn on_text(&mut self, text: &str) -> ws_peer::Step {
+        match on_text(self.hub, text) {
+            Some(reply) => ws_peer::Step::Reply(vec![reply]),
+            None => ws_peer::Step::Continue,
+        }
+    }
+
+    fn encode(&mut self, frame: BridgeFrame) -> Message {
+        if let BridgeFrame::ModelInvoke(invoke) = &frame {
+            self.last_invoke = Some(invoke.id.clone());
+        }
+        Message::text(frame.to_text())
+    }
+
+    /// The heartbeat: a protocol `ping` (answered with `pong`, which records `last_ping`) and a
+    /// WebSocket Ping, both of which keep the bridge's silence timer off.
+    fn on_tick(&mut self) -> Vec<Message> {
+        vec![
+            Message::text(BridgeFrame::Ping { ts: unix_millis() }.to_text()),
+            Message::Ping(Vec::new().into()),
+        ]
+    }
 }
 
 /// Handles one inbound text frame; returns a reply to send, if any.
@@ -338,28 +337,6 @@ fn deliver(hub: &Hub, id: &str, event: RequestEvent) {
             metrics::frame_dropped("after_result");
         }
     }
-}
-
-async fn send(ws: &mut Ws, msg: Message, limit: Duration) -> Result<(), String> {
-    match timeout(limit, ws.send(msg)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(format!("send failed: {err}")),
-        Err(_) => Err(format!("send blocked for {limit:?}")),
-    }
-}
-
-/// Sends a Close frame and waits briefly for the bridge to answer it.
-async fn close(ws: &mut Ws) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "bridge-agent shutting down".into(),
-    };
-    let _ = timeout(Duration::from_secs(1), async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
 }
 
 fn unix_millis() -> u64 {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
 use provider_shared::ipc::{
     BridgeStatus, IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION,
@@ -248,7 +249,10 @@ async fn maintain(
     link_tx: watch::Sender<LinkStatus>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(50);
+    // Quick at first (bridge-agent is usually starting beside us), jittered so that gateways
+    // restarted together do not knock in step.
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut failures: u32 = 0;
     let mut logged_down = false;
     loop {
         let attempt = tokio::select! {
@@ -257,7 +261,7 @@ async fn maintain(
         };
         match attempt {
             Ok(welcome) => {
-                delay = Duration::from_millis(50);
+                failures = 0;
                 logged_down = false;
                 tracing::info!(resume = welcome.resume, "connected to bridge-agent");
                 metrics::gauge!("gateway_bridge_agent_connected").set(1.0);
@@ -277,11 +281,12 @@ async fn maintain(
                 }
             }
         }
+        failures = failures.saturating_add(1);
+        let delay = backoff.delay(failures, &mut rand::rng());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -14,11 +14,9 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::Token;
-use crate::broker::Broker;
 use crate::mcp::McpServer;
+use crate::state::App;
 use crate::{metrics, ws};
 
 /// SSE keep-alive comments on MCP responses, so that idle long-polls are not cut by proxies and
@@ -27,17 +25,6 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(3);
 
 /// How long an MCP session lives without any request.
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
-
-pub struct App {
-    pub broker: Arc<Broker>,
-    pub bridge_token: Token,
-    pub http_token: Token,
-    pub bridge_id: String,
-    /// bridge-agent connections, so shutdown can wait for their last frames.
-    pub tasks: TaskTracker,
-    /// Requests are done: close the bridge-agent connections.
-    pub closing: CancellationToken,
-}
 
 pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
     let broker = app.broker.clone();

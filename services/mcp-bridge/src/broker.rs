@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult};
+use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult};
 use provider_shared::digest;
+use provider_shared::ws_peer::{Outbound, Refused};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -194,12 +194,7 @@ impl Broker {
     }
 
     /// A `model_invoke` from `owner`; a duplicate live id is answered with an error at once.
-    pub fn invoke(
-        &self,
-        owner: Owner,
-        invoke: ModelInvoke,
-        to_owner: UnboundedSender<BridgeFrame>,
-    ) {
+    pub fn invoke(&self, owner: Owner, invoke: ModelInvoke, to_owner: Outbound<BridgeFrame>) {
         let pushed = self
             .queue()
             .push(invoke, owner, to_owner.clone(), Instant::now());
@@ -210,7 +205,7 @@ impl Broker {
             }
             Err(id) => {
                 tracing::warn!(%id, "model_invoke with a live id refused");
-                let _ = to_owner.send(BridgeFrame::ModelResult(ModelResult::error(
+                to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
                     id,
                     "duplicate_request_id",
                     "a request with this id is already waiting for the agent",
@@ -315,9 +310,20 @@ impl Broker {
         let shape = entry.shape.clone();
         let step = entry.answer.apply(id, &shape, part).map_err(Refusal)?;
         let chunks_sent = step.frames.len() - usize::from(step.done);
+        let to_owner = entry.to_owner.clone();
         for frame in step.frames {
-            // A closed channel means the connection is going; its drop withdraws the request.
-            let _ = entry.to_owner.send(frame);
+            if matches!(frame, BridgeFrame::ModelResult(_)) {
+                to_owner.push_last(frame);
+                continue;
+            }
+            match to_owner.try_push(frame) {
+                // A closed channel means the connection is going; its drop withdraws the request.
+                Ok(()) | Err(Refused::Closed(_)) => {}
+                Err(Refused::Full(_)) => {
+                    drop(queue);
+                    return Err(self.overflowed(id, &to_owner));
+                }
+            }
         }
         if step.done {
             if let Some(entry) = queue.end(id, Ended::Answered) {
@@ -334,6 +340,27 @@ impl Broker {
         })
     }
 
+    /// A chunk of `id` found its bridge-agent's queue full (`ws.rs` `OUTBOUND_QUEUE`): this
+    /// request ends with `slow_client`, the connection goes on for the others.
+    fn overflowed(&self, id: &str, to_owner: &Outbound<BridgeFrame>) -> Refusal {
+        let why = format!(
+            "bridge-agent is {} frames behind on this request (mcp-bridge's outbound queue is full); the request ends so that the others on its connection go on",
+            crate::ws::OUTBOUND_QUEUE
+        );
+        tracing::warn!(%id, "outbound queue full; ending the request");
+        to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
+            id,
+            codes::SLOW_CLIENT,
+            &why,
+        )));
+        let entry = self.queue().end(id, Ended::Failed);
+        if let Some(entry) = entry {
+            self.record_end(&entry, Ended::Failed, Some(codes::SLOW_CLIENT));
+            self.gauges();
+        }
+        Refusal(why)
+    }
+
     /// The agent gives up on a request.
     pub fn fail(&self, id: &str, lease: &str, code: &str, reason: &str) -> Result<(), Refusal> {
         let entry = {
@@ -343,7 +370,7 @@ impl Broker {
         };
         if let Some(entry) = entry {
             let result = ModelResult::error(id, code, reason);
-            let _ = entry.to_owner.send(BridgeFrame::ModelResult(result));
+            entry.to_owner.push_last(BridgeFrame::ModelResult(result));
             self.record_end(&entry, Ended::Failed, Some(code));
             self.gauges();
         }
@@ -375,7 +402,7 @@ impl Broker {
                     requeued = true;
                 } else if let Some(entry) = lapse.entry {
                     tracing::warn!(id = %lapse.id, "lease lapsed mid-answer; ending the request");
-                    let _ = entry.to_owner.send(BridgeFrame::ModelResult(ModelResult::error(
+                    entry.to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
                         &lapse.id,
                         "agent_timeout",
                         format!(
@@ -417,7 +444,7 @@ impl Broker {
                 "shutting_down",
                 "mcp-bridge is shutting down",
             );
-            let _ = entry.to_owner.send(BridgeFrame::ModelResult(result));
+            entry.to_owner.push_last(BridgeFrame::ModelResult(result));
             self.record_end(&entry, Ended::ShuttingDown, None);
         }
         self.gauges();
@@ -526,5 +553,89 @@ impl Drop for Poller<'_> {
         let n = self.0.pollers.fetch_sub(1, Ordering::SeqCst) - 1;
         metrics::pollers(n);
         self.0.activity.poll_ended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::bridge::{ModelMeta, Outcome, Payload};
+    use provider_shared::ws_peer;
+    use serde_json::Map;
+
+    fn invoke(id: &str) -> ModelInvoke {
+        ModelInvoke {
+            id: id.into(),
+            session_id: None,
+            model_meta: ModelMeta {
+                provider: "local".into(),
+                label: "m".into(),
+                requested_scopes: vec![],
+            },
+            payload: Payload::Chat {
+                messages: vec![json!({"role": "user", "content": id})],
+                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
+            },
+        }
+    }
+
+    fn part(content: &str) -> Part {
+        serde_json::from_value(json!({"content": content, "done": false})).unwrap()
+    }
+
+    fn chunk_of(frame: BridgeFrame) -> (String, String) {
+        match frame {
+            BridgeFrame::ModelStreamChunk(c) => (c.id, c.delta.content.unwrap_or_default()),
+            other => panic!("not a chunk: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_overflows_its_connection_s_queue_ends_alone() {
+        let config = Config::from_vars(vec![]).unwrap();
+        let (audit, _writer) = Audit::open(None, "mcp-bridge", Default::default())
+            .await
+            .unwrap();
+        let broker = Broker::new(config, audit);
+        // One connection whose queue holds two frames, with two requests on it.
+        let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(2);
+        broker.invoke(1, invoke("a"), tx.clone());
+        broker.invoke(1, invoke("b"), tx.clone());
+        let a = broker.take().unwrap();
+        let b = broker.take().unwrap();
+        broker.submit("a", &a.lease, part("a1")).unwrap();
+        broker.submit("b", &b.lease, part("b1")).unwrap();
+        let Err(refused) = broker.submit("a", &a.lease, part("a2")) else {
+            panic!("a full queue took the chunk");
+        };
+        assert!(refused.0.contains("frames behind"), "{refused:?}");
+
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("a".into(), "a1".into())
+        );
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("b".into(), "b1".into())
+        );
+        // a's result waited for room; it names the reason.
+        match rx.recv().await.unwrap() {
+            BridgeFrame::ModelResult(result) => {
+                assert_eq!(result.id, "a");
+                let Outcome::Error { error } = result.outcome else {
+                    panic!("not an error")
+                };
+                assert_eq!(error.code, codes::SLOW_CLIENT);
+            }
+            other => panic!("not a result: {other:?}"),
+        }
+        assert!(broker.submit("a", &a.lease, part("a3")).is_err(), "a ended");
+        // b, on the same connection, goes on.
+        broker.submit("b", &b.lease, part("b2")).unwrap();
+        assert_eq!(
+            chunk_of(rx.recv().await.unwrap()),
+            ("b".into(), "b2".into())
+        );
     }
 }

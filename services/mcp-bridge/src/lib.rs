@@ -16,6 +16,7 @@ mod queue;
 pub mod relay;
 mod resume;
 mod sampling;
+mod state;
 mod ws;
 
 use std::future::IntoFuture;
@@ -71,7 +72,7 @@ pub async fn run(
         source,
     })?;
     let grace = config.shutdown_grace;
-    let app = Arc::new(app::App {
+    let app = Arc::new(state::App {
         bridge_token: auth::Token::new(config.bridge_token.as_ref()),
         http_token: auth::Token::new(config.http_token.as_ref()),
         broker: Arc::new(broker::Broker::new(config, audit)),

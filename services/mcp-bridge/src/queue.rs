@@ -5,9 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::{BridgeFrame, ModelInvoke};
+use provider_shared::ws_peer::Outbound;
 use rand::Rng;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::answer::{Answer, Shape};
 
@@ -21,7 +21,7 @@ const TOMBSTONES: usize = 4096;
 pub struct Entry {
     pub invoke: ModelInvoke,
     pub owner: Owner,
-    pub to_owner: UnboundedSender<BridgeFrame>,
+    pub to_owner: Outbound<BridgeFrame>,
     /// The payload as JSON (`kind` and its fields), whatever its kind.
     pub payload: Value,
     pub shape: Shape,
@@ -116,7 +116,7 @@ impl Queue {
         &mut self,
         invoke: ModelInvoke,
         owner: Owner,
-        to_owner: UnboundedSender<BridgeFrame>,
+        to_owner: Outbound<BridgeFrame>,
         now: Instant,
     ) -> Result<(), String> {
         if self.entries.contains_key(&invoke.id) {
@@ -359,7 +359,6 @@ mod tests {
     use crate::answer::Part;
     use provider_shared::bridge::{ModelMeta, Payload};
     use serde_json::json;
-    use tokio::sync::mpsc;
 
     fn invoke(id: &str) -> ModelInvoke {
         ModelInvoke {
@@ -380,7 +379,7 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(5);
 
     fn queue_of(ids: &[&str], owner: Owner) -> Queue {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = provider_shared::ws_peer::queue(8);
         let mut q = Queue::default();
         for id in ids {
             q.push(invoke(id), owner, tx.clone(), Instant::now())
@@ -392,7 +391,7 @@ mod tests {
     #[test]
     fn fifo_with_leases_and_duplicate_ids_refused() {
         let mut q = queue_of(&["a", "b"], 1);
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = provider_shared::ws_peer::queue(8);
         assert!(q.push(invoke("a"), 2, tx, Instant::now()).is_err());
         let now = Instant::now();
         let a = q.take(now, LEASE).unwrap();
@@ -471,7 +470,7 @@ mod tests {
     #[test]
     fn cancel_and_owner_drop_withdraw_with_reasons() {
         let mut q = queue_of(&["a", "b"], 1);
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = provider_shared::ws_peer::queue(8);
         q.push(invoke("c"), 2, tx, Instant::now())
             .unwrap_or_else(|_| panic!());
         let h = q.take(Instant::now(), LEASE).unwrap();

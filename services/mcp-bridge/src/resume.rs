@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::BridgeFrame;
-use tokio::sync::mpsc::{self, UnboundedSender};
+use provider_shared::ws_peer::{self, Outbound};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::queue::Owner;
+use crate::ws::OUTBOUND_QUEUE;
 
 /// How many ended requests keep their last frames, in case the connection that was sent them
 /// drops before they arrive.
@@ -25,7 +26,7 @@ struct Route(Arc<Mutex<RouteState>>);
 
 struct RouteState {
     /// The owning connection; `None` while it is gone.
-    tx: Option<UnboundedSender<BridgeFrame>>,
+    tx: Option<Outbound<BridgeFrame>>,
     owner: Owner,
     /// Chunks sent, oldest first, at most `limit` bytes of them.
     chunks: VecDeque<(u64, BridgeFrame, usize)>,
@@ -41,11 +42,20 @@ impl Route {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, frame: BridgeFrame) {
-        let mut state = self.lock();
-        if let Some(tx) = &state.tx {
-            let _ = tx.send(frame.clone());
+    /// Keeps `frame` for a resume and forwards it to the owning connection, waiting while that
+    /// connection's queue is full.
+    async fn send(&self, frame: BridgeFrame) {
+        let tx = self.keep(frame.clone());
+        if let Some(tx) = tx {
+            // A closed queue means the connection is going; the frame is kept for a resume.
+            let _ = tx.send(frame).await;
         }
+    }
+
+    /// Keeps `frame`; returns where it goes now.
+    fn keep(&self, frame: BridgeFrame) -> Option<Outbound<BridgeFrame>> {
+        let mut state = self.lock();
+        let tx = state.tx.clone();
         match frame {
             BridgeFrame::ModelStreamChunk(chunk) => {
                 let size = chunk.approx_bytes();
@@ -65,15 +75,17 @@ impl Route {
             result @ BridgeFrame::ModelResult(_) => state.result = Some(result),
             _ => {}
         }
+        tx
     }
 
-    /// Points the route at a new connection and replays what came after `after`.
+    /// Points the route at a new connection; returns what came after `after`, for the
+    /// connection to send at once, ahead of the frames that follow through its queue.
     fn attach(
         &self,
-        tx: UnboundedSender<BridgeFrame>,
+        tx: Outbound<BridgeFrame>,
         owner: Owner,
         after: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<BridgeFrame>, String> {
         let mut state = self.lock();
         if let Some(dropped) = state.dropped_through {
             if after.is_none_or(|a| a < dropped) {
@@ -82,17 +94,16 @@ impl Route {
                 ));
             }
         }
-        for (index, frame, _) in &state.chunks {
-            if after.is_none_or(|a| *index > a) {
-                let _ = tx.send(frame.clone());
-            }
-        }
-        if let Some(result) = &state.result {
-            let _ = tx.send(result.clone());
-        }
+        let mut replay: Vec<BridgeFrame> = state
+            .chunks
+            .iter()
+            .filter(|(index, _, _)| after.is_none_or(|a| *index > a))
+            .map(|(_, frame, _)| frame.clone())
+            .collect();
+        replay.extend(state.result.clone());
         state.tx = Some(tx);
         state.owner = owner;
-        Ok(())
+        Ok(replay)
     }
 }
 
@@ -143,8 +154,8 @@ impl Resumes {
         id: &str,
         agent_id: &str,
         owner: Owner,
-        tx: UnboundedSender<BridgeFrame>,
-    ) -> Option<UnboundedSender<BridgeFrame>> {
+        tx: Outbound<BridgeFrame>,
+    ) -> Option<Outbound<BridgeFrame>> {
         let route = Route(Arc::new(Mutex::new(RouteState {
             tx: Some(tx),
             owner,
@@ -169,14 +180,16 @@ impl Resumes {
             );
         }
         // The queue's entry holds the sender; when the entry is gone, so is the request.
-        let (request_tx, mut request_rx) = mpsc::unbounded_channel::<BridgeFrame>();
+        // Bounded like the connection's queue: a request whose connection does not keep up
+        // fills its own queue and ends alone (`broker.rs` `submit`).
+        let (request_tx, mut request_rx) = ws_peer::queue::<BridgeFrame>(OUTBOUND_QUEUE);
         let resumes = self.clone();
         let id = id.to_owned();
         let span = tracing::info_span!("route", %id);
         self.tasks.spawn(
             async move {
                 while let Some(frame) = request_rx.recv().await {
-                    route.send(frame);
+                    route.send(frame).await;
                 }
                 resumes.ended(&id, &route);
             }
@@ -241,15 +254,16 @@ impl Resumes {
             .collect()
     }
 
-    /// `model_resume` of `id` from connection `owner` of `agent_id`: re-attaches and replays.
+    /// `model_resume` of `id` from connection `owner` of `agent_id`: re-attaches, and returns
+    /// the frames to replay.
     pub fn resume(
         &self,
         id: &str,
         agent_id: &str,
         owner: Owner,
-        tx: UnboundedSender<BridgeFrame>,
+        tx: Outbound<BridgeFrame>,
         after: Option<u64>,
-    ) -> Result<(), NotResumable> {
+    ) -> Result<Vec<BridgeFrame>, NotResumable> {
         let mut held = self.lock();
         let Some(h) = held.get(id).filter(|h| h.agent_id == agent_id) else {
             return Err(NotResumable {
@@ -288,9 +302,17 @@ mod tests {
         })
     }
 
-    fn indices(rx: &mut mpsc::UnboundedReceiver<BridgeFrame>) -> Vec<String> {
-        let mut out = vec![];
+    fn indices(rx: &mut tokio::sync::mpsc::Receiver<BridgeFrame>) -> Vec<String> {
+        let mut frames = vec![];
         while let Ok(frame) = rx.try_recv() {
+            frames.push(frame);
+        }
+        named(frames)
+    }
+
+    fn named(frames: Vec<BridgeFrame>) -> Vec<String> {
+        let mut out = vec![];
+        for frame in frames {
             out.push(match frame {
                 BridgeFrame::ModelStreamChunk(c) => c.chunk_index.to_string(),
                 BridgeFrame::ModelResult(_) => "result".into(),
@@ -313,26 +335,30 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         ));
-        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
+        let (old_tx, mut old_rx) = ws_peer::queue(64);
         let request = resumes.open("r1", "agent", 1, old_tx).unwrap();
-        request.send(chunk("r1", 0)).unwrap();
-        request.send(chunk("r1", 1)).unwrap();
+        request.try_push(chunk("r1", 0)).unwrap();
+        request.try_push(chunk("r1", 1)).unwrap();
         settle().await;
         assert_eq!(indices(&mut old_rx), ["0", "1"]);
         assert_eq!(resumes.detach(1), 1);
         // The agent keeps answering while nobody is attached.
-        request.send(chunk("r1", 2)).unwrap();
+        request.try_push(chunk("r1", 2)).unwrap();
         request
-            .send(BridgeFrame::ModelResult(ModelResult::error("r1", "x", "y")))
+            .try_push(BridgeFrame::ModelResult(ModelResult::error("r1", "x", "y")))
             .unwrap();
         drop(request);
         settle().await;
-        let (new_tx, mut new_rx) = mpsc::unbounded_channel();
+        let (new_tx, mut new_rx) = ws_peer::queue(64);
         assert!(resumes
             .resume("r1", "other-agent", 2, new_tx.clone(), Some(0))
             .is_err());
-        resumes.resume("r1", "agent", 2, new_tx, Some(0)).unwrap();
-        assert_eq!(indices(&mut new_rx), ["1", "2", "result"]);
+        let replay = resumes.resume("r1", "agent", 2, new_tx, Some(0)).unwrap();
+        assert_eq!(named(replay), ["1", "2", "result"]);
+        assert!(
+            indices(&mut new_rx).is_empty(),
+            "the replay goes out directly"
+        );
         assert!(resumes.expire(1).is_empty(), "it was resumed");
     }
 
@@ -343,7 +369,7 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         ));
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = ws_peer::queue(64);
         let _live = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
         assert!(
             resumes.open("r1", "agent", 1, tx.clone()).is_none(),
@@ -361,10 +387,10 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         ));
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = ws_peer::queue(64);
         let request = resumes.open("r1", "agent", 1, tx.clone()).unwrap();
         for i in 0..5 {
-            request.send(chunk("r1", i)).unwrap();
+            request.try_push(chunk("r1", i)).unwrap();
         }
         settle().await;
         resumes.detach(1);
@@ -374,7 +400,7 @@ mod tests {
         assert!(err.why.contains("no longer held"), "{err:?}");
         assert!(err.withdrawn, "a held request refused is withdrawn");
         // Forgotten at once: no second resume, nothing left to expire, and the id is free.
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = ws_peer::queue(64);
         let again = resumes.resume("r1", "agent", 2, tx.clone(), Some(3));
         assert!(again.is_err_and(|e| !e.withdrawn));
         assert!(resumes.expire(1).is_empty());
@@ -389,15 +415,48 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         ));
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = ws_peer::queue(64);
         let request = resumes.open("r1", "agent", 1, tx).unwrap();
         for i in 0..5 {
-            request.send(chunk("r1", i)).unwrap();
+            request.try_push(chunk("r1", i)).unwrap();
         }
         settle().await;
         resumes.detach(1);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        resumes.resume("r1", "agent", 2, tx, Some(3)).unwrap();
-        assert_eq!(indices(&mut rx), ["4"]);
+        let (tx, _rx) = ws_peer::queue(64);
+        let replay = resumes.resume("r1", "agent", 2, tx, Some(3)).unwrap();
+        assert_eq!(named(replay), ["4"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_its_connection_then_fills_its_own_bounded_queue() {
+        let resumes = Arc::new(Resumes::new(
+            1 << 20,
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        ));
+        // A connection whose queue holds one frame and is not being read.
+        let (conn_tx, mut conn_rx) = ws_peer::queue(1);
+        let request = resumes.open("r1", "agent", 1, conn_tx).unwrap();
+        let mut pushed = 0u64;
+        for _ in 0..2 {
+            request.try_push(chunk("r1", pushed)).unwrap();
+            pushed += 1;
+            settle().await;
+        }
+        while request.try_push(chunk("r1", pushed)).is_ok() {
+            pushed += 1;
+            assert!(pushed <= 2 + OUTBOUND_QUEUE as u64, "never full");
+        }
+        // One frame in the connection's queue, one held by the waiting forwarder, the rest in
+        // the request's own queue.
+        assert_eq!(pushed, 2 + OUTBOUND_QUEUE as u64);
+        assert_eq!(indices(&mut conn_rx), ["0"]);
+        settle().await;
+        assert_eq!(
+            indices(&mut conn_rx),
+            ["1"],
+            "the forwarder goes on as room appears"
+        );
+        assert!(request.try_push(chunk("r1", pushed)).is_ok());
     }
 }

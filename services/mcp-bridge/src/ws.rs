@@ -1,31 +1,39 @@
 //! bridge-agent's WebSocket (bridge protocol 2 and 1, docs/PROTOCOL.md §1): token check on the upgrade,
-//! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out.
+//! `hello`/`welcome`, pings answered, `model_invoke`/`model_cancel` in, chunks and results out,
+//! over the peer loop bridge-agent runs too (`provider_shared::ws_peer`).
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{self as axum_ws, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::{Sink, Stream, StreamExt};
 use provider_shared::bridge::{
     negotiate, BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION, RESUME_PROTOCOL_VERSION,
 };
+use provider_shared::ws_peer::{self, CloseCode, CloseFrame, Message, Outbound};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 use tracing::Instrument;
 
-use crate::app::App;
 use crate::broker::AgentInfo;
 use crate::metrics;
 use crate::queue::Owner;
+use crate::state::App;
 
 /// bridge-agent sends `hello` right after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A send that blocks this long means the peer stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames waiting to go out to one bridge-agent, and to it from one request (protocol 2). Code
+/// holding the queue's lock cannot wait: a chunk that finds it full ends its own request with
+/// `slow_client` (`broker.rs` `submit`); results wait for room. The link goes on for the others.
+pub const OUTBOUND_QUEUE: usize = 256;
 /// How often the queue and the polls are looked at for a `bridge_status` that changed.
 const REPORT_CHECK: Duration = Duration::from_secs(1);
 /// A `bridge_status` goes out at least this often, changed or not, so its reader can tell a
@@ -71,17 +79,18 @@ pub async fn upgrade(
     })
 }
 
-async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
+async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
+    let mut socket = Socket(socket);
     let (agent_id, protocol) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
         Ok(Ok(agreed)) => agreed,
         Ok(Err(why)) => {
             tracing::warn!(%why, "bridge-agent handshake failed");
-            close(&mut socket, 1002, why).await;
+            ws_peer::close(&mut socket, CloseCode::Protocol, &why).await;
             return;
         }
         Err(_) => {
             tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
-            close(&mut socket, 1002, "no hello".into()).await;
+            ws_peer::close(&mut socket, CloseCode::Protocol, "no hello").await;
             return;
         }
     };
@@ -90,8 +99,8 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
         bridge_id: Some(app.bridge_id.clone()),
         max_frame_bytes: (protocol >= 2).then_some(app.broker.config.max_frame_bytes),
     };
-    if socket
-        .send(Message::Text(welcome.to_text().into()))
+    let welcome = Message::text(welcome.to_text());
+    if ws_peer::send(&mut socket, welcome, SEND_TIMEOUT)
         .await
         .is_err()
     {
@@ -126,8 +135,8 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
 
 /// Waits for `hello`; answers pings meanwhile. Returns the agent id and the protocol version
 /// both sides speak.
-async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
-    while let Some(msg) = socket.recv().await {
+async fn hello(socket: &mut Socket) -> Result<(String, u32), String> {
+    while let Some(msg) = socket.next().await {
         let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
             continue;
         };
@@ -146,9 +155,8 @@ async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
                 return Ok((agent_id, agreed));
             }
             Ok(BridgeFrame::Ping { ts }) => {
-                let pong = BridgeFrame::Pong { ts }.to_text();
-                socket
-                    .send(Message::Text(pong.into()))
+                let pong = Message::text(BridgeFrame::Pong { ts }.to_text());
+                ws_peer::send(socket, pong, SEND_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -166,75 +174,81 @@ struct Peer {
     resumable: bool,
 }
 
-async fn run(app: &App, socket: &mut WebSocket, peer: &Peer) -> String {
-    let broker = &app.broker;
-    let (tx, mut rx) = mpsc::unbounded_channel::<BridgeFrame>();
-    let silence_limit = broker.config.heartbeat_interval * 2;
-    let silence = sleep(silence_limit);
-    tokio::pin!(silence);
-    let mut report_tick = tokio::time::interval(REPORT_CHECK);
-    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_report: Option<(provider_shared::bridge::BridgeReport, Instant)> = None;
-    loop {
-        tokio::select! {
-            _ = report_tick.tick() => {
-                let report = broker.activity.report(&broker.status());
-                let due = last_report.as_ref().is_none_or(|(last, at)| {
-                    !crate::activity::same(last, &report) || at.elapsed() >= REPORT_EVERY
-                });
-                if due {
-                    last_report = Some((report.clone(), Instant::now()));
-                    if let Err(err) = send(socket, BridgeFrame::BridgeStatus(report)).await {
-                        return err;
-                    }
-                }
-            }
-            msg = socket.recv() => match msg {
-                Some(Ok(msg)) => {
-                    silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
-                    match msg {
-                        Message::Text(text) => {
-                            if let Some(reply) = on_text(app, peer, &tx, &text) {
-                                if let Err(err) = send(socket, reply).await {
-                                    return err;
-                                }
-                            }
-                        }
-                        Message::Close(frame) => return format!("closed by bridge-agent ({frame:?})"),
-                        _ => {}
-                    }
-                }
-                Some(Err(err)) => return format!("read failed: {err}"),
-                None => return "connection closed".into(),
-            },
-            Some(frame) = rx.recv() => {
-                if let Err(err) = send(socket, frame).await {
-                    return err;
-                }
-            }
-            _ = &mut silence => {
-                return format!("nothing received for {silence_limit:?} (2 × HEARTBEAT_INTERVAL)");
-            }
-            _ = app.closing.cancelled() => {
-                // Results of requests ended at shutdown go out before the Close.
-                while let Ok(frame) = rx.try_recv() {
-                    if send(socket, frame).await.is_err() {
-                        break;
-                    }
-                }
-                close(socket, 1001, "mcp-bridge shutting down".into()).await;
-                return "shutting down".into();
-            }
+async fn run(app: &App, socket: &mut Socket, peer: &Peer) -> String {
+    let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(OUTBOUND_QUEUE);
+    let silence = app.broker.config.heartbeat_interval * 2;
+    let settings = ws_peer::Settings {
+        silence,
+        tick: REPORT_CHECK,
+        // The first report goes out at once.
+        first_tick: Duration::ZERO,
+        send_timeout: SEND_TIMEOUT,
+        goodbye: (CloseCode::Away, "mcp-bridge shutting down".to_owned()),
+    };
+    let mut connection = AgentHandler {
+        app,
+        peer,
+        tx,
+        last_report: None,
+    };
+    match ws_peer::run(socket, &mut connection, &mut rx, &settings, &app.closing).await {
+        ws_peer::Ended::PeerClosed(frame) => format!("closed by bridge-agent ({frame:?})"),
+        ws_peer::Ended::Silent(quiet) => {
+            format!("nothing received for {quiet:?} (2 × HEARTBEAT_INTERVAL)")
         }
+        other => other.to_string(),
     }
 }
 
-fn on_text(
-    app: &App,
-    peer: &Peer,
-    tx: &mpsc::UnboundedSender<BridgeFrame>,
-    text: &str,
-) -> Option<BridgeFrame> {
+/// One connection's frames, as the shared peer loop hands them over.
+struct AgentHandler<'a> {
+    app: &'a App,
+    peer: &'a Peer,
+    /// Where this connection's requests send their frames.
+    tx: Outbound<BridgeFrame>,
+    /// The last `bridge_status` sent, and when.
+    last_report: Option<(provider_shared::bridge::BridgeReport, Instant)>,
+}
+
+impl ws_peer::Handler for AgentHandler<'_> {
+    type Out = BridgeFrame;
+
+    fn on_text(&mut self, text: &str) -> ws_peer::Step {
+        let replies = on_text(self.app, self.peer, &self.tx, text);
+        if replies.is_empty() {
+            ws_peer::Step::Continue
+        } else {
+            ws_peer::Step::Reply(
+                replies
+                    .into_iter()
+                    .map(|frame| Message::text(frame.to_text()))
+                    .collect(),
+            )
+        }
+    }
+
+    fn encode(&mut self, frame: BridgeFrame) -> Message {
+        Message::text(frame.to_text())
+    }
+
+    /// A `bridge_status` when the report changed, or `REPORT_EVERY` after the last one.
+    fn on_tick(&mut self) -> Vec<Message> {
+        let broker = &self.app.broker;
+        let report = broker.activity.report(&broker.status());
+        let due = self.last_report.as_ref().is_none_or(|(last, at)| {
+            !crate::activity::same(last, &report) || at.elapsed() >= REPORT_EVERY
+        });
+        if !due {
+            return Vec::new();
+        }
+        self.last_report = Some((report.clone(), Instant::now()));
+        vec![Message::text(BridgeFrame::BridgeStatus(report).to_text())]
+    }
+}
+
+/// Handles one inbound text frame; returns the frames to send back at once (a `pong`, an
+/// error result, or the frames a `model_resume` replays).
+fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Vec<BridgeFrame> {
     let owner = peer.owner;
     match BridgeFrame::parse(text) {
         Ok(BridgeFrame::ModelInvoke(invoke)) => {
@@ -263,9 +277,10 @@ fn on_text(
                 after_chunk_index,
             );
             match resumed {
-                Ok(()) => {
+                Ok(replay) => {
                     tracing::info!(%id, ?after_chunk_index, "request resumed");
                     app.broker.reowned(&id, owner);
+                    return replay;
                 }
                 Err(refused) => {
                     tracing::info!(%id, reason = %refused.why, "model_resume refused");
@@ -284,12 +299,12 @@ fn on_text(
                             error.details = Some(serde_json::json!({ "withdrawn": true }));
                         }
                     }
-                    return Some(BridgeFrame::ModelResult(result));
+                    return vec![BridgeFrame::ModelResult(result)];
                 }
             }
         }
         Ok(BridgeFrame::ModelCancel { id }) => app.broker.cancel(owner, &id),
-        Ok(BridgeFrame::Ping { ts }) => return Some(BridgeFrame::Pong { ts }),
+        Ok(BridgeFrame::Ping { ts }) => return vec![BridgeFrame::Pong { ts }],
         Ok(BridgeFrame::Pong { .. }) => {}
         Ok(other) => tracing::warn!(frame = ?other, "unexpected frame ignored"),
         Err(FrameError::UnknownType(kind)) => {
@@ -300,38 +315,75 @@ fn on_text(
             // A request we cannot read still gets its one result, so nobody waits for it.
             let v: Value = serde_json::from_str(text).unwrap_or_default();
             if let (Some("model_invoke"), Some(id)) = (v["type"].as_str(), v["id"].as_str()) {
-                return Some(BridgeFrame::ModelResult(ModelResult::error(
+                return vec![BridgeFrame::ModelResult(ModelResult::error(
                     id,
                     "invalid_request",
                     format!("mcp-bridge cannot read this request: {err}"),
-                )));
+                ))];
             }
         }
     }
-    None
+    Vec::new()
 }
 
-async fn send(socket: &mut WebSocket, frame: BridgeFrame) -> Result<(), String> {
-    match timeout(
-        SEND_TIMEOUT,
-        socket.send(Message::Text(frame.to_text().into())),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(format!("send failed: {err}")),
-        Err(_) => Err(format!("send blocked for {SEND_TIMEOUT:?}")),
+/// axum's WebSocket, speaking the shared loop's [`Message`]: axum upgrades the connection (and
+/// checks the handshake); the loop is the same as bridge-agent's.
+struct Socket(WebSocket);
+
+impl Stream for Socket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|next| next.map(|msg| msg.map(from_axum)))
     }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: String) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = timeout(
-        Duration::from_secs(1),
-        socket.send(Message::Close(Some(frame))),
-    )
-    .await;
+impl Sink<Message> for Socket {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), Self::Error> {
+        Pin::new(&mut self.0).start_send(to_axum(msg))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+fn from_axum(msg: axum_ws::Message) -> Message {
+    match msg {
+        axum_ws::Message::Text(text) => Message::text(text.as_str()),
+        axum_ws::Message::Binary(bytes) => Message::Binary(bytes),
+        axum_ws::Message::Ping(bytes) => Message::Ping(bytes),
+        axum_ws::Message::Pong(bytes) => Message::Pong(bytes),
+        axum_ws::Message::Close(frame) => Message::Close(frame.map(|f| CloseFrame {
+            code: CloseCode::from(f.code),
+            reason: f.reason.as_str().into(),
+        })),
+    }
+}
+
+fn to_axum(msg: Message) -> axum_ws::Message {
+    match msg {
+        Message::Text(text) => axum_ws::Message::Text(text.as_str().into()),
+        Message::Binary(bytes) => axum_ws::Message::Binary(bytes),
+        Message::Ping(bytes) => axum_ws::Message::Ping(bytes),
+        Message::Pong(bytes) => axum_ws::Message::Pong(bytes),
+        Message::Close(frame) => axum_ws::Message::Close(frame.map(|f| axum_ws::CloseFrame {
+            code: f.code.into(),
+            reason: f.reason.as_str().into(),
+        })),
+        // Raw frames are tungstenite's own; the loop never sends one.
+        Message::Frame(frame) => axum_ws::Message::Binary(frame.into_payload()),
+    }
 }
