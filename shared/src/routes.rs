@@ -10,9 +10,9 @@
 //! The inbox is a plain queue under its own lock with a [`Notify`], not a tokio channel: tokio's
 //! channels (bounded or not) allocate a block of 32 slots when made, a cost paid by every open
 //! stream, while an empty queue here allocates nothing and the bound is exact in bytes rather
-//! than a count of frames. What an inbox can hold: the byte bound of costed items, plus at most
-//! one last item from upstream (a result or the overflow) per delivery round and one signal
-//! from the owning side (cancel, connection gone).
+//! than a count of frames. What an inbox can hold: the byte bound of costed items, plus one last
+//! item from upstream (a result or the overflow; one more only after [`RouteTable::reopen`]) and
+//! one signal from the owning side (cancel, connection gone).
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
