@@ -373,10 +373,42 @@ def alloc_run(tmp: Path, procs: Procs, ours: str, start_pair, name: str, plain: 
     return totals
 
 
-def alloc_sites(more: str, base: str, limit: int = 12) -> str:
-    """heaptrack's backtraces to the most frequent allocation sites of `more` that `base` lacks."""
-    return subprocess.run(["heaptrack_print", "-f", more, "-d", base, "-p", "0", "-T", "0", "-a", "1",
-                           "-n", str(limit), "-s", "2"], capture_output=True, text=True, check=True).stdout
+OUR_CODE = re.compile(r"\b(gateway|bridge_agent|provider_shared)::")
+PLUMBING = ("alloc::", "core::", "std::", "<alloc::", "<core::", "<std::", "__rust", "__rdl", "_ZN", "0x",
+            "malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc")
+
+
+def frame_name(frame: str) -> str:
+    # Legacy Rust symbols end in a hash that only makes the table wider.
+    return re.sub(r"::h[0-9a-f]{16}", "", frame).strip()
+
+
+def alloc_sites(tmp: Path, more: str, base: str, per: float, limit: int = 10) -> list:
+    """Where the allocations that `more` has beyond `base` come from, per unit of work.
+
+    Each backtrace is named by its innermost frame of ours and what it called there (toward the
+    allocation, skipping the standard library's plumbing); a backtrace with no frame of ours by its
+    innermost frame outside that plumbing."""
+    stacks = tmp / "alloc-stacks.txt"
+    subprocess.run(["heaptrack_print", "-f", more, "-d", base, "-p", "0", "-T", "0", "-a", "0",
+                    "-F", str(stacks), "--flamegraph-cost-type", "allocations"],
+                   capture_output=True, text=True, check=True)
+    counts = {}
+    for line in stacks.read_text().splitlines():
+        trace, _, n = line.rpartition(" ")
+        frames = [frame_name(f) for f in trace.split(";") if f.strip()]
+        if not frames or not n.lstrip("-").isdigit():
+            continue
+        ours = [i for i, f in enumerate(frames) if OUR_CODE.search(f)]
+        notable = lambda f: not f.startswith(PLUMBING)
+        if ours:
+            callee = next((f for f in frames[ours[-1] + 1:] if notable(f)), None)
+            site = frames[ours[-1]] + (f" → {callee}" if callee else "")
+        else:
+            site = "(none of ours) " + next((f for f in reversed(frames) if notable(f)), frames[-1])
+        counts[site] = counts.get(site, 0) + int(n)
+    top = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:limit]
+    return [{"site": site, "per": round(n / per, 2)} for site, n in top]
 
 
 def allocs(tmp: Path, procs: Procs, results: dict, ours: str, start_pair) -> None:
@@ -405,10 +437,9 @@ def allocs(tmp: Path, procs: Procs, results: dict, ours: str, start_pair) -> Non
             "per_chunk": round(per_chunk, 2),
             "per_streamed_request_besides_chunks": round(per_stream - k1 * per_chunk, 1),
         }
-        sites = {"request": alloc_sites(runs["plain"][service]["file"], runs["base"][service]["file"]),
-                 "chunk": alloc_sites(runs["chunks"][service]["file"], runs["base"][service]["file"])}
-        for what, text in sites.items():
-            (OUT_DIR / f"{STAMP}-allocs-{service}-{what}.txt").write_text(text)
+        base = runs["base"][service]["file"]
+        figures[service]["sites"] = {"per_request": alloc_sites(tmp, runs["plain"][service]["file"], base, n),
+                                     "per_chunk": alloc_sites(tmp, runs["chunks"][service]["file"], base, m * (k2 - k1))}
     results["allocs"] = {
         "method": {"tool": subprocess.run(["heaptrack", "--version"], capture_output=True, text=True).stdout.strip(),
                    "concurrency": ALLOC_CONCURRENCY, "plain": n, "streams": m, "chunks": list(ALLOC_CHUNKS),
@@ -517,6 +548,11 @@ def render_allocs(a: dict) -> str:
         lines.append(f"| {service} | {f['per_request']} | {f[f'per_streamed_request_{k1}_chunks']} | "
                      f"{f['per_chunk']} | {f['per_streamed_request_besides_chunks']} |")
     lines += ["", "Run totals: " + "; ".join(f"{run} {t}" for run, t in a["totals"].items())]
+    for service, f in a["figures"].items():
+        for unit, sites in f["sites"].items():
+            lines += ["", f"### {service}: where the allocations {unit.replace('_', ' ')} come from", "",
+                      "| allocations | innermost function of ours → what it called |", "|---|---|"]
+            lines += [f"| {x['per']} | `{x['site'][:160]}` |" for x in sites]
     return "\n".join(lines) + "\n"
 
 
