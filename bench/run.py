@@ -11,6 +11,7 @@ Auth, rate limiting (limits set high enough not to trigger) and the audit log st
 calls to the allocator per chat and per streamed chunk (heaptrack), and where the gateway's and
 bridge-agent's CPU time goes at c=64 (perf); --quick shortens both.
 """
+import http.client
 import json
 import os
 import platform
@@ -21,7 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -134,7 +137,8 @@ def main() -> None:
     procs = Procs(tmp)
     results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                            "python": platform.python_version()},
-               "versions": {"oha": subprocess.run([str(OHA), "--version"], capture_output=True, text=True).stdout.strip(),
+               "versions": {"oha": subprocess.run([str(OHA), "--version"], capture_output=True, text=True).stdout.strip()
+                                   if OHA.exists() else None,
                             "nginx": subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip(),
                             "litellm": "1.74.9"}}
     try:
@@ -305,6 +309,51 @@ ALLOC_CHUNKS = (10, 100)                      # content chunks per streamed chat
 ALLOC_CONCURRENCY = 8
 
 
+def drive(url: str, *, concurrency: int, body: str, requests=None, seconds=None) -> dict:
+    """Load for the cost modes: `concurrency` threads, one keep-alive connection each, sending
+    `requests` chats in all or for `seconds`. Those modes count work, not time, so this driver's
+    own speed does not matter (and the build needs no oha)."""
+    target = urllib.parse.urlsplit(url)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    payload = body.encode()
+    lock = threading.Lock()
+    state = {"left": requests, "ok": 0, "errors": 0}
+    deadline = time.monotonic() + seconds if seconds else None
+    connect = lambda: http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+
+    def worker():
+        conn = connect()
+        while True:
+            with lock:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if deadline is None:
+                    if state["left"] == 0:
+                        break
+                    state["left"] -= 1
+            try:
+                conn.request("POST", target.path, payload, headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = connect()
+            with lock:
+                state["ok" if ok else "errors"] += 1
+        conn.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"ok": state["ok"], "errors": state["errors"],
+            "rps": round((state["ok"] + state["errors"]) / (time.monotonic() - started), 1)}
+
+
 def stream_body(chunks: int) -> str:
     # `x_bench_chunks` reaches zero-peer unchanged and sets how many content chunks it sends.
     return json.dumps({"model": MODEL, "stream": True, "x_bench_chunks": chunks,
@@ -352,7 +401,7 @@ def alloc_run(tmp: Path, procs: Procs, ours: str, start_pair, name: str, plain: 
 
     agent, gateway = start_pair(name, heaptrack)
     for body, n in ((BODY, 500), (stream_body(chunks), 50), (BODY, plain), (stream_body(chunks), streams)):
-        r = oha(ours, concurrency=ALLOC_CONCURRENCY, requests=n, body=body)
+        r = drive(ours, concurrency=ALLOC_CONCURRENCY, requests=n, body=body)
         if r["errors"] or r["ok"] != n:
             raise SystemExit(f"run.py: allocs run {name}: {r['ok']} of {n} answered, {r['errors']} errors")
     totals = {}
@@ -489,9 +538,11 @@ def flame_graph(data: Path, svg: Path, title: str) -> bool:
 
 def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
     agent, gateway = start_pair("profile")
-    oha(ours, concurrency=8, duration="2s")  # warm-up: connections, tokenizer
-    load = subprocess.Popen(oha_argv(ours, concurrency=64, duration=f"{PROFILE_SECONDS + 4}s"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drive(ours, concurrency=8, requests=500, body=BODY)  # warm-up: connections, tokenizer
+    load_result = {}
+    load = threading.Thread(target=lambda: load_result.update(
+        drive(ours, concurrency=64, seconds=PROFILE_SECONDS + 4, body=BODY)))
+    load.start()
     time.sleep(2)  # the load reaches its pace before sampling starts
     records = {}
     for service, proc in (("gateway", gateway), ("bridge-agent", agent)):
@@ -505,12 +556,11 @@ def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
     for service, (data, rec) in records.items():
         if rec.wait() != 0 or not data.exists():
             raise SystemExit(f"run.py: perf record of {service} failed: see {tmp}/perf-{service}.log")
-    out, err = load.communicate()
-    if load.returncode != 0:
-        raise SystemExit(f"run.py: the load for the profile failed: {err.strip()}")
-    summary = json.loads(out)["summary"]
+    load.join()
+    if load_result["errors"]:
+        raise SystemExit(f"run.py: the load for the profile had {load_result['errors']} errors")
     results["profile"] = {"seconds": PROFILE_SECONDS, "concurrency": 64, "event": "cpu-clock, 499 Hz, DWARF call graphs",
-                          "rps_while_sampled": round(summary["requestsPerSec"], 1)}
+                          "rps_while_sampled": load_result["rps"]}
     for service, (data, _) in records.items():
         svg = OUT_DIR / f"{STAMP}-{service}.svg"
         results["profile"][service] = {

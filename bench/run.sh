@@ -4,8 +4,9 @@
 # bench/run.py on this machine in one go, and writes bench/results/<time>.{json,md}.
 # Takes about ten minutes; run it on an otherwise idle machine.
 # --allocs: allocations per request and per streamed chunk of the gateway and bridge-agent (heaptrack);
-# --profile: where their CPU time goes under load (perf, and inferno's flame graphs). Both build the
-# bench-profile binaries into target/bench-profile and skip the timing runs and LiteLLM.
+# --profile: where their CPU time goes under load (perf; a flame graph too when inferno is in
+# bench/.tools). Both build the bench-profile binaries into target/bench-profile and skip the timing
+# runs, LiteLLM and oha.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
@@ -33,22 +34,18 @@ if [[ -z $costs ]]; then
         bench/.venv/bin/pip install -q --disable-pip-version-check "litellm[proxy]==$litellm_version"
     fi
 fi
-oha_version=1.16.0
-if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
-    cargo install oha --version "$oha_version" --locked --root bench/.tools
-fi
 if [[ -n $costs ]]; then
+    # Their load comes from bench/run.py itself: they count work, not time.
     for tool in heaptrack:heaptrack perf:linux-perf; do
         if ! command -v "${tool%%:*}" >/dev/null 2>&1; then apt_install "${tool#*:}"; fi
     done
-    # Flame graphs of the profile: inferno's collapse-perf and flamegraph.
-    inferno_version=INFERNO_VERSION
-    if [[ ! -x bench/.tools/bin/inferno-flamegraph ]] || [[ $(bench/.tools/bin/inferno-flamegraph --version) != "inferno-flamegraph $inferno_version" ]]; then
-        cargo install inferno --version "$inferno_version" --locked --root bench/.tools
-    fi
     # Release code with line tables (Cargo.toml, profile bench-profile), for symbols in both tools.
     cargo build --profile bench-profile --locked -p gateway -p bridge-agent -p bench --bins
 else
+    oha_version=1.16.0
+    if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
+        cargo install oha --version "$oha_version" --locked --root bench/.tools
+    fi
     cargo build --release --locked -p gateway -p bridge-agent -p bench --bins
 fi
 # 10,000 open streams need more descriptors than the usual soft limit: raise it to the hard one.
