@@ -435,9 +435,9 @@ def frame_name(frame: str) -> str:
 def alloc_sites(tmp: Path, more: str, base: str, per: float, limit: int = 10) -> list:
     """Where the allocations that `more` has beyond `base` come from, per unit of work.
 
-    Each backtrace is named by its innermost frame of ours and what it called there (toward the
-    allocation, skipping the standard library's plumbing); a backtrace with no frame of ours by its
-    innermost frame outside that plumbing."""
+    Each backtrace is named by its innermost frame whose name shows our crate and what it called
+    there (toward the allocation, skipping the standard library's plumbing); any other by its
+    innermost frame outside that plumbing, with its file."""
     stacks = tmp / "alloc-stacks.txt"
     subprocess.run(["heaptrack_print", "-f", more, "-d", base, "-p", "0", "-T", "0", "-a", "0",
                     "-F", str(stacks), "--flamegraph-cost-type", "allocations"],
@@ -454,7 +454,8 @@ def alloc_sites(tmp: Path, more: str, base: str, per: float, limit: int = 10) ->
             callee = next((f for f in frames[ours[-1] + 1:] if notable(f)), None)
             site = frames[ours[-1]] + (f" → {callee}" if callee else "")
         else:
-            site = "(none of ours) " + next((f for f in reversed(frames) if notable(f)), frames[-1])
+            # heaptrack names many frames without their module path: the file says where.
+            site = next((f for f in reversed(frames) if notable(f)), frames[-1])
         counts[site] = counts.get(site, 0) + int(n)
     top = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:limit]
     return [{"site": site, "per": round(n / per, 2)} for site, n in top]
@@ -601,7 +602,7 @@ def render_allocs(a: dict) -> str:
     for service, f in a["figures"].items():
         for unit, sites in f["sites"].items():
             lines += ["", f"### {service}: where the allocations {unit.replace('_', ' ')} come from", "",
-                      "| allocations | innermost function of ours → what it called |", "|---|---|"]
+                      "| allocations | innermost named function (file) → what it called |", "|---|---|"]
             lines += [f"| {x['per']} | `{x['site'][:160]}` |" for x in sites]
     return "\n".join(lines) + "\n"
 
