@@ -507,7 +507,9 @@ PROFILE_TOP = 15
 
 
 def perf_report(data: Path, children: bool) -> list:
-    """perf's top items by self time (or by time including callees), all threads together."""
+    """perf's top items by self time, or by time including callees; all threads together. The
+    inclusive list keeps only functions of ours: above them sit the runtime's and hyper's frames,
+    which include everything."""
     argv = ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--sort", "dso,sym",
             "--percent-limit", "0.5", "--children" if children else "--no-children"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -519,6 +521,8 @@ def perf_report(data: Path, children: bool) -> list:
         share, own, dso, _, symbol = m.groups()
         # Legacy Rust symbols end in a hash that only makes the table wider.
         symbol = re.sub(r"::h[0-9a-f]{16}$", "", symbol)
+        if children and not re.match(r"<?(gateway|bridge_agent|provider_shared)::", symbol):
+            continue
         row = {"share": float(share), "dso": dso, "symbol": symbol}
         if own is not None:
             row["self"] = float(own)
@@ -616,7 +620,7 @@ def render_profile(p: dict) -> str:
         lines += ["", f"### {service}" + (f" (flame graph: {q['flame_graph']})" if q["flame_graph"] else ""), "",
                   "| self % | where | function |", "|---|---|---|"]
         lines += [f"| {x['share']} | {x['dso']} | `{short(x['symbol'])}` |" for x in q["self"]]
-        lines += ["", "| with callees % | self % | where | function |", "|---|---|---|---|"]
+        lines += ["", "| with callees % | self % | where | function of ours |", "|---|---|---|---|"]
         lines += [f"| {x['share']} | {x.get('self', '')} | {x['dso']} | `{short(x['symbol'])}` |" for x in q["inclusive"]]
     return "\n".join(lines) + "\n"
 
