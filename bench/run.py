@@ -6,23 +6,36 @@ Three paths to the same zero-delay answer, driven by the same load generator (oh
   ours    - oha -> gateway -> Unix socket -> bridge-agent -> WebSocket -> zero-peer
   litellm - oha -> LiteLLM proxy -> the same nginx responder
 Auth, rate limiting (limits set high enough not to trigger) and the audit log stay on for ours.
+
+--allocs and --profile measure ours alone instead (see BENCHMARKS.md, "Allocations and profile"):
+calls to the allocator per chat and per streamed chunk (heaptrack), and where the gateway's and
+bridge-agent's CPU time goes at c=64 (perf); --quick shortens both.
 """
+import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OHA = REPO / "bench/.tools/bin/oha"
-RELEASE = REPO / "target/release"
+# The cost modes (--allocs, --profile) need symbols and line tables: run.sh builds them with the
+# bench-profile Cargo profile (release code plus line tables) into target/bench-profile.
+ALLOCS = "--allocs" in sys.argv
+PROFILE = "--profile" in sys.argv
+BUILD = REPO / ("target/bench-profile" if ALLOCS or PROFILE else "target/release")
+TOOLS = REPO / "bench/.tools/bin"
 KEY = "bench-key-0123456789abcdef0123456789abcdef0123456789"
 MODEL = "cursor-agent-local"
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}]})
@@ -30,6 +43,8 @@ QUICK = "--quick" in sys.argv
 # Only the million-request memory check (its figures go in results under "leak").
 ONLY_LEAK = "--only-leak" in sys.argv
 DURATION = "3s" if QUICK else "10s"
+OUT_DIR = REPO / "bench/results"
+STAMP = time.strftime("%Y%m%d-%H%M%S")
 COMPLETION = json.dumps({
     "id": "chatcmpl-direct", "object": "chat.completion", "created": 0, "model": MODEL,
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
@@ -88,16 +103,20 @@ class Procs:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def oha(url: str, *, concurrency: int, rate=None, requests=None, key=KEY, duration=None) -> dict:
+def oha_argv(url: str, *, concurrency: int, rate=None, requests=None, key=KEY, duration=None, body=BODY) -> list:
     argv = [str(OHA), "--no-tui", "--output-format", "json", "-c", str(concurrency), "-m", "POST",
-            "-T", "application/json", "-d", BODY]
+            "-T", "application/json", "-d", body]
     if key:
         argv += ["-H", f"Authorization: Bearer {key}"]
     argv += ["-n", str(requests)] if requests else ["-z", duration or DURATION]
     if rate:
         # Open-loop at a fixed rate; latency counted from when each request was due.
         argv += ["-q", str(rate), "--latency-correction"]
-    out = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
+    return argv + [url]
+
+
+def oha(url: str, **kwargs) -> dict:
+    out = subprocess.run(oha_argv(url, **kwargs), capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]
     codes = data.get("statusCodeDistribution", {})
@@ -112,21 +131,21 @@ def oha(url: str, *, concurrency: int, rate=None, requests=None, key=KEY, durati
 
 
 def main() -> None:
+    OUT_DIR.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="mlp-bench-"))
     tmp.chmod(0o755)  # nginx's workers read the static stream from here
     procs = Procs(tmp)
     results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                            "python": platform.python_version()},
-               "versions": {"oha": subprocess.run([str(OHA), "--version"], capture_output=True, text=True).stdout.strip(),
+               "versions": {"oha": subprocess.run([str(OHA), "--version"], capture_output=True, text=True).stdout.strip()
+                                   if OHA.exists() else None,
                             "nginx": subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip(),
                             "litellm": "1.74.9"}}
     try:
         run(tmp, procs, results)
     finally:
         procs.stop()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = REPO / "bench/results"
-    out_dir.mkdir(exist_ok=True)
+    stamp, out_dir = STAMP, OUT_DIR
     (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     table = render(results)
     (out_dir / f"{stamp}.md").write_text(table)
@@ -166,15 +185,16 @@ http {{
 
     # --- ours: zero-peer, bridge-agent, gateway ------------------------------------------------
     peer_port, agent_port, gw_port = free_port(), free_port(), free_port()
-    peer = procs.start("zero-peer", [str(RELEASE / "zero-peer")], {"BENCH_PEER_ADDR": f"127.0.0.1:{peer_port}"})
+    peer = procs.start("zero-peer", [str(BUILD / "zero-peer")], {"BENCH_PEER_ADDR": f"127.0.0.1:{peer_port}"})
 
-    def start_pair(run: str):
+    def start_pair(run: str, wrap=lambda service: []):
+        """Starts bridge-agent and the gateway, each behind `wrap(service)` (a tool's argv or none)."""
         common = {"LOCAL_PROVIDER_BRIDGE_SOCKET": str(tmp / f"bridge-{run}.sock"),
                   "LOCAL_PROVIDER_LOG_LEVEL": "warning",
                   "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "900", "LOCAL_PROVIDER_REQUEST_TIMEOUT": "900"}
-        agent = procs.start(f"bridge-agent-{run}", [str(RELEASE / "bridge-agent")], {**common,
+        agent = procs.start(f"bridge-agent-{run}", wrap("bridge-agent") + [str(BUILD / "bridge-agent")], {**common,
             "LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}", "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
-        gateway = procs.start(f"gateway-{run}", [str(RELEASE / "gateway")], {**common,
+        gateway = procs.start(f"gateway-{run}", wrap("gateway") + [str(BUILD / "gateway")], {**common,
             "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
             "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / f"audit-{run}.log"),
             "LOCAL_PROVIDER_RATE_LIMIT_RPM": "1000000000", "LOCAL_PROVIDER_RATE_LIMIT_BURST": "1000000000",
@@ -185,6 +205,12 @@ http {{
     ours = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     if ONLY_LEAK:
         leak(results, ours, *start_pair("leak"))
+        return
+    if ALLOCS:
+        allocs(tmp, procs, results, ours, start_pair)
+    if PROFILE:
+        profile(tmp, results, ours, start_pair)
+    if ALLOCS or PROFILE:
         return
     agent, gateway = start_pair("main")
     time.sleep(1)
@@ -235,7 +261,7 @@ general_settings:
         print(f"rate={rate}: {json.dumps(row)}", flush=True)
 
     # --- streams: time to first chunk and relay cost of 100-chunk answers ----------------------
-    probe = str(RELEASE / "stream-probe")
+    probe = str(BUILD / "stream-probe")
     n = "50" if QUICK else "200"
     results["stream"] = {
         "ours": json.loads(subprocess.run([probe, "ttfc", ours, KEY, n], capture_output=True, text=True, check=True).stdout),
@@ -272,11 +298,334 @@ def leak(results: dict, ours: str, agent, gateway) -> None:
     print(f"leak: {json.dumps(results['leak'])}", flush=True)
 
 
+# --- allocations per request and per chunk (--allocs) -------------------------------------------
+# Each phase length is a separate run of a fresh pair under heaptrack, which counts every call to
+# malloc and friends until the process exits. A per-request figure is the difference between two
+# runs that differ only in one phase's length, divided by that difference: start-up, the warm-up
+# (the tokenizer's tables) and shutdown cancel out.
+ALLOC_PLAIN = 2_000 if QUICK else 10_000      # non-streamed chats in the base run
+ALLOC_STREAMS = 400 if QUICK else 2_000       # streamed chats in the base run
+ALLOC_CHUNKS = (10, 100)                      # content chunks per streamed chat: base, and more
+ALLOC_CONCURRENCY = 8
+
+
+def drive(url: str, *, concurrency: int, body: str, requests=None, seconds=None) -> dict:
+    """Load for the cost modes: `concurrency` threads, one keep-alive connection each, sending
+    `requests` chats in all or for `seconds`. Those modes count work, not time, so this driver's
+    own speed does not matter (and the build needs no oha)."""
+    target = urllib.parse.urlsplit(url)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    payload = body.encode()
+    lock = threading.Lock()
+    state = {"left": requests, "ok": 0, "errors": 0}
+    deadline = time.monotonic() + seconds if seconds else None
+    connect = lambda: http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+
+    def worker():
+        conn = connect()
+        while True:
+            with lock:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if deadline is None:
+                    if state["left"] == 0:
+                        break
+                    state["left"] -= 1
+            try:
+                conn.request("POST", target.path, payload, headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = connect()
+            with lock:
+                state["ok" if ok else "errors"] += 1
+        conn.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"ok": state["ok"], "errors": state["errors"],
+            "rps": round((state["ok"] + state["errors"]) / (time.monotonic() - started), 1)}
+
+
+def stream_body(chunks: int) -> str:
+    # `x_bench_chunks` reaches zero-peer unchanged and sets how many content chunks it sends.
+    return json.dumps({"model": MODEL, "stream": True, "x_bench_chunks": chunks,
+                       "messages": [{"role": "user", "content": "benchmark"}]})
+
+
+def content_chunks(url: str, chunks: int) -> int:
+    """Sends one streamed chat and counts the content chunks that came back."""
+    req = urllib.request.Request(url, data=stream_body(chunks).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read().decode().count('"content":"x"')
+
+
+def session_member(leader: int, exe: Path):
+    """The process running `exe` in the session that `leader` started (a tool wraps the service)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == leader and os.readlink(d / "exe") == str(exe):
+                return int(d.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def heaptrack_totals(path: Path) -> dict:
+    out = subprocess.run(["heaptrack_print", "-f", str(path), "-p", "0", "-a", "0", "-T", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    number = lambda label: int(re.search(label + r": (\d+)", out).group(1))
+    return {"allocations": number("calls to allocation functions"),
+            "temporary": number("temporary memory allocations")}
+
+
+def alloc_run(tmp: Path, procs: Procs, ours: str, start_pair, name: str, plain: int, streams: int,
+              chunks: int) -> dict:
+    """One fresh pair under heaptrack: warm-up, `plain` chats, `streams` streamed chats; totals."""
+    files = {}
+
+    def heaptrack(service):
+        files[service] = tmp / f"heaptrack-{service}-{name}"
+        return ["heaptrack", "-o", str(files[service])]
+
+    agent, gateway = start_pair(name, heaptrack)
+    for body, n in ((BODY, 500), (stream_body(chunks), 50), (BODY, plain), (stream_body(chunks), streams)):
+        r = drive(ours, concurrency=ALLOC_CONCURRENCY, requests=n, body=body)
+        if r["errors"] or r["ok"] != n:
+            raise SystemExit(f"run.py: allocs run {name}: {r['ok']} of {n} answered, {r['errors']} errors")
+    totals = {}
+    for service, wrapper in (("gateway", gateway), ("bridge-agent", agent)):
+        pid = session_member(wrapper.pid, BUILD / service)
+        if pid is None:
+            raise SystemExit(f"run.py: allocs run {name}: no {service} process under heaptrack")
+        # Only the service: its heaptrack script must outlive it to finish writing the data.
+        os.kill(pid, signal.SIGTERM)
+        wrapper.wait(timeout=300)
+        found = sorted(tmp.glob(files[service].name + ".*"))
+        if not found:
+            raise SystemExit(f"run.py: allocs run {name}: heaptrack wrote no data for {service}")
+        files[service] = found[0]
+        totals[service] = {**heaptrack_totals(found[0]), "file": str(found[0])}
+    print(f"allocs run {name} (plain {plain}, streams {streams} x {chunks} chunks): "
+          f"{json.dumps({k: v['allocations'] for k, v in totals.items()})}", flush=True)
+    return totals
+
+
+OUR_CODE = re.compile(r"\b(gateway|bridge_agent|provider_shared)::")
+PLUMBING = ("alloc::", "core::", "std::", "<alloc::", "<core::", "<std::", "__rust", "__rdl", "_ZN", "0x",
+            "malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc")
+
+
+def frame_name(frame: str) -> str:
+    # Legacy Rust symbols end in a hash that only makes the table wider.
+    return re.sub(r"::h[0-9a-f]{16}", "", frame).strip()
+
+
+def alloc_sites(tmp: Path, more: str, base: str, per: float, limit: int = 10) -> list:
+    """Where the allocations that `more` has beyond `base` come from, per unit of work.
+
+    Each backtrace is named by its innermost frame whose name shows our crate and what it called
+    there (toward the allocation, skipping the standard library's plumbing); any other by its
+    innermost frame outside that plumbing, with its file."""
+    stacks = tmp / "alloc-stacks.txt"
+    subprocess.run(["heaptrack_print", "-f", more, "-d", base, "-p", "0", "-T", "0", "-a", "0",
+                    "-F", str(stacks), "--flamegraph-cost-type", "allocations"],
+                   capture_output=True, text=True, check=True)
+    counts = {}
+    for line in stacks.read_text().splitlines():
+        trace, _, n = line.rpartition(" ")
+        frames = [frame_name(f) for f in trace.split(";") if f.strip()]
+        if not frames or not n.lstrip("-").isdigit():
+            continue
+        ours = [i for i, f in enumerate(frames) if OUR_CODE.search(f)]
+        notable = lambda f: not f.startswith(PLUMBING)
+        if ours:
+            callee = next((f for f in frames[ours[-1] + 1:] if notable(f)), None)
+            site = frames[ours[-1]] + (f" → {callee}" if callee else "")
+        else:
+            # heaptrack names many frames without their module path: the file says where.
+            site = next((f for f in reversed(frames) if notable(f)), frames[-1])
+        counts[site] = counts.get(site, 0) + int(n)
+    top = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:limit]
+    return [{"site": site, "per": round(n / per, 2)} for site, n in top]
+
+
+def allocs(tmp: Path, procs: Procs, results: dict, ours: str, start_pair) -> None:
+    n, m, (k1, k2) = ALLOC_PLAIN, ALLOC_STREAMS, ALLOC_CHUNKS
+    probe_agent, probe_gateway = start_pair("allocs-check")
+    seen = content_chunks(ours, k1), content_chunks(ours, k2)
+    for p in (probe_gateway, probe_agent):
+        p.terminate()
+        p.wait(timeout=30)
+    if seen != (k1, k2):
+        raise SystemExit(f"run.py: streamed chats carried {seen} content chunks, not {(k1, k2)}")
+    runs = {
+        "base": alloc_run(tmp, procs, ours, start_pair, "base", n, m, k1),
+        "plain": alloc_run(tmp, procs, ours, start_pair, "plain", 2 * n, m, k1),
+        "streams": alloc_run(tmp, procs, ours, start_pair, "streams", n, 2 * m, k1),
+        "chunks": alloc_run(tmp, procs, ours, start_pair, "chunks", n, m, k2),
+    }
+    figures = {}
+    for service in ("gateway", "bridge-agent"):
+        total = lambda run: runs[run][service]["allocations"]
+        per_chunk = (total("chunks") - total("base")) / (m * (k2 - k1))
+        per_stream = (total("streams") - total("base")) / m
+        figures[service] = {
+            "per_request": round((total("plain") - total("base")) / n, 1),
+            f"per_streamed_request_{k1}_chunks": round(per_stream, 1),
+            "per_chunk": round(per_chunk, 2),
+            "per_streamed_request_besides_chunks": round(per_stream - k1 * per_chunk, 1),
+        }
+        base = runs["base"][service]["file"]
+        figures[service]["sites"] = {"per_request": alloc_sites(tmp, runs["plain"][service]["file"], base, n),
+                                     "per_chunk": alloc_sites(tmp, runs["chunks"][service]["file"], base, m * (k2 - k1))}
+    results["allocs"] = {
+        "method": {"tool": subprocess.run(["heaptrack", "--version"], capture_output=True, text=True).stdout.strip(),
+                   "concurrency": ALLOC_CONCURRENCY, "plain": n, "streams": m, "chunks": list(ALLOC_CHUNKS),
+                   "runs": {"base": [n, m, k1], "plain": [2 * n, m, k1], "streams": [n, 2 * m, k1],
+                            "chunks": [n, m, k2]}},
+        "totals": {run: {s: t["allocations"] for s, t in v.items()} for run, v in runs.items()},
+        "figures": figures,
+    }
+    print(f"allocs: {json.dumps(figures)}", flush=True)
+
+
+# --- where the CPU time goes (--profile) --------------------------------------------------------
+PROFILE_SECONDS = 5 if QUICK else 15
+PROFILE_TOP = 15
+
+
+def perf_report(data: Path, children: bool) -> list:
+    """perf's top items by self time, or by time including callees; all threads together. The
+    inclusive list keeps only functions of ours: above them sit the runtime's and hyper's frames,
+    which include everything."""
+    argv = ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--sort", "dso,sym",
+            "--percent-limit", "0.5", "--children" if children else "--no-children"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    pattern = re.compile(r"^\s+([\d.]+)%\s+(?:([\d.]+)%\s+)?(\S+)\s+\[(.)\]\s+(.*?)\s*$")
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("#") or not (m := pattern.match(line)):
+            continue
+        share, own, dso, _, symbol = m.groups()
+        # Legacy Rust symbols end in a hash that only makes the table wider.
+        symbol = re.sub(r"::h[0-9a-f]{16}$", "", symbol)
+        if children and not re.match(r"<?(gateway|bridge_agent|provider_shared)::", symbol):
+            continue
+        row = {"share": float(share), "dso": dso, "symbol": symbol}
+        if own is not None:
+            row["self"] = float(own)
+        rows.append(row)
+    return rows[:PROFILE_TOP]
+
+
+def flame_graph(data: Path, svg: Path, title: str) -> bool:
+    collapse, flamegraph = TOOLS / "inferno-collapse-perf", TOOLS / "inferno-flamegraph"
+    if not (collapse.exists() and flamegraph.exists()):
+        return False
+    script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, check=True).stdout
+    folded = subprocess.run([str(collapse)], input=script, capture_output=True, check=True).stdout
+    svg.write_bytes(subprocess.run([str(flamegraph), "--title", title], input=folded, capture_output=True,
+                                   check=True).stdout)
+    return True
+
+
+def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
+    agent, gateway = start_pair("profile")
+    drive(ours, concurrency=8, requests=500, body=BODY)  # warm-up: connections, tokenizer
+    load_result = {}
+    load = threading.Thread(target=lambda: load_result.update(
+        drive(ours, concurrency=64, seconds=PROFILE_SECONDS + 4, body=BODY)))
+    load.start()
+    time.sleep(2)  # the load reaches its pace before sampling starts
+    records = {}
+    for service, proc in (("gateway", gateway), ("bridge-agent", agent)):
+        data = tmp / f"perf-{service}.data"
+        log = open(tmp / f"perf-{service}.log", "w")
+        # cpu-clock: a software event, since this machine has no hardware counters; DWARF call
+        # graphs, since release code keeps no frame pointers.
+        records[service] = data, subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf", "-p", str(proc.pid),
+             "-o", str(data), "--", "sleep", str(PROFILE_SECONDS)], stdout=log, stderr=log)
+    for service, (data, rec) in records.items():
+        if rec.wait() != 0 or not data.exists():
+            raise SystemExit(f"run.py: perf record of {service} failed: see {tmp}/perf-{service}.log")
+    load.join()
+    if load_result["errors"]:
+        raise SystemExit(f"run.py: the load for the profile had {load_result['errors']} errors")
+    results["profile"] = {"seconds": PROFILE_SECONDS, "concurrency": 64, "event": "cpu-clock, 499 Hz, DWARF call graphs",
+                          "rps_while_sampled": load_result["rps"]}
+    for service, (data, _) in records.items():
+        svg = OUT_DIR / f"{STAMP}-{service}.svg"
+        results["profile"][service] = {
+            "self": perf_report(data, children=False),
+            "inclusive": perf_report(data, children=True),
+            "flame_graph": str(svg.relative_to(REPO)) if flame_graph(data, svg, f"{service}, c=64") else None,
+        }
+    print(f"profile: {json.dumps({s: results['profile'][s]['self'][:5] for s in records})}", flush=True)
+
+
 def render(r: dict) -> str:
-    if "concurrency" not in r:
+    parts = []
+    if "concurrency" in r:
+        parts.append(render_main(r))
+    elif "leak" in r:
         leak = r["leak"]
-        return (f"RSS after 10k requests {leak['rss_after_10k_mb']}, after {leak['requests']:,}: "
-                f"{leak['rss_after_all_mb']} ({leak['errors']} errors, {leak['rps']:,} rps)\n")
+        parts.append(f"RSS after 10k requests {leak['rss_after_10k_mb']}, after {leak['requests']:,}: "
+                     f"{leak['rss_after_all_mb']} ({leak['errors']} errors, {leak['rps']:,} rps)\n")
+    if "allocs" in r:
+        parts.append(render_allocs(r["allocs"]))
+    if "profile" in r:
+        parts.append(render_profile(r["profile"]))
+    return "\n".join(parts)
+
+
+def render_allocs(a: dict) -> str:
+    m = a["method"]
+    k1, k2 = m["chunks"]
+    lines = ["## Allocations (calls to malloc and friends, counted by heaptrack)", "",
+             f"Differences between runs of a fresh pair at c={m['concurrency']}: {m['plain']:,} more chats, "
+             f"{m['streams']:,} more streamed chats of {k1} chunks, or the same streams with {k2} chunks instead.", "",
+             f"| service | per chat | per streamed chat ({k1} chunks) | per chunk | per streamed chat besides its chunks |",
+             "|---|---|---|---|---|"]
+    for service, f in a["figures"].items():
+        lines.append(f"| {service} | {f['per_request']} | {f[f'per_streamed_request_{k1}_chunks']} | "
+                     f"{f['per_chunk']} | {f['per_streamed_request_besides_chunks']} |")
+    lines += ["", "Run totals: " + "; ".join(f"{run} {t}" for run, t in a["totals"].items())]
+    for service, f in a["figures"].items():
+        for unit, sites in f["sites"].items():
+            lines += ["", f"### {service}: where the allocations {unit.replace('_', ' ')} come from", "",
+                      "| allocations | innermost named function (file) → what it called |", "|---|---|"]
+            lines += [f"| {x['per']} | `{x['site'][:160]}` |" for x in sites]
+    return "\n".join(lines) + "\n"
+
+
+def render_profile(p: dict) -> str:
+    lines = [f"## Profile (perf, {p['event']}, {p['seconds']} s at c={p['concurrency']}, "
+             f"{p['rps_while_sampled']:,} rps while sampled)"]
+    short = lambda s: s if len(s) <= 110 else s[:107] + "..."
+    for service in ("gateway", "bridge-agent"):
+        q = p[service]
+        lines += ["", f"### {service}" + (f" (flame graph: {q['flame_graph']})" if q["flame_graph"] else ""), "",
+                  "| self % | where | function |", "|---|---|---|"]
+        lines += [f"| {x['share']} | {x['dso']} | `{short(x['symbol'])}` |" for x in q["self"]]
+        lines += ["", "| with callees % | self % | where | function of ours |", "|---|---|---|---|"]
+        lines += [f"| {x['share']} | {x.get('self', '')} | {x['dso']} | `{short(x['symbol'])}` |" for x in q["inclusive"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_main(r: dict) -> str:
     lines = ["## Fixed concurrency (requests/s; latency ms p50 / p99 / p99.9; errors)", "",
              "| c | direct | ours | LiteLLM | ours ÷ LiteLLM |", "|---|---|---|---|---|"]
     cell = lambda x: f"{x['rps']:,} rps; {x['p50_ms']} / {x['p99_ms']} / {x['p999_ms']}; {x['errors']} err"

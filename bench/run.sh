@@ -3,6 +3,10 @@
 # oha load generator in bench/.tools), builds the release binaries, runs every measurement of
 # bench/run.py on this machine in one go, and writes bench/results/<time>.{json,md}.
 # Takes about ten minutes; run it on an otherwise idle machine.
+# --allocs: allocations per request and per streamed chunk of the gateway and bridge-agent (heaptrack);
+# --profile: where their CPU time goes under load (perf; a flame graph too when inferno is in
+# bench/.tools). Both build the bench-profile binaries into target/bench-profile and skip the timing
+# runs, LiteLLM and oha.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
@@ -10,21 +14,40 @@ cd "$repo"
 
 sudo_cmd=()
 if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
-if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+apt_install() {
     "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    apt_install nginx
 fi
-# The anchor: an older LiteLLM release, pinned, configured as its docs recommend for production.
-litellm_version=1.74.9
-if [[ ! -x bench/.venv/bin/litellm ]] || ! bench/.venv/bin/pip show litellm 2>/dev/null | grep -qx "Version: $litellm_version"; then
-    python3 -m venv bench/.venv
-    bench/.venv/bin/pip install -q --disable-pip-version-check "litellm[proxy]==$litellm_version"
+# --allocs and --profile measure costs of ours alone (see BENCHMARKS.md, "Allocations and profile").
+costs=""
+for arg in "$@"; do
+    case "$arg" in --allocs | --profile) costs=1 ;; esac
+done
+if [[ -z $costs ]]; then
+    # The anchor: an older LiteLLM release, pinned, configured as its docs recommend for production.
+    litellm_version=1.74.9
+    if [[ ! -x bench/.venv/bin/litellm ]] || ! bench/.venv/bin/pip show litellm 2>/dev/null | grep -qx "Version: $litellm_version"; then
+        python3 -m venv bench/.venv
+        bench/.venv/bin/pip install -q --disable-pip-version-check "litellm[proxy]==$litellm_version"
+    fi
 fi
-oha_version=1.16.0
-if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
-    cargo install oha --version "$oha_version" --locked --root bench/.tools
+if [[ -n $costs ]]; then
+    # Their load comes from bench/run.py itself: they count work, not time.
+    for tool in heaptrack:heaptrack perf:linux-perf; do
+        if ! command -v "${tool%%:*}" >/dev/null 2>&1; then apt_install "${tool#*:}"; fi
+    done
+    # Release code with line tables (Cargo.toml, profile bench-profile), for symbols in both tools.
+    cargo build --profile bench-profile --locked -p gateway -p bridge-agent -p bench --bins
+else
+    oha_version=1.16.0
+    if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
+        cargo install oha --version "$oha_version" --locked --root bench/.tools
+    fi
+    cargo build --release --locked -p gateway -p bridge-agent -p bench --bins
 fi
-cargo build --release --locked -p gateway -p bridge-agent -p bench --bins
 # 10,000 open streams need more descriptors than the usual soft limit: raise it to the hard one.
 ulimit -n "$(ulimit -Hn)"
 exec python3 bench/run.py "$@"
