@@ -13,6 +13,7 @@ pub mod property;
 #[cfg(test)]
 mod props;
 pub mod shutdown;
+pub mod tagged;
 pub mod telemetry;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.
