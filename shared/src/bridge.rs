@@ -204,9 +204,26 @@ impl StreamChunk {
         OVERHEAD
             + d.content.as_deref().map_or(0, str::len)
             + d.reasoning_content.as_deref().map_or(0, str::len)
-            + d.tool_calls.as_ref().map_or(0, |calls| {
-                calls.iter().map(|c| c.to_string().len()).sum::<usize>()
-            })
+            + d.tool_calls
+                .as_ref()
+                .map_or(0, |calls| calls.iter().map(json_len).sum::<usize>())
+    }
+}
+
+/// About the encoded length of `value`, counted without encoding it (each hop counts every
+/// chunk twice; encoding is left to the one write per hop). Numbers count 8 bytes each.
+fn json_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_len(v) + 1).sum::<usize>(),
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_len(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -458,6 +475,25 @@ mod tests {
             .collect();
         // The known types are the variants' names, as docs/PROTOCOL.md lists them.
         assert_eq!(BridgeFrame::types(), names);
+    }
+
+    #[test]
+    fn a_chunk_counts_its_tool_calls_about_as_long_as_they_encode() {
+        let call = json!({"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+        let encoded = call.to_string().len();
+        let counted = json_len(&call);
+        assert!(
+            counted * 10 >= encoded * 9 && counted * 10 <= encoded * 11,
+            "{counted} for {encoded} bytes"
+        );
+        let with = chunk().approx_bytes();
+        let mut without = chunk();
+        without.delta.tool_calls = None;
+        assert_eq!(
+            with - without.approx_bytes(),
+            json_len(&chunk().delta.tool_calls.unwrap()[0])
+        );
     }
 
     #[test]

@@ -276,14 +276,9 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
 /// Handles one inbound text frame; returns a reply to send, if any.
 fn on_text(hub: &Hub, text: &str) -> Option<Message> {
     match BridgeFrame::parse(text) {
-        Ok(BridgeFrame::ModelStreamChunk(chunk)) => {
-            let id = chunk.id.clone();
-            deliver(hub, &id, Event::Chunk(chunk));
-        }
-        Ok(BridgeFrame::ModelResult(result)) => {
-            let id = result.id.clone();
-            deliver(hub, &id, Event::Result(result));
-        }
+        // Moved as decoded: the IPC `chunk` and `result` carry the same structs.
+        Ok(BridgeFrame::ModelStreamChunk(chunk)) => deliver(hub, Event::Chunk(chunk)),
+        Ok(BridgeFrame::ModelResult(result)) => deliver(hub, Event::Result(result)),
         Ok(BridgeFrame::Ping { ts }) => {
             return Some(Message::text(BridgeFrame::Pong { ts }.to_text()));
         }
@@ -321,17 +316,17 @@ fn too_big(hub: &Hub, id: Option<String>, limit: u64) {
         codes::REQUEST_TOO_LARGE,
         format!("the MCP bridge refused this request as too large for one frame (it closed the connection with 1009); bridge-agent's limit is {limit} bytes (LOCAL_PROVIDER_MAX_FRAME_BYTES): lower it to the bridge's, or shorten the conversation"),
     );
-    deliver(hub, &id, Event::Result(result));
+    deliver(hub, Event::Result(result));
 }
 
-fn deliver(hub: &Hub, id: &str, event: Event) {
-    match hub.requests.route(id, event) {
+fn deliver(hub: &Hub, event: Event) {
+    match hub.requests.route(event) {
         Ok(()) => {}
-        Err(Undeliverable::UnknownId) => {
+        Err(Undeliverable::UnknownId(id)) => {
             tracing::warn!(%id, "bridge frame for an unknown request id dropped");
             metrics::frame_dropped("unknown_id");
         }
-        Err(Undeliverable::AfterResult) => {
+        Err(Undeliverable::AfterResult(id)) => {
             tracing::debug!(%id, "bridge frame after the request's result dropped");
             metrics::frame_dropped("after_result");
         }

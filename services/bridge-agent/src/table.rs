@@ -36,11 +36,30 @@ struct Entry {
     finished: bool,
 }
 
-/// Why a frame from the bridge could not be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a frame from the bridge could not be delivered, with the id it named.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undeliverable {
-    UnknownId,
-    AfterResult,
+    UnknownId(String),
+    AfterResult(String),
+}
+
+impl Event {
+    /// The request a chunk or result names (taken from the frame, so no copy is made).
+    fn id(&self) -> Option<&str> {
+        match self {
+            Event::Chunk(chunk) => Some(&chunk.id),
+            Event::Result(result) => Some(&result.id),
+            _ => None,
+        }
+    }
+
+    fn into_id(self) -> String {
+        match self {
+            Event::Chunk(chunk) => chunk.id,
+            Event::Result(result) => result.id,
+            _ => String::new(),
+        }
+    }
 }
 
 pub struct RequestTable {
@@ -109,12 +128,14 @@ impl RequestTable {
         metrics::gauge_in_flight(inner.entries.len());
     }
 
-    /// Hands a chunk or result from the bridge to its request.
-    pub fn route(&self, id: &str, event: Event) -> Result<(), Undeliverable> {
+    /// Hands a chunk or result from the bridge to the request it names.
+    pub fn route(&self, event: Event) -> Result<(), Undeliverable> {
         let mut inner = self.lock();
-        let entry = inner.entries.get_mut(id).ok_or(Undeliverable::UnknownId)?;
+        let Some(entry) = event.id().and_then(|id| inner.entries.get_mut(id)) else {
+            return Err(Undeliverable::UnknownId(event.into_id()));
+        };
         if entry.finished {
-            return Err(Undeliverable::AfterResult);
+            return Err(Undeliverable::AfterResult(event.into_id()));
         }
         if let Event::Chunk(chunk) = &event {
             let size = chunk.approx_bytes();
@@ -213,23 +234,25 @@ mod tests {
         let table = RequestTable::new(1 << 20);
         let (tx, mut rx) = mpsc::unbounded_channel();
         table.insert("a", 1, tx, Arc::default()).unwrap();
-        assert_eq!(table.route("b", chunk("b")), Err(Undeliverable::UnknownId));
-        table.route("a", chunk("a")).unwrap();
+        assert_eq!(
+            table.route(chunk("b")),
+            Err(Undeliverable::UnknownId("b".into()))
+        );
+        table.route(chunk("a")).unwrap();
         table
-            .route(
-                "a",
-                Event::Result(provider_shared::bridge::ModelResult::error("a", "x", "y")),
-            )
+            .route(Event::Result(provider_shared::bridge::ModelResult::error(
+                "a", "x", "y",
+            )))
             .unwrap();
         assert_eq!(
-            table.route("a", chunk("a")),
-            Err(Undeliverable::AfterResult)
+            table.route(chunk("a")),
+            Err(Undeliverable::AfterResult("a".into()))
         );
         assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
         assert!(matches!(rx.try_recv().unwrap(), Event::Result(_)));
         assert!(rx.try_recv().is_err());
         table.reopen("a");
-        table.route("a", chunk("a")).unwrap();
+        table.route(chunk("a")).unwrap();
         assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
     }
 
@@ -258,14 +281,14 @@ mod tests {
         let (other_tx, mut other_rx) = mpsc::unbounded_channel();
         table.insert("a", 1, tx, Arc::default()).unwrap();
         table.insert("b", 1, other_tx, Arc::default()).unwrap();
-        table.route("a", chunk("a")).unwrap();
-        table.route("a", chunk("a")).unwrap();
-        table.route("a", chunk("a")).unwrap();
+        table.route(chunk("a")).unwrap();
+        table.route(chunk("a")).unwrap();
+        table.route(chunk("a")).unwrap();
         assert_eq!(
-            table.route("a", chunk("a")),
-            Err(Undeliverable::AfterResult)
+            table.route(chunk("a")),
+            Err(Undeliverable::AfterResult("a".into()))
         );
-        table.route("b", chunk("b")).unwrap();
+        table.route(chunk("b")).unwrap();
         assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
         assert!(matches!(rx.try_recv().unwrap(), Event::Chunk(_)));
         assert!(matches!(rx.try_recv().unwrap(), Event::Overflow));
