@@ -3,7 +3,7 @@
 //! before they decode it; [`frame_enum!`] defines an enum whose decoding reads the first key and,
 //! when it is `type`, decodes the variant straight from the rest of the object. A `type` further
 //! in costs only the fields before it, which are held as [`serde_json::Value`]s until `type`
-//! comes. Encoding is serde's internally tagged one, which writes `type` first.
+//! comes (never more than the frame, which each protocol bounds). Encoding is serde's internally tagged one, which writes `type` first.
 //!
 //! The wire names of the variants come from the same definition ([`Tagged::types`]), so a list of
 //! known types cannot drift from the enum.
