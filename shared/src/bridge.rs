@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::tagged::Decoded;
+
 /// The newest protocol version, sent in `hello` as `max_protocol`; `welcome` answers with the
 /// version both speak.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -21,9 +23,9 @@ pub fn negotiate(theirs: u32) -> Option<u32> {
     (agreed >= MIN_PROTOCOL_VERSION).then_some(agreed)
 }
 
+crate::tagged::frame_enum! {
 /// Every frame of the bridge WebSocket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BridgeFrame {
     Hello {
         agent_id: String,
@@ -70,6 +72,7 @@ pub enum BridgeFrame {
     /// it. Older bridge-agents ignore it as an unknown type, so it needs no new version.
     BridgeStatus(BridgeReport),
 }
+}
 
 /// What mcp-bridge reports of its queue and of the agents asking it for work.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,35 +113,13 @@ pub enum FrameError {
     Malformed(String),
 }
 
-const KNOWN_TYPES: &[&str] = &[
-    "hello",
-    "welcome",
-    "model_invoke",
-    "model_stream_chunk",
-    "model_result",
-    "model_cancel",
-    "model_resume",
-    "ping",
-    "pong",
-    "bridge_status",
-];
-
 impl BridgeFrame {
     /// Parses one text frame, telling an unknown `type` (to be ignored) from a malformed frame.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
-        match serde_json::from_str::<BridgeFrame>(text) {
-            Ok(frame) => Ok(frame),
-            Err(err) => {
-                let kind = serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
-                match kind {
-                    Some(kind) if !KNOWN_TYPES.contains(&kind.as_str()) => {
-                        Err(FrameError::UnknownType(kind))
-                    }
-                    _ => Err(FrameError::Malformed(err.to_string())),
-                }
-            }
+        match serde_json::from_str::<Decoded<BridgeFrame>>(text) {
+            Ok(Decoded::Known(frame)) => Ok(frame),
+            Ok(Decoded::Unknown(kind)) => Err(FrameError::UnknownType(kind)),
+            Err(err) => Err(FrameError::Malformed(err.to_string())),
         }
     }
 
@@ -223,9 +204,26 @@ impl StreamChunk {
         OVERHEAD
             + d.content.as_deref().map_or(0, str::len)
             + d.reasoning_content.as_deref().map_or(0, str::len)
-            + d.tool_calls.as_ref().map_or(0, |calls| {
-                calls.iter().map(|c| c.to_string().len()).sum::<usize>()
-            })
+            + d.tool_calls
+                .as_ref()
+                .map_or(0, |calls| calls.iter().map(json_len).sum::<usize>())
+    }
+}
+
+/// About the encoded length of `value`, counted without encoding it (each hop counts every
+/// chunk twice; encoding is left to the one write per hop). Numbers count 8 bytes each.
+fn json_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_len(v) + 1).sum::<usize>(),
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_len(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -336,6 +334,7 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tagged::Tagged;
     use serde_json::json;
 
     #[test]
@@ -402,6 +401,101 @@ mod tests {
         assert_eq!(v["error"]["code"], "boom");
     }
 
+    fn chunk() -> StreamChunk {
+        StreamChunk {
+            id: "r1".into(),
+            chunk_index: 3,
+            delta: Delta {
+                content: Some("hé \"quoted\"".into()),
+                tool_calls: Some(vec![json!({"index": 0, "function": {"arguments": "{}"}})]),
+                ..Delta::default()
+            },
+            finish_reason: Some("stop".into()),
+        }
+    }
+
+    #[test]
+    fn every_frame_round_trips_with_type_first_and_in_any_order() {
+        let frames = [
+            BridgeFrame::Hello {
+                agent_id: "a".into(),
+                protocol: 1,
+                capabilities: vec!["stream".into()],
+                max_protocol: Some(2),
+                max_frame_bytes: Some(10),
+            },
+            BridgeFrame::Welcome {
+                protocol: 2,
+                bridge_id: Some("b".into()),
+                max_frame_bytes: None,
+            },
+            BridgeFrame::ModelInvoke(ModelInvoke {
+                id: "r1".into(),
+                session_id: Some("s".into()),
+                model_meta: ModelMeta {
+                    provider: "local".into(),
+                    label: "l".into(),
+                    requested_scopes: vec!["x".into()],
+                },
+                payload: Payload::Completion {
+                    prompt: "p".into(),
+                    suffix: Some("s".into()),
+                    system: None,
+                    parameters: Map::new(),
+                },
+            }),
+            BridgeFrame::ModelStreamChunk(chunk()),
+            BridgeFrame::ModelResult(ModelResult::error("r1", "boom", "it broke")),
+            BridgeFrame::ModelCancel { id: "r1".into() },
+            BridgeFrame::ModelResume {
+                id: "r1".into(),
+                after_chunk_index: None,
+            },
+            BridgeFrame::Ping { ts: 5 },
+            BridgeFrame::Pong { ts: 6 },
+            BridgeFrame::BridgeStatus(BridgeReport::default()),
+        ];
+        let names: Vec<String> = frames
+            .iter()
+            .map(|frame| {
+                let text = frame.to_text();
+                assert_eq!(BridgeFrame::parse(&text).unwrap(), *frame, "{text}");
+                // The same fields with `type` last decode the same.
+                let Value::Object(mut fields) = serde_json::from_str(&text).unwrap() else {
+                    panic!("not an object: {text}")
+                };
+                let kind = fields.remove("type").unwrap();
+                fields.insert("type".into(), kind.clone());
+                let moved = Value::Object(fields).to_string();
+                assert!(!moved.starts_with(r#"{"type""#), "{moved}");
+                assert_eq!(BridgeFrame::parse(&moved).unwrap(), *frame, "{moved}");
+                assert!(text.starts_with(&format!(r#"{{"type":{kind}"#)), "{text}");
+                kind.as_str().unwrap().to_owned()
+            })
+            .collect();
+        // The known types are the variants' names, as docs/PROTOCOL.md lists them.
+        assert_eq!(BridgeFrame::types(), names);
+    }
+
+    #[test]
+    fn a_chunk_counts_its_tool_calls_about_as_long_as_they_encode() {
+        let call = json!({"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+        let encoded = call.to_string().len();
+        let counted = json_len(&call);
+        assert!(
+            counted * 10 >= encoded * 9 && counted * 10 <= encoded * 11,
+            "{counted} for {encoded} bytes"
+        );
+        let with = chunk().approx_bytes();
+        let mut without = chunk();
+        without.delta.tool_calls = None;
+        assert_eq!(
+            with - without.approx_bytes(),
+            json_len(&chunk().delta.tool_calls.unwrap()[0])
+        );
+    }
+
     #[test]
     fn unknown_type_is_told_from_malformed() {
         assert_eq!(
@@ -416,5 +510,14 @@ mod tests {
             BridgeFrame::parse("not json"),
             Err(FrameError::Malformed(_))
         ));
+        let Err(FrameError::Malformed(why)) = BridgeFrame::parse(r#"{"type":"ping","ts":"x"}"#)
+        else {
+            panic!("a ping with a text ts is malformed")
+        };
+        assert!(why.contains("invalid type: string"), "{why}");
+        assert_eq!(
+            BridgeFrame::parse(r#"{"id":"r1","type":"model_cancel"}"#),
+            Ok(BridgeFrame::ModelCancel { id: "r1".into() })
+        );
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::bridge::{BridgeReport, ModelInvoke, ModelResult, StreamChunk};
+use crate::tagged::Decoded;
 
 pub const IPC_PROTOCOL: &str = "local-provider-ipc";
 pub const IPC_VERSION: u32 = 1;
@@ -20,8 +21,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// In `welcome`'s `capabilities`: this bridge-agent takes `resume`.
 pub const CAP_RESUME: &str = "resume";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+crate::tagged::frame_enum! {
+/// Every frame of the local socket.
+#[derive(Debug, Clone, PartialEq)]
 pub enum IpcFrame {
     Hello {
         protocol: String,
@@ -58,6 +60,7 @@ pub enum IpcFrame {
     Chunk(StreamChunk),
     Result(ModelResult),
     Status(BridgeStatus),
+}
 }
 
 /// The state of bridge-agent's WebSocket to the MCP bridge.
@@ -143,25 +146,15 @@ impl Decoder for IpcCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<IpcFrame>, IpcError> {
         while let Some(bytes) = self.inner.decode(src)? {
-            match serde_json::from_slice::<IpcFrame>(&bytes) {
-                Ok(frame) => return Ok(Some(frame)),
-                Err(err) => match unknown_type(&bytes) {
-                    Some(kind) => tracing::debug!(kind, "ignoring an ipc frame of unknown type"),
-                    None => return Err(err.into()),
-                },
+            match serde_json::from_slice::<Decoded<IpcFrame>>(&bytes)? {
+                Decoded::Known(frame) => return Ok(Some(frame)),
+                Decoded::Unknown(kind) => {
+                    tracing::debug!(kind, "ignoring an ipc frame of unknown type")
+                }
             }
         }
         Ok(None)
     }
-}
-
-fn unknown_type(bytes: &[u8]) -> Option<String> {
-    const KNOWN: &[&str] = &[
-        "hello", "welcome", "reject", "invoke", "cancel", "resume", "chunk", "result", "status",
-    ];
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let kind = value.get("type")?.as_str()?;
-    (!KNOWN.contains(&kind)).then(|| kind.to_owned())
 }
 
 impl Encoder<IpcFrame> for IpcCodec {
@@ -205,16 +198,85 @@ mod tests {
     }
 
     #[test]
+    fn every_frame_round_trips_with_type_first() {
+        use crate::bridge::{ModelMeta, Payload};
+        use crate::tagged::Tagged;
+        let invoke = ModelInvoke {
+            id: "r1".into(),
+            session_id: None,
+            model_meta: ModelMeta {
+                provider: "local".into(),
+                label: "l".into(),
+                requested_scopes: vec![],
+            },
+            payload: Payload::Chat {
+                messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+                parameters: serde_json::Map::new(),
+            },
+        };
+        let frames = [
+            IpcFrame::Hello {
+                protocol: IPC_PROTOCOL.into(),
+                version: IPC_VERSION,
+                client: "gateway/test".into(),
+            },
+            IpcFrame::Welcome {
+                version: IPC_VERSION,
+                agent_id: "a".into(),
+                bridge: BridgeStatus::disconnected(),
+                capabilities: vec![CAP_RESUME.into()],
+            },
+            IpcFrame::Reject {
+                reason: "no".into(),
+            },
+            IpcFrame::Invoke(invoke.clone()),
+            IpcFrame::Cancel { id: "r1".into() },
+            IpcFrame::Resume {
+                id: "r1".into(),
+                after_chunk_index: Some(2),
+                elapsed_ms: 30,
+                invoke: Some(invoke),
+            },
+            IpcFrame::Chunk(StreamChunk {
+                id: "r1".into(),
+                chunk_index: 0,
+                delta: Delta::default(),
+                finish_reason: None,
+            }),
+            IpcFrame::Result(ModelResult::error("r1", "boom", "it broke")),
+            IpcFrame::Status(BridgeStatus {
+                state: LinkState::Connected,
+                last_ping: None,
+                bridge_id: Some("b".into()),
+                reconnects: 1,
+                mcp_bridge: Some(BridgeReport::default()),
+                max_frame_bytes: Some(9),
+            }),
+        ];
+        let mut codec = IpcCodec::default();
+        let mut names = Vec::new();
+        for frame in frames {
+            let mut buf = BytesMut::new();
+            codec.encode(frame.clone(), &mut buf).unwrap();
+            let text = String::from_utf8(buf[4..].to_vec()).unwrap();
+            let kind = text.split('"').nth(3).unwrap().to_owned();
+            assert!(text.starts_with(&format!(r#"{{"type":"{kind}""#)), "{text}");
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame));
+            names.push(kind);
+        }
+        assert_eq!(IpcFrame::types(), names);
+    }
+
+    #[test]
     fn malformed_known_frame_is_an_error() {
         let mut codec = IpcCodec::default();
         let mut buf = BytesMut::new();
         LengthDelimitedCodec::new()
             .encode(Bytes::from_static(br#"{"type":"cancel"}"#), &mut buf)
             .unwrap();
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(IpcError::Malformed(_))
-        ));
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, IpcError::Malformed(_)));
+        assert!(err.to_string().contains("missing field `id`"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod property;
 mod props;
 pub mod routes;
 pub mod shutdown;
+pub mod tagged;
 pub mod telemetry;
 pub mod ws_peer;
 

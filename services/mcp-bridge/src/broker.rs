@@ -464,7 +464,7 @@ impl Broker {
             metrics::answer_time(handed.elapsed());
         }
         // The digest covers what was asked (messages or prompt and suffix), never the text.
-        let mut asked = entry.payload.clone();
+        let mut asked = Value::clone(&entry.payload);
         if let Some(fields) = asked.as_object_mut() {
             fields.remove("parameters");
         }
@@ -525,10 +525,10 @@ impl Broker {
     }
 
     /// The gateway session and payload of the live request `id` (queued or leased).
-    pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Value)> {
+    pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Arc<Value>)> {
         let queue = self.queue();
         let entry = queue.get(id)?;
-        Some((entry.invoke.session_id.clone(), entry.payload.clone()))
+        Some((entry.invoke.session_id.clone(), Arc::clone(&entry.payload)))
     }
 
     pub fn queue_depth(&self) -> usize {

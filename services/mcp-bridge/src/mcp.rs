@@ -140,8 +140,8 @@ impl McpServer {
         }
     }
 
-    async fn describe(&self, mut h: Handout, full: bool) -> Value {
-        let conversation = self.delta(&mut h, full).await;
+    async fn describe(&self, h: Handout, full: bool) -> Value {
+        let (conversation, from) = self.delta(&h, full).await;
         let answer_with = if h.payload["kind"] != "chat" {
             "only the text that belongs between prompt and suffix, in content; no tool_calls"
         } else if h.shape.tools.is_some() {
@@ -159,42 +159,51 @@ impl McpServer {
             "stream": h.shape.stream,
             "answer_with": answer_with,
         });
-        // `kind` and the payload's own fields: messages and parameters for a chat.
-        if let (Some(out), Value::Object(payload)) = (out.as_object_mut(), h.payload) {
-            out.extend(payload);
+        // `kind` and the payload's own fields: messages and parameters for a chat. The payload
+        // is the queue's; of its messages only those handed out now are copied.
+        if let (Some(out), Some(payload)) = (out.as_object_mut(), h.payload.as_object()) {
+            for (key, value) in payload {
+                let value = match value {
+                    Value::Array(messages) if key == "messages" => {
+                        Value::Array(messages.get(from..).unwrap_or_default().to_vec())
+                    }
+                    value => value.clone(),
+                };
+                out.insert(key.clone(), value);
+            }
             out.extend(conversation);
         }
         out
     }
 
-    /// Cuts a chat's messages down to what this session has not been handed yet, and says so.
-    /// Completions (fill-in-the-middle) are always whole and carry no conversation.
-    async fn delta(&self, h: &mut Handout, full: bool) -> Map<String, Value> {
+    /// Plans which of a chat's messages this session has not been handed yet (the first of
+    /// them is returned), and says so. Completions (fill-in-the-middle) are always whole and
+    /// carry no conversation.
+    async fn delta(&self, h: &Handout, full: bool) -> (Map<String, Value>, usize) {
         let mut out = Map::new();
-        let Some(messages) = h.payload.get_mut("messages").and_then(Value::as_array_mut) else {
-            return out;
-        };
+        if !h.payload.get("messages").is_some_and(Value::is_array) {
+            return (out, 0);
+        }
         // Digesting megabytes of messages runs on the blocking pool, not a worker thread.
         let (store, agent) = (self.broker.conversations.clone(), self.agent.clone());
         let (id, session_id) = (h.id.clone(), h.session_id.clone());
-        let taken = Arc::new(std::mem::take(messages));
-        let shared = taken.clone();
+        let payload = Arc::clone(&h.payload);
         let planned = tokio::task::spawn_blocking(move || {
-            store.plan(&agent, &id, session_id.as_deref(), &shared, full)
+            let messages = payload["messages"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice);
+            store.plan(&agent, &id, session_id.as_deref(), messages, full)
         })
         .await;
-        // The blocking task has ended either way, so this is the only handle left.
-        *messages = Arc::try_unwrap(taken).unwrap_or_else(|rest| rest.as_ref().clone());
         let plan = match planned {
             Ok(plan) => plan,
             // Only a panic while digesting gets here: the messages go out whole.
             Err(err) => {
                 tracing::error!(id = %h.id, %err, "could not plan the hand-out; handing it whole");
-                return out;
+                return (out, 0);
             }
         };
         if plan.from > 0 {
-            messages.drain(..plan.from);
             out.insert(
                 "earlier_messages".into(),
                 json!(format!(
@@ -208,7 +217,7 @@ impl McpServer {
         out.insert("conversation_id".into(), json!(plan.conversation_id));
         out.insert("messages_from".into(), json!(plan.from));
         out.insert("messages_total".into(), json!(plan.total));
-        out
+        (out, plan.from)
     }
 
     fn conversation(&self, args: ConversationArgs) -> Result<Value, String> {

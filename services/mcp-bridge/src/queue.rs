@@ -2,6 +2,7 @@
 //! the sending. Every request is in exactly one place — queued, or leased to one agent — until
 //! it ends, and an ended request leaves a tombstone so that a late reply gets a clear answer.
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::{BridgeFrame, ModelInvoke};
@@ -22,8 +23,9 @@ pub struct Entry {
     pub invoke: ModelInvoke,
     pub owner: Owner,
     pub to_owner: Outbound<BridgeFrame>,
-    /// The payload as JSON (`kind` and its fields), whatever its kind.
-    pub payload: Value,
+    /// The payload as JSON (`kind` and its fields), whatever its kind; shared with every
+    /// hand-out of it, so handing out does not copy the prompt.
+    pub payload: Arc<Value>,
     pub shape: Shape,
     pub enqueued: Instant,
     /// How many times it was handed out.
@@ -87,8 +89,9 @@ pub struct Handout {
     pub id: String,
     pub lease: String,
     pub session_id: Option<String>,
-    /// `kind` and the payload's fields (`messages`, `parameters`, … or `prompt`, `suffix`, …).
-    pub payload: Value,
+    /// `kind` and the payload's fields (`messages`, `parameters`, … or `prompt`, `suffix`, …),
+    /// shared with the queue's entry.
+    pub payload: Arc<Value>,
     pub attempt: u32,
     pub queued_for: Duration,
     pub shape: Shape,
@@ -122,7 +125,7 @@ impl Queue {
         if self.entries.contains_key(&invoke.id) {
             return Err(invoke.id);
         }
-        let payload = serde_json::to_value(&invoke.payload).unwrap_or_default();
+        let payload = Arc::new(serde_json::to_value(&invoke.payload).unwrap_or_default());
         let shape = Shape::of(payload["parameters"].as_object().unwrap_or(&Map::new()));
         let id = invoke.id.clone();
         // A reused id starts afresh.
@@ -175,7 +178,7 @@ impl Queue {
             id,
             lease,
             session_id: entry.invoke.session_id.clone(),
-            payload: entry.payload.clone(),
+            payload: Arc::clone(&entry.payload),
             attempt: entry.attempts,
             queued_for: now.saturating_duration_since(entry.enqueued),
             shape: entry.shape.clone(),
@@ -418,6 +421,11 @@ mod tests {
         assert!(q.leased("b", &b.lease).is_err());
         let again = q.take(now, LEASE).unwrap();
         assert_eq!((again.id.as_str(), again.attempt), ("b", 2));
+        // Both hand-outs share the entry's payload: nothing was copied.
+        let entry = q.get("b").unwrap();
+        assert!(Arc::ptr_eq(&b.payload, &entry.payload));
+        assert!(Arc::ptr_eq(&again.payload, &entry.payload));
+        assert_eq!(again.payload["messages"][0]["content"], "b");
         assert!(q.take_first(now, LEASE, |_| false).is_none());
     }
 

@@ -3,13 +3,16 @@
 //! message is one POST in the session `initialize` opened (ended with a DELETE when stdin closes);
 //! `notifications/cancelled` is passed on, and the cancelled call's POST is dropped.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::header::{ACCEPT, CONTENT_TYPE};
 use provider_shared::config::{LogLevel, Secret};
 use serde_json::{json, Value};
+use sse_stream::SseStream;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -198,20 +201,11 @@ async fn forward(relay: Arc<Relay>, message: Value, id: Option<Value>) {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if sse {
-        let mut events = SseLines::default();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return reply("the connection to mcp-bridge broke mid-answer");
-            };
-            let Ok(data) = events.feed(&chunk) else {
-                return reply(&format!(
-                    "an answer from mcp-bridge is larger than {} MiB; it was not relayed",
-                    MAX_EVENT_BYTES / (1024 * 1024)
-                ));
-            };
-            for data in data {
-                emit(&relay, &data, initialize);
+        let mut events = std::pin::pin!(sse_data(response.bytes_stream()));
+        while let Some(data) = events.next().await {
+            match data {
+                Ok(data) => emit(&relay, &data, initialize),
+                Err(why) => return reply(&why),
             }
         }
         return;
@@ -273,111 +267,144 @@ fn error_reply(id: &Value, code: i64, message: &str) -> String {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
 }
 
-/// The largest event the relay holds (one JSON-RPC message: an answer the agent reads); past it
-/// the call fails with a clear error instead of the buffer growing without end.
+/// The most bytes of an answer's SSE stream the relay holds without a whole event coming out
+/// of them (one JSON-RPC message: an answer the agent reads); past it the call fails with a clear
+/// error instead of the buffer growing without end.
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// The `data` of server-sent events, fed in arbitrary pieces.
-#[derive(Default)]
-struct SseLines {
-    pending: Vec<u8>,
-    data: Vec<String>,
-    /// Bytes of `data` so far.
-    held: usize,
-}
-
-/// An event past [`MAX_EVENT_BYTES`].
-#[derive(Debug, PartialEq)]
-struct EventTooLarge;
-
-impl SseLines {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, EventTooLarge> {
-        self.pending.extend_from_slice(bytes);
-        let events = self.take_events();
-        if self.pending.len() + self.held > MAX_EVENT_BYTES {
-            return Err(EventTooLarge);
+/// The `data` of each server-sent event of `body` (parsed by `sse-stream`, as rmcp's own client
+/// does), skipping events without any. The stream's first `Err` is the error to answer the call
+/// with, and the stream ends there for the caller: the body broke, it was not SSE, or more than
+/// [`MAX_EVENT_BYTES`] came without completing an event.
+fn sse_data<S, E>(body: S) -> impl Stream<Item = Result<String, String>> + Send
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    // Bytes received since the last event: what the parser can be holding.
+    let held = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&held);
+    let body = body.map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if counted.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > MAX_EVENT_BYTES {
+            return Err(std::io::Error::other("an event past the relay's bound"));
         }
-        Ok(events)
-    }
-
-    fn take_events(&mut self) -> Vec<String> {
-        let mut events = Vec::new();
-        while let Some(at) = self.pending.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = self.pending.drain(..=at).collect();
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    events.push(self.data.join("\n"));
-                    self.data.clear();
-                    self.held = 0;
-                }
-            } else if let Some(value) = line.strip_prefix("data:") {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                self.held += value.len() + 1;
-                self.data.push(value.to_owned());
+        Ok(chunk)
+    });
+    SseStream::from_bytes_stream(body).filter_map(move |event| {
+        let data = match event {
+            Ok(event) => {
+                held.store(0, Ordering::Relaxed);
+                event.data.filter(|data| !data.is_empty()).map(Ok)
             }
-        }
-        events
-    }
+            Err(_) if held.load(Ordering::Relaxed) > MAX_EVENT_BYTES => Some(Err(format!(
+                "an answer from mcp-bridge is larger than {} MiB; it was not relayed",
+                MAX_EVENT_BYTES / (1024 * 1024)
+            ))),
+            Err(sse_stream::Error::Body(_)) => {
+                Some(Err("the connection to mcp-bridge broke mid-answer".to_owned()))
+            }
+            Err(err) => Some(Err(format!(
+                "mcp-bridge answered with a stream that is not valid SSE ({err}); it was not relayed"
+            ))),
+        };
+        std::future::ready(data)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_events_across_pieces() {
-        let mut s = SseLines::default();
-        assert!(s
-            .feed(b": keep-alive\n\nid: 1\ndata: {\"a\"")
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            s.feed(b":1}\r\n\r\ndata: x\ndata: y\n\n").unwrap(),
-            vec![r#"{"a":1}"#, "x\ny"]
-        );
-    }
-
     use provider_shared::property::check;
 
-    /// `bytes` fed in pieces cut at `cuts` (positions modulo the length).
-    fn feed_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<String> {
+    /// The data `sse_data` gives for `bytes` cut into pieces at `cuts` (positions modulo the
+    /// length), up to and including its first error.
+    fn events_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<Result<String, String>> {
         let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
         at.extend([0, bytes.len()]);
         at.sort_unstable();
         at.dedup();
-        let mut sse = SseLines::default();
-        at.windows(2)
-            .flat_map(|w| sse.feed(&bytes[w[0]..w[1]]).unwrap())
-            .collect()
+        let pieces: Vec<Result<Bytes, std::io::Error>> = at
+            .windows(2)
+            .map(|w| Ok(Bytes::copy_from_slice(&bytes[w[0]..w[1]])))
+            .collect();
+        collect(futures_util::stream::iter(pieces))
+    }
+
+    fn collect(
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send,
+    ) -> Vec<Result<String, String>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut events = std::pin::pin!(sse_data(body));
+            while let Some(data) = events.next().await {
+                let failed = data.is_err();
+                out.push(data);
+                if failed {
+                    break;
+                }
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn sse_events_across_pieces() {
+        let wire =
+            b": keep-alive\n\nid: 1\ndata: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\nid: 2\ndata:\n\n";
+        for cut in 0..wire.len() {
+            assert_eq!(
+                events_in_pieces(wire, &[cut]),
+                vec![Ok(r#"{"a":1}"#.to_owned()), Ok("x\ny".to_owned())],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_body_or_not_sse_is_a_clear_error() {
+        let broken = vec![
+            Ok(Bytes::from_static(b"data: 1\n\n")),
+            Err(std::io::Error::other("reset")),
+        ];
+        let out = collect(futures_util::stream::iter(broken));
+        assert_eq!(out[0], Ok("1".to_owned()));
+        assert!(
+            out[1].as_ref().unwrap_err().contains("broke mid-answer"),
+            "{out:?}"
+        );
+        let out = events_in_pieces(b"no colon here\n\n", &[]);
+        assert!(
+            out[0].as_ref().unwrap_err().contains("not valid SSE"),
+            "{out:?}"
+        );
     }
 
     #[test]
     fn an_event_past_the_bound_is_refused_not_buffered() {
-        let mut s = SseLines::default();
         let line = vec![b'x'; 1024 * 1024];
-        assert_eq!(s.feed(b"data: ").unwrap(), Vec::<String>::new());
-        let mut refused = None;
-        for i in 0..20 {
-            if s.feed(&line).is_err() {
-                refused = Some(i);
-                break;
-            }
-        }
-        // The 16th MiB, with the field name before it, takes it past the bound.
-        assert_eq!(refused, Some(15), "refused once past 16 MiB");
-        // Many data lines of one event count together.
-        let mut s = SseLines::default();
-        let data_line = [b"data: ".as_slice(), &line, b"\n"].concat();
-        let fed: Vec<bool> = (0..17).map(|_| s.feed(&data_line).is_ok()).collect();
-        assert_eq!(fed.iter().filter(|ok| **ok).count(), 15, "{fed:?}");
+        // One data line that never ends: refused once past 16 MiB, having held no more.
+        let endless = std::iter::once(Bytes::from_static(b"data: "))
+            .chain(std::iter::repeat_with(|| Bytes::from(line.clone())))
+            .take(40)
+            .map(Ok);
+        let out = collect(futures_util::stream::iter(endless));
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].as_ref().unwrap_err().contains("larger than 16 MiB"),
+            "{out:?}"
+        );
         // Events that end in time are never refused, however many.
-        let mut s = SseLines::default();
         let event = [b"data: ".as_slice(), &line, b"\n\n"].concat();
-        for _ in 0..40 {
-            assert_eq!(s.feed(&event).unwrap().len(), 1);
-        }
+        let many = std::iter::repeat_with(|| Ok(Bytes::from(event.clone()))).take(40);
+        let out = collect(futures_util::stream::iter(many));
+        assert_eq!(out.len(), 40);
+        assert!(out
+            .iter()
+            .all(|e| e.as_ref().is_ok_and(|d| d.len() == line.len())));
     }
 
     #[test]
@@ -397,13 +424,16 @@ mod tests {
             prop::collection::vec(any::<usize>(), 0..10),
         );
         check("sse_any_bytes", input, |(bytes, cuts)| {
-            prop_assert_eq!(feed_in_pieces(&bytes, &[]), feed_in_pieces(&bytes, &cuts));
+            prop_assert_eq!(
+                events_in_pieces(&bytes, &[]),
+                events_in_pieces(&bytes, &cuts)
+            );
             Ok(())
         });
     }
 
     #[test]
-    fn sse_events_come_back_as_sent() {
+    fn sse_events_come_back_as_sent_however_cut() {
         use proptest::prelude::*;
         // Each event: data lines (no line breaks inside), maybe comments, `id:` and `event:`
         // fields, CRLF or LF line ends.
@@ -430,9 +460,12 @@ mod tests {
                     wire.push_str(&format!("data: {line}{end}"));
                 }
                 wire.push_str(end);
-                expected.push(data.join("\n"));
+                let data = data.join("\n");
+                if !data.is_empty() {
+                    expected.push(Ok(data));
+                }
             }
-            prop_assert_eq!(feed_in_pieces(wire.as_bytes(), &cuts), expected);
+            prop_assert_eq!(events_in_pieces(wire.as_bytes(), &cuts), expected);
             Ok(())
         });
     }
