@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use provider_shared::bridge::{
-    negotiate, BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION, RESUME_PROTOCOL_VERSION,
+    negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS, PROTOCOL_VERSION,
+    RESUME_PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -72,19 +73,20 @@ pub async fn upgrade(
 }
 
 async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
-    let (agent_id, protocol) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
-        Ok(Ok(agreed)) => agreed,
-        Ok(Err(why)) => {
-            tracing::warn!(%why, "bridge-agent handshake failed");
-            close(&mut socket, 1002, why).await;
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
-            close(&mut socket, 1002, "no hello".into()).await;
-            return;
-        }
-    };
+    let (agent_id, protocol, result_after_chunks) =
+        match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+            Ok(Ok(agreed)) => agreed,
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "bridge-agent handshake failed");
+                close(&mut socket, 1002, why).await;
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
+                close(&mut socket, 1002, "no hello".into()).await;
+                return;
+            }
+        };
     let welcome = BridgeFrame::Welcome {
         protocol,
         bridge_id: Some(app.bridge_id.clone()),
@@ -114,6 +116,7 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
         owner,
         agent_id: agent_id.clone(),
         resumable: protocol >= RESUME_PROTOCOL_VERSION && !broker.config.resume_grace.is_zero(),
+        result_after_chunks,
     };
     let why = run(&app, &mut socket, &peer).await;
     if peer.resumable && !app.closing.is_cancelled() {
@@ -124,9 +127,9 @@ async fn serve(app: Arc<App>, mut socket: WebSocket, addr: SocketAddr) {
     tracing::info!(%agent_id, reason = %why, "bridge-agent disconnected");
 }
 
-/// Waits for `hello`; answers pings meanwhile. Returns the agent id and the protocol version
-/// both sides speak.
-async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
+/// Waits for `hello`; answers pings meanwhile. Returns the agent id, the protocol version both
+/// sides speak, and whether it listed `result_after_chunks`.
+async fn hello(socket: &mut WebSocket) -> Result<(String, u32, bool), String> {
     while let Some(msg) = socket.recv().await {
         let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
             continue;
@@ -136,6 +139,7 @@ async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
                 agent_id,
                 protocol,
                 max_protocol,
+                capabilities,
                 ..
             }) => {
                 let Some(agreed) = negotiate(max_protocol.unwrap_or(protocol).max(protocol)) else {
@@ -143,7 +147,8 @@ async fn hello(socket: &mut WebSocket) -> Result<(String, u32), String> {
                         "bridge protocol {protocol} is not supported (this bridge speaks 1 to {PROTOCOL_VERSION})"
                     ));
                 };
-                return Ok((agent_id, agreed));
+                let lean = capabilities.iter().any(|c| c == CAP_RESULT_AFTER_CHUNKS);
+                return Ok((agent_id, agreed, lean));
             }
             Ok(BridgeFrame::Ping { ts }) => {
                 let pong = BridgeFrame::Pong { ts }.to_text();
@@ -164,6 +169,8 @@ struct Peer {
     agent_id: String,
     /// Protocol 2 with a resume grace: its requests outlive the connection.
     resumable: bool,
+    /// Listed `result_after_chunks` in its `hello`.
+    result_after_chunks: bool,
 }
 
 async fn run(app: &App, socket: &mut WebSocket, peer: &Peer) -> String {
@@ -249,7 +256,8 @@ fn on_text(
             } else {
                 tx.clone()
             };
-            app.broker.invoke(owner, invoke, to_owner);
+            app.broker
+                .invoke(owner, invoke, to_owner, peer.result_after_chunks);
         }
         Ok(BridgeFrame::ModelResume {
             id,
