@@ -302,10 +302,7 @@ impl Delta {
                 calls
                     .iter()
                     .map(|c| {
-                        PER_CALL
-                            + len(&c.id)
-                            + c.name().map_or(0, str::len)
-                            + c.arguments().len()
+                        PER_CALL + len(&c.id) + c.name().map_or(0, str::len) + c.arguments().len()
                     })
                     .sum::<usize>()
             })

@@ -14,7 +14,6 @@ use crate::ratelimit::{RateHeaders, Take};
 use crate::state::{AppState, Shared};
 
 mod account;
-pub mod convert;
 pub mod drive;
 mod outbox;
 
