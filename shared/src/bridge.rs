@@ -17,6 +17,10 @@ pub const RESUME_PROTOCOL_VERSION: u32 = 2;
 /// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): tungstenite's own default frame limit.
 pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 
+/// In `hello`'s `capabilities`: the sender needs no repetition of a streamed answer in its
+/// `model_result` once chunks carried it (see docs/PROTOCOL.md).
+pub const CAP_RESULT_AFTER_CHUNKS: &str = "result_after_chunks";
+
 /// The version two peers speak: the lower of theirs and ours, if we still speak it.
 pub fn negotiate(theirs: u32) -> Option<u32> {
     let agreed = theirs.min(PROTOCOL_VERSION);
@@ -192,38 +196,70 @@ pub struct Delta {
     /// OpenAI-shaped tool-call deltas: `index`, and `id`/`type`/`function.name` in a call's first
     /// delta, `function.arguments` fragments after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<Value>>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// One tool call's piece in a [`Delta`], or a whole call in a result's message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which call this piece belongs to; absent, its position in the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Always `function`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDelta>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A fragment of the arguments' JSON text. Some agents send the arguments as a JSON object
+    /// (or another JSON value); OpenAI clients need a string, so any value other than a string
+    /// or null is decoded as its JSON text.
+    #[serde(
+        default,
+        deserialize_with = "arguments_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub arguments: Option<String>,
+}
+
+fn arguments_text<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Null => None,
+        Value::String(text) => Some(text),
+        other => Some(other.to_string()),
+    })
+}
+
+impl ToolCallDelta {
+    /// The arguments fragment, empty when none came.
+    pub fn arguments(&self) -> &str {
+        self.function
+            .as_ref()
+            .and_then(|f| f.arguments.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The function's name, when this piece carries it.
+    pub fn name(&self) -> Option<&str> {
+        self.function.as_ref().and_then(|f| f.name.as_deref())
+    }
 }
 
 impl StreamChunk {
     /// Roughly what this chunk costs to hold: its text plus a fixed allowance for the rest, so
     /// that many tiny chunks count for what they really take.
     pub fn approx_bytes(&self) -> usize {
-        const OVERHEAD: usize = 256;
-        let d = &self.delta;
-        OVERHEAD
-            + d.content.as_deref().map_or(0, str::len)
-            + d.reasoning_content.as_deref().map_or(0, str::len)
-            + d.tool_calls
-                .as_ref()
-                .map_or(0, |calls| calls.iter().map(json_len).sum::<usize>())
-    }
-}
-
-/// About the encoded length of `value`, counted without encoding it (each hop counts every
-/// chunk twice; encoding is left to the one write per hop). Numbers count 8 bytes each.
-fn json_len(value: &Value) -> usize {
-    match value {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 8,
-        Value::String(text) => text.len() + 2,
-        Value::Array(items) => 2 + items.iter().map(|v| json_len(v) + 1).sum::<usize>(),
-        Value::Object(fields) => {
-            2 + fields
-                .iter()
-                .map(|(k, v)| k.len() + 4 + json_len(v))
-                .sum::<usize>()
-        }
+        self.delta.approx_bytes()
     }
 }
 
@@ -233,6 +269,24 @@ impl Delta {
             && self.content.as_deref().is_none_or(str::is_empty)
             && self.reasoning_content.as_deref().is_none_or(str::is_empty)
             && self.tool_calls.as_ref().is_none_or(Vec::is_empty)
+    }
+
+    /// Roughly what this delta costs to hold: its text plus a fixed allowance per piece.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        const PER_CALL: usize = 64;
+        let len = |s: &Option<String>| s.as_deref().map_or(0, str::len);
+        OVERHEAD
+            + len(&self.content)
+            + len(&self.reasoning_content)
+            + self.tool_calls.as_ref().map_or(0, |calls| {
+                calls
+                    .iter()
+                    .map(|c| {
+                        PER_CALL + len(&c.id) + c.name().map_or(0, str::len) + c.arguments().len()
+                    })
+                    .sum::<usize>()
+            })
     }
 }
 
@@ -267,7 +321,9 @@ pub struct ResultBody {
 pub struct ResultChoice {
     #[serde(default)]
     pub index: u32,
-    /// `role`, `content`, and optionally `reasoning_content` and `tool_calls`.
+    /// `role`, `content`, and optionally `reasoning_content` and `tool_calls`. When the request
+    /// was streamed, its chunks carried output and the receiver listed
+    /// [`CAP_RESULT_AFTER_CHUNKS`], only `role`: the text is not repeated.
     pub message: Value,
     #[serde(default)]
     pub finish_reason: Option<String>,
@@ -479,20 +535,16 @@ mod tests {
 
     #[test]
     fn a_chunk_counts_its_tool_calls_about_as_long_as_they_encode() {
-        let call = json!({"index": 0, "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
-        let encoded = call.to_string().len();
-        let counted = json_len(&call);
-        assert!(
-            counted * 10 >= encoded * 9 && counted * 10 <= encoded * 11,
-            "{counted} for {encoded} bytes"
-        );
-        let with = chunk().approx_bytes();
+        let with = chunk();
+        let encoded = serde_json::to_string(&with.delta.tool_calls.as_ref().unwrap()[0])
+            .unwrap()
+            .len();
         let mut without = chunk();
         without.delta.tool_calls = None;
-        assert_eq!(
-            with - without.approx_bytes(),
-            json_len(&chunk().delta.tool_calls.unwrap()[0])
+        let counted = with.approx_bytes() - without.approx_bytes();
+        assert!(
+            counted * 2 >= encoded && counted <= encoded * 2,
+            "{counted} for {encoded} bytes"
         );
     }
 

@@ -2,6 +2,7 @@
 //! `LOCAL_PROVIDER_*` variables, digests, and telemetry set-up.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod audit;
 pub mod backoff;
 pub mod bridge;

@@ -126,7 +126,16 @@ async fn hello_and_bearer_token_reach_the_peer() {
         .iter()
         .filter_map(|c| c.as_str())
         .collect();
-    assert_eq!(caps, ["stream", "cancel", "tools", "reasoning"]);
+    assert_eq!(
+        caps,
+        [
+            "stream",
+            "cancel",
+            "tools",
+            "reasoning",
+            "result_after_chunks"
+        ]
+    );
     assert_eq!(
         peer.authorization_headers(),
         [Some("Bearer bridge-secret".to_owned())]

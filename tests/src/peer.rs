@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{
-    BridgeFrame, Delta, ModelInvoke, ModelResult, Outcome, Payload, ResultBody, ResultChoice,
-    StreamChunk, Usage,
+    BridgeFrame, Delta, FunctionDelta, ModelInvoke, ModelResult, Outcome, Payload, ResultBody,
+    ResultChoice, StreamChunk, ToolCallDelta, Usage,
 };
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -909,17 +909,27 @@ fn answer(d: &Directives) -> (Vec<Delta>, &'static str, Value) {
     }
     let (finish, mut message) = if d.tool {
         deltas.push(Delta {
-            tool_calls: Some(vec![json!({
-                "index": 0, "id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": ""}
-            })]),
+            tool_calls: Some(vec![ToolCallDelta {
+                index: Some(0),
+                id: Some("call_1".into()),
+                kind: Some("function".into()),
+                function: Some(FunctionDelta {
+                    name: Some("get_weather".into()),
+                    arguments: Some(String::new()),
+                }),
+            }]),
             ..Delta::default()
         });
         for fragment in ["{\"city\":", "\"Paris\"}"] {
             deltas.push(Delta {
-                tool_calls: Some(vec![
-                    json!({"index": 0, "function": {"arguments": fragment}}),
-                ]),
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: Some(0),
+                    function: Some(FunctionDelta {
+                        name: None,
+                        arguments: Some(fragment.into()),
+                    }),
+                    ..ToolCallDelta::default()
+                }]),
                 ..Delta::default()
             });
         }
@@ -984,7 +994,7 @@ mod tests {
         let args: String = deltas
             .iter()
             .filter_map(|d| d.tool_calls.as_ref())
-            .filter_map(|c| c[0]["function"]["arguments"].as_str())
+            .map(|c| c[0].arguments())
             .collect();
         assert_eq!(args, "{\"city\":\"Paris\"}");
         assert_eq!(message["content"], Value::Null);

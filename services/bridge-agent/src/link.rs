@@ -8,7 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, AUTHORIZATION};
 use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{
-    codes, negotiate, BridgeFrame, FrameError, ModelResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    codes, negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use provider_shared::ipc::LinkState;
 use provider_shared::routes::Undeliverable;
@@ -25,7 +26,15 @@ use crate::{CurrentWebSocket, Error, Hub};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const CAPABILITIES: &[&str] = &["stream", "cancel", "tools", "reasoning"];
+/// `result_after_chunks`: the gateway takes a streamed answer from its chunks and reads the
+/// result's message only when no chunk carried output, so the bridge need not repeat the text.
+const CAPABILITIES: &[&str] = &[
+    "stream",
+    "cancel",
+    "tools",
+    "reasoning",
+    CAP_RESULT_AFTER_CHUNKS,
+];
 /// Frames waiting to go out on the WebSocket; request tasks wait when it is full.
 const OUTBOUND_QUEUE: usize = 256;
 

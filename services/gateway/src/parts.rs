@@ -2,7 +2,9 @@
 //! open and close one block at a time (the Responses API's output items, Anthropic's content
 //! blocks). Fed the OpenAI-shaped deltas of [`crate::generate::Piece::Delta`], it says when a
 //! part opens, grows and closes; a part of another kind closes the one before it.
-use serde_json::Value;
+use std::ops::Range;
+
+use provider_shared::bridge::Delta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -22,11 +24,12 @@ pub struct Part {
     pub name: String,
 }
 
-/// What changed, by position in [`Parts::list`].
+/// What changed, by position in [`Parts::list`]. An append names the bytes of the part's text
+/// it added, so the text is not copied again to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Open(usize),
-    Append(usize, String),
+    Append(usize, Range<usize>),
     Close(usize),
 }
 
@@ -38,61 +41,51 @@ pub struct Parts {
 
 impl Parts {
     /// Records one delta (`reasoning_content`, `content`, `tool_calls`, in that order).
-    pub fn absorb(&mut self, delta: &Value) -> Vec<Step> {
+    pub fn absorb(&mut self, delta: &Delta) -> Vec<Step> {
         let mut steps = Vec::new();
-        if let Some(text) = delta.get("reasoning_content").and_then(Value::as_str) {
+        if let Some(text) = &delta.reasoning_content {
             self.grow(Kind::Thinking, text, &mut steps);
         }
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
+        if let Some(text) = &delta.content {
             self.grow(Kind::Text, text, &mut steps);
         }
-        for (pos, call) in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let index = call
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(pos as u64);
-            let arguments = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+        for (pos, call) in delta.tool_calls.iter().flatten().enumerate() {
+            let index = call.index.unwrap_or(pos as u64);
+            let arguments = call.arguments();
             let known = self.list.iter().position(|p| p.kind == Kind::Call(index));
             match known {
-                Some(at) if self.open == Some(at) => {
-                    if !arguments.is_empty() {
-                        self.list[at].text.push_str(arguments);
-                        steps.push(Step::Append(at, arguments.to_owned()));
-                    }
-                }
+                Some(at) if self.open == Some(at) => self.append(at, arguments, &mut steps),
                 // A late fragment of a call already closed: kept for the whole answer, but its
                 // block cannot be reopened in the stream.
                 Some(at) => self.list[at].text.push_str(arguments),
                 None => {
                     let at = self.open_part(Kind::Call(index), &mut steps);
                     let part = &mut self.list[at];
-                    part.call_id = call
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("call_{index}"));
-                    part.name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    if !arguments.is_empty() {
-                        part.text.push_str(arguments);
-                        steps.push(Step::Append(at, arguments.to_owned()));
-                    }
+                    part.call_id = call.id.clone().unwrap_or_else(|| format!("call_{index}"));
+                    part.name = call.name().unwrap_or_default().to_owned();
+                    self.append(at, arguments, &mut steps);
                 }
             }
         }
         steps
+    }
+
+    /// The text an [`Step::Append`] added.
+    pub fn appended(&self, at: usize, range: &Range<usize>) -> &str {
+        self.list
+            .get(at)
+            .and_then(|p| p.text.get(range.clone()))
+            .unwrap_or_default()
+    }
+
+    fn append(&mut self, at: usize, text: &str, steps: &mut Vec<Step>) {
+        if text.is_empty() {
+            return;
+        }
+        let part = &mut self.list[at];
+        let start = part.text.len();
+        part.text.push_str(text);
+        steps.push(Step::Append(at, start..part.text.len()));
     }
 
     /// Closes the open part, if any: the answer is complete.
@@ -108,8 +101,7 @@ impl Parts {
             Some(at) if self.list[at].kind == kind => at,
             _ => self.open_part(kind, steps),
         };
-        self.list[at].text.push_str(text);
-        steps.push(Step::Append(at, text.to_owned()));
+        self.append(at, text, steps);
     }
 
     fn open_part(&mut self, kind: Kind, steps: &mut Vec<Step>) -> usize {
@@ -129,38 +121,40 @@ impl Parts {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn delta(v: Value) -> Delta {
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn parts_open_and_close_in_order() {
         let mut p = Parts::default();
-        let steps = p.absorb(&json!({"reasoning_content": "hm", "content": "Hi"}));
+        let steps = p.absorb(&delta(json!({"reasoning_content": "hm", "content": "Hi"})));
         assert_eq!(
             steps,
             vec![
                 Step::Open(0),
-                Step::Append(0, "hm".into()),
+                Step::Append(0, 0..2),
                 Step::Close(0),
                 Step::Open(1),
-                Step::Append(1, "Hi".into()),
+                Step::Append(1, 0..2),
             ]
         );
-        assert_eq!(
-            p.absorb(&json!({"content": " there"})),
-            vec![Step::Append(1, " there".into())]
-        );
-        let steps = p.absorb(&json!({"tool_calls": [{"index": 0, "id": "c1",
-            "function": {"name": "f", "arguments": "{\"a\""}}]}));
+        let steps = p.absorb(&delta(json!({"content": " there"})));
+        assert_eq!(steps, vec![Step::Append(1, 2..8)]);
+        assert_eq!(p.appended(1, &(2..8)), " there");
+        let steps = p.absorb(&delta(json!({"tool_calls": [{"index": 0, "id": "c1",
+            "function": {"name": "f", "arguments": "{\"a\""}}]})));
         assert_eq!(
             steps,
-            vec![
-                Step::Close(1),
-                Step::Open(2),
-                Step::Append(2, "{\"a\"".into())
-            ]
+            vec![Step::Close(1), Step::Open(2), Step::Append(2, 0..4)]
         );
-        p.absorb(&json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}));
+        p.absorb(&delta(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+        ));
         assert_eq!(p.close(), vec![Step::Close(2)]);
         assert!(p.close().is_empty());
         assert_eq!(p.list[1].text, "Hi there");
@@ -177,10 +171,10 @@ mod tests {
     #[test]
     fn a_second_call_is_a_new_part_and_empty_text_opens_nothing() {
         let mut p = Parts::default();
-        assert!(p.absorb(&json!({"content": ""})).is_empty());
-        p.absorb(&json!({"tool_calls": [
+        assert!(p.absorb(&delta(json!({"content": ""}))).is_empty());
+        p.absorb(&delta(json!({"tool_calls": [
             {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}},
-            {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}));
+            {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]})));
         assert_eq!(p.list.len(), 2);
         assert_eq!(p.list[1].kind, Kind::Call(1));
     }

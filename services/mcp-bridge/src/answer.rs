@@ -1,7 +1,9 @@
 //! One request's answer as the agent builds it through `submit_response`: each part becomes a
 //! `model_stream_chunk` (streamed requests) and the last one also the single `model_result`.
+use provider_shared::answer::AnswerAccumulator;
 use provider_shared::bridge::{
-    BridgeFrame, Delta, ModelResult, Outcome, ResultBody, ResultChoice, StreamChunk, Usage,
+    BridgeFrame, Delta, FunctionDelta, ModelResult, Outcome, ResultBody, ResultChoice, StreamChunk,
+    ToolCallDelta, Usage,
 };
 use rand::Rng;
 use schemars::JsonSchema;
@@ -86,6 +88,9 @@ pub struct UsageArg {
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub stream: bool,
+    /// The bridge-agent that sent the request listed `result_after_chunks`: once chunks carried
+    /// the answer, its `model_result` leaves the text out.
+    pub result_after_chunks: bool,
     /// The function names of `tools`; `None` when the request carries no tools (or
     /// `tool_choice` is `none`), so native tool calls are refused.
     pub tools: Option<Vec<String>>,
@@ -107,18 +112,17 @@ impl Shape {
         let none = parameters.get("tool_choice").and_then(Value::as_str) == Some("none");
         Shape {
             stream,
+            result_after_chunks: false,
             tools: (!names.is_empty() && !none).then_some(names),
         }
     }
 }
 
-/// The answer so far.
+/// The agent's answer to one request so far, part by part.
 #[derive(Debug, Default)]
-pub struct Answer {
+pub struct Submission {
     chunk_index: u64,
-    content: String,
-    reasoning: String,
-    tool_calls: Vec<Value>,
+    answer: AnswerAccumulator,
 }
 
 /// What one part produced: frames for bridge-agent, and whether the answer is complete.
@@ -128,7 +132,7 @@ pub struct Step {
     pub done: bool,
 }
 
-impl Answer {
+impl Submission {
     /// True once a chunk went out: the client has seen part of this answer, so it cannot be
     /// handed to another agent any more.
     pub fn started(&self) -> bool {
@@ -146,7 +150,7 @@ impl Answer {
         if !done && !has_output {
             return Err("nothing to send: give content, reasoning or tool_calls (or done: true to end the answer)".into());
         }
-        let any_calls = !self.tool_calls.is_empty() || !calls.is_empty();
+        let any_calls = !self.answer.tool_calls.is_empty() || !calls.is_empty();
         let finish = match part.finish_reason {
             Some(_) if !done => {
                 return Err("finish_reason goes with the last part (done: true)".into())
@@ -161,45 +165,42 @@ impl Answer {
         if done
             && !any_calls
             && content.is_none()
-            && self.content.is_empty()
+            && self.answer.content.is_empty()
             && finish != FinishReason::Length
         {
             return Err("the answer is empty: give content or tool_calls (or fail_request to refuse the request)".into());
         }
 
+        // Each call is new: its index follows the calls before it.
+        let first_index = self.answer.tool_calls.len() as u64;
+        let calls: Vec<ToolCallDelta> = calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, call)| ToolCallDelta {
+                index: Some(first_index + i as u64),
+                ..call
+            })
+            .collect();
+        let delta = self.answer.absorb(Delta {
+            role: None,
+            content,
+            reasoning_content: reasoning,
+            tool_calls: (!calls.is_empty()).then_some(calls),
+        });
         let mut frames = Vec::new();
-        if shape.stream && has_output {
-            let first_index = self.tool_calls.len();
-            let deltas: Vec<Value> = calls
-                .iter()
-                .enumerate()
-                .map(|(i, call)| {
-                    let mut delta = call.clone();
-                    delta["index"] = json!(first_index + i);
-                    delta
-                })
-                .collect();
-            frames.push(self.chunk(
-                id,
-                Delta {
-                    role: None,
-                    content: content.clone(),
-                    reasoning_content: reasoning.clone(),
-                    tool_calls: (!deltas.is_empty()).then_some(deltas),
-                },
-                done.then(|| finish.as_str().to_owned()),
-            ));
-        } else if shape.stream && done {
-            frames.push(self.chunk(id, Delta::default(), Some(finish.as_str().to_owned())));
+        let finish_text = done.then(|| finish.as_str().to_owned());
+        match delta {
+            Some(delta) if shape.stream => frames.push(self.chunk(id, delta, finish_text)),
+            None if shape.stream && done => {
+                frames.push(self.chunk(id, Delta::default(), finish_text))
+            }
+            _ => {}
         }
-        self.content
-            .push_str(content.as_deref().unwrap_or_default());
-        self.reasoning
-            .push_str(reasoning.as_deref().unwrap_or_default());
-        self.tool_calls.extend(calls);
         if done {
+            // Chunks carried the answer already, and the receiver asked not to get it twice.
+            let lean = shape.stream && shape.result_after_chunks && !self.answer.is_empty();
             frames.push(BridgeFrame::ModelResult(
-                self.result(id, finish, part.usage),
+                self.result(id, finish, part.usage, lean),
             ));
         }
         Ok(Step { frames, done })
@@ -216,17 +217,18 @@ impl Answer {
         BridgeFrame::ModelStreamChunk(chunk)
     }
 
-    fn result(&self, id: &str, finish: FinishReason, usage: Option<UsageArg>) -> ModelResult {
-        let mut message = json!({"role": "assistant", "content": self.content});
-        if self.content.is_empty() && !self.tool_calls.is_empty() {
-            message["content"] = Value::Null;
-        }
-        if !self.reasoning.is_empty() {
-            message["reasoning_content"] = json!(self.reasoning);
-        }
-        if !self.tool_calls.is_empty() {
-            message["tool_calls"] = json!(self.tool_calls);
-        }
+    fn result(
+        &self,
+        id: &str,
+        finish: FinishReason,
+        usage: Option<UsageArg>,
+        lean: bool,
+    ) -> ModelResult {
+        let message = if lean {
+            json!({"role": "assistant"})
+        } else {
+            Value::Object(self.answer.message())
+        };
         ModelResult {
             id: id.to_owned(),
             outcome: Outcome::Ok {
@@ -248,8 +250,13 @@ impl Answer {
         }
     }
 
-    /// Tool calls in the full OpenAI message shape, or why they cannot be sent.
-    fn check_calls(&self, shape: &Shape, calls: Vec<ToolCall>) -> Result<Vec<Value>, String> {
+    /// Tool calls in the full OpenAI shape (their index still to be given), or why they cannot
+    /// be sent.
+    fn check_calls(
+        &self,
+        shape: &Shape,
+        calls: Vec<ToolCall>,
+    ) -> Result<Vec<ToolCallDelta>, String> {
         if calls.is_empty() {
             return Ok(vec![]);
         }
@@ -288,8 +295,15 @@ impl Answer {
                 .id
                 .filter(|id| !id.trim().is_empty())
                 .unwrap_or_else(new_call_id);
-            out.push(json!({"id": id, "type": "function",
-                            "function": {"name": name, "arguments": arguments}}));
+            out.push(ToolCallDelta {
+                index: None,
+                id: Some(id),
+                kind: Some("function".to_owned()),
+                function: Some(FunctionDelta {
+                    name: Some(name),
+                    arguments: Some(arguments),
+                }),
+            });
         }
         Ok(out)
     }
@@ -329,7 +343,7 @@ mod tests {
 
     #[test]
     fn streamed_parts_become_chunks_then_one_result() {
-        let mut a = Answer::default();
+        let mut a = Submission::default();
         let s = shape(true, true);
         let step = a
             .apply("r1", &s, part(json!({"reasoning": "hm", "done": false})))
@@ -360,7 +374,7 @@ mod tests {
 
     #[test]
     fn not_streamed_gets_only_the_result() {
-        let mut a = Answer::default();
+        let mut a = Submission::default();
         let s = shape(false, false);
         let step = a
             .apply("r", &s, part(json!({"content": "a", "done": false})))
@@ -384,7 +398,7 @@ mod tests {
 
     #[test]
     fn refusals_are_clear_and_change_nothing() {
-        let mut a = Answer::default();
+        let mut a = Submission::default();
         let call = json!([{"function": {"name": "get_weather", "arguments": "{}"}}]);
         let err = a
             .apply("r", &shape(true, false), part(json!({"tool_calls": call})))
@@ -419,6 +433,53 @@ mod tests {
         assert_eq!(
             v[1]["result"]["choices"][0]["message"]["content"],
             Value::Null
+        );
+    }
+
+    #[test]
+    fn a_streamed_result_leaves_the_text_out_only_when_asked() {
+        let mut lean = shape(true, true);
+        lean.result_after_chunks = true;
+        let mut a = Submission::default();
+        a.apply("r", &lean, part(json!({"reasoning": "hm", "done": false})))
+            .unwrap();
+        let step = a
+            .apply(
+                "r",
+                &lean,
+                part(
+                    json!({"content": "Hi", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
+                ),
+            )
+            .unwrap();
+        let v = to_json(&step.frames);
+        assert_eq!(v[0]["delta"]["content"], "Hi");
+        let result = &v[1]["result"];
+        assert_eq!(
+            result["choices"][0]["message"],
+            json!({"role": "assistant"})
+        );
+        assert_eq!(result["choices"][0]["finish_reason"], "stop");
+        assert_eq!(result["usage"]["total_tokens"], 5);
+        // A peer that did not ask gets the whole text again.
+        let mut a = Submission::default();
+        let step = a
+            .apply("r", &shape(true, true), part(json!({"content": "Hi"})))
+            .unwrap();
+        assert_eq!(
+            to_json(&step.frames)[1]["result"]["choices"][0]["message"]["content"],
+            "Hi"
+        );
+        // Not streamed: the result is the only carrier of the text, asked or not.
+        let mut whole = shape(false, false);
+        whole.result_after_chunks = true;
+        let mut a = Submission::default();
+        let step = a
+            .apply("r", &whole, part(json!({"content": "Hi"})))
+            .unwrap();
+        assert_eq!(
+            to_json(&step.frames)[0]["result"]["choices"][0]["message"]["content"],
+            "Hi"
         );
     }
 

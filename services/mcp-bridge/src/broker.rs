@@ -194,10 +194,21 @@ impl Broker {
     }
 
     /// A `model_invoke` from `owner`; a duplicate live id is answered with an error at once.
-    pub fn invoke(&self, owner: Owner, invoke: ModelInvoke, to_owner: Outbound<BridgeFrame>) {
-        let pushed = self
-            .queue()
-            .push(invoke, owner, to_owner.clone(), Instant::now());
+    /// `result_after_chunks`: `owner` listed that capability in its `hello`.
+    pub fn invoke(
+        &self,
+        owner: Owner,
+        invoke: ModelInvoke,
+        to_owner: Outbound<BridgeFrame>,
+        result_after_chunks: bool,
+    ) {
+        let pushed = self.queue().push(
+            invoke,
+            owner,
+            to_owner.clone(),
+            Instant::now(),
+            result_after_chunks,
+        );
         match pushed {
             Ok(()) => {
                 self.gauges();

@@ -10,7 +10,7 @@ use provider_shared::ws_peer::Outbound;
 use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::answer::{Answer, Shape};
+use crate::answer::{Shape, Submission};
 
 /// Which bridge-agent connection sent a request; its answer goes back there.
 pub type Owner = u64;
@@ -33,7 +33,7 @@ pub struct Entry {
     /// When it was first handed out (for "time waiting for the agent").
     pub first_handed: Option<Instant>,
     pub lease: Option<Lease>,
-    pub answer: Answer,
+    pub answer: Submission,
 }
 
 #[derive(Debug)]
@@ -114,19 +114,21 @@ pub struct Queue {
 
 impl Queue {
     /// Adds a request at the back; refused (giving back its id) when a request with this id is
-    /// live.
+    /// live. `result_after_chunks`: its sender listed that capability.
     pub fn push(
         &mut self,
         invoke: ModelInvoke,
         owner: Owner,
         to_owner: Outbound<BridgeFrame>,
         now: Instant,
+        result_after_chunks: bool,
     ) -> Result<(), String> {
         if self.entries.contains_key(&invoke.id) {
             return Err(invoke.id);
         }
         let payload = Arc::new(serde_json::to_value(&invoke.payload).unwrap_or_default());
-        let shape = Shape::of(payload["parameters"].as_object().unwrap_or(&Map::new()));
+        let mut shape = Shape::of(payload["parameters"].as_object().unwrap_or(&Map::new()));
+        shape.result_after_chunks = result_after_chunks;
         let id = invoke.id.clone();
         // A reused id starts afresh.
         self.ended.remove(&id);
@@ -142,7 +144,7 @@ impl Queue {
                 attempts: 0,
                 first_handed: None,
                 lease: None,
-                answer: Answer::default(),
+                answer: Submission::default(),
             },
         );
         self.order.push_back(id);
@@ -215,7 +217,7 @@ impl Queue {
         match self.entries.get_mut(id) {
             Some(e) if e.lease.as_ref().is_some_and(|l| l.id == lease) && !e.answer.started() => {
                 e.lease = None;
-                e.answer = Answer::default();
+                e.answer = Submission::default();
                 self.order.push_front(id.to_owned());
                 true
             }
@@ -313,7 +315,7 @@ impl Queue {
             } else if let Some(entry) = self.entries.get_mut(&id) {
                 entry.lease = None;
                 // Parts kept for a non-streamed answer are dropped with the lease.
-                entry.answer = Answer::default();
+                entry.answer = Submission::default();
                 self.order.push_front(id.clone());
                 out.push(Expired {
                     id,
@@ -385,7 +387,7 @@ mod tests {
         let (tx, _rx) = provider_shared::ws_peer::queue(8);
         let mut q = Queue::default();
         for id in ids {
-            q.push(invoke(id), owner, tx.clone(), Instant::now())
+            q.push(invoke(id), owner, tx.clone(), Instant::now(), false)
                 .unwrap_or_else(|_| panic!("push"));
         }
         q
@@ -395,7 +397,7 @@ mod tests {
     fn fifo_with_leases_and_duplicate_ids_refused() {
         let mut q = queue_of(&["a", "b"], 1);
         let (tx, _rx) = provider_shared::ws_peer::queue(8);
-        assert!(q.push(invoke("a"), 2, tx, Instant::now()).is_err());
+        assert!(q.push(invoke("a"), 2, tx, Instant::now(), false).is_err());
         let now = Instant::now();
         let a = q.take(now, LEASE).unwrap();
         assert_eq!((a.id.as_str(), a.attempt), ("a", 1));
@@ -479,7 +481,7 @@ mod tests {
     fn cancel_and_owner_drop_withdraw_with_reasons() {
         let mut q = queue_of(&["a", "b"], 1);
         let (tx, _rx) = provider_shared::ws_peer::queue(8);
-        q.push(invoke("c"), 2, tx, Instant::now())
+        q.push(invoke("c"), 2, tx, Instant::now(), false)
             .unwrap_or_else(|_| panic!());
         let h = q.take(Instant::now(), LEASE).unwrap();
         assert!(q.cancel(2, "a").is_none(), "only the owner cancels");

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::{Sink, Stream, StreamExt};
 use provider_shared::bridge::{
-    negotiate, BridgeFrame, FrameError, ModelResult, PROTOCOL_VERSION, RESUME_PROTOCOL_VERSION,
+    negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS, PROTOCOL_VERSION,
+    RESUME_PROTOCOL_VERSION,
 };
 use provider_shared::ws_peer::{self, CloseCode, CloseFrame, Message, Outbound};
 use serde_json::{json, Value};
@@ -81,7 +82,7 @@ pub async fn upgrade(
 
 async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
     let mut socket = Socket(socket);
-    let (agent_id, protocol) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+    let (agent_id, protocol, result_after_chunks) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
         Ok(Ok(agreed)) => agreed,
         Ok(Err(why)) => {
             tracing::warn!(%why, "bridge-agent handshake failed");
@@ -123,6 +124,7 @@ async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
         owner,
         agent_id: agent_id.clone(),
         resumable: protocol >= RESUME_PROTOCOL_VERSION && !broker.config.resume_grace.is_zero(),
+        result_after_chunks,
     };
     let why = run(&app, &mut socket, &peer).await;
     if peer.resumable && !app.closing.is_cancelled() {
@@ -133,9 +135,9 @@ async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
     tracing::info!(%agent_id, reason = %why, "bridge-agent disconnected");
 }
 
-/// Waits for `hello`; answers pings meanwhile. Returns the agent id and the protocol version
-/// both sides speak.
-async fn hello(socket: &mut Socket) -> Result<(String, u32), String> {
+/// Waits for `hello`; answers pings meanwhile. Returns the agent id, the protocol version both
+/// sides speak, and whether it listed `result_after_chunks`.
+async fn hello(socket: &mut Socket) -> Result<(String, u32, bool), String> {
     while let Some(msg) = socket.next().await {
         let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
             continue;
@@ -145,6 +147,7 @@ async fn hello(socket: &mut Socket) -> Result<(String, u32), String> {
                 agent_id,
                 protocol,
                 max_protocol,
+                capabilities,
                 ..
             }) => {
                 let Some(agreed) = negotiate(max_protocol.unwrap_or(protocol).max(protocol)) else {
@@ -152,7 +155,8 @@ async fn hello(socket: &mut Socket) -> Result<(String, u32), String> {
                         "bridge protocol {protocol} is not supported (this bridge speaks 1 to {PROTOCOL_VERSION})"
                     ));
                 };
-                return Ok((agent_id, agreed));
+                let lean = capabilities.iter().any(|c| c == CAP_RESULT_AFTER_CHUNKS);
+                return Ok((agent_id, agreed, lean));
             }
             Ok(BridgeFrame::Ping { ts }) => {
                 let pong = Message::text(BridgeFrame::Pong { ts }.to_text());
@@ -172,6 +176,8 @@ struct Peer {
     agent_id: String,
     /// Protocol 2 with a resume grace: its requests outlive the connection.
     resumable: bool,
+    /// Listed `result_after_chunks` in its `hello`.
+    result_after_chunks: bool,
 }
 
 async fn run(app: &App, socket: &mut Socket, peer: &Peer) -> String {
@@ -263,7 +269,8 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
             } else {
                 tx.clone()
             };
-            app.broker.invoke(owner, invoke, to_owner);
+            app.broker
+                .invoke(owner, invoke, to_owner, peer.result_after_chunks);
         }
         Ok(BridgeFrame::ModelResume {
             id,

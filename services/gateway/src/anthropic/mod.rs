@@ -2,7 +2,6 @@
 //! `x-api-key` or bearer, limits, sessions, audit, cancellation), reaching the agent as a `chat`
 //! payload ([`convert`]); and `POST /v1/messages/count_tokens` with the gateway's counter. Errors
 //! in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, also in a stream.
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -117,7 +116,7 @@ pub async fn messages(
     }
     let events = async_stream::stream! {
         let mut render = Render::new(shell);
-        yield Ok::<_, Infallible>(render.start());
+        yield render.start();
         while let Some(piece) = pieces.next().await {
             let events = match piece {
                 Piece::Delta(delta) => render.delta(&delta),
@@ -127,7 +126,7 @@ pub async fn messages(
                 Piece::Failed(err) => render.failed(&err),
             };
             for event in events {
-                yield Ok(event);
+                yield event;
             }
         }
     };
@@ -198,8 +197,11 @@ mod tests {
         assert_eq!(stop_reason("length"), "max_tokens");
         assert_eq!(stop_reason("tool_calls"), "tool_use");
         let mut parts = Parts::default();
-        parts.absorb(&json!({"reasoning_content": "hm", "tool_calls": [
-            {"index": 0, "id": "toolu_1", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}));
+        parts.absorb(
+            &serde_json::from_value(json!({"reasoning_content": "hm", "tool_calls": [
+            {"index": 0, "id": "toolu_1", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}))
+            .unwrap(),
+        );
         let blocks: Vec<Value> = parts.list.iter().map(events::block).collect();
         assert_eq!(
             blocks[0],

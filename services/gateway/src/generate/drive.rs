@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use provider_shared::bridge::{codes, Outcome, Usage};
-use serde_json::Value;
+use provider_shared::answer::AnswerAccumulator;
+use provider_shared::bridge::{codes, Delta, Outcome, Usage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::account::Accounting;
 use super::agent_error;
-use super::convert::Answer;
 use super::outbox::Outbox;
 use crate::agent_client::{Call, CallEvent};
 use crate::error::Error;
@@ -23,11 +22,12 @@ use crate::state::{AppState, Shared};
 use crate::tokens;
 
 pub enum Piece {
-    /// An OpenAI-shaped delta: `content`, `reasoning_content` and/or `tool_calls`.
-    Delta(Value),
+    /// A delta shaped for OpenAI clients ([`AnswerAccumulator::absorb`]): `content`,
+    /// `reasoning_content` and/or `tool_calls`.
+    Delta(Delta),
     /// The answer is complete.
     Done {
-        answer: Box<Answer>,
+        answer: Box<AnswerAccumulator>,
         finish_reason: String,
         usage: Usage,
         /// The gateway's own time for the whole request.
@@ -120,8 +120,10 @@ async fn run(
     outbox: Arc<Outbox<Piece>>,
     reader_gone: CancellationToken,
 ) {
-    let mut answer = Answer::default();
-    let mut streamed = false;
+    // The whole answer is kept, streamed or not: the completion tokens are counted from its
+    // text at the end unless the agent's result reports usage, which only the result tells
+    // (docs/ARCHITECTURE.md, "Where state lives").
+    let mut answer = AnswerAccumulator::default();
     let limit = backstop(&state);
     let started = tokio::time::Instant::now();
     let deadline = started + limit;
@@ -144,14 +146,14 @@ async fn run(
                 }
                 last_chunk = Some(c.chunk_index);
                 account.mark_first_chunk();
-                let delta = answer.absorb(&c.delta);
+                let bytes = c.approx_bytes();
+                let delta = answer.absorb(c.delta);
                 account.busy += busy_since.elapsed();
                 if c.finish_reason.is_some() {
-                    answer.finish_reason = c.finish_reason.clone();
+                    answer.finish_reason = c.finish_reason;
                 }
                 if let Some(delta) = delta {
-                    streamed = true;
-                    if outbox.push(Piece::Delta(delta), c.approx_bytes()).is_err() {
+                    if outbox.push(Piece::Delta(delta), bytes).is_err() {
                         break slow_client(&state, &account);
                     }
                 }
@@ -159,12 +161,10 @@ async fn run(
             Next::Bridge(CallEvent::Result(result)) => match result.outcome {
                 Outcome::Ok { result } => {
                     account.mark_first_chunk();
-                    answer.absorb_result(&result);
-                    if !streamed {
-                        if let Some(delta) = answer.as_single_delta() {
-                            // The ending follows at once, so this one piece is not held back.
-                            let _ = outbox.push(Piece::Delta(delta), 0);
-                        }
+                    // No chunk carried output: the result's message is the answer.
+                    if let Some(delta) = answer.absorb_result(&result) {
+                        // The ending follows at once, so this one piece is not held back.
+                        let _ = outbox.push(Piece::Delta(delta), 0);
                     }
                     let completion = tokens::count_answer(answer.completion_text()).await;
                     account.busy += busy_since.elapsed();
@@ -219,15 +219,8 @@ async fn run(
 /// The tokens of an answer that ended early, for the budget: about four bytes each. Counting
 /// exactly costs a tokenizer pass over all of it (seconds and many megabytes for a long run of
 /// one character), which a failed request must not cost.
-fn estimate_tokens(answer: &Answer) -> u64 {
-    let bytes = answer.content.len()
-        + answer.reasoning.len()
-        + answer
-            .tool_calls
-            .values()
-            .map(|c| c.name.len() + c.arguments.len())
-            .sum::<usize>();
-    (bytes as u64).div_ceil(4)
+fn estimate_tokens(answer: &AnswerAccumulator) -> u64 {
+    (answer.text_bytes() as u64).div_ceil(4)
 }
 
 /// The client is too far behind: the request ends alone, with a metric and a log line (the
@@ -240,7 +233,9 @@ fn slow_client(state: &AppState, account: &Accounting) -> Error {
 }
 
 /// Waits for the end of a non-streamed answer.
-pub async fn finish(mut pieces: Pieces) -> Result<(Answer, String, Usage, Duration), Error> {
+pub async fn finish(
+    mut pieces: Pieces,
+) -> Result<(AnswerAccumulator, String, Usage, Duration), Error> {
     use futures_util::StreamExt;
     while let Some(piece) = pieces.next().await {
         match piece {

@@ -15,7 +15,6 @@ use crate::secrets::random_hex;
 use crate::state::{AppState, Shared};
 
 mod account;
-pub mod convert;
 pub mod drive;
 mod outbox;
 

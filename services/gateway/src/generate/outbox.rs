@@ -114,17 +114,20 @@ mod tests {
     use super::*;
     use crate::generate::Piece;
     use futures_util::StreamExt;
-    use serde_json::json;
+    use provider_shared::bridge::Delta;
+
+    fn text(t: impl ToString) -> Piece {
+        Piece::Delta(Delta {
+            content: Some(t.to_string()),
+            ..Delta::default()
+        })
+    }
 
     #[tokio::test]
     async fn past_the_bound_the_unread_pieces_are_dropped_and_the_ending_comes_next() {
         let outbox = Outbox::new(100);
-        outbox
-            .push(Piece::Delta(json!({"content": "a"})), 60)
-            .unwrap();
-        assert!(outbox
-            .push(Piece::Delta(json!({"content": "b"})), 60)
-            .is_err());
+        outbox.push(text("a"), 60).unwrap();
+        assert!(outbox.push(text("b"), 60).is_err());
         outbox.end(
             Piece::Failed(crate::error::Error::Internal("slow".into())),
             true,
@@ -143,17 +146,17 @@ mod tests {
         let reader = outbox.clone().reader(gone.clone());
         tokio::pin!(reader);
         for n in 0..5 {
-            outbox.push(Piece::Delta(json!({"n": n})), 100).unwrap();
+            outbox.push(text(n), 100).unwrap();
         }
         let Some(Piece::Delta(first)) = reader.next().await else {
             panic!("no first piece")
         };
         assert!(!gone.is_cancelled(), "the reader is still there");
         outbox.close();
-        let mut seen = vec![first["n"].as_i64().unwrap()];
-        while let Some(Piece::Delta(v)) = reader.next().await {
-            seen.push(v["n"].as_i64().unwrap());
+        let mut seen = vec![first.content.unwrap()];
+        while let Some(Piece::Delta(d)) = reader.next().await {
+            seen.push(d.content.unwrap());
         }
-        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(seen, ["0", "1", "2", "3", "4"]);
     }
 }

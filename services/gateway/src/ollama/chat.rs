@@ -8,15 +8,17 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
+use provider_shared::answer::AnswerAccumulator;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::convert;
 use super::{
-    counters, created_at, done_reason, ndjson, object, parameters, requested_model, wants_stream,
-    OllamaError,
+    counters, created_at, done_reason, ndjson, ndjson_line, object, parameters, requested_model,
+    wants_stream, OllamaError,
 };
 use crate::error::Error;
-use crate::generate::{self, convert::Answer, Job, Piece};
+use crate::generate::{self, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
 use crate::validate::{self, Limits};
@@ -58,35 +60,35 @@ pub async fn chat(
             match piece {
                 Piece::Delta(delta) => {
                     first.get_or_insert_with(Instant::now);
-                    let content = delta.get("content").and_then(Value::as_str).unwrap_or("");
-                    let thinking = delta.get("reasoning_content").and_then(Value::as_str);
+                    let thinking = delta.reasoning_content.as_deref();
                     // Ollama clients take tool calls whole: they go out with the last message.
-                    if content.is_empty() && thinking.is_none() {
+                    if delta.content.is_none() && thinking.is_none() {
                         continue;
                     }
-                    let mut msg = Map::new();
-                    msg.insert("role".into(), json!("assistant"));
-                    msg.insert("content".into(), json!(content));
-                    if let Some(thinking) = thinking {
-                        msg.insert("thinking".into(), json!(thinking));
-                    }
-                    let mut l = line(&model, Value::Object(msg));
-                    l.insert("done".into(), json!(false));
-                    yield Value::Object(l);
+                    yield ndjson_line(&DeltaLine {
+                        model: &model,
+                        created_at: created_at(),
+                        message: DeltaMessage {
+                            role: "assistant",
+                            content: delta.content.as_deref().unwrap_or_default(),
+                            thinking,
+                        },
+                        done: false,
+                    });
                 }
                 Piece::Done { answer, finish_reason, usage, .. } => {
                     if !answer.tool_calls.is_empty() {
                         let mut l = line(&model, message(&answer, "", false));
                         l.insert("done".into(), json!(false));
-                        yield Value::Object(l);
+                        yield ndjson_line(&l);
                     }
                     let mut l = line(&model, json!({"role": "assistant", "content": ""}));
                     l.insert("done".into(), json!(true));
                     l.insert("done_reason".into(), json!(done_reason(&finish_reason)));
                     l.extend(counters(started, first, &usage));
-                    yield Value::Object(l);
+                    yield ndjson_line(&l);
                 }
-                Piece::Failed(err) => yield json!({"error": err.to_string()}),
+                Piece::Failed(err) => yield ndjson_line(&json!({"error": err.to_string()})),
             }
         }
     };
@@ -125,6 +127,23 @@ pub(crate) fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<O
     )))
 }
 
+/// A streamed line of the answer, borrowing its text.
+#[derive(Serialize)]
+struct DeltaLine<'a> {
+    model: &'a str,
+    created_at: String,
+    message: DeltaMessage<'a>,
+    done: bool,
+}
+
+#[derive(Serialize)]
+struct DeltaMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<&'a str>,
+}
+
 fn line(model: &str, message: Value) -> Map<String, Value> {
     let mut l = Map::new();
     l.insert("model".into(), json!(model));
@@ -134,7 +153,7 @@ fn line(model: &str, message: Value) -> Map<String, Value> {
 }
 
 /// The assistant message with `content`, its tool calls, and its thinking when `whole`.
-fn message(answer: &Answer, content: &str, whole: bool) -> Value {
+fn message(answer: &AnswerAccumulator, content: &str, whole: bool) -> Value {
     let mut msg = Map::new();
     msg.insert("role".into(), json!("assistant"));
     msg.insert("content".into(), json!(content));

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::{
-    counters, created_at, done_reason, invalid, ndjson, object, parameters, requested_model,
-    wants_stream, OllamaError,
+    counters, created_at, done_reason, invalid, ndjson, ndjson_line, object, parameters,
+    requested_model, wants_stream, OllamaError,
 };
 use crate::generate::{self, Piece};
 use crate::openai::completions::completion_job;
@@ -84,8 +84,13 @@ pub async fn generate(
             match piece {
                 Piece::Delta(delta) => {
                     first.get_or_insert_with(Instant::now);
-                    if let Some(text) = delta.get("content").and_then(Value::as_str) {
-                        yield Value::Object(line(&model, text, false));
+                    if let Some(text) = delta.content.as_deref() {
+                        yield ndjson_line(&TextLine {
+                            model: &model,
+                            created_at: created_at(),
+                            response: text,
+                            done: false,
+                        });
                     }
                 }
                 Piece::Done { finish_reason, usage, .. } => {
@@ -93,13 +98,22 @@ pub async fn generate(
                     out.insert("done_reason".into(), json!(done_reason(&finish_reason)));
                     out.insert("context".into(), json!([]));
                     out.extend(counters(started, first, &usage));
-                    yield Value::Object(out);
+                    yield ndjson_line(&out);
                 }
-                Piece::Failed(err) => yield json!({"error": err.to_string()}),
+                Piece::Failed(err) => yield ndjson_line(&json!({"error": err.to_string()})),
             }
         }
     };
     Ok(ndjson(lines, &headers))
+}
+
+/// A streamed line of the answer, borrowing its text.
+#[derive(serde::Serialize)]
+struct TextLine<'a> {
+    model: &'a str,
+    created_at: String,
+    response: &'a str,
+    done: bool,
 }
 
 fn line(model: &str, response: &str, done: bool) -> Map<String, Value> {

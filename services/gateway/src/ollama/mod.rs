@@ -226,16 +226,21 @@ fn done_reason(finish_reason: &str) -> &str {
     }
 }
 
-/// A newline-delimited JSON response: one object per line.
+/// One NDJSON line: `value` serialised straight into its bytes, then the newline.
+fn ndjson_line(value: &impl serde::Serialize) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    // Serialising these types cannot fail: every map key is a string.
+    let _ = serde_json::to_writer(&mut out, value);
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// A newline-delimited JSON response of ready lines (see [`ndjson_line`]).
 fn ndjson<S>(lines: S, headers: &crate::openai::Headers) -> Response
 where
-    S: Stream<Item = Value> + Send + 'static,
+    S: Stream<Item = Bytes> + Send + 'static,
 {
-    let body = lines.map(|line| {
-        let mut text = line.to_string();
-        text.push('\n');
-        Ok::<_, std::convert::Infallible>(Bytes::from(text))
-    });
+    let body = lines.map(Ok::<_, std::convert::Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();
     h.insert(

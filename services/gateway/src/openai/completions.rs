@@ -1,23 +1,20 @@
 //! `POST /v1/completions`: OpenAI's legacy completions, used by editors for fill-in-the-middle
 //! autocomplete (`prompt` before the cursor, `suffix` after it). Reaches the agent as a
 //! `completion` job; answers `text_completion` objects, streamed or whole.
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use futures_util::StreamExt;
-use provider_shared::bridge::{Payload, Usage};
+use axum::response::Response;
+use provider_shared::bridge::Payload;
 use provider_shared::digest;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{data, done_event, error_event, sse_response, Headers};
+use super::reply::{self, Api, Reply};
 use crate::error::Error;
-use crate::generate::{self, drive, Job, Piece, Running};
+use crate::generate::{self, Job};
 use crate::state::Shared;
 use crate::validate;
 
@@ -41,14 +38,15 @@ pub async fn completions(
     );
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let reply = Reply {
+        api: Api::Completion,
         id: running.id.clone(),
         created: running.created,
         model: state.settings.model_name.clone(),
     };
     if request.stream {
-        Ok(stream(&state, running, reply, request.include_usage))
+        Ok(reply::stream(&state, running, reply, request.include_usage))
     } else {
-        whole(&state, running, reply).await
+        reply::whole(&state, running, reply).await
     }
 }
 
@@ -81,63 +79,4 @@ pub fn completion_job(
         scopes: vec!["completion".to_owned()],
         id_prefix,
     }
-}
-
-struct Reply {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Reply {
-    fn object(&self, text: &str, finish_reason: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason}],
-        })
-    }
-}
-
-fn stream(state: &Shared, running: Running, reply: Reply, include_usage: bool) -> Response {
-    let headers = Headers::of(state, &running);
-    let mut pieces = running.pieces;
-    let events = async_stream::stream! {
-        while let Some(piece) = pieces.next().await {
-            match piece {
-                Piece::Delta(delta) => {
-                    if let Some(text) = delta.get("content").and_then(Value::as_str) {
-                        yield Ok::<_, Infallible>(data(&reply.object(text, None)));
-                    }
-                }
-                Piece::Done { finish_reason, usage, .. } => {
-                    yield Ok(data(&reply.object("", Some(&finish_reason))));
-                    if include_usage {
-                        let mut chunk = reply.object("", None);
-                        chunk["choices"] = json!([]);
-                        chunk["usage"] = json!(usage);
-                        yield Ok(data(&chunk));
-                    }
-                }
-                Piece::Failed(err) => yield Ok(error_event(&err)),
-            }
-        }
-        yield Ok(done_event());
-    };
-    sse_response(events, state.settings.keepalive_interval, &headers)
-}
-
-async fn whole(state: &Shared, running: Running, reply: Reply) -> Result<Response, Error> {
-    let headers = Headers::of(state, &running);
-    let (answer, finish_reason, usage, overhead): (_, _, Usage, _) =
-        drive::finish(running.pieces).await?;
-    let headers = headers.with_overhead(overhead);
-    let mut body = reply.object(&answer.content, Some(&finish_reason));
-    body["usage"] = json!(usage);
-    let mut response = Json(body).into_response();
-    headers.apply(response.headers_mut());
-    Ok(response)
 }

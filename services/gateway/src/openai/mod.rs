@@ -1,32 +1,74 @@
 //! The OpenAI-compatible generating routes: chat completions and legacy (fill-in-the-middle)
-//! completions.
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+//! completions, and the SSE framing every streamed API shares.
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
 
 use crate::error::Error;
 use crate::generate::Running;
 
 pub mod chat;
 pub mod completions;
+mod reply;
 
-/// An SSE response with keep-alive comments, the rate-limit headers and the request id.
-pub fn sse_response<S>(
-    events: S,
-    keepalive: std::time::Duration,
-    running_headers: &Headers,
-) -> Response
+/// The comment sent when nothing else went out for a keep-alive interval.
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// An SSE response of ready frames (see [`frame`]) with keep-alive comments, the rate-limit
+/// headers and the request id. The frames are written as they are: each answer piece is
+/// serialised once, straight into the bytes of its frame.
+pub fn sse_response<S>(frames: S, keepalive: Duration, running_headers: &Headers) -> Response
 where
-    S: Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send + 'static,
+    S: Stream<Item = Bytes> + Send + 'static,
 {
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
-        .into_response();
+    let body = async_stream::stream! {
+        let mut frames = std::pin::pin!(frames);
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(idle);
+        loop {
+            let next = tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                _ = &mut idle => Bytes::from_static(KEEPALIVE),
+            };
+            idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
+            yield Ok::<_, Infallible>(next);
+        }
+    };
+    let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     running_headers.apply(headers);
     response
+}
+
+/// One SSE frame: `event: <kind>` when given, then `data: <value as JSON>`. JSON text holds no
+/// line break (serde_json escapes them in strings), so one `data:` line carries it.
+pub fn frame(kind: Option<&str>, value: &impl Serialize) -> Bytes {
+    let mut out = BytesMut::with_capacity(128).writer();
+    if let Some(kind) = kind {
+        out.get_mut().extend_from_slice(b"event: ");
+        out.get_mut().extend_from_slice(kind.as_bytes());
+        out.get_mut().put_u8(b'\n');
+    }
+    out.get_mut().extend_from_slice(b"data: ");
+    // Serialising these types cannot fail: every map key is a string.
+    let _ = serde_json::to_writer(&mut out, value);
+    out.get_mut().extend_from_slice(b"\n\n");
+    out.into_inner().freeze()
 }
 
 /// The headers every answer of a running job carries.
@@ -71,14 +113,28 @@ impl Headers {
     }
 }
 
-fn data(value: &serde_json::Value) -> SseEvent {
-    SseEvent::default().data(value.to_string())
+fn error_frame(err: &Error) -> Bytes {
+    frame(None, &err.body())
 }
 
-fn error_event(err: &Error) -> SseEvent {
-    data(&err.body())
+fn done_frame() -> Bytes {
+    Bytes::from_static(b"data: [DONE]\n\n")
 }
 
-fn done_event() -> SseEvent {
-    SseEvent::default().data("[DONE]")
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frames_are_one_data_line_even_for_text_with_line_breaks() {
+        let value = serde_json::json!({"text": "a\nb\r\nc"});
+        let bytes = frame(Some("message_delta"), &value);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(
+            text,
+            "event: message_delta\ndata: {\"text\":\"a\\nb\\r\\nc\"}\n\n"
+        );
+        assert_eq!(&frame(None, &1)[..], b"data: 1\n\n");
+    }
 }

@@ -2,12 +2,14 @@
 //! name) and a `sequence_number` counting from 0. Each part of the answer is one output item:
 //! thinking a `reasoning` item (its text as a summary), text a `message` with one `output_text`
 //! part, each tool call a `function_call`.
-use axum::response::sse::Event as SseEvent;
-use provider_shared::bridge::Usage;
+use bytes::Bytes;
+use provider_shared::bridge::{Delta, Usage};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{status_of, Ending, Shell};
 use crate::error::Error;
+use crate::openai::frame;
 use crate::parts::{Kind, Part, Parts, Step};
 use crate::secrets::random_hex;
 
@@ -52,6 +54,23 @@ fn output_text(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
 }
 
+/// The event for each piece of text as it comes (the most frequent ones), borrowing the text.
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    item_id: &'a str,
+    output_index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_index: Option<u32>,
+    delta: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<[(); 0]>,
+    sequence_number: u64,
+}
+
 pub struct Render {
     shell: Shell,
     parts: Parts,
@@ -69,14 +88,16 @@ impl Render {
         }
     }
 
-    fn event(&mut self, mut value: Value) -> SseEvent {
+    /// An event built whole (items open and close, the response begins and ends): numbered and
+    /// framed.
+    fn event(&mut self, mut value: Value) -> Bytes {
         value["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
         let kind = value["type"].as_str().unwrap_or("message").to_owned();
-        SseEvent::default().event(kind).data(value.to_string())
+        frame(Some(&kind), &value)
     }
 
-    pub fn start(&mut self) -> Vec<SseEvent> {
+    pub fn start(&mut self) -> Vec<Bytes> {
         let response = self
             .shell
             .object("in_progress", Vec::new(), Ending::Running);
@@ -86,12 +107,12 @@ impl Render {
         ]
     }
 
-    pub fn delta(&mut self, delta: &Value) -> Vec<SseEvent> {
+    pub fn delta(&mut self, delta: &Delta) -> Vec<Bytes> {
         let steps = self.parts.absorb(delta);
         self.render(steps)
     }
 
-    pub fn done(&mut self, finish_reason: &str, usage: &Usage) -> Vec<SseEvent> {
+    pub fn done(&mut self, finish_reason: &str, usage: &Usage) -> Vec<Bytes> {
         let steps = self.parts.close();
         let mut out = self.render(steps);
         let (status, incomplete) = status_of(finish_reason);
@@ -109,7 +130,7 @@ impl Render {
         out
     }
 
-    pub fn failed(&mut self, err: &Error) -> Vec<SseEvent> {
+    pub fn failed(&mut self, err: &Error) -> Vec<Bytes> {
         let steps = self.parts.close();
         let mut out = self.render(steps);
         out.push(self.event(json!({"type": "error", "code": err.code(),
@@ -130,14 +151,38 @@ impl Render {
             .collect()
     }
 
-    fn render(&mut self, steps: Vec<Step>) -> Vec<SseEvent> {
+    fn render(&mut self, steps: Vec<Step>) -> Vec<Bytes> {
         let mut out = Vec::new();
         for step in steps {
+            if let Step::Append(at, range) = &step {
+                out.push(self.append(*at, range));
+                continue;
+            }
             for value in self.step(step) {
                 out.push(self.event(value));
             }
         }
         out
+    }
+
+    fn append(&mut self, at: usize, range: &std::ops::Range<usize>) -> Bytes {
+        let (kind, summary_index, content_index, logprobs) = match self.parts.list[at].kind {
+            Kind::Thinking => ("response.reasoning_summary_text.delta", Some(0), None, None),
+            Kind::Text => ("response.output_text.delta", None, Some(0), Some([])),
+            Kind::Call(_) => ("response.function_call_arguments.delta", None, None, None),
+        };
+        let event = TextDelta {
+            kind,
+            item_id: &self.ids[at],
+            output_index: at,
+            summary_index,
+            content_index,
+            delta: self.parts.appended(at, range),
+            logprobs,
+            sequence_number: self.sequence,
+        };
+        self.sequence += 1;
+        frame(Some(kind), &event)
     }
 
     fn step(&mut self, step: Step) -> Vec<Value> {
@@ -163,22 +208,8 @@ impl Render {
                     Kind::Call(_) => vec![added],
                 }
             }
-            Step::Append(at, delta) => {
-                let id = &self.ids[at];
-                vec![match self.parts.list[at].kind {
-                    Kind::Thinking => {
-                        json!({"type": "response.reasoning_summary_text.delta", "item_id": id,
-                               "output_index": at, "summary_index": 0, "delta": delta})
-                    }
-                    Kind::Text => json!({"type": "response.output_text.delta", "item_id": id,
-                                         "output_index": at, "content_index": 0, "delta": delta,
-                                         "logprobs": []}),
-                    Kind::Call(_) => {
-                        json!({"type": "response.function_call_arguments.delta", "item_id": id,
-                               "output_index": at, "delta": delta})
-                    }
-                }]
-            }
+            // Rendered by `append`, borrowing the text.
+            Step::Append(..) => Vec::new(),
             Step::Close(at) => {
                 let part = &self.parts.list[at];
                 let id = &self.ids[at];
@@ -211,5 +242,57 @@ impl Render {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::responses::convert::Echo;
+
+    fn parse(bytes: &Bytes) -> (String, Value) {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let (event, data) = text.split_once('\n').unwrap();
+        let kind = event.strip_prefix("event: ").unwrap().to_owned();
+        let value = serde_json::from_str(data.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        (kind, value)
+    }
+
+    #[test]
+    fn text_deltas_are_numbered_and_shaped_like_the_other_events() {
+        let mut r = Render::new(Shell {
+            id: "resp_1".into(),
+            created_at: 1,
+            model: "m".into(),
+            max_output_tokens: None,
+            echo: Echo::default(),
+        });
+        assert_eq!(r.start().len(), 2);
+        let delta: Delta =
+            serde_json::from_value(json!({"reasoning_content": "hm", "content": "Hi"})).unwrap();
+        let events: Vec<(String, Value)> = r.delta(&delta).iter().map(parse).collect();
+        for (n, (kind, value)) in events.iter().enumerate() {
+            assert_eq!(value["type"], json!(kind));
+            assert_eq!(value["sequence_number"], json!(n + 2));
+        }
+        let thinking = &events[2].1;
+        assert_eq!(thinking["type"], "response.reasoning_summary_text.delta");
+        assert_eq!(
+            (
+                &thinking["delta"],
+                &thinking["summary_index"],
+                thinking.get("logprobs")
+            ),
+            (&json!("hm"), &json!(0), None)
+        );
+        let text = events.last().unwrap();
+        assert_eq!(text.0, "response.output_text.delta");
+        assert_eq!(
+            text.1,
+            json!({"type": "response.output_text.delta", "item_id": r.ids[1], "output_index": 1,
+                "content_index": 0, "delta": "Hi", "logprobs": [],
+                "sequence_number": events.len() + 1})
+        );
     }
 }

@@ -4,7 +4,6 @@
 //! `message` and `function_call` items, whole or as the typed SSE events ([`events`]).
 //! Stateless: nothing is stored, so `previous_response_id` is refused and `store` is reported
 //! as `false`.
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -158,7 +157,7 @@ fn stream(state: &Shared, running: Running, shell: Shell) -> Response {
     let events = async_stream::stream! {
         let mut render = Render::new(shell);
         for event in render.start() {
-            yield Ok::<_, Infallible>(event);
+            yield event;
         }
         while let Some(piece) = pieces.next().await {
             let events = match piece {
@@ -167,7 +166,7 @@ fn stream(state: &Shared, running: Running, shell: Shell) -> Response {
                 Piece::Failed(err) => render.failed(&err),
             };
             for event in events {
-                yield Ok(event);
+                yield event;
             }
         }
     };
@@ -232,8 +231,11 @@ mod tests {
     #[test]
     fn items_are_complete_only_when_done() {
         let mut parts = Parts::default();
-        parts.absorb(&json!({"reasoning_content": "hm", "content": "Hi",
-            "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}));
+        parts.absorb(
+            &serde_json::from_value(json!({"reasoning_content": "hm", "content": "Hi",
+            "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}))
+            .unwrap(),
+        );
         let open = events::item(&parts.list[1], "msg_1", "in_progress");
         assert_eq!(open["content"], json!([]));
         let done: Vec<Value> = parts
