@@ -611,8 +611,8 @@ mod tests {
         let broker = Broker::new(config, audit);
         // One connection whose queue holds two frames, with two requests on it.
         let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(2);
-        broker.invoke(1, invoke("a"), tx.clone());
-        broker.invoke(1, invoke("b"), tx.clone());
+        broker.invoke(1, invoke("a"), tx.clone(), false);
+        broker.invoke(1, invoke("b"), tx.clone(), false);
         let a = broker.take().unwrap();
         let b = broker.take().unwrap();
         broker.submit("a", &a.lease, part("a1")).unwrap();
