@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bridge;
 pub mod config;
 pub mod digest;
+pub mod http_server;
 pub mod ipc;
 pub mod probe;
 #[cfg(any(test, feature = "proptest"))]

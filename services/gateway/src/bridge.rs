@@ -4,9 +4,9 @@
 //! ([`Call::resume`]) when that bridge-agent takes `resume` (docs/PROTOCOL.md §2).
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
@@ -43,6 +43,8 @@ pub struct Link {
 struct Route {
     tx: mpsc::UnboundedSender<Event>,
     queued: Arc<AtomicUsize>,
+    /// The reader's time for this request's frames (nanoseconds), for the overhead metric.
+    ipc_nanos: Arc<AtomicU64>,
 }
 
 /// The requests of one connection. Registering and closing take the same lock, and nothing
@@ -139,6 +141,7 @@ impl BridgeClient {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let ipc_nanos = Arc::new(AtomicU64::new(0));
         let id = invoke.id.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -151,6 +154,7 @@ impl BridgeClient {
             let route = Route {
                 tx: tx.clone(),
                 queued: queued.clone(),
+                ipc_nanos: ipc_nanos.clone(),
             };
             if !conn.register(&id, route) {
                 // That connection just ended; the next one is on its way.
@@ -166,6 +170,7 @@ impl BridgeClient {
                 tx,
                 rx,
                 queued,
+                ipc_nanos,
                 conn,
                 client: self.clone(),
                 finished: false,
@@ -200,6 +205,7 @@ pub struct Call {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     queued: Arc<AtomicUsize>,
+    ipc_nanos: Arc<AtomicU64>,
     conn: Conn,
     client: BridgeClient,
     finished: bool,
@@ -218,6 +224,11 @@ impl Call {
             Event::Result(_) | Event::Lost | Event::Overflow => self.finished = true,
         }
         event
+    }
+
+    /// The connection reader's time for this request's frames since the last call.
+    pub fn take_ipc_time(&self) -> Duration {
+        Duration::from_nanos(self.ipc_nanos.swap(0, Ordering::Relaxed))
     }
 
     /// After `Lost`: re-attaches this request to the next bridge-agent connection, if one that
@@ -240,6 +251,7 @@ impl Call {
         let route = Route {
             tx: self.tx.clone(),
             queued: self.queued.clone(),
+            ipc_nanos: self.ipc_nanos.clone(),
         };
         self.queued.store(0, Ordering::Relaxed);
         if !conn.register(&self.id, route) {
@@ -387,15 +399,23 @@ async fn serve(
         }
     };
     let reader = async {
-        while let Some(frame) = stream.next().await {
+        // Each frame's read and decode is timed by the poll that completes it.
+        while let Some((frame, began)) = futures_util::future::poll_fn(|cx| {
+            let began = Instant::now();
+            stream
+                .poll_next_unpin(cx)
+                .map(|frame| frame.map(|frame| (frame, began)))
+        })
+        .await
+        {
             match frame {
                 Ok(IpcFrame::Chunk(chunk)) => {
                     let id = chunk.id.clone();
-                    route(&conn, &id, Event::Chunk(chunk));
+                    route(&conn, &id, Event::Chunk(chunk), began);
                 }
                 Ok(IpcFrame::Result(result)) => {
                     let id = result.id.clone();
-                    route(&conn, &id, Event::Result(result));
+                    route(&conn, &id, Event::Result(result), began);
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
@@ -421,7 +441,8 @@ async fn serve(
 
 /// Hands a frame to its request. A request whose task has let more than the buffer bound wait
 /// is dropped alone (and cancelled at bridge-agent); the shared connection never waits for it.
-fn route(conn: &Conn, id: &str, event: Event) {
+/// The time since `began` (the frame's read and decode) is added to the request's.
+fn route(conn: &Conn, id: &str, event: Event, began: Instant) {
     let mut table = lock(&conn.table);
     let Some(route) = table.routes.get(id) else {
         tracing::debug!(
@@ -435,6 +456,9 @@ fn route(conn: &Conn, id: &str, event: Event) {
         _ => 0,
     };
     let waiting = route.queued.fetch_add(chunk_bytes, Ordering::Relaxed) + chunk_bytes;
+    // Before the send, so the request's task finds it with the frame.
+    let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    route.ipc_nanos.fetch_add(took, Ordering::Relaxed);
     if waiting > conn.buffer_bytes {
         if let Some(route) = table.routes.remove(id) {
             let _ = route.tx.send(Event::Overflow);
@@ -484,6 +508,7 @@ mod tests {
         Route {
             tx: tx.clone(),
             queued: Arc::default(),
+            ipc_nanos: Arc::default(),
         }
     }
 
@@ -527,9 +552,19 @@ mod tests {
         let (fast_tx, mut fast_rx) = mpsc::unbounded_channel();
         conn.register("slow", route_to(&slow_tx));
         conn.register("fast", route_to(&fast_tx));
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)));
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)));
-        route(&conn, "fast", chunk("fast", "hi"));
+        route(
+            &conn,
+            "slow",
+            chunk("slow", &"x".repeat(600)),
+            Instant::now(),
+        );
+        route(
+            &conn,
+            "slow",
+            chunk("slow", &"x".repeat(600)),
+            Instant::now(),
+        );
+        route(&conn, "fast", chunk("fast", "hi"), Instant::now());
         assert!(matches!(slow_rx.try_recv().unwrap(), Event::Chunk(_)));
         assert!(matches!(slow_rx.try_recv().unwrap(), Event::Overflow));
         assert!(matches!(fast_rx.try_recv().unwrap(), Event::Chunk(_)));

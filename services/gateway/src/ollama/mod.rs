@@ -277,7 +277,8 @@ where
         text.push('\n');
         Ok::<_, std::convert::Infallible>(Bytes::from(text))
     });
-    let mut response = Response::new(Body::from_stream(body));
+    let response = Response::new(Body::from_stream(body));
+    let mut response = crate::generate::overhead::timed(response, headers.overhead.clone());
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
