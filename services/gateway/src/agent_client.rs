@@ -4,7 +4,7 @@
 //! ([`Call::resume`]) when that bridge-agent takes `resume` (docs/PROTOCOL.md §2).
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::backoff::Backoff;
@@ -32,20 +32,36 @@ pub enum CallEvent {
     Overflow,
 }
 
-impl Routed for CallEvent {
+/// An event as routed: with the connection reader's time for its frame (read, decode, route),
+/// which counts as the request's own gateway time.
+struct Timed {
+    event: CallEvent,
+    took: Duration,
+}
+
+impl Timed {
+    fn untimed(event: CallEvent) -> Self {
+        Self {
+            event,
+            took: Duration::ZERO,
+        }
+    }
+}
+
+impl Routed for Timed {
     fn cost(&self) -> usize {
-        match self {
+        match &self.event {
             CallEvent::Chunk(chunk) => chunk.approx_bytes(),
             _ => 0,
         }
     }
 
     fn is_last(&self) -> bool {
-        matches!(self, CallEvent::Result(_))
+        matches!(self.event, CallEvent::Result(_))
     }
 
     fn overflow() -> Self {
-        CallEvent::Overflow
+        Self::untimed(CallEvent::Overflow)
     }
 }
 
@@ -64,7 +80,7 @@ pub struct LinkStatus {
 #[derive(Clone)]
 struct Conn {
     tx: mpsc::UnboundedSender<IpcFrame>,
-    table: Arc<RouteTable<CallEvent>>,
+    table: Arc<RouteTable<Timed>>,
     /// This bridge-agent takes `resume`.
     resume: bool,
 }
@@ -144,6 +160,7 @@ impl AgentClient {
                 conn,
                 client: self.clone(),
                 finished: false,
+                ipc_time: Duration::ZERO,
             });
         }
     }
@@ -152,7 +169,7 @@ impl AgentClient {
     async fn next_conn(
         &self,
         deadline: tokio::time::Instant,
-        not: Option<&Arc<RouteTable<CallEvent>>>,
+        not: Option<&Arc<RouteTable<Timed>>>,
     ) -> Option<Conn> {
         let mut conn_rx = self.conn.clone();
         let fresh = |c: &Option<Conn>| {
@@ -172,24 +189,36 @@ pub struct Call {
     pub id: String,
     /// Kept until the first chunk, for a resume to send afresh if the bridge never got it.
     invoke: Option<ModelInvoke>,
-    inbox: Inbox<CallEvent>,
+    inbox: Inbox<Timed>,
     /// Its registration in `conn`'s table.
     ticket: Ticket,
     conn: Conn,
     client: AgentClient,
     finished: bool,
+    /// The reader's time for this request's frames not yet taken by `take_ipc_time`.
+    ipc_time: Duration,
 }
 
 impl Call {
     /// The next event; after a `Result`, `Lost` or `Overflow` there are none (until a resume).
     pub async fn next(&mut self) -> CallEvent {
         // The table drains every entry with `Lost` before it lets go of the inbox.
-        let event = self.inbox.recv().await.unwrap_or(CallEvent::Lost);
+        let Timed { event, took } = self
+            .inbox
+            .recv()
+            .await
+            .unwrap_or(Timed::untimed(CallEvent::Lost));
+        self.ipc_time += took;
         match &event {
             CallEvent::Chunk(_) => self.invoke = None,
             CallEvent::Result(_) | CallEvent::Lost | CallEvent::Overflow => self.finished = true,
         }
         event
+    }
+
+    /// The connection reader's time for this request's frames since the last call.
+    pub fn take_ipc_time(&mut self) -> Duration {
+        std::mem::take(&mut self.ipc_time)
     }
 
     /// After `Lost`: re-attaches this request to the next bridge-agent connection, if one that
@@ -356,15 +385,23 @@ async fn serve(
         }
     };
     let reader = async {
-        while let Some(frame) = stream.next().await {
+        // Each frame's read and decode is timed by the poll that completes it.
+        while let Some((frame, began)) = futures_util::future::poll_fn(|cx| {
+            let began = Instant::now();
+            stream
+                .poll_next_unpin(cx)
+                .map(|frame| frame.map(|frame| (frame, began)))
+        })
+        .await
+        {
             match frame {
                 Ok(IpcFrame::Chunk(chunk)) => {
                     let id = chunk.id.clone();
-                    route(&conn, &id, CallEvent::Chunk(chunk));
+                    route(&conn, &id, CallEvent::Chunk(chunk), began);
                 }
                 Ok(IpcFrame::Result(result)) => {
                     let id = result.id.clone();
-                    route(&conn, &id, CallEvent::Result(result));
+                    route(&conn, &id, CallEvent::Result(result), began);
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
@@ -383,13 +420,15 @@ async fn serve(
     // Unpublish first, so a request refused by the closed table waits for the next connection.
     conn_tx.send_replace(None);
     set_bridge(link_tx, false, BridgeStatus::disconnected());
-    conn.table.close(|| CallEvent::Lost);
+    conn.table.close(|| Timed::untimed(CallEvent::Lost));
 }
 
 /// Hands a frame to its request. A request whose task has let more than the buffer bound wait
 /// is dropped alone (and cancelled at bridge-agent); the shared connection never waits for it.
-fn route(conn: &Conn, id: &str, event: CallEvent) {
-    match conn.table.route(id, event) {
+/// The time since `began` (the frame's read and decode) goes with it to the request.
+fn route(conn: &Conn, id: &str, event: CallEvent, began: Instant) {
+    let took = began.elapsed();
+    match conn.table.route(id, Timed { event, took }) {
         Ok(Delivered::Queued) => {}
         Ok(Delivered::Overflowed) => {
             let _ = conn.tx.send(IpcFrame::Cancel { id: id.to_owned() });
@@ -438,12 +477,12 @@ mod tests {
         };
         let (_, mut slow) = conn.table.insert("slow", ()).unwrap();
         let (_, mut fast) = conn.table.insert("fast", ()).unwrap();
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)));
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)));
-        route(&conn, "fast", chunk("fast", "hi"));
-        assert!(matches!(slow.recv().await, Some(CallEvent::Chunk(_))));
-        assert!(matches!(slow.recv().await, Some(CallEvent::Overflow)));
-        assert!(matches!(fast.recv().await, Some(CallEvent::Chunk(_))));
+        route(&conn, "slow", chunk("slow", &"x".repeat(600)), Instant::now());
+        route(&conn, "slow", chunk("slow", &"x".repeat(600)), Instant::now());
+        route(&conn, "fast", chunk("fast", "hi"), Instant::now());
+        assert!(matches!(slow.recv().await.map(|t| t.event), Some(CallEvent::Chunk(_))));
+        assert!(matches!(slow.recv().await.map(|t| t.event), Some(CallEvent::Overflow)));
+        assert!(matches!(fast.recv().await.map(|t| t.event), Some(CallEvent::Chunk(_))));
         assert_eq!(
             frames.try_recv().unwrap(),
             IpcFrame::Cancel { id: "slow".into() }

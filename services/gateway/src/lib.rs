@@ -1,7 +1,6 @@
 //! The gateway: an OpenAI-compatible HTTP front (README, "The HTTP API") for the agent behind bridge-agent.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,20 +127,12 @@ pub async fn run(
     });
 
     let app = app::router(state.clone());
-    // Each SSE event must leave at once: Nagle's delay would hold chunks back by tens of ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = tokio::select! {
-        r = server => r.map_err(Error::Io),
+    let server = provider_shared::http_server::serve(listener, app, shutdown.clone());
+    tokio::select! {
+        _ = server => {}
         // A client that stops reading must not hold shutdown forever.
-        _ = async { grace_over.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
-    };
+        _ = async { grace_over.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
+    }
     grace_over.cancel();
     links_down.cancel();
     tracker.close();
@@ -149,7 +140,7 @@ pub async fn run(
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(2), audit_writer.finish()).await;
     tracing::info!("gateway stopped");
-    result
+    Ok(())
 }
 
 fn describe_metrics() {

@@ -19,8 +19,6 @@ mod sampling;
 mod state;
 mod ws;
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,16 +87,8 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let router = app::router(app.clone(), mcp_stop.clone());
     let server = tokio::spawn(
-        axum::serve(
-            // Stream chunks to bridge-agent go out at once, not after Nagle's delay.
-            axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-        .into_future()
-        .instrument(info_span!("http")),
+        provider_shared::http_server::serve(listener, router, http_stop.clone())
+            .instrument(info_span!("http")),
     );
 
     shutdown.cancelled().await;
@@ -135,11 +125,10 @@ pub async fn run(
     // The writer ends once every handle is gone; a handle still held elsewhere must not hang us.
     let _ = tokio::time::timeout(Duration::from_secs(2), audit_writer.finish()).await;
     match served {
-        Ok(Ok(())) => {
+        Ok(()) => {
             tracing::info!("stopped");
             Ok(())
         }
-        Ok(Err(err)) => Err(Error::Serve(err)),
         Err(join) => Err(Error::Serve(std::io::Error::other(join.to_string()))),
     }
 }

@@ -1,12 +1,14 @@
 //! The bookkeeping of one chat request, done exactly once however it ends (answered, failed, or
 //! dropped by a client that went away): token reconciliation, the audit record, metrics.
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use provider_shared::bridge::Usage;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::overhead::Overhead;
 use crate::state::Shared;
 
 pub struct Accounting {
@@ -24,10 +26,8 @@ pub struct Accounting {
     pub first_chunk: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
     pub done: bool,
-    /// Gateway time before the request reached bridge-agent.
-    pub pre_dispatch: std::time::Duration,
-    /// Gateway time spent turning the agent's frames into output.
-    pub busy: std::time::Duration,
+    /// The gateway's own time for this request; recorded when its last holder lets go.
+    pub overhead: Arc<Overhead>,
 }
 
 impl Accounting {
@@ -45,11 +45,6 @@ impl Accounting {
             self.state.status.first_chunk(&self.request_id, after);
             self.first_chunk = Some(now);
         }
-    }
-
-    /// What the gateway itself added to this request so far (time outside waiting for the agent).
-    pub fn overhead(&self) -> std::time::Duration {
-        self.pre_dispatch + self.busy
     }
 
     /// Closes the books: `usage` as the agent reported it, else our own count.
@@ -80,7 +75,6 @@ impl Accounting {
         let success = outcome == "ok";
         let elapsed = self.started.elapsed();
         metrics::histogram!("gateway_chat_duration_seconds").record(elapsed.as_secs_f64());
-        metrics::histogram!("gateway_overhead_seconds").record(self.overhead().as_secs_f64());
         metrics::counter!("gateway_chat_requests_total",
             "stream" => if self.stream { "true" } else { "false" },
             "outcome" => outcome.to_owned())

@@ -127,18 +127,25 @@ async fn run(
     let limit = backstop(&state);
     let started = tokio::time::Instant::now();
     let deadline = started + limit;
+    // Made once and polled by reference every turn, not rebuilt per frame.
+    let backstop = tokio::time::sleep_until(deadline);
+    let reader_left = reader_gone.clone().cancelled_owned();
+    let grace_over = state.grace_over.clone().cancelled_owned();
+    tokio::pin!(backstop, reader_left, grace_over);
     // The last chunk taken, so a resumed answer continues right after it, and a chunk seen
     // twice is taken once.
     let mut last_chunk: Option<u64> = None;
     let failure = loop {
         let event = tokio::select! {
             biased;
-            _ = reader_gone.cancelled() => Next::ReaderGone,
+            _ = &mut reader_left => Next::ReaderGone,
             event = call.next() => Next::Bridge(event),
-            _ = tokio::time::sleep_until(deadline) => Next::Backstop,
-            _ = state.grace_over.cancelled() => Next::GraceOver,
+            _ = &mut backstop => Next::Backstop,
+            _ = &mut grace_over => Next::GraceOver,
         };
         let busy_since = Instant::now();
+        // The reader's time for this frame (read, decode, route) is this request's too.
+        account.overhead.add(call.take_ipc_time());
         match event {
             Next::Bridge(CallEvent::Chunk(c)) => {
                 if last_chunk.is_some_and(|last| c.chunk_index <= last) {
@@ -148,7 +155,6 @@ async fn run(
                 account.mark_first_chunk();
                 let bytes = c.approx_bytes();
                 let delta = answer.absorb(c.delta);
-                account.busy += busy_since.elapsed();
                 if c.finish_reason.is_some() {
                     answer.finish_reason = c.finish_reason;
                 }
@@ -157,6 +163,7 @@ async fn run(
                         break slow_client(&state, &account);
                     }
                 }
+                account.overhead.add_since(busy_since);
             }
             Next::Bridge(CallEvent::Result(result)) => match result.outcome {
                 Outcome::Ok { result } => {
@@ -166,16 +173,17 @@ async fn run(
                         // The ending follows at once, so this one piece is not held back.
                         let _ = outbox.push(Piece::Delta(delta), 0);
                     }
-                    let completion = tokens::count_answer(answer.completion_text()).await;
-                    account.busy += busy_since.elapsed();
-                    let overhead = account.overhead();
+                    // Boxed: the count runs once per request, and inline its future would
+                    // enlarge every waiting request's task.
+                    let completion = Box::pin(tokens::count_answer(answer.completion_text())).await;
                     let usage = account.finish("ok", result.usage, completion);
                     let finish_reason = answer.finish_reason();
+                    account.overhead.add_since(busy_since);
                     let done = Piece::Done {
                         answer: Box::new(answer),
                         finish_reason,
                         usage,
-                        overhead,
+                        overhead: account.overhead.total(),
                     };
                     outbox.end(done, false);
                     return;
@@ -185,10 +193,12 @@ async fn run(
             Next::Bridge(CallEvent::Lost) => {
                 let grace = state.settings.resume_grace;
                 let until = deadline.min(tokio::time::Instant::now() + grace);
+                // Boxed for the same reason: rare, and larger than the rest of the task.
+                let resuming = Box::pin(call.resume(last_chunk, started.elapsed(), until));
                 let resumed = tokio::select! {
-                    resumed = call.resume(last_chunk, started.elapsed(), until) => resumed,
-                    _ = reader_gone.cancelled() => false,
-                    _ = state.grace_over.cancelled() => false,
+                    resumed = resuming => resumed,
+                    _ = &mut reader_left => false,
+                    _ = &mut grace_over => false,
                 };
                 if resumed {
                     tracing::info!(after_chunk_index = ?last_chunk, "request resumed on a new bridge-agent connection");

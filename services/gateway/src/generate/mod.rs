@@ -17,6 +17,7 @@ use crate::state::{AppState, Shared};
 mod account;
 pub mod drive;
 mod outbox;
+pub mod overhead;
 
 use account::Accounting;
 pub use drive::{Piece, Pieces};
@@ -71,6 +72,8 @@ pub struct Running {
     pub rate: RateHeaders,
     /// Gateway time before the request reached bridge-agent.
     pub pre_dispatch: Duration,
+    /// The gateway's own time for the whole request, added to as the answer is rendered.
+    pub overhead: std::sync::Arc<overhead::Overhead>,
     /// The prompt's token count, as admitted.
     pub prompt_tokens: u64,
     pub pieces: Pieces,
@@ -123,8 +126,7 @@ pub async fn start(
         first_chunk: None,
         permit: Some(permit),
         done: true,
-        pre_dispatch: Duration::ZERO,
-        busy: Duration::ZERO,
+        overhead: overhead::Overhead::new(),
     }
     .begin();
     state
@@ -154,12 +156,14 @@ pub async fn start(
         }
     };
     // Waiting for bridge-agent to come back is not the gateway's own time.
-    account.pre_dispatch = started.elapsed().saturating_sub(calling.elapsed());
+    let pre_dispatch = started.elapsed().saturating_sub(calling.elapsed());
+    account.overhead.add(pre_dispatch);
     Ok(Running {
         id,
         created: unix_seconds(),
         rate,
-        pre_dispatch: account.pre_dispatch,
+        pre_dispatch,
+        overhead: account.overhead.clone(),
         prompt_tokens,
         pieces: drive::drive(state.clone(), call, account),
     })

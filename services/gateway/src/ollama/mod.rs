@@ -241,7 +241,8 @@ where
     S: Stream<Item = Bytes> + Send + 'static,
 {
     let body = lines.map(Ok::<_, std::convert::Infallible>);
-    let mut response = Response::new(Body::from_stream(body));
+    let response = Response::new(Body::from_stream(body));
+    let mut response = crate::generate::overhead::timed(response, headers.overhead.clone());
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::generate::overhead::{self, Overhead};
 use crate::generate::Running;
 
 pub mod chat;
@@ -43,7 +44,8 @@ where
             yield Ok::<_, Infallible>(next);
         }
     };
-    let mut response = Response::new(Body::from_stream(body));
+    let response = Response::new(Body::from_stream(body));
+    let mut response = overhead::timed(response, running_headers.overhead.clone());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -71,12 +73,16 @@ pub fn frame(kind: Option<&str>, value: &impl Serialize) -> Bytes {
     out.into_inner().freeze()
 }
 
-/// The headers every answer of a running job carries.
+/// The headers every answer of a running job carries, and the job's overhead meter.
 pub struct Headers {
     rate: crate::ratelimit::RateHeaders,
     id: String,
     /// The gateway's own time so far, when `LOCAL_PROVIDER_OVERHEAD_HEADER` is on.
-    overhead: Option<std::time::Duration>,
+    header: Option<std::time::Duration>,
+    /// The request's meter: a streamed body adds its polls, a whole answer its rendering.
+    pub(crate) overhead: std::sync::Arc<Overhead>,
+    /// When a whole answer's rendering began (its end is [`Headers::apply`]).
+    rendering: Option<std::time::Instant>,
 }
 
 impl Headers {
@@ -84,27 +90,34 @@ impl Headers {
         Self {
             rate: running.rate.clone(),
             id: running.id.clone(),
-            overhead: state
+            header: state
                 .settings
                 .overhead_header
                 .then_some(running.pre_dispatch),
+            overhead: running.overhead.clone(),
+            rendering: None,
         }
     }
 
-    /// The whole request's overhead, once a non-streamed answer is complete.
+    /// The request's overhead up to a non-streamed answer's end; building its body, until
+    /// [`Headers::apply`], is added to the meter.
     pub fn with_overhead(mut self, overhead: std::time::Duration) -> Self {
-        if self.overhead.is_some() {
-            self.overhead = Some(overhead);
+        if self.header.is_some() {
+            self.header = Some(overhead);
         }
+        self.rendering = Some(std::time::Instant::now());
         self
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(began) = self.rendering {
+            self.overhead.add_since(began);
+        }
         self.rate.apply(headers);
         if let Ok(id) = HeaderValue::from_str(&self.id) {
             headers.insert("x-request-id", id);
         }
-        if let Some(overhead) = self.overhead {
+        if let Some(overhead) = self.header {
             let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
             if let Ok(value) = HeaderValue::from_str(&ms) {
                 headers.insert("x-gateway-overhead-ms", value);
