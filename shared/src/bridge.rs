@@ -463,7 +463,14 @@ mod tests {
             chunk_index: 3,
             delta: Delta {
                 content: Some("hé \"quoted\"".into()),
-                tool_calls: Some(vec![json!({"index": 0, "function": {"arguments": "{}"}})]),
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: Some(0),
+                    function: Some(FunctionDelta {
+                        arguments: Some("{}".into()),
+                        ..FunctionDelta::default()
+                    }),
+                    ..ToolCallDelta::default()
+                }]),
                 ..Delta::default()
             },
             finish_reason: Some("stop".into()),

@@ -477,12 +477,31 @@ mod tests {
         };
         let (_, mut slow) = conn.table.insert("slow", ()).unwrap();
         let (_, mut fast) = conn.table.insert("fast", ()).unwrap();
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)), Instant::now());
-        route(&conn, "slow", chunk("slow", &"x".repeat(600)), Instant::now());
+        route(
+            &conn,
+            "slow",
+            chunk("slow", &"x".repeat(600)),
+            Instant::now(),
+        );
+        route(
+            &conn,
+            "slow",
+            chunk("slow", &"x".repeat(600)),
+            Instant::now(),
+        );
         route(&conn, "fast", chunk("fast", "hi"), Instant::now());
-        assert!(matches!(slow.recv().await.map(|t| t.event), Some(CallEvent::Chunk(_))));
-        assert!(matches!(slow.recv().await.map(|t| t.event), Some(CallEvent::Overflow)));
-        assert!(matches!(fast.recv().await.map(|t| t.event), Some(CallEvent::Chunk(_))));
+        assert!(matches!(
+            slow.recv().await.map(|t| t.event),
+            Some(CallEvent::Chunk(_))
+        ));
+        assert!(matches!(
+            slow.recv().await.map(|t| t.event),
+            Some(CallEvent::Overflow)
+        ));
+        assert!(matches!(
+            fast.recv().await.map(|t| t.event),
+            Some(CallEvent::Chunk(_))
+        ));
         assert_eq!(
             frames.try_recv().unwrap(),
             IpcFrame::Cancel { id: "slow".into() }

@@ -82,19 +82,20 @@ pub async fn upgrade(
 
 async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
     let mut socket = Socket(socket);
-    let (agent_id, protocol, result_after_chunks) = match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
-        Ok(Ok(agreed)) => agreed,
-        Ok(Err(why)) => {
-            tracing::warn!(%why, "bridge-agent handshake failed");
-            ws_peer::close(&mut socket, CloseCode::Protocol, &why).await;
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
-            ws_peer::close(&mut socket, CloseCode::Protocol, "no hello").await;
-            return;
-        }
-    };
+    let (agent_id, protocol, result_after_chunks) =
+        match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+            Ok(Ok(agreed)) => agreed,
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "bridge-agent handshake failed");
+                ws_peer::close(&mut socket, CloseCode::Protocol, &why).await;
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
+                ws_peer::close(&mut socket, CloseCode::Protocol, "no hello").await;
+                return;
+            }
+        };
     let welcome = BridgeFrame::Welcome {
         protocol,
         bridge_id: Some(app.bridge_id.clone()),
