@@ -17,7 +17,7 @@ use crate::tagged::Decoded;
 pub const IPC_PROTOCOL: &str = "local-provider-ipc";
 pub const IPC_VERSION: u32 = 1;
 /// Largest frame either side accepts; larger ones end the connection with an error.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_IPC_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// In `welcome`'s `capabilities`: this bridge-agent takes `resume`.
 pub const CAP_RESUME: &str = "resume";
 
@@ -134,7 +134,7 @@ impl Default for IpcCodec {
         Self {
             inner: LengthDelimitedCodec::builder()
                 .length_field_length(4)
-                .max_frame_length(MAX_FRAME_BYTES)
+                .max_frame_length(MAX_IPC_FRAME_BYTES)
                 .new_codec(),
         }
     }

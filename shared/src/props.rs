@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::bridge::{
     BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, StreamChunk,
 };
-use crate::ipc::{IpcCodec, IpcError, IpcFrame, MAX_FRAME_BYTES};
+use crate::ipc::{IpcCodec, IpcError, IpcFrame, MAX_IPC_FRAME_BYTES};
 use crate::property::check;
 
 /// Field names the frames use, so that generated objects often come close to real frames.
@@ -290,7 +290,10 @@ fn ipc_frames_round_trip_through_the_codec() {
 
 #[test]
 fn ipc_lengths_past_the_limit_are_a_clean_error() {
-    let input = ((MAX_FRAME_BYTES as u32 + 1)..=u32::MAX, any::<Vec<u8>>());
+    let input = (
+        (MAX_IPC_FRAME_BYTES as u32 + 1)..=u32::MAX,
+        any::<Vec<u8>>(),
+    );
     check("ipc_oversized_length", input, |(length, rest)| {
         let mut bytes = length.to_be_bytes().to_vec();
         bytes.extend(rest);

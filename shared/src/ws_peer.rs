@@ -391,8 +391,10 @@ mod tests {
             }
             at
         });
+        // Silence ends it between ticks, so no tick races the deadline.
         let s = Settings {
             first_tick: Duration::ZERO,
+            silence: Duration::from_secs(25),
             ..settings()
         };
         let ended = run(&mut ours, &mut Echo::default(), &mut rx, &s, &closing).await;

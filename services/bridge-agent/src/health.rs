@@ -22,14 +22,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
-    let app = router(hub);
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(%err, "health server failed");
-    }
+/// Serves the health and metrics endpoints until `stop` fires.
+pub async fn serve_health(listener: TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
+    provider_shared::http_server::serve(listener, router(hub), stop).await;
 }
 
 async fn health(State(hub): State<Arc<Hub>>) -> Json<Value> {

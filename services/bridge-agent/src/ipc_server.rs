@@ -183,7 +183,7 @@ async fn on_request(
     };
     crate::metrics::gauge_in_flight(hub.requests.len());
     hub.request_tasks.spawn(
-        request::serve(hub.clone(), id.clone(), start, ticket, inbox, out.clone())
+        request::handle_request(hub.clone(), id.clone(), start, ticket, inbox, out.clone())
             .instrument(info_span!("request", %id, conn)),
     );
 }

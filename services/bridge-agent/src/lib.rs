@@ -86,7 +86,7 @@ pub async fn run(
 
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(
-        health::serve(listeners.http, hub.clone(), http_stop.clone())
+        health::serve_health(listeners.http, hub.clone(), http_stop.clone())
             .instrument(info_span!("health")),
     );
     tracker.spawn(

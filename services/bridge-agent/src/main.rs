@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(run_service(config))
 }
 
 /// For container HEALTHCHECKs (the image has no shell or curl): probes the health address the
@@ -71,7 +71,7 @@ fn healthcheck() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn run_service(config: Config) -> ExitCode {
     if config.binds_non_loopback() {
         tracing::warn!(host = %config.bridge_agent_host,
             "health endpoint bound beyond loopback (LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true)");

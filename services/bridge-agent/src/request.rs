@@ -79,7 +79,7 @@ pub enum Start {
     },
 }
 
-pub async fn serve(
+pub async fn handle_request(
     hub: Arc<Hub>,
     id: String,
     start: Start,

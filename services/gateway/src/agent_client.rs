@@ -294,7 +294,7 @@ async fn maintain(
                 logged_down = false;
                 tracing::info!(resume = welcome.resume, "connected to bridge-agent");
                 metrics::gauge!("gateway_bridge_agent_connected").set(1.0);
-                serve(welcome, buffer_bytes, &conn_tx, &link_tx, &shutdown).await;
+                run_connection(welcome, buffer_bytes, &conn_tx, &link_tx, &shutdown).await;
                 metrics::gauge!("gateway_bridge_agent_connected").set(0.0);
                 metrics::gauge!("gateway_bridge_connected").set(0.0);
                 if shutdown.is_cancelled() {
@@ -359,7 +359,7 @@ async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
     }
 }
 
-async fn serve(
+async fn run_connection(
     welcome: Welcomed,
     buffer_bytes: usize,
     conn_tx: &watch::Sender<Option<Conn>>,

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(settings))
+    runtime.block_on(run_service(settings))
 }
 
 /// For container HEALTHCHECKs (the image has no shell or curl): probes the address the same
@@ -70,7 +70,7 @@ fn healthcheck() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+async fn run_service(settings: Settings) -> ExitCode {
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(var, "unknown variable ignored (a typo?)");
     }

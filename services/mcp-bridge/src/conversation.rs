@@ -11,7 +11,7 @@
 //! transit must not make the next request a delta over messages the agent never read.
 //!
 //! Bounds: state ends with its MCP session, after [`IDLE_TTL`] without use, and at
-//! [`MAX_SESSIONS`] sessions / [`MAX_CONVERSATIONS`] conversations per session the least recently
+//! [`MAX_MCP_SESSIONS`] sessions / [`MAX_CONVERSATIONS`] conversations per session the least recently
 //! used is forgotten (its next request is then handed whole, which is always correct).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Sessions remembered at once; past it the least recently used is forgotten.
-pub const MAX_SESSIONS: usize = 128;
+pub const MAX_MCP_SESSIONS: usize = 128;
 /// Conversations remembered per session; past it the least recently used is forgotten.
 pub const MAX_CONVERSATIONS: usize = 256;
 /// Unused this long, a session's or conversation's state is forgotten (as long as an MCP
@@ -144,7 +144,7 @@ impl Conversations {
         };
         let mut sessions = self.sessions();
         expire(&mut sessions, now);
-        if !sessions.contains_key(&session.id) && sessions.len() >= MAX_SESSIONS {
+        if !sessions.contains_key(&session.id) && sessions.len() >= MAX_MCP_SESSIONS {
             evict_oldest(&mut sessions, |s| s.used);
         }
         let state = sessions.entry(session.id).or_default();
@@ -465,11 +465,12 @@ mod tests {
     #[test]
     fn state_is_bounded_and_ends_with_the_session() {
         let store = Conversations::new(true);
-        let agents: Vec<AgentSession> = (0..MAX_SESSIONS + 3).map(|_| store.session()).collect();
+        let agents: Vec<AgentSession> =
+            (0..MAX_MCP_SESSIONS + 3).map(|_| store.session()).collect();
         for a in &agents {
             store.plan(a, "r", None, &msgs(2), false);
         }
-        assert_eq!(store.remembered_sessions(), MAX_SESSIONS);
+        assert_eq!(store.remembered_sessions(), MAX_MCP_SESSIONS);
         drop(agents);
         assert_eq!(store.remembered_sessions(), 0);
         let agent = store.session();

@@ -63,10 +63,10 @@ fn main() -> ExitCode {
             Err(err) => fail(&err),
         };
     }
-    runtime.block_on(serve(config))
+    runtime.block_on(run_service(config))
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn run_service(config: Config) -> ExitCode {
     if let Err(err) = config.require_tokens() {
         tracing::error!(%err, "mcp-bridge refuses to start");
         eprintln!("mcp-bridge: {err}");

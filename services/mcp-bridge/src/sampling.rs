@@ -49,7 +49,7 @@ pub fn start(broker: &Arc<Broker>, peer: Peer<RoleServer>) {
     let span = tracing::info_span!("sampling", %client);
     broker
         .samplers
-        .spawn(serve(broker.clone(), peer).instrument(span));
+        .spawn(sample_for(broker.clone(), peer).instrument(span));
 }
 
 /// What makes a client stop being used.
@@ -70,7 +70,7 @@ async fn gone(broker: &Broker, peer: &Peer<RoleServer>) -> Stop {
     }
 }
 
-async fn serve(broker: Arc<Broker>, peer: Peer<RoleServer>) {
+async fn sample_for(broker: Arc<Broker>, peer: Peer<RoleServer>) {
     let n = broker.sampling_clients.fetch_add(1, Ordering::SeqCst) + 1;
     tracing::info!(
         sampling_clients = n,

@@ -76,11 +76,11 @@ pub async fn upgrade(
     let ws = ws.max_frame_size(limit).max_message_size(limit);
     ws.on_upgrade(move |socket| {
         let span = tracing::info_span!("bridge_agent", %addr);
-        tracker.track_future(serve(app, socket, addr).instrument(span))
+        tracker.track_future(agent_connection(app, socket, addr).instrument(span))
     })
 }
 
-async fn serve(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
+async fn agent_connection(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
     let mut socket = Socket(socket);
     let (agent_id, protocol, result_after_chunks) =
         match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
