@@ -42,6 +42,9 @@ BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "ben
 QUICK = "--quick" in sys.argv
 # Only the million-request memory check (its figures go in results under "leak").
 ONLY_LEAK = "--only-leak" in sys.argv
+# --compare DIR: ours as built now against the release binaries in DIR (an earlier commit's), both
+# pairs running side by side and measured cell by cell in turn, beside direct; no LiteLLM.
+COMPARE = Path(sys.argv[sys.argv.index("--compare") + 1]).resolve() if "--compare" in sys.argv else None
 DURATION = "3s" if QUICK else "10s"
 OUT_DIR = REPO / "bench/results"
 STAMP = time.strftime("%Y%m%d-%H%M%S")
@@ -187,14 +190,16 @@ http {{
     peer_port, agent_port, gw_port = free_port(), free_port(), free_port()
     peer = procs.start("zero-peer", [str(BUILD / "zero-peer")], {"BENCH_PEER_ADDR": f"127.0.0.1:{peer_port}"})
 
-    def start_pair(run: str, wrap=lambda service: []):
-        """Starts bridge-agent and the gateway, each behind `wrap(service)` (a tool's argv or none)."""
+    def start_pair(run: str, wrap=lambda service: [], build=BUILD, ports=(agent_port, gw_port)):
+        """Starts bridge-agent and the gateway from `build`, each behind `wrap(service)` (a tool's argv
+        or none), on `ports` (bridge-agent's health port, the gateway's)."""
+        agent_port, gw_port = ports
         common = {"LOCAL_PROVIDER_BRIDGE_SOCKET": str(tmp / f"bridge-{run}.sock"),
                   "LOCAL_PROVIDER_LOG_LEVEL": "warning",
                   "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "900", "LOCAL_PROVIDER_REQUEST_TIMEOUT": "900"}
-        agent = procs.start(f"bridge-agent-{run}", wrap("bridge-agent") + [str(BUILD / "bridge-agent")], {**common,
+        agent = procs.start(f"bridge-agent-{run}", wrap("bridge-agent") + [str(build / "bridge-agent")], {**common,
             "LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}", "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
-        gateway = procs.start(f"gateway-{run}", wrap("gateway") + [str(BUILD / "gateway")], {**common,
+        gateway = procs.start(f"gateway-{run}", wrap("gateway") + [str(build / "gateway")], {**common,
             "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
             "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / f"audit-{run}.log"),
             "LOCAL_PROVIDER_RATE_LIMIT_RPM": "1000000000", "LOCAL_PROVIDER_RATE_LIMIT_BURST": "1000000000",
@@ -211,6 +216,9 @@ http {{
     if PROFILE:
         profile(tmp, results, ours, start_pair)
     if ALLOCS or PROFILE:
+        return
+    if COMPARE:
+        compare(results, direct, nginx_port, peer, start_pair)
         return
     agent, gateway = start_pair("main")
     time.sleep(1)
@@ -285,6 +293,78 @@ general_settings:
         p.terminate()
         p.wait(timeout=30)
     leak(results, ours, *start_pair("leak"))
+
+
+def compare(results: dict, direct: str, nginx_port: int, peer, start_pair) -> None:
+    """Ours now and ours as built in COMPARE, side by side, cell by cell (see --compare)."""
+    pairs = {"now": BUILD, "before": COMPARE}
+    urls, pids = {}, {}
+    for name, build in pairs.items():
+        ports = (free_port(), free_port())
+        agent, gateway = start_pair(name, build=build, ports=ports)
+        urls[name] = f"http://127.0.0.1:{ports[1]}/v1/chat/completions"
+        pids[name] = (gateway, agent)
+    time.sleep(1)
+    results["compare"] = {"before_dir": str(COMPARE), "idle_rss_mb": {}, "warm_rss_mb": {}}
+    for name, (gateway, agent) in pids.items():
+        results["compare"]["idle_rss_mb"][name] = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid)}
+        oha(urls[name], concurrency=8, duration="2s")  # warm-up: connections, tokenizer
+        results["compare"]["warm_rss_mb"][name] = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid)}
+    cells = {}
+    for c in (1, 16, 64, 256):
+        row = {"direct": oha(direct, concurrency=c, key=None)}
+        row.update({name: oha(url, concurrency=c) for name, url in urls.items()})
+        cells[f"c={c}"] = row
+        print(f"c={c}: {json.dumps(row)}", flush=True)
+    for rate in (500, 1000):
+        row = {"direct": oha(direct, concurrency=64, rate=rate, key=None)}
+        row.update({name: oha(url, concurrency=64, rate=rate) for name, url in urls.items()})
+        cells[f"rate={rate}"] = row
+        print(f"rate={rate}: {json.dumps(row)}", flush=True)
+    results["compare"]["cells"] = cells
+    probe = str(BUILD / "stream-probe")
+    n = "50" if QUICK else "200"
+    stream = {"direct": json.loads(subprocess.run([probe, "ttfc", f"http://127.0.0.1:{nginx_port}/v1/stream", KEY, n],
+                                                  capture_output=True, text=True, check=True).stdout)}
+    for name, url in urls.items():
+        stream[name] = json.loads(subprocess.run([probe, "ttfc", url, KEY, n], capture_output=True, text=True,
+                                                 check=True).stdout)
+    results["compare"]["stream"] = stream
+    print(f"stream: {json.dumps(stream)}", flush=True)
+    held = {}
+    for name, url in urls.items():
+        gateway, agent = pids[name]
+        out = subprocess.run([probe, "hold", url, KEY, "1000" if QUICK else "10000", f"{gateway.pid},{agent.pid},{peer.pid}"],
+                             capture_output=True, text=True, check=True).stdout
+        held[name] = json.loads(out)
+        print(f"held {name}: {out.strip()}", flush=True)
+        time.sleep(3)
+    results["compare"]["held_streams"] = held
+    results["compare"]["held_count"] = 1000 if QUICK else 10000
+
+
+def render_compare(r: dict) -> str:
+    cell = lambda x: f"{x['rps']:,} rps; {x['p50_ms']} / {x['p99_ms']} / {x['p999_ms']}; {x['errors']} err"
+    lines = [f"## Ours now against ours before ({r['before_dir']}), side by side", "",
+             "Requests/s; latency ms p50 / p99 / p99.9; errors. Added = ours − direct.", "",
+             "| cell | direct | now | before | added p50 now / before | added p99 now / before |",
+             "|---|---|---|---|---|---|"]
+    for name, row in r["cells"].items():
+        d, n, b = row["direct"], row["now"], row["before"]
+        lines.append(f"| {name} | {cell(d)} | {cell(n)} | {cell(b)} | "
+                     f"{n['p50_ms'] - d['p50_ms']:.3f} / {b['p50_ms'] - d['p50_ms']:.3f} | "
+                     f"{n['p99_ms'] - d['p99_ms']:.3f} / {b['p99_ms'] - d['p99_ms']:.3f} |")
+    s = r["stream"]
+    lines += ["", "| streams (100 chunks) | time to first chunk p50 / p99 µs | whole answer p50 µs |", "|---|---|---|"]
+    for name in ("direct", "now", "before"):
+        lines.append(f"| {name} | {s[name]['ttfc_us']['p50']} / {s[name]['ttfc_us']['p99']} | {s[name]['total_us']['p50']} |")
+    lines += ["", f"- idle RSS (MB): {r['idle_rss_mb']}", f"- after warm-up (MB): {r['warm_rss_mb']}"]
+    for name, h in r["held_streams"].items():
+        total = sum((x["rss_bytes"] or 0) for x in h["rss"][:2]) / 1e6
+        lines.append(f"- {name}: {r['held_count']:,} open streams (failed {h['failed']}, opened in "
+                     f"{h['opened_in_ms']} ms): gateway + bridge-agent {total:.1f} MB; "
+                     + ", ".join(f"pid {x['pid']} {round((x['rss_bytes'] or 0) / 1e6, 1)} MB" for x in h["rss"]))
+    return "\n".join(lines) + "\n"
 
 
 def leak(results: dict, ours: str, agent, gateway) -> None:
@@ -584,6 +664,8 @@ def render(r: dict) -> str:
         leak = r["leak"]
         parts.append(f"RSS after 10k requests {leak['rss_after_10k_mb']}, after {leak['requests']:,}: "
                      f"{leak['rss_after_all_mb']} ({leak['errors']} errors, {leak['rps']:,} rps)\n")
+    if "compare" in r:
+        parts.append(render_compare(r["compare"]))
     if "allocs" in r:
         parts.append(render_allocs(r["allocs"]))
     if "profile" in r:
