@@ -351,12 +351,12 @@ impl Broker {
         })
     }
 
-    /// A chunk of `id` found its bridge-agent's queue full (`ws.rs` `OUTBOUND_QUEUE`): this
+    /// A chunk of `id` found its bridge-agent's queue full (`config.rs` `OUTBOUND_QUEUE`): this
     /// request ends with `slow_client`, the connection goes on for the others.
     fn overflowed(&self, id: &str, to_owner: &Outbound<BridgeFrame>) -> Refusal {
         let why = format!(
             "bridge-agent is {} frames behind on this request (mcp-bridge's outbound queue is full); the request ends so that the others on its connection go on",
-            crate::ws::OUTBOUND_QUEUE
+            crate::config::OUTBOUND_QUEUE
         );
         tracing::warn!(%id, "outbound queue full; ending the request");
         to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(

@@ -9,6 +9,11 @@ use provider_shared::config::{
 };
 use serde::Deserialize;
 
+/// Frames waiting to go out to one bridge-agent, and to it from one request (protocol 2). Code
+/// holding the queue's lock cannot wait: a chunk that finds it full ends its own request with
+/// `slow_client` (`broker.rs` `submit`); results wait for room. The link goes on for the others.
+pub const OUTBOUND_QUEUE: usize = 256;
+
 /// Cursor cuts a tool call off at about five minutes; a long-poll must end well before that.
 pub const POLL_MAX: Duration = Duration::from_secs(280);
 /// The shortest wait a caller may ask for, so that an agent loop never spins.

@@ -13,8 +13,8 @@ use provider_shared::ws_peer::{self, Outbound};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::config::OUTBOUND_QUEUE;
 use crate::queue::Owner;
-use crate::ws::OUTBOUND_QUEUE;
 
 /// How many ended requests keep their last frames, in case the connection that was sent them
 /// drops before they arrive.

@@ -31,10 +31,6 @@ use crate::state::App;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A send that blocks this long means the peer stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames waiting to go out to one bridge-agent, and to it from one request (protocol 2). Code
-/// holding the queue's lock cannot wait: a chunk that finds it full ends its own request with
-/// `slow_client` (`broker.rs` `submit`); results wait for room. The link goes on for the others.
-pub const OUTBOUND_QUEUE: usize = 256;
 /// How often the queue and the polls are looked at for a `bridge_status` that changed.
 const REPORT_CHECK: Duration = Duration::from_secs(1);
 /// A `bridge_status` goes out at least this often, changed or not, so its reader can tell a
@@ -182,7 +178,7 @@ struct Peer {
 }
 
 async fn run(app: &App, socket: &mut Socket, peer: &Peer) -> String {
-    let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(crate::config::OUTBOUND_QUEUE);
     let silence = app.broker.config.heartbeat_interval * 2;
     let settings = ws_peer::Settings {
         silence,
