@@ -1,14 +1,7 @@
 //! `gateway generate-api-key`: a fresh key from the OS's random source.
-use base64::Engine;
-
 /// 48 random bytes, URL-safe base64: 64 characters after the `lp-` prefix.
 pub fn generate_api_key() -> String {
-    let mut bytes = [0u8; 48];
-    rand::fill(&mut bytes);
-    format!(
-        "lp-{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    crate::secrets::prefixed_random::<48>("lp-")
 }
 
 #[cfg(test)]

@@ -15,10 +15,16 @@ pub fn random_hex(bytes: usize) -> String {
 
 /// A new session token: the prefix and 32 random bytes, URL-safe base64.
 pub fn session_token() -> String {
-    let mut secret = [0u8; 32];
+    prefixed_random::<32>(TOKEN_PREFIX)
+}
+
+/// `prefix`, then `N` random bytes as URL-safe base64 without padding: session tokens and API
+/// keys.
+pub fn prefixed_random<const N: usize>(prefix: &str) -> String {
+    let mut secret = [0u8; N];
     rand::fill(&mut secret);
     format!(
-        "{TOKEN_PREFIX}{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
     )
 }

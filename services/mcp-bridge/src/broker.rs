@@ -571,25 +571,10 @@ impl Drop for Poller<'_> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use provider_shared::bridge::{ModelMeta, Outcome, Payload};
+    use provider_shared::bridge::Outcome;
     use provider_shared::ws_peer;
-    use serde_json::Map;
 
-    fn invoke(id: &str) -> ModelInvoke {
-        ModelInvoke {
-            id: id.into(),
-            session_id: None,
-            model_meta: ModelMeta {
-                provider: "local".into(),
-                label: "m".into(),
-                requested_scopes: vec![],
-            },
-            payload: Payload::Chat {
-                messages: vec![json!({"role": "user", "content": id})],
-                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
-            },
-        }
-    }
+    use crate::queue::tests::invoke;
 
     fn part(content: &str) -> Part {
         serde_json::from_value(json!({"content": content, "done": false})).unwrap()

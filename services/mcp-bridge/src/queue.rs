@@ -359,13 +359,14 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::answer::Part;
     use provider_shared::bridge::{ModelMeta, Payload};
     use serde_json::json;
 
-    fn invoke(id: &str) -> ModelInvoke {
+    /// A streamed chat request whose one message is its id (the broker's tests use it too).
+    pub(crate) fn invoke(id: &str) -> ModelInvoke {
         ModelInvoke {
             id: id.into(),
             session_id: None,

@@ -206,13 +206,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(bytes: &Bytes) -> (String, Value) {
-        let text = std::str::from_utf8(bytes).unwrap();
-        let (event, data) = text.split_once('\n').unwrap();
-        let kind = event.strip_prefix("event: ").unwrap().to_owned();
-        let value = serde_json::from_str(data.strip_prefix("data: ").unwrap().trim_end()).unwrap();
-        (kind, value)
-    }
+    use crate::openai::parse_frame as parse;
 
     #[test]
     fn events_name_their_type_and_have_anthropic_shapes() {

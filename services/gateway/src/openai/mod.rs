@@ -73,6 +73,17 @@ pub fn frame(kind: Option<&str>, value: &impl Serialize) -> Bytes {
     out.into_inner().freeze()
 }
 
+/// A named frame of [`frame`] taken apart again: its `event` and its JSON `data`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub fn parse_frame(bytes: &Bytes) -> (String, serde_json::Value) {
+    let text = std::str::from_utf8(bytes).unwrap();
+    let (event, data) = text.split_once('\n').unwrap();
+    let kind = event.strip_prefix("event: ").unwrap().to_owned();
+    let value = serde_json::from_str(data.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+    (kind, value)
+}
+
 /// The headers every answer of a running job carries, and the job's overhead meter.
 pub struct Headers {
     rate: crate::ratelimit::RateHeaders,
