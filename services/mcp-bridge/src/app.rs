@@ -44,8 +44,13 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
         Arc::new(sessions()),
         config,
     );
+    // Outermost the token check; inside it every response body is watched (`caller.rs`).
     let mcp = Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::caller::watch,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), mcp_auth));
     Router::new()
         .route("/", get(ws::upgrade))

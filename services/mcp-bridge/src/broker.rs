@@ -4,23 +4,31 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult};
 use provider_shared::digest;
-use provider_shared::ws_peer::{Outbound, Refused};
+use provider_shared::ws_peer::Outbound;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::answer::Part;
+use crate::caller::Presence;
 use crate::config::Config;
 use crate::conversation::Conversations;
 use crate::metrics;
-use crate::queue::{Ended, Entry, Handout, Owner, Queue, Refusal};
+use crate::queue::{Ended, Entry, Owner, Queue, QueueFull, Refusal};
 use crate::resume::Resumes;
 use provider_shared::audit::Audit;
+
+mod handout;
+
+/// The agent's lease lapsed after part of the answer went out.
+const AGENT_TIMEOUT: &str = "agent_timeout";
+/// The agent's MCP session left after part of the answer went out.
+const AGENT_GONE: &str = "agent_gone";
 
 /// A connected bridge-agent.
 #[derive(Debug, Clone)]
@@ -35,8 +43,6 @@ pub struct Broker {
     pub audit: Audit,
     pub started: Instant,
     queue: Mutex<Queue>,
-    /// Woken when a request becomes available.
-    available: Notify,
     /// Woken when a lease is granted, so the sweeper looks at the new deadline.
     leases_changed: Notify,
     agents: Mutex<HashMap<Owner, AgentInfo>>,
@@ -55,6 +61,8 @@ pub struct Broker {
     pub conversations: Arc<Conversations>,
     /// Requests of protocol-2 connections, which may resume on a new one.
     pub resumes: std::sync::Arc<Resumes>,
+    /// Which MCP sessions keep a standalone stream open (`caller.rs`).
+    pub presence: Presence,
     counts: Counts,
 }
 
@@ -85,7 +93,6 @@ impl Broker {
             audit,
             started: Instant::now(),
             queue: Mutex::new(Queue::default()),
-            available: Notify::new(),
             leases_changed: Notify::new(),
             agents: Mutex::new(HashMap::new()),
             next_owner: AtomicU64::new(1),
@@ -94,6 +101,7 @@ impl Broker {
             sampling_clients: AtomicUsize::new(0),
             samplers,
             stopping: CancellationToken::new(),
+            presence: Presence::default(),
             counts: Counts::default(),
         }
     }
@@ -162,6 +170,7 @@ impl Broker {
                 }
                 for id in broker.resumes.expire(owner) {
                     let entry = broker.queue().end(&id, Ended::Withdrawn);
+                    // No result: the connection it would go to is gone.
                     if let Some(entry) = entry {
                         tracing::info!(%id, "not resumed within RESUME_GRACE; withdrawn");
                         broker.record_end(&entry, Ended::Withdrawn, None);
@@ -210,10 +219,7 @@ impl Broker {
             result_after_chunks,
         );
         match pushed {
-            Ok(()) => {
-                self.gauges();
-                self.available.notify_waiters();
-            }
+            Ok(()) => self.gauges(),
             Err(id) => {
                 tracing::warn!(%id, "model_invoke with a live id refused");
                 to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
@@ -238,112 +244,51 @@ impl Broker {
         }
     }
 
-    /// Waits up to `wait` for a request and leases it; `None` when none came (or `ct` fired,
-    /// or shutdown began). Taking is synchronous, so a cancelled wait never holds a request.
-    pub async fn next_request(&self, wait: Duration, ct: &CancellationToken) -> Option<Handout> {
-        let _poller = Poller::new(self);
-        let deadline = tokio::time::Instant::now() + wait;
-        self.wait_for(deadline, ct, || self.take()).await
-    }
-
-    /// Waits (until `ct` fires or shutdown) for a request that `fits` and leases it for
-    /// `lease_for`: how sampling clients take the requests they can answer.
-    pub async fn next_matching(
-        &self,
-        fits: impl Fn(&Entry) -> bool,
-        lease_for: Duration,
-        ct: &CancellationToken,
-    ) -> Option<Handout> {
-        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        self.wait_for(far, ct, || {
-            let handout = self.queue().take_first(Instant::now(), lease_for, &fits)?;
-            self.handed(&handout);
-            Some(handout)
-        })
-        .await
-    }
-
-    async fn wait_for(
-        &self,
-        deadline: tokio::time::Instant,
-        ct: &CancellationToken,
-        take: impl Fn() -> Option<Handout>,
-    ) -> Option<Handout> {
-        loop {
-            let notified = self.available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.stopping.is_cancelled() {
-                return None;
-            }
-            if let Some(handout) = take() {
-                return Some(handout);
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => return None,
-                _ = ct.cancelled() => return None,
-                _ = self.stopping.cancelled() => return None,
-            }
-        }
-    }
-
-    fn take(&self) -> Option<Handout> {
-        let now = Instant::now();
-        let handout = self.queue().take(now, self.config.lease_timeout)?;
-        self.handed(&handout);
-        Some(handout)
-    }
-
-    fn handed(&self, handout: &Handout) {
-        if handout.attempt == 1 {
-            metrics::agent_wait(handout.queued_for);
-        }
-        tracing::info!(id = %handout.id, attempt = handout.attempt, "request handed to the agent");
-        self.leases_changed.notify_one();
-        self.gauges();
-    }
-
-    /// The holder of `lease` gives `id` back unanswered: it goes to the front of the queue for
-    /// any other agent or sampling client.
-    pub fn release(&self, id: &str, lease: &str) {
-        if self.queue().release(id, lease) {
-            tracing::info!(%id, "request back in the queue");
-            self.gauges();
-            self.available.notify_waiters();
-        }
-    }
-
-    /// One part of an answer from the agent.
+    /// One part of an answer from the agent. Its chunks, and on `done` its result, go out under
+    /// the queue's lock, and the request ends there too: a part that finds bridge-agent's queue
+    /// full ends it with `slow_client` in the same step, so no other part can slip a second
+    /// result in between.
     pub fn submit(&self, id: &str, lease: &str, part: Part) -> Result<Submitted, Refusal> {
+        let lease_for = self.config.lease_timeout;
         let mut queue = self.queue();
-        let entry = queue.leased(id, lease)?;
+        let entry = queue.leased(id, lease, Instant::now(), lease_for)?;
         let shape = entry.shape.clone();
         let step = entry.answer.apply(id, &shape, part).map_err(Refusal)?;
         let chunks_sent = step.frames.len() - usize::from(step.done);
-        let to_owner = entry.to_owner.clone();
+        let mut result = None;
         for frame in step.frames {
-            if matches!(frame, BridgeFrame::ModelResult(_)) {
-                to_owner.push_last(frame);
-                continue;
-            }
-            match to_owner.try_push(frame) {
-                // A closed channel means the connection is going; its drop withdraws the request.
-                Ok(()) | Err(Refused::Closed(_)) => {}
-                Err(Refused::Full(_)) => {
-                    drop(queue);
-                    return Err(self.overflowed(id, &to_owner));
+            let frame = match frame {
+                BridgeFrame::ModelResult(r) => {
+                    result = Some(r);
+                    continue;
+                }
+                chunk => chunk,
+            };
+            match entry.send_chunk(frame) {
+                Ok(()) => {}
+                Err(QueueFull) => {
+                    let why = overflow_reason();
+                    tracing::warn!(%id, "outbound queue full; ending the request");
+                    if let Some(entry) = queue.end(id, Ended::Failed) {
+                        drop(queue);
+                        self.record_end(&entry, Ended::Failed, Some(codes::SLOW_CLIENT));
+                        entry.finish(ModelResult::error(id, codes::SLOW_CLIENT, &why));
+                        self.gauges();
+                    }
+                    return Err(Refusal(why));
                 }
             }
         }
-        if step.done {
-            if let Some(entry) = queue.end(id, Ended::Answered) {
-                drop(queue);
-                self.record_end(&entry, Ended::Answered, None);
-                self.gauges();
+        match result {
+            Some(result) => {
+                if let Some(entry) = queue.end(id, Ended::Answered) {
+                    drop(queue);
+                    self.record_end(&entry, Ended::Answered, None);
+                    entry.finish(result);
+                    self.gauges();
+                }
             }
-        } else {
-            queue.renew(id, Instant::now(), self.config.lease_timeout);
+            None => queue.renew(id, Instant::now(), lease_for),
         }
         Ok(Submitted {
             done: step.done,
@@ -351,38 +296,16 @@ impl Broker {
         })
     }
 
-    /// A chunk of `id` found its bridge-agent's queue full (`config.rs` `OUTBOUND_QUEUE`): this
-    /// request ends with `slow_client`, the connection goes on for the others.
-    fn overflowed(&self, id: &str, to_owner: &Outbound<BridgeFrame>) -> Refusal {
-        let why = format!(
-            "bridge-agent is {} frames behind on this request (mcp-bridge's outbound queue is full); the request ends so that the others on its connection go on",
-            crate::config::OUTBOUND_QUEUE
-        );
-        tracing::warn!(%id, "outbound queue full; ending the request");
-        to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
-            id,
-            codes::SLOW_CLIENT,
-            &why,
-        )));
-        let entry = self.queue().end(id, Ended::Failed);
-        if let Some(entry) = entry {
-            self.record_end(&entry, Ended::Failed, Some(codes::SLOW_CLIENT));
-            self.gauges();
-        }
-        Refusal(why)
-    }
-
     /// The agent gives up on a request.
     pub fn fail(&self, id: &str, lease: &str, code: &str, reason: &str) -> Result<(), Refusal> {
         let entry = {
             let mut queue = self.queue();
-            queue.leased(id, lease)?;
+            queue.leased(id, lease, Instant::now(), self.config.lease_timeout)?;
             queue.end(id, Ended::Failed)
         };
         if let Some(entry) = entry {
-            let result = ModelResult::error(id, code, reason);
-            entry.to_owner.push_last(BridgeFrame::ModelResult(result));
             self.record_end(&entry, Ended::Failed, Some(code));
+            entry.finish(ModelResult::error(id, code, reason));
             self.gauges();
         }
         Ok(())
@@ -413,20 +336,20 @@ impl Broker {
                     requeued = true;
                 } else if let Some(entry) = lapse.entry {
                     tracing::warn!(id = %lapse.id, "lease lapsed mid-answer; ending the request");
-                    entry.to_owner.push_last(BridgeFrame::ModelResult(ModelResult::error(
+                    self.record_end(&entry, Ended::Abandoned, Some(AGENT_TIMEOUT));
+                    entry.finish(ModelResult::error(
                         &lapse.id,
-                        "agent_timeout",
+                        AGENT_TIMEOUT,
                         format!(
                             "the agent stopped answering for {:?} (LEASE_TIMEOUT) after part of the answer was sent",
                             self.config.lease_timeout
                         ),
-                    )));
-                    self.record_end(&entry, Ended::Abandoned, None);
+                    ));
                 }
             }
             self.gauges();
             if requeued {
-                self.available.notify_waiters();
+                tracing::debug!("lapsed requests handed to waiting polls");
             }
         }
     }
@@ -450,13 +373,13 @@ impl Broker {
 
     fn end_all(&self, entries: Vec<Entry>) {
         for entry in entries {
-            let result = ModelResult::error(
-                &entry.invoke.id,
-                "shutting_down",
-                "mcp-bridge is shutting down",
-            );
-            entry.to_owner.push_last(BridgeFrame::ModelResult(result));
             self.record_end(&entry, Ended::ShuttingDown, None);
+            let id = entry.invoke.id.clone();
+            entry.finish(ModelResult::error(
+                &id,
+                codes::SHUTTING_DOWN,
+                "mcp-bridge is shutting down",
+            ));
         }
         self.gauges();
     }
@@ -547,6 +470,15 @@ impl Broker {
     }
 }
 
+/// Why a part that found bridge-agent's queue full ended its request (`config.rs`
+/// `OUTBOUND_QUEUE`): this request ends with `slow_client`, the connection goes on for the others.
+fn overflow_reason() -> String {
+    format!(
+        "bridge-agent is {} frames behind on this request (mcp-bridge's outbound queue is full); the request ends so that the others on its connection go on",
+        crate::config::OUTBOUND_QUEUE
+    )
+}
+
 /// Counts one waiting long-poll while it lives.
 struct Poller<'a>(&'a Broker);
 
@@ -568,70 +500,4 @@ impl Drop for Poller<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use provider_shared::bridge::Outcome;
-    use provider_shared::ws_peer;
-
-    use crate::queue::tests::invoke;
-
-    fn part(content: &str) -> Part {
-        serde_json::from_value(json!({"content": content, "done": false})).unwrap()
-    }
-
-    fn chunk_of(frame: BridgeFrame) -> (String, String) {
-        match frame {
-            BridgeFrame::ModelStreamChunk(c) => (c.id, c.delta.content.unwrap_or_default()),
-            other => panic!("not a chunk: {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_request_that_overflows_its_connection_s_queue_ends_alone() {
-        let config = Config::from_vars(vec![]).unwrap();
-        let (audit, _writer) = Audit::open(None, "mcp-bridge", Default::default())
-            .await
-            .unwrap();
-        let broker = Broker::new(config, audit);
-        // One connection whose queue holds two frames, with two requests on it.
-        let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(2);
-        broker.invoke(1, invoke("a"), tx.clone(), false);
-        broker.invoke(1, invoke("b"), tx.clone(), false);
-        let a = broker.take().unwrap();
-        let b = broker.take().unwrap();
-        broker.submit("a", &a.lease, part("a1")).unwrap();
-        broker.submit("b", &b.lease, part("b1")).unwrap();
-        let Err(refused) = broker.submit("a", &a.lease, part("a2")) else {
-            panic!("a full queue took the chunk");
-        };
-        assert!(refused.0.contains("frames behind"), "{refused:?}");
-
-        assert_eq!(
-            chunk_of(rx.recv().await.unwrap()),
-            ("a".into(), "a1".into())
-        );
-        assert_eq!(
-            chunk_of(rx.recv().await.unwrap()),
-            ("b".into(), "b1".into())
-        );
-        // a's result waited for room; it names the reason.
-        match rx.recv().await.unwrap() {
-            BridgeFrame::ModelResult(result) => {
-                assert_eq!(result.id, "a");
-                let Outcome::Error { error } = result.outcome else {
-                    panic!("not an error")
-                };
-                assert_eq!(error.code, codes::SLOW_CLIENT);
-            }
-            other => panic!("not a result: {other:?}"),
-        }
-        assert!(broker.submit("a", &a.lease, part("a3")).is_err(), "a ended");
-        // b, on the same connection, goes on.
-        broker.submit("b", &b.lease, part("b2")).unwrap();
-        assert_eq!(
-            chunk_of(rx.recv().await.unwrap()),
-            ("b".into(), "b2".into())
-        );
-    }
-}
+mod tests;

@@ -8,6 +8,7 @@ mod answer;
 mod app;
 mod auth;
 mod broker;
+mod caller;
 pub mod config;
 mod conversation;
 mod mcp;

@@ -9,14 +9,18 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, PromptMessage, Role, ServerCapabilities, ServerConfig,
 };
-use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ServerHandler};
+use rmcp::service::RequestContext;
+use rmcp::{
+    prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, RoleServer,
+    ServerHandler,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::answer::{FinishReason, Part, ToolCall, UsageArg};
 use crate::broker::Broker;
+use crate::caller::Caller;
 use crate::conversation::{self, AgentSession};
 use crate::metrics;
 use crate::queue::Handout;
@@ -122,11 +126,24 @@ impl McpServer {
         }
     }
 
-    async fn poll(&self, timeout: Option<f64>, full: bool, ct: &CancellationToken) -> Value {
+    /// Waits for a request for `caller`. The hand-out is held until its answer has gone out on
+    /// the caller's response stream: a poll dropped while it describes the request, or whose
+    /// caller is gone by then, gives the request back to the front of the queue.
+    async fn poll(&self, timeout: Option<f64>, full: bool, caller: &Caller) -> Value {
         let wait = self.broker.config.poll_wait(timeout);
         let started = Instant::now();
-        match self.broker.next_request(wait, ct).await {
-            Some(handout) => self.describe(handout, full).await,
+        match self.broker.next_request(wait, caller).await {
+            Some(handout) => {
+                let held = self.broker.hold(&handout);
+                let described = self.describe(handout, full).await;
+                if caller.is_gone() {
+                    // `held` gives it back: nobody reads this answer.
+                    return json!({"status": "cancelled"});
+                }
+                held.deliver(caller);
+                described
+            }
+            None if caller.is_gone() => json!({"status": "cancelled"}),
             None if self.broker.stopping.is_cancelled() => json!({
                 "status": "shutting_down",
                 "hint": "mcp-bridge is stopping; call wait_for_request again in a minute",
@@ -220,7 +237,7 @@ impl McpServer {
         (out, plan.from)
     }
 
-    fn conversation(&self, args: ConversationArgs) -> Result<Value, String> {
+    fn conversation(&self, args: ConversationArgs, caller: &Caller) -> Result<Value, String> {
         let request_id = match (args.request_id, args.conversation_id) {
             (Some(id), None) => id,
             (None, Some(conversation)) => self
@@ -233,6 +250,8 @@ impl McpServer {
         let (session_id, payload) = self.broker.live_payload(&request_id).ok_or_else(|| {
             format!("request {request_id} is not waiting or being answered any more (only live requests are kept); call wait_for_request with full: true to get the next one whole")
         })?;
+        // An agent reading the conversation of the request it holds is at work on it.
+        self.broker.touch(&request_id, caller.session.as_deref());
         let Some(messages) = payload["messages"].as_array() else {
             return Err(format!("request {request_id} is a text completion: it has no conversation; its prompt and suffix came whole"));
         };
@@ -274,15 +293,16 @@ impl McpServer {
     async fn wait_for_request(
         &self,
         Parameters(args): Parameters<WaitArgs>,
-        ct: CancellationToken,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         if args.fresh == Some(true) {
             self.broker.conversations.forget(&self.agent);
         }
         let full = args.full == Some(true);
+        let caller = Caller::of(&context);
         ok(
             "wait_for_request",
-            self.poll(args.timeout_seconds, full, &ct).await,
+            self.poll(args.timeout_seconds, full, &caller).await,
         )
     }
 
@@ -294,8 +314,9 @@ impl McpServer {
     async fn get_conversation(
         &self,
         Parameters(args): Parameters<ConversationArgs>,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        match self.conversation(args) {
+        match self.conversation(args, &Caller::of(&context)) {
             Ok(page) => ok("get_conversation", page),
             Err(why) => refused("get_conversation", why),
         }
@@ -307,7 +328,7 @@ impl McpServer {
     async fn submit_response(
         &self,
         Parameters(args): Parameters<SubmitArgs>,
-        ct: CancellationToken,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let part = Part {
             content: args.content,
@@ -331,7 +352,9 @@ impl McpServer {
             "chunks_sent": submitted.chunks_sent,
         });
         if submitted.done && args.wait_for_next == Some(true) {
-            out["next"] = self.poll(args.timeout_seconds, false, &ct).await;
+            out["next"] = self
+                .poll(args.timeout_seconds, false, &Caller::of(&context))
+                .await;
         }
         ok("submit_response", out)
     }

@@ -79,10 +79,11 @@ async fn sample_for(broker: Arc<Broker>, peer: Peer<RoleServer>) {
     // The lease outlives the call's own time limit, so the sweeper never races it.
     let call_limit = broker.config.lease_timeout;
     let lease_for = call_limit + Duration::from_secs(5);
-    let never = tokio_util::sync::CancellationToken::new();
+    // Whether the client is still there is checked by `gone` beside the wait.
+    let caller = crate::caller::Caller::until(tokio_util::sync::CancellationToken::new());
     loop {
         let handout = tokio::select! {
-            h = broker.next_matching(sampleable, lease_for, &never) => h,
+            h = broker.next_matching(sampleable, lease_for, &caller) => h,
             _ = gone(&broker, &peer) => None,
         };
         let Some(h) = handout else { break };

@@ -1,16 +1,24 @@
 //! The request queue with leases. Plain data, no I/O: the broker holds it under a lock and does
-//! the sending. Every request is in exactly one place — queued, or leased to one agent — until
+//! the logging. Every request is in exactly one place — queued, or leased to one agent — until
 //! it ends, and an ended request leaves a tombstone so that a late reply gets a clear answer.
+//!
+//! Its one result goes out through [`Entry::finish`], which consumes the entry; an entry leaves
+//! the queue once ([`Queue::end`] and the other ways out hand it over by value), so a request
+//! gets one result by construction, whoever ends it. Waiting long-polls are in the queue too
+//! (`waiters.rs`): a request goes straight to the poll that has waited longest.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use provider_shared::bridge::{BridgeFrame, ModelInvoke};
-use provider_shared::ws_peer::Outbound;
+use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult};
+use provider_shared::ws_peer::{Outbound, Refused};
 use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::answer::{Shape, Submission};
+
+mod waiters;
+pub use waiters::{Taken, Want};
 
 /// Which bridge-agent connection sent a request; its answer goes back there.
 pub type Owner = u64;
@@ -22,7 +30,9 @@ const TOMBSTONES: usize = 4096;
 pub struct Entry {
     pub invoke: ModelInvoke,
     pub owner: Owner,
-    pub to_owner: Outbound<BridgeFrame>,
+    /// Where its chunks and its result go; only through [`Entry::send_chunk`] and
+    /// [`Entry::finish`].
+    to_owner: Outbound<BridgeFrame>,
     /// The payload as JSON (`kind` and its fields), whatever its kind; shared with every
     /// hand-out of it, so handing out does not copy the prompt.
     pub payload: Arc<Value>,
@@ -33,13 +43,45 @@ pub struct Entry {
     /// When it was first handed out (for "time waiting for the agent").
     pub first_handed: Option<Instant>,
     pub lease: Option<Lease>,
+    /// The last lease granted, kept while the request waits in the queue after it lapsed: its
+    /// holder's late reply is still taken while nobody else holds the request.
+    lapsed: Option<Lease>,
     pub answer: Submission,
 }
 
+impl Entry {
+    /// Queues a chunk for bridge-agent without waiting: refused when its queue is full. A
+    /// closed queue takes it (the connection is going; its end withdraws the request).
+    pub fn send_chunk(&self, frame: BridgeFrame) -> Result<(), QueueFull> {
+        match self.to_owner.try_push(frame) {
+            Ok(()) | Err(Refused::Closed(_)) => Ok(()),
+            Err(Refused::Full(_)) => Err(QueueFull),
+        }
+    }
+
+    /// Sends the request's one result. The entry has left the queue (only [`Queue::end`] and
+    /// its kin hand one out by value), so nothing else can send another.
+    pub fn finish(self, result: ModelResult) {
+        self.to_owner.push_last(BridgeFrame::ModelResult(result));
+    }
+
+    fn unleased(&mut self) {
+        self.lapsed = self.lease.take();
+        // Parts kept for a non-streamed answer are dropped with the lease.
+        self.answer = Submission::default();
+    }
+}
+
+/// bridge-agent's queue for a request is full: it is that far behind.
 #[derive(Debug)]
+pub struct QueueFull;
+
+#[derive(Debug, Clone)]
 pub struct Lease {
     pub id: String,
     pub until: Instant,
+    /// The MCP session it was handed to, when the caller has one.
+    pub holder: Option<Arc<str>>,
 }
 
 /// Why a request is no longer answerable, remembered for late replies.
@@ -51,7 +93,7 @@ pub enum Ended {
     Cancelled,
     /// The bridge-agent connection that sent it dropped.
     Withdrawn,
-    /// Its lease lapsed after part of the answer had gone out.
+    /// Its lease lapsed, or its agent left, after part of the answer had gone out.
     Abandoned,
     ShuttingDown,
 }
@@ -71,10 +113,10 @@ impl Ended {
     fn explain(self) -> &'static str {
         match self {
             Ended::Answered => "it is already answered",
-            Ended::Failed => "it was already failed with fail_request",
+            Ended::Failed => "it was already failed (with fail_request, or by mcp-bridge)",
             Ended::Cancelled => "it was cancelled: the editor's client went away or gave up waiting, so nobody will read a reply",
             Ended::Withdrawn => "it was withdrawn: the bridge-agent that sent it disconnected, and the editor was told the request failed",
-            Ended::Abandoned => "its lease lapsed after part of the answer had been sent, so it was ended with an error",
+            Ended::Abandoned => "its agent stopped answering (lease lapsed or MCP session gone) after part of the answer had been sent, so it was ended with an error",
             Ended::ShuttingDown => "mcp-bridge is shutting down",
         }
     }
@@ -85,6 +127,7 @@ impl Ended {
 pub struct Refusal(pub String);
 
 /// A request as handed to an agent.
+#[derive(Debug)]
 pub struct Handout {
     pub id: String,
     pub lease: String,
@@ -110,11 +153,13 @@ pub struct Queue {
     order: VecDeque<String>,
     ended: HashMap<String, Ended>,
     ended_order: VecDeque<String>,
+    waiters: waiters::Waiters,
 }
 
 impl Queue {
-    /// Adds a request at the back; refused (giving back its id) when a request with this id is
-    /// live. `result_after_chunks`: its sender listed that capability.
+    /// Adds a request at the back (handing it to the longest-waiting poll it fits); refused
+    /// (giving back its id) when a request with this id is live. `result_after_chunks`: its
+    /// sender listed that capability.
     pub fn push(
         &mut self,
         invoke: ModelInvoke,
@@ -144,36 +189,32 @@ impl Queue {
                 attempts: 0,
                 first_handed: None,
                 lease: None,
+                lapsed: None,
                 answer: Submission::default(),
             },
         );
         self.order.push_back(id);
+        self.dispatch(now);
         Ok(())
     }
 
-    /// Hands out the oldest queued request under a new lease.
-    pub fn take(&mut self, now: Instant, lease_for: Duration) -> Option<Handout> {
-        self.take_first(now, lease_for, |_| true)
-    }
-
-    /// Hands out the oldest queued request that `fits` under a new lease.
-    pub fn take_first(
+    /// Leases the queued request at `at` in the queue's order.
+    fn lease_at(
         &mut self,
+        at: usize,
         now: Instant,
         lease_for: Duration,
-        fits: impl Fn(&Entry) -> bool,
+        holder: Option<Arc<str>>,
     ) -> Option<Handout> {
-        let at = self
-            .order
-            .iter()
-            .position(|id| self.entries.get(id).is_some_and(&fits))?;
         let id = self.order.remove(at)?;
         let entry = self.entries.get_mut(&id)?;
         let lease = format!("lease-{:016x}", rand::rng().random::<u64>());
         entry.lease = Some(Lease {
             id: lease.clone(),
             until: now + lease_for,
+            holder,
         });
+        entry.lapsed = None;
         entry.attempts += 1;
         entry.first_handed.get_or_insert(now);
         Some(Handout {
@@ -187,42 +228,113 @@ impl Queue {
         })
     }
 
+    /// A hand-out its waiter could not take: the request goes back to the front as it was.
+    fn unlease(&mut self, handout: &Handout) {
+        if let Some(entry) = self.entries.get_mut(&handout.id) {
+            entry.lease = None;
+            entry.attempts = entry.attempts.saturating_sub(1);
+            self.order.push_front(handout.id.clone());
+        }
+    }
+
     /// The live request `id`, queued or leased.
     pub fn get(&self, id: &str) -> Option<&Entry> {
         self.entries.get(id)
     }
 
-    /// The live request `id` if `lease` is its current lease.
-    pub fn leased(&mut self, id: &str, lease: &str) -> Result<&mut Entry, Refusal> {
+    /// The live request `id` if `lease` is its current lease. A lease that lapsed while the
+    /// request waits in the queue is granted again to its holder (nobody else took it, so its
+    /// reply is still the only one), for `lease_for` from `now`.
+    pub fn leased(
+        &mut self,
+        id: &str,
+        lease: &str,
+        now: Instant,
+        lease_for: Duration,
+    ) -> Result<&mut Entry, Refusal> {
         let Some(entry) = self.entries.get_mut(id) else {
             return Err(Refusal(match self.ended.get(id) {
                 Some(ended) => format!("request {id} cannot take a reply: {}. Drop this answer and call wait_for_request for the next one.", ended.explain()),
                 None => format!("unknown request_id {id:?}: use the request_id and lease_id that wait_for_request returned"),
             }));
         };
-        match &entry.lease {
-            Some(l) if l.id == lease => Ok(entry),
-            Some(_) => Err(Refusal(format!(
+        match (&entry.lease, &entry.lapsed) {
+            (Some(l), _) if l.id == lease => {}
+            (Some(_), _) => {
+                return Err(Refusal(format!(
                 "lease {lease:?} on request {id} lapsed and the request was handed out again; drop this answer and call wait_for_request"
-            ))),
-            None => Err(Refusal(format!(
+            )))
+            }
+            (None, Some(l)) if l.id == lease => {
+                let mut again = l.clone();
+                again.until = now + lease_for;
+                entry.lease = Some(again);
+                entry.lapsed = None;
+                self.order.retain(|q| q != id);
+            }
+            (None, _) => {
+                return Err(Refusal(format!(
                 "lease {lease:?} on request {id} lapsed; the request is back in the queue. Call wait_for_request to take it again"
-            ))),
+            )))
+            }
         }
+        self.entries
+            .get_mut(id)
+            .ok_or_else(|| Refusal(format!("request {id} is gone")))
     }
 
     /// Puts a leased request whose answer has not started back at the front of the queue (its
-    /// holder gave up without answering). False when `lease` is not its lease any more.
-    pub fn release(&mut self, id: &str, lease: &str) -> bool {
+    /// holder gave up without answering, or never got it). False when `lease` is not its lease
+    /// any more.
+    pub fn release(&mut self, id: &str, lease: &str, now: Instant) -> bool {
         match self.entries.get_mut(id) {
             Some(e) if e.lease.as_ref().is_some_and(|l| l.id == lease) && !e.answer.started() => {
-                e.lease = None;
-                e.answer = Submission::default();
+                e.unleased();
                 self.order.push_front(id.to_owned());
+                self.dispatch(now);
                 true
             }
             _ => false,
         }
+    }
+
+    /// The MCP session `holder` left: what it holds goes back to the front of the queue, or,
+    /// when part of its answer went out, ends (returned, to be failed by the caller). Returns the
+    /// ids requeued and the entries ended.
+    pub fn release_holder(&mut self, holder: &str, now: Instant) -> (Vec<String>, Vec<Entry>) {
+        let held: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.lease
+                    .as_ref()
+                    .is_some_and(|l| l.holder.as_deref() == Some(holder))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut requeued = Vec::new();
+        let mut ended = Vec::new();
+        // Oldest first, so that after the pushes to the front the oldest is first.
+        let mut held: Vec<(Instant, String)> = held
+            .into_iter()
+            .filter_map(|id| self.entries.get(&id).map(|e| (e.enqueued, id)))
+            .collect();
+        held.sort();
+        for (_, id) in held.into_iter().rev() {
+            let started = self.entries.get(&id).is_some_and(|e| e.answer.started());
+            if started {
+                ended.extend(self.end(&id, Ended::Abandoned));
+            } else if let Some(entry) = self.entries.get_mut(&id) {
+                entry.unleased();
+                // Its holder is gone: its late reply cannot come.
+                entry.lapsed = None;
+                self.order.push_front(id.clone());
+                requeued.push(id);
+            }
+        }
+        requeued.reverse();
+        self.dispatch(now);
+        (requeued, ended)
     }
 
     /// Extends a lease after the agent showed signs of life.
@@ -232,7 +344,8 @@ impl Queue {
         }
     }
 
-    /// Removes request `id` for good, remembering why.
+    /// Removes request `id` for good, remembering why. The entry comes out once: whoever gets
+    /// it sends the result, if there is one to send ([`Entry::finish`]).
     pub fn end(&mut self, id: &str, why: Ended) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.order.retain(|q| q != id);
@@ -277,8 +390,10 @@ impl Queue {
             .collect()
     }
 
-    /// Ends every request that is not leased (shutdown: nobody will take them now).
+    /// Ends every request that is not leased (shutdown: nobody will take them now), and lets
+    /// every waiting poll go.
     pub fn drain_queued(&mut self) -> Vec<Entry> {
+        self.waiters.clear();
         let ids: Vec<String> = self.order.drain(..).collect();
         ids.iter()
             .filter_map(|id| self.end(id, Ended::ShuttingDown))
@@ -313,9 +428,7 @@ impl Queue {
                     entry,
                 });
             } else if let Some(entry) = self.entries.get_mut(&id) {
-                entry.lease = None;
-                // Parts kept for a non-streamed answer are dropped with the lease.
-                entry.answer = Submission::default();
+                entry.unleased();
                 self.order.push_front(id.clone());
                 out.push(Expired {
                     id,
@@ -324,6 +437,7 @@ impl Queue {
                 });
             }
         }
+        self.dispatch(now);
         out
     }
 
@@ -359,143 +473,4 @@ impl Queue {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::answer::Part;
-    use provider_shared::bridge::{ModelMeta, Payload};
-    use serde_json::json;
-
-    /// A streamed chat request whose one message is its id (the broker's tests use it too).
-    pub(crate) fn invoke(id: &str) -> ModelInvoke {
-        ModelInvoke {
-            id: id.into(),
-            session_id: None,
-            model_meta: ModelMeta {
-                provider: "local".into(),
-                label: "m".into(),
-                requested_scopes: vec![],
-            },
-            payload: Payload::Chat {
-                messages: vec![json!({"role": "user", "content": id})],
-                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
-            },
-        }
-    }
-
-    const LEASE: Duration = Duration::from_secs(5);
-
-    fn queue_of(ids: &[&str], owner: Owner) -> Queue {
-        let (tx, _rx) = provider_shared::ws_peer::queue(8);
-        let mut q = Queue::default();
-        for id in ids {
-            q.push(invoke(id), owner, tx.clone(), Instant::now(), false)
-                .unwrap_or_else(|_| panic!("push"));
-        }
-        q
-    }
-
-    #[test]
-    fn fifo_with_leases_and_duplicate_ids_refused() {
-        let mut q = queue_of(&["a", "b"], 1);
-        let (tx, _rx) = provider_shared::ws_peer::queue(8);
-        assert!(q.push(invoke("a"), 2, tx, Instant::now(), false).is_err());
-        let now = Instant::now();
-        let a = q.take(now, LEASE).unwrap();
-        assert_eq!((a.id.as_str(), a.attempt), ("a", 1));
-        assert_eq!((q.queued(), q.leased_count()), (1, 1));
-        assert!(q.leased("a", &a.lease).is_ok());
-        assert!(q
-            .leased("a", "lease-other")
-            .unwrap_err()
-            .0
-            .contains("handed out again"));
-        assert_eq!(q.take(now, LEASE).unwrap().id, "b");
-        assert!(q.take(now, LEASE).is_none());
-    }
-
-    #[test]
-    fn take_first_skips_what_does_not_fit_and_release_puts_it_back_in_front() {
-        let mut q = queue_of(&["a", "b", "c"], 1);
-        let now = Instant::now();
-        let b = q.take_first(now, LEASE, |e| e.invoke.id == "b").unwrap();
-        assert_eq!((q.queued(), q.leased_count()), (2, 1));
-        assert!(!q.release("b", "lease-other"), "only the holder releases");
-        assert!(q.release("b", &b.lease));
-        assert!(q.leased("b", &b.lease).is_err());
-        let again = q.take(now, LEASE).unwrap();
-        assert_eq!((again.id.as_str(), again.attempt), ("b", 2));
-        // Both hand-outs share the entry's payload: nothing was copied.
-        let entry = q.get("b").unwrap();
-        assert!(Arc::ptr_eq(&b.payload, &entry.payload));
-        assert!(Arc::ptr_eq(&again.payload, &entry.payload));
-        assert_eq!(again.payload["messages"][0]["content"], "b");
-        assert!(q.take_first(now, LEASE, |_| false).is_none());
-    }
-
-    #[test]
-    fn a_lapsed_lease_goes_back_to_the_front_and_the_old_lease_is_refused() {
-        let mut q = queue_of(&["a", "b"], 1);
-        let t0 = Instant::now();
-        let first = q.take(t0, LEASE).unwrap();
-        assert!(q.expire(t0 + LEASE / 2).is_empty());
-        let expired = q.expire(t0 + LEASE);
-        assert!(expired.len() == 1 && expired[0].requeued);
-        assert!(q
-            .leased("a", &first.lease)
-            .unwrap_err()
-            .0
-            .contains("back in the queue"));
-        let again = q.take(t0 + LEASE, LEASE).unwrap();
-        assert_eq!((again.id.as_str(), again.attempt), ("a", 2));
-        assert!(q.leased("a", &first.lease).is_err());
-        assert!(q.leased("a", &again.lease).is_ok());
-        q.end("a", Ended::Answered);
-        assert!(q
-            .leased("a", &again.lease)
-            .unwrap_err()
-            .0
-            .contains("already answered"));
-    }
-
-    #[test]
-    fn a_lapsed_lease_after_output_ends_the_request() {
-        let mut q = queue_of(&["a"], 1);
-        let t0 = Instant::now();
-        let h = q.take(t0, LEASE).unwrap();
-        let entry = q.leased("a", &h.lease).unwrap();
-        let shape = entry.shape.clone();
-        let part: Part = serde_json::from_value(json!({"content": "x", "done": false})).unwrap();
-        entry.answer.apply("a", &shape, part).unwrap();
-        q.renew("a", t0 + LEASE, LEASE);
-        assert!(q.expire(t0 + LEASE).is_empty());
-        let expired = q.expire(t0 + LEASE * 2);
-        assert!(!expired[0].requeued && expired[0].entry.is_some());
-        assert!(q
-            .leased("a", &h.lease)
-            .unwrap_err()
-            .0
-            .contains("lapsed after part"));
-        assert_eq!(q.queued() + q.leased_count(), 0);
-    }
-
-    #[test]
-    fn cancel_and_owner_drop_withdraw_with_reasons() {
-        let mut q = queue_of(&["a", "b"], 1);
-        let (tx, _rx) = provider_shared::ws_peer::queue(8);
-        q.push(invoke("c"), 2, tx, Instant::now(), false)
-            .unwrap_or_else(|_| panic!());
-        let h = q.take(Instant::now(), LEASE).unwrap();
-        assert!(q.cancel(2, "a").is_none(), "only the owner cancels");
-        assert!(q.cancel(1, "a").is_some());
-        assert!(q.leased("a", &h.lease).unwrap_err().0.contains("cancelled"));
-        assert_eq!(q.drop_owner(1).len(), 1);
-        assert!(q.leased("b", "x").unwrap_err().0.contains("withdrawn"));
-        assert_eq!(q.count_for(2), (1, 0));
-        assert_eq!(q.take(Instant::now(), LEASE).unwrap().id, "c");
-        assert!(q
-            .leased("zzz", "x")
-            .unwrap_err()
-            .0
-            .contains("unknown request_id"));
-    }
-}
+pub(crate) mod tests;
