@@ -81,6 +81,19 @@ async fn cursor_agent_serves_void_through_the_tools() {
 }
 
 #[tokio::test]
+async fn agents_that_vanish_take_nothing_and_lose_nothing() {
+    if test_python().is_none() {
+        return;
+    }
+    // Leases long enough that only the vanished agent's own signals can explain a fast hand-over.
+    let stack = McpStack::start_with(|b| b.env("LEASE_TIMEOUT", 20), |g| g).await;
+    pytest(&stack, "test_vanished.py", BTreeMap::new()).await;
+    let (_, health) = get(&stack.bridge.url("/health")).await.unwrap();
+    assert_eq!(health["queue_depth"], 0, "{health}");
+    assert_eq!(health["leased"], 0, "{health}");
+}
+
+#[tokio::test]
 async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     if test_python().is_none() {
         return;
