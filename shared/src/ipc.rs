@@ -7,6 +7,11 @@
 //! `invoke` and `cancel` go to bridge-agent, `chunk` and `result` come back (exactly one
 //! `result` per `invoke`), and `status` reports the bridge WebSocket's state whenever it changes.
 //! Frames of an unknown `type` are skipped, so a newer peer can add frames within a version.
+//! Peers that both list [`CAP_HEARTBEAT`] keep the link watched: the gateway sends `ping` every
+//! [`HEARTBEAT_EVERY`], bridge-agent answers `pong`, and either side drops a connection it heard
+//! nothing on for [`SILENCE_LIMIT`], or whose write did not finish within [`WRITE_TIMEOUT`].
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -20,6 +25,15 @@ pub const IPC_VERSION: u32 = 1;
 pub const MAX_IPC_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// In `welcome`'s `capabilities`: this bridge-agent takes `resume`.
 pub const CAP_RESUME: &str = "resume";
+/// In `hello`'s and `welcome`'s `capabilities`: this side sends (gateway) or answers
+/// (bridge-agent) `ping`, and drops a connection that stays silent.
+pub const CAP_HEARTBEAT: &str = "heartbeat";
+/// How often the gateway pings bridge-agent.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// Nothing heard on a heartbeat connection for this long: the peer has stalled.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
+/// A frame not written within this long: the peer stopped reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 crate::tagged::frame_enum! {
 /// Every frame of the local socket.
@@ -29,6 +43,10 @@ pub enum IpcFrame {
         protocol: String,
         version: u32,
         client: String,
+        /// What this gateway does beyond version 1's frames, e.g. [`CAP_HEARTBEAT`]; absent
+        /// from older gateways.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
     Welcome {
         version: u32,
@@ -60,6 +78,15 @@ pub enum IpcFrame {
     Chunk(StreamChunk),
     Result(ModelResult),
     Status(BridgeStatus),
+    /// Heartbeat, gateway → bridge-agent, between peers that listed [`CAP_HEARTBEAT`]; `ts` is
+    /// the sender's Unix milliseconds.
+    Ping {
+        ts: u64,
+    },
+    /// The answer to a `ping`, with its `ts`.
+    Pong {
+        ts: u64,
+    },
 }
 }
 
@@ -219,6 +246,7 @@ mod tests {
                 protocol: IPC_PROTOCOL.into(),
                 version: IPC_VERSION,
                 client: "gateway/test".into(),
+                capabilities: vec![CAP_HEARTBEAT.into()],
             },
             IpcFrame::Welcome {
                 version: IPC_VERSION,
@@ -252,6 +280,8 @@ mod tests {
                 mcp_bridge: Some(BridgeReport::default()),
                 max_frame_bytes: Some(9),
             }),
+            IpcFrame::Ping { ts: 7 },
+            IpcFrame::Pong { ts: 7 },
         ];
         let mut codec = IpcCodec::default();
         let mut names = Vec::new();
@@ -265,6 +295,24 @@ mod tests {
             names.push(kind);
         }
         assert_eq!(IpcFrame::types(), names);
+    }
+
+    #[test]
+    fn a_hello_from_an_older_gateway_has_no_capabilities() {
+        let mut codec = IpcCodec::default();
+        let mut buf = BytesMut::new();
+        LengthDelimitedCodec::new()
+            .encode(
+                Bytes::from_static(
+                    br#"{"type":"hello","protocol":"local-provider-ipc","version":1,"client":"gateway/0.1"}"#,
+                ),
+                &mut buf,
+            )
+            .unwrap();
+        match codec.decode(&mut buf).unwrap() {
+            Some(IpcFrame::Hello { capabilities, .. }) => assert!(capabilities.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -123,10 +123,13 @@ fn ipc_frame() -> impl Strategy<Value = IpcFrame> {
                 protocol,
                 version,
                 client,
+                capabilities: vec![],
             }
         }),
         any::<String>().prop_map(|reason| IpcFrame::Reject { reason }),
         any::<String>().prop_map(|id| IpcFrame::Cancel { id }),
+        any::<u64>().prop_map(|ts| IpcFrame::Ping { ts }),
+        any::<u64>().prop_map(|ts| IpcFrame::Pong { ts }),
         (
             any::<String>(),
             any::<u64>(),
@@ -264,7 +267,8 @@ fn ipc_frames_of_frame_like_json_decode_the_same_in_any_pieces() {
 
 fn is_known_ipc_type(value: &Value) -> bool {
     [
-        "hello", "welcome", "reject", "invoke", "cancel", "chunk", "result", "status",
+        "hello", "welcome", "reject", "invoke", "cancel", "resume", "chunk", "result", "status",
+        "ping", "pong",
     ]
     .contains(&value["type"].as_str().unwrap_or_default())
 }

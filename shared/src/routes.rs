@@ -37,6 +37,16 @@ pub enum Refused {
     Closed,
 }
 
+/// What [`RouteTable::rebind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebind {
+    Rebound,
+    /// The request belongs to an owner the caller may not take it from.
+    NotOwned,
+    /// No request with this id.
+    Unknown,
+}
+
 /// Why an item from upstream was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undeliverable {
@@ -79,6 +89,9 @@ struct Entry<T, M> {
     finished: bool,
     /// A signal went in; the task ends on it, so one is enough.
     signalled: bool,
+    /// Its upstream replays what it sent (a resume on the same connection): a last item may be
+    /// followed by the replay of the chunks before it, so it does not finish the request.
+    replaying: bool,
 }
 
 fn lock<X>(mutex: &Mutex<X>) -> MutexGuard<'_, X> {
@@ -127,6 +140,7 @@ impl<T: Routed, M> RouteTable<T, M> {
                 lane: Sender(lane.clone()),
                 finished: false,
                 signalled: false,
+                replaying: false,
             },
         );
         Ok((Ticket(serial), Inbox { lane }))
@@ -159,7 +173,7 @@ impl<T: Routed, M> RouteTable<T, M> {
             entry.lane.0.ready.notify_one();
             return Ok(Delivered::Overflowed);
         }
-        entry.finished = last;
+        entry.finished = last && !entry.replaying;
         lane.bytes += cost;
         lane.items.push_back((item, cost));
         drop(lane);
@@ -173,6 +187,56 @@ impl<T: Routed, M> RouteTable<T, M> {
         if let Some(entry) = lock(&self.inner).entries.get_mut(id) {
             entry.finished = false;
         }
+    }
+
+    /// While `on`, upstream replays what it sent for `id` (docs/PROTOCOL.md, resume): its last
+    /// item does not end the request, whose task sorts out what it has seen.
+    pub fn replay(&self, id: &str, on: bool) {
+        if let Some(entry) = lock(&self.inner).entries.get_mut(id) {
+            entry.replaying = on;
+            if on {
+                entry.finished = false;
+            }
+        }
+    }
+
+    /// Hands request `id` to a new owner: its meta becomes `to` and its task gets `item`, as
+    /// the one signal from that owner, if `owns` its current meta.
+    pub fn rebind(&self, id: &str, owns: impl Fn(&M) -> bool, to: M, item: T) -> Rebind {
+        let mut inner = lock(&self.inner);
+        match inner.entries.get_mut(id) {
+            None => Rebind::Unknown,
+            Some(entry) if !owns(&entry.meta) => Rebind::NotOwned,
+            Some(entry) => {
+                entry.meta = to;
+                entry.signalled = false;
+                entry.lane.push_signal(item);
+                Rebind::Rebound
+            }
+        }
+    }
+
+    /// Gives every request whose meta `owns` matches the item `make` makes and the meta `to`
+    /// makes (their owner left: they wait for a new one), once each; returns how many.
+    pub fn orphan_all(
+        &self,
+        owns: impl Fn(&M) -> bool,
+        to: impl Fn() -> M,
+        make: impl Fn() -> T,
+    ) -> usize {
+        let mut inner = lock(&self.inner);
+        let mut reached = 0;
+        for entry in inner.entries.values_mut() {
+            if owns(&entry.meta) {
+                entry.meta = to();
+                if !entry.signalled {
+                    entry.signalled = true;
+                    entry.lane.push_signal(make());
+                }
+                reached += 1;
+            }
+        }
+        reached
     }
 
     /// Gives `id` the owning side's `item` (a cancel) if `owns` its meta; false when there is
@@ -221,6 +285,11 @@ impl<T: Routed, M> RouteTable<T, M> {
 
     pub fn len(&self) -> usize {
         lock(&self.inner).entries.len()
+    }
+
+    /// The ids of the requests in the table.
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.inner).entries.keys().cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -400,6 +469,50 @@ mod tests {
         assert_eq!(waiting(&mut a), vec![Item::Cancel]);
         assert_eq!(waiting(&mut b), vec![Item::Gone]);
         assert_eq!(waiting(&mut c), vec![]);
+    }
+
+    #[test]
+    fn an_orphaned_request_waits_for_a_new_owner_and_a_replay_does_not_end_it() {
+        let table = RouteTable::<Item, Option<u8>>::new(1000);
+        let (_, mut a) = table.insert("a", Some(1)).unwrap();
+        let (_, mut b) = table.insert("b", Some(2)).unwrap();
+        assert_eq!(
+            table.orphan_all(|m| *m == Some(1), || None, || Item::Gone),
+            1
+        );
+        assert_eq!(waiting(&mut a), vec![Item::Gone]);
+        // Cancels of the old owner no longer reach it; a new owner takes it.
+        assert!(!table.signal("a", |m| *m == Some(1), Item::Cancel));
+        assert_eq!(
+            table.rebind("b", |m| m.is_none(), Some(3), Item::Cancel),
+            Rebind::NotOwned
+        );
+        assert_eq!(
+            table.rebind("x", |m| m.is_none(), Some(3), Item::Cancel),
+            Rebind::Unknown
+        );
+        assert_eq!(
+            table.rebind("a", |m| m.is_none(), Some(3), Item::Last),
+            Rebind::Rebound
+        );
+        assert!(table.signal("a", |m| *m == Some(3), Item::Cancel));
+        assert_eq!(waiting(&mut a), vec![Item::Last, Item::Cancel]);
+        assert_eq!(waiting(&mut b), vec![]);
+        // A replay: the result that came live, then the chunks before it, then the result again.
+        table.route("a", Item::Last).unwrap();
+        table.replay("a", true);
+        table.route("a", Item::Chunk(1)).unwrap();
+        table.route("a", Item::Last).unwrap();
+        table.replay("a", false);
+        table.route("a", Item::Last).unwrap();
+        assert_eq!(
+            table.route("a", Item::Chunk(1)),
+            Err(Undeliverable::AfterLast)
+        );
+        assert_eq!(
+            waiting(&mut a),
+            vec![Item::Last, Item::Chunk(1), Item::Last, Item::Last]
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ async fn hello_is_welcomed_and_other_versions_are_rejected() {
         protocol: IPC_PROTOCOL.into(),
         version: 99,
         client: "future-gateway".into(),
+        capabilities: vec![],
     })
     .await
     .unwrap();

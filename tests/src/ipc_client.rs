@@ -30,6 +30,8 @@ pub fn hello() -> IpcFrame {
         protocol: IPC_PROTOCOL.into(),
         version: IPC_VERSION,
         client: "integration-tests".into(),
+        // A gateway of before heartbeats: bridge-agent must serve it as it did.
+        capabilities: vec![],
     }
 }
 

@@ -1,22 +1,28 @@
 //! The gateway-facing side: accepts connections on the Unix socket, checks each one's hello, then
-//! multiplexes its requests. Each connection has its own bounded queue and writer task, so a slow
-//! gateway only ever slows itself.
+//! multiplexes its requests. Each connection has its own bounded queue and writer task (each
+//! write bounded by `WRITE_TIMEOUT`), so a slow gateway only ever slows itself; one that listed
+//! `heartbeat` and goes silent for `SILENCE_LIMIT` is dropped. The requests of a connection that
+//! drops wait for the gateway's `resume` on its next one (`request/gateway.rs`).
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{codes, ModelResult};
-use provider_shared::ipc::{IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION};
-use provider_shared::routes::Refused;
-use tokio::net::{UnixListener, UnixStream};
+use provider_shared::ipc::{
+    IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION, SILENCE_LIMIT,
+    WRITE_TIMEOUT,
+};
+use provider_shared::routes::{Rebind, Refused};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
-use crate::request::{self, RequestEvent, Start};
+use crate::request::{self, Reattach, RequestEvent, Start};
+use crate::socket::OwnedSocket;
 use crate::Hub;
 
 /// Which gateway connection a request came from.
@@ -31,13 +37,13 @@ const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 type Sink = SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
 type Source = SplitStream<Framed<UnixStream, IpcCodec>>;
 
-/// Accepts gateway connections until shutdown begins.
-pub async fn accept_loop(hub: Arc<Hub>, listener: UnixListener, tracker: TaskTracker) {
+/// Accepts gateway connections until shutdown begins; then gives the socket up at once.
+pub async fn accept_loop(hub: Arc<Hub>, socket: OwnedSocket, tracker: TaskTracker) {
     let mut next_id: ConnId = 0;
     loop {
         let stream = tokio::select! {
             _ = hub.draining.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            accepted = socket.listener().accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     // Usually EMFILE; pausing keeps this loop from spinning.
@@ -54,41 +60,61 @@ pub async fn accept_loop(hub: Arc<Hub>, listener: UnixListener, tracker: TaskTra
                 .instrument(info_span!("gateway", conn)),
         );
     }
-    tracing::debug!("no longer accepting gateway connections");
+    socket.release();
+    tracing::debug!("no longer accepting gateway connections; the socket is free");
 }
 
 async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: TaskTracker) {
     let (mut sink, mut source) = Framed::new(stream, IpcCodec::default()).split();
-    if let Err(reason) = handshake(&mut source).await {
-        tracing::info!(%reason, "gateway connection rejected");
-        let _ = sink.send(IpcFrame::Reject { reason }).await;
-        let _ = sink.close().await;
-        return;
-    }
+    let heartbeat = match handshake(&mut source).await {
+        Ok(capabilities) => capabilities.iter().any(|c| c == CAP_HEARTBEAT),
+        Err(reason) => {
+            tracing::info!(%reason, "gateway connection rejected");
+            let _ = sink.send(IpcFrame::Reject { reason }).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
     let mut status_rx = hub.status.subscribe();
     let welcome = IpcFrame::Welcome {
         version: IPC_VERSION,
         agent_id: hub.config.agent_id.clone(),
         bridge: status_rx.borrow_and_update().clone(),
-        capabilities: vec![CAP_RESUME.to_owned()],
+        capabilities: vec![CAP_RESUME.to_owned(), CAP_HEARTBEAT.to_owned()],
     };
     if sink.send(welcome).await.is_err() {
         return;
     }
     let _counted = hub.gateway_connected();
-    tracing::info!("gateway connected");
+    tracing::info!(heartbeat, "gateway connected");
     let (out, out_rx) = mpsc::channel(CONNECTION_QUEUE);
+    // The writer fires this when a write fails or times out: the connection is over.
+    let broken = CancellationToken::new();
     tracker.spawn(
-        writer(sink, out_rx, status_rx, hub.closing.clone())
+        writer(sink, out_rx, status_rx, hub.closing.clone(), broken.clone())
             .instrument(info_span!("gateway_writer", conn)),
     );
 
+    let silence = tokio::time::sleep(SILENCE_LIMIT);
+    tokio::pin!(silence);
     loop {
         let frame = tokio::select! {
             frame = source.next() => frame,
             _ = hub.closing.cancelled() => break,
+            _ = broken.cancelled() => break,
+            () = &mut silence, if heartbeat => {
+                tracing::warn!(limit = ?SILENCE_LIMIT, "the gateway sent nothing, not even its heartbeat; dropping its connection");
+                break;
+            }
         };
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SILENCE_LIMIT);
         match frame {
+            Some(Ok(IpcFrame::Ping { ts })) => {
+                // A full queue means frames are on their way anyway.
+                let _ = out.try_send(IpcFrame::Pong { ts });
+            }
             Some(Ok(IpcFrame::Invoke(invoke))) => {
                 let id = invoke.id.clone();
                 on_request(&hub, conn, id, Start::Invoke(invoke), &out).await;
@@ -99,6 +125,9 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                 elapsed_ms,
                 invoke,
             })) => {
+                if taken_up(&hub, conn, &id, after_chunk_index, &out) {
+                    continue;
+                }
                 let start = Start::Resume {
                     after_chunk_index,
                     elapsed: Duration::from_millis(elapsed_ms),
@@ -109,7 +138,7 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             Some(Ok(IpcFrame::Cancel { id })) => {
                 if !hub
                     .requests
-                    .signal(&id, |from| *from == conn, RequestEvent::Cancel)
+                    .signal(&id, |from| *from == Some(conn), RequestEvent::Cancel)
                 {
                     tracing::debug!(%id, "cancel for a request not in flight (or cancelled already) ignored");
                 }
@@ -122,18 +151,57 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             None => break,
         }
     }
-    let orphaned = hub
-        .requests
-        .signal_all(|from| *from == conn, || RequestEvent::GatewayGone);
+    let orphaned = hub.requests.orphan_all(
+        |from| *from == Some(conn),
+        || None,
+        || RequestEvent::GatewayGone,
+    );
     tracing::info!(orphaned, "gateway disconnected");
     // The writer ends once this and every request task's sender are gone.
 }
 
-async fn handshake(source: &mut Source) -> Result<(), String> {
+/// A `resume` of a request still served here (its gateway's connection dropped while
+/// bridge-agent stayed up): the running request is re-attached to connection `conn`. False when
+/// no such request is here, so the resume starts it anew.
+fn taken_up(
+    hub: &Hub,
+    conn: ConnId,
+    id: &str,
+    after_chunk_index: Option<u64>,
+    out: &mpsc::Sender<IpcFrame>,
+) -> bool {
+    if hub.hand_over.is_cancelled() {
+        // Left for the next bridge-agent: this connection closes without answering it.
+        return true;
+    }
+    let again = RequestEvent::Reattach(Reattach {
+        out: out.clone(),
+        after_chunk_index,
+    });
+    // A gateway whose connection dropped comes back on a new one, possibly before the old one
+    // is seen to end here; the same connection resuming its own request is a duplicate.
+    match hub
+        .requests
+        .rebind(id, |from| *from != Some(conn), Some(conn), again)
+    {
+        Rebind::Rebound => true,
+        Rebind::Unknown => false,
+        Rebind::NotOwned => {
+            tracing::warn!(%id, "resume of a request this connection already has; ignored");
+            true
+        }
+    }
+}
+
+/// The gateway's hello; gives its capabilities.
+async fn handshake(source: &mut Source) -> Result<Vec<String>, String> {
     match tokio::time::timeout(HELLO_TIMEOUT, source.next()).await {
         Ok(Some(Ok(IpcFrame::Hello {
-            protocol, version, ..
-        }))) if protocol == IPC_PROTOCOL && version == IPC_VERSION => Ok(()),
+            protocol,
+            version,
+            capabilities,
+            ..
+        }))) if protocol == IPC_PROTOCOL && version == IPC_VERSION => Ok(capabilities),
         Ok(Some(Ok(IpcFrame::Hello {
             protocol, version, ..
         }))) => Err(format!(
@@ -155,6 +223,12 @@ async fn on_request(
 ) {
     let refuse =
         |code: &str, message: &str| IpcFrame::Result(ModelResult::error(&id, code, message));
+    if hub.hand_over.is_cancelled() {
+        // Not answered: when this connection closes the gateway sends it to the next
+        // bridge-agent with its `resume`.
+        tracing::info!(%id, "request left for the next bridge-agent");
+        return;
+    }
     if hub.draining.is_cancelled() {
         crate::metrics::count_request(crate::metrics::Outcome::Error);
         let _ = out
@@ -165,7 +239,7 @@ async fn on_request(
             .await;
         return;
     }
-    let (ticket, inbox) = match hub.requests.insert(&id, conn) {
+    let (ticket, inbox) = match hub.requests.insert(&id, Some(conn)) {
         Ok(registered) => registered,
         Err(why) => {
             tracing::warn!(%id, ?why, "request refused");
@@ -188,12 +262,14 @@ async fn on_request(
     );
 }
 
-/// Sends queued frames, and the bridge status whenever it changes, to one gateway.
+/// Sends queued frames, and the bridge status whenever it changes, to one gateway. A write that
+/// fails or takes longer than `WRITE_TIMEOUT` ends the connection (`broken`).
 async fn writer(
     mut sink: Sink,
     mut frames: mpsc::Receiver<IpcFrame>,
     mut status: tokio::sync::watch::Receiver<provider_shared::ipc::BridgeStatus>,
     closing: CancellationToken,
+    broken: CancellationToken,
 ) {
     // Once closing, a gateway that does not read gets a moment to, then is dropped.
     let gave_up = async {
@@ -218,16 +294,25 @@ async fn writer(
             },
         };
         tokio::select! {
-            sent = sink.send(frame) => if let Err(err) = sent {
-                tracing::debug!(%err, "gateway write failed");
-                break;
+            sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "gateway write failed");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(limit = ?WRITE_TIMEOUT, "the gateway stopped reading; dropping its connection");
+                    break;
+                }
             },
             () = &mut gave_up => {
                 tracing::warn!("gateway not reading at shutdown; dropping its connection");
+                broken.cancel();
                 return;
             }
         }
     }
+    broken.cancel();
     tokio::select! {
         _ = sink.close() => {}
         () = &mut gave_up => {}

@@ -18,14 +18,14 @@ use std::time::Instant;
 use provider_shared::bridge::{codes, BridgeFrame};
 use provider_shared::ipc::{BridgeStatus, LinkState};
 use provider_shared::routes::RouteTable;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
 pub use config::Config;
-pub use socket::{bind_socket, remove_socket};
+pub use socket::{bind_socket, lock_path, OwnedSocket};
 
 use ipc_server::ConnId;
 use request::RequestEvent;
@@ -60,14 +60,18 @@ pub enum Error {
 /// The already-bound sockets bridge-agent serves on.
 pub struct Listeners {
     /// Gateways connect here (see [`bind_socket`]).
-    pub ipc: UnixListener,
+    pub ipc: OwnedSocket,
     /// `/health` and `/metrics`.
     pub http: TcpListener,
 }
 
 /// Runs until `shutdown` (then `Ok`) or until the bridge stays unreachable for
 /// `RECONNECT_ATTEMPTS` attempts in a row (then an error, for the supervisor to restart us).
-/// Either way every request gets its result, and the socket file is removed.
+/// The socket is given up at once (file and lock, for the next bridge-agent). On `shutdown` the
+/// requests in flight are handed over: they end here without a result, the gateway resumes each
+/// at the next bridge-agent within `RESUME_GRACE`, as after a crash. Where they cannot be
+/// resumed (a bridge of protocol 1, `RESUME_GRACE=0`) they get `SHUTDOWN_GRACE` to finish and end
+/// with `shutting_down`; after an error every request ends with `agent_unavailable`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -75,11 +79,6 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     metrics::describe();
-    let socket_path = listeners
-        .ipc
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(ToOwned::to_owned));
     let grace = config.shutdown_grace();
     let hub = Arc::new(Hub::new(config));
     let tracker = TaskTracker::new();
@@ -107,6 +106,14 @@ pub async fn run(
     hub.draining.cancel();
     hub.request_tasks.close();
     match &failure {
+        None if hub.can_hand_over() => {
+            tracing::info!(
+                in_flight = hub.requests.len(),
+                resume_grace = ?hub.config.resume_grace(),
+                "shutting down: the requests in flight are left to the next bridge-agent, which the gateway resumes them at"
+            );
+            hub.hand_over.cancel();
+        }
         None => {
             tracing::info!(in_flight = hub.requests.len(), ?grace, "shutting down");
             if tokio::time::timeout(grace, hub.request_tasks.wait())
@@ -137,9 +144,6 @@ pub async fn run(
     tracker.wait().await;
     http_stop.cancel();
     let _ = http.await;
-    if let Some(path) = socket_path {
-        remove_socket(&path);
-    }
     match failure {
         None => {
             tracing::info!("stopped");
@@ -180,8 +184,9 @@ pub struct Hub {
     /// What gateways and /health are told; every change goes out as an IPC `status`.
     pub status: watch::Sender<BridgeStatus>,
     pub link: watch::Sender<CurrentWebSocket>,
-    /// Where the bridge's frames for each request go, and which gateway connection sent it.
-    pub requests: RouteTable<RequestEvent, ConnId>,
+    /// Where the bridge's frames for each request go, and which gateway connection it answers
+    /// (none while its connection is gone and it waits for a `resume`).
+    pub requests: RouteTable<RequestEvent, Option<ConnId>>,
     /// Request tasks only, so shutdown can wait for them apart from everything else.
     pub request_tasks: TaskTracker,
     pub gateway_connections: AtomicUsize,
@@ -189,6 +194,8 @@ pub struct Hub {
     pub draining: CancellationToken,
     /// End every request now, with [`Hub::stop_reason`].
     pub hard_stop: CancellationToken,
+    /// An orderly stop: requests end without a result or a cancel, for the next bridge-agent.
+    pub hand_over: CancellationToken,
     /// Requests are done: close the WebSocket and the gateway connections.
     pub closing: CancellationToken,
     stop_reason: OnceLock<(&'static str, String)>,
@@ -207,6 +214,7 @@ impl Hub {
             gateway_connections: AtomicUsize::new(0),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            hand_over: CancellationToken::new(),
             closing: CancellationToken::new(),
             stop_reason: OnceLock::new(),
         }
@@ -216,6 +224,18 @@ impl Hub {
     pub fn stop_requests(&self, code: &'static str, message: String) {
         let _ = self.stop_reason.set((code, message));
         self.hard_stop.cancel();
+    }
+
+    /// Whether a stop can leave the requests to the next bridge-agent: the gateway and the
+    /// bridge resume them (a WebSocket of protocol 2, or none yet; a resume grace).
+    pub fn can_hand_over(&self) -> bool {
+        let resumable = match &*self.link.borrow() {
+            CurrentWebSocket::Up { protocol, .. } => {
+                *protocol >= provider_shared::bridge::RESUME_PROTOCOL_VERSION
+            }
+            CurrentWebSocket::Down => true,
+        };
+        resumable && !self.config.resume_grace().is_zero()
     }
 
     pub fn stop_reason(&self) -> (&'static str, String) {

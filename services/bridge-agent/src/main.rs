@@ -87,7 +87,7 @@ async fn run_service(config: Config) -> ExitCode {
     let http = match TcpListener::bind((addr.0.as_str(), addr.1)).await {
         Ok(listener) => listener,
         Err(source) => {
-            bridge_agent::remove_socket(&config.bridge_socket);
+            ipc.release();
             return fail(&bridge_agent::Error::Bind {
                 addr: format!("{}:{}", addr.0, addr.1),
                 source,

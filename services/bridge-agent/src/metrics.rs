@@ -11,6 +11,7 @@ pub const REQUEST_DURATION: &str = "bridge_agent_request_duration_seconds";
 pub const GATEWAY_CONNECTIONS: &str = "bridge_agent_gateway_connections";
 pub const FRAMES_DROPPED: &str = "bridge_agent_frames_dropped_total";
 pub const RESUMED: &str = "bridge_agent_requests_resumed_total";
+pub const REATTACHED: &str = "bridge_agent_requests_reattached_total";
 
 /// Registers help text and units; the names then show on /metrics even before first use.
 pub fn describe() {
@@ -50,6 +51,10 @@ pub fn describe() {
         RESUMED,
         "Requests carried over to a new WebSocket with model_resume after the old one dropped"
     );
+    describe_counter!(
+        REATTACHED,
+        "Requests whose gateway connection dropped, taken up again by the gateway's resume on a new one"
+    );
     // Zero values, so dashboards and alerts see the series from the start.
     metrics::gauge!(WS_CONNECTED).set(0.0);
     metrics::gauge!(REQUESTS_IN_FLIGHT).set(0.0);
@@ -57,6 +62,7 @@ pub fn describe() {
     metrics::counter!(WS_RECONNECTS).absolute(0);
     metrics::counter!(WS_CONNECT_FAILURES).absolute(0);
     metrics::counter!(RESUMED).absolute(0);
+    metrics::counter!(REATTACHED).absolute(0);
     for outcome in Outcome::ALL {
         metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).absolute(0);
     }
@@ -85,16 +91,19 @@ pub enum Outcome {
     Timeout,
     Unavailable,
     Disconnected,
+    /// Left in flight for the next bridge-agent to resume (an orderly stop).
+    HandedOver,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Error,
         Outcome::Cancelled,
         Outcome::Timeout,
         Outcome::Unavailable,
         Outcome::Disconnected,
+        Outcome::HandedOver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +114,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Unavailable => "unavailable",
             Outcome::Disconnected => "disconnected",
+            Outcome::HandedOver => "handed_over",
         }
     }
 }

@@ -1,19 +1,75 @@
-//! Binding the gateway-facing Unix socket without clobbering anything that is not ours.
-use std::fs::{self, DirBuilder, Permissions};
+//! The gateway-facing Unix socket, owned by one bridge-agent at a time. A lock file beside it
+//! (`<socket>.lock`, an exclusive `flock` held for as long as the socket is served) says which
+//! process owns the path: a starting bridge-agent that cannot take the lock leaves everything
+//! alone, so it never removes a live one's socket. The socket file's device and inode say which
+//! file is this process's: one that stops removes the file only if it is still the one it bound.
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
 use crate::Error;
 
-/// Binds `path`, creating its parent (mode 0700) when missing. A stale socket left by a crash is
-/// replaced; a socket something still answers on, or a path that is not a socket, is refused
-/// untouched. The socket is made 0600: only the gateway's user may talk to it.
+/// The socket this process serves on, with the lock that makes it its own.
+#[derive(Debug)]
+pub struct OwnedSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file bound.
+    file: (u64, u64),
+    /// Held (locked) while the socket is served; released with it.
+    _lock: File,
+}
+
+impl OwnedSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Stops serving: closes the listener, removes the socket file if it is still the one bound
+    /// here, and lets go of the lock, so that the next bridge-agent may bind at once.
+    pub fn release(self) {
+        let OwnedSocket {
+            listener,
+            path,
+            file,
+            _lock,
+        } = self;
+        drop(listener);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() && (meta.dev(), meta.ino()) == file => {
+                if let Err(err) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %err, "could not remove the socket file");
+                }
+            }
+            Ok(_) => {
+                tracing::info!(path = %path.display(), "the socket path holds another file now; left alone")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The lock file of `socket`.
+pub fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Binds `path`, creating its parent (mode 0700) when missing. Refused untouched when another
+/// bridge-agent holds the path's lock or something still answers on the socket; a stale socket
+/// left by a crash is replaced; a path that is not a socket is refused untouched. The socket is
+/// made 0600: only the gateway's user may talk to it.
 ///
 /// Must be called from within a Tokio runtime.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
+pub fn bind_socket(path: &Path) -> Result<OwnedSocket, Error> {
     let io_err = |source| Error::Socket {
         path: path.to_owned(),
         source,
@@ -27,9 +83,24 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
                 .map_err(io_err)?;
         }
     }
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(lock_path(path))
+        .map_err(io_err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::AlreadyListening(path.to_owned()))
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(io_err(err)),
+    }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             match std::os::unix::net::UnixStream::connect(path) {
+                // A bridge-agent that takes no lock (an older one) is serving on it.
                 Ok(_) => return Err(Error::AlreadyListening(path.to_owned())),
                 // Nobody listens: a previous run died without cleaning up.
                 Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
@@ -45,16 +116,13 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io_err)?;
-    Ok(listener)
-}
-
-/// Removes the socket file when it is still a socket (never anything else put there since).
-pub fn remove_socket(path: &Path) {
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        if let Err(err) = fs::remove_file(path) {
-            tracing::warn!(path = %path.display(), %err, "could not remove the socket file");
-        }
-    }
+    let meta = fs::symlink_metadata(path).map_err(io_err)?;
+    Ok(OwnedSocket {
+        listener,
+        path: path.to_owned(),
+        file: (meta.dev(), meta.ino()),
+        _lock: lock,
+    })
 }
 
 #[cfg(test)]
@@ -70,8 +138,9 @@ mod tests {
     async fn creates_a_private_parent_and_a_0600_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/sub/bridge.sock");
-        let _listener = bind_socket(&path).unwrap();
+        let _socket = bind_socket(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&lock_path(&path)), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
@@ -81,22 +150,49 @@ mod tests {
         let path = dir.path().join("bridge.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
-        let listener = bind_socket(&path).unwrap();
+        let socket = bind_socket(&path).unwrap();
         // The new socket answers.
         let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
-        let _ = listener.accept().await.unwrap();
+        let _ = socket.listener().accept().await.unwrap();
     }
 
     #[tokio::test]
-    async fn refuses_a_live_socket() {
+    async fn refuses_a_path_another_owns_and_leaves_its_socket_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.sock");
-        let _live = bind_socket(&path).unwrap();
+        let live = bind_socket(&path).unwrap();
         let err = bind_socket(&path).unwrap_err();
         assert!(matches!(err, Error::AlreadyListening(_)), "{err}");
         assert!(err
             .to_string()
             .contains("another bridge-agent is already listening"));
+        // The live one still serves on its file.
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _ = live.listener().accept().await.unwrap();
+        // An older bridge-agent without the lock, live on the socket, is not replaced either.
+        live.release();
+        let older = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(matches!(
+            bind_socket(&path).unwrap_err(),
+            Error::AlreadyListening(_)
+        ));
+        drop(older);
+    }
+
+    #[tokio::test]
+    async fn releasing_removes_only_the_file_bound_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.sock");
+        let first = bind_socket(&path).unwrap();
+        first.release();
+        assert!(!path.exists());
+        // The next one binds at once; a socket put there since by someone else stays.
+        let second = bind_socket(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        second.release();
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+        drop(other);
     }
 
     #[tokio::test]
@@ -107,18 +203,5 @@ mod tests {
         let err = bind_socket(&path).unwrap_err();
         assert!(matches!(err, Error::NotASocket(_)), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"precious");
-    }
-
-    #[tokio::test]
-    async fn remove_leaves_non_sockets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bridge.sock");
-        fs::write(&path, b"x").unwrap();
-        remove_socket(&path);
-        assert!(path.exists());
-        let sock = dir.path().join("s.sock");
-        let _l = bind_socket(&sock).unwrap();
-        remove_socket(&sock);
-        assert!(!sock.exists());
     }
 }

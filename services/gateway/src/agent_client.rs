@@ -2,6 +2,12 @@
 //! by itself, routes chunks and results to their requests by id, and cancels requests whose
 //! callers went away. A request whose connection broke can be re-attached to the next one
 //! ([`Call::resume`]) when that bridge-agent takes `resume` (docs/PROTOCOL.md §2).
+//!
+//! The link is bounded and watched like the WebSocket: at most [`IPC_QUEUE`] frames wait to be
+//! written (a request that finds the queue full gets an error; nobody waits), each write must
+//! finish within `WRITE_TIMEOUT`, and with a bridge-agent that takes `heartbeat` a `ping` goes out
+//! every `HEARTBEAT_EVERY` and a connection silent for `SILENCE_LIMIT` is dropped (its requests
+//! resume on the next one).
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
 use provider_shared::ipc::{
-    BridgeStatus, IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION,
+    BridgeStatus, IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, HEARTBEAT_EVERY, IPC_PROTOCOL,
+    IPC_VERSION, SILENCE_LIMIT, WRITE_TIMEOUT,
 };
 use provider_shared::routes::{Delivered, Inbox, Refused, RouteTable, Routed, Ticket};
 use tokio::net::UnixStream;
@@ -20,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::Error;
+
+/// Frames waiting to be written to bridge-agent. Invokes are bounded by
+/// `MAX_CONCURRENT_REQUESTS` as well; the rest are cancels, resumes and heartbeats. A request
+/// whose invoke or resume finds the queue full fails alone (the link is stalled, and its
+/// heartbeat ends it within `SILENCE_LIMIT`).
+pub const IPC_QUEUE: usize = 256;
+
+/// How long a stopping gateway gives its last frames (the cancels of its requests) to go out.
+const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
 /// What a request in flight hears back.
 #[derive(Debug)]
@@ -79,7 +95,7 @@ pub struct LinkStatus {
 /// and tries the next connection. No request can fall in between.
 #[derive(Clone)]
 struct Conn {
-    tx: mpsc::UnboundedSender<IpcFrame>,
+    tx: mpsc::Sender<IpcFrame>,
     table: Arc<RouteTable<Timed>>,
     /// This bridge-agent takes `resume`.
     resume: bool,
@@ -148,9 +164,19 @@ impl AgentClient {
                     )))
                 }
             };
-            if conn.tx.send(IpcFrame::Invoke(invoke.clone())).is_err() {
-                conn.table.remove(&id, ticket);
-                continue;
+            match conn.tx.try_send(IpcFrame::Invoke(invoke.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    conn.table.remove(&id, ticket);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    conn.table.remove(&id, ticket);
+                    tracing::warn!(request_id = %id, limit = IPC_QUEUE, "the queue to bridge-agent is full; refusing the request");
+                    return Err(Error::BridgeAgentUnavailable(format!(
+                        "bridge-agent is not reading its socket: {IPC_QUEUE} frames wait for it; the gateway drops the connection if it stays silent, try again shortly"
+                    )));
+                }
             }
             return Ok(Call {
                 id,
@@ -247,7 +273,7 @@ impl Call {
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             invoke: self.invoke.clone(),
         };
-        if conn.tx.send(frame).is_err() {
+        if conn.tx.try_send(frame).is_err() {
             conn.table.remove(&self.id, ticket);
             return false;
         }
@@ -263,10 +289,12 @@ impl Drop for Call {
     fn drop(&mut self) {
         self.conn.table.remove(&self.id, self.ticket);
         if !self.finished {
-            let _ = self.conn.tx.send(IpcFrame::Cancel {
+            // A full queue means a stalled link, which its heartbeat ends; bridge-agent then
+            // cancels the request itself when no resume comes.
+            let sent = self.conn.tx.try_send(IpcFrame::Cancel {
                 id: self.id.clone(),
             });
-            tracing::info!(request_id = %self.id, "request cancelled at bridge-agent");
+            tracing::info!(request_id = %self.id, queued = sent.is_ok(), "request cancelled at bridge-agent");
         }
     }
 }
@@ -324,6 +352,8 @@ struct Welcomed {
     framed: Framed<UnixStream, IpcCodec>,
     bridge: BridgeStatus,
     resume: bool,
+    /// bridge-agent answers `ping`.
+    heartbeat: bool,
 }
 
 async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
@@ -336,6 +366,7 @@ async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
             protocol: IPC_PROTOCOL.into(),
             version: IPC_VERSION,
             client: format!("gateway/{}", provider_shared::VERSION),
+            capabilities: vec![CAP_HEARTBEAT.to_owned()],
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -351,6 +382,7 @@ async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
             framed,
             bridge,
             resume: capabilities.iter().any(|c| c == CAP_RESUME),
+            heartbeat: capabilities.iter().any(|c| c == CAP_HEARTBEAT),
         }),
         Some(Ok(IpcFrame::Reject { reason })) => Err(format!("bridge-agent refused: {reason}")),
         Some(Ok(other)) => Err(format!("unexpected handshake answer: {other:?}")),
@@ -366,8 +398,8 @@ async fn run_connection(
     link_tx: &watch::Sender<LinkStatus>,
     shutdown: &CancellationToken,
 ) {
-    let (mut sink, mut stream) = welcome.framed.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<IpcFrame>();
+    let (sink, mut stream) = welcome.framed.split();
+    let (tx, rx) = mpsc::channel::<IpcFrame>(IPC_QUEUE);
     let conn = Conn {
         tx,
         table: Arc::new(RouteTable::new(buffer_bytes)),
@@ -376,24 +408,33 @@ async fn run_connection(
     set_bridge(link_tx, true, welcome.bridge);
     conn_tx.send_replace(Some(conn.clone()));
 
-    let writer = async {
-        while let Some(frame) = rx.recv().await {
-            if let Err(err) = sink.send(frame).await {
-                tracing::warn!(%err, "writing to bridge-agent failed");
-                break;
-            }
-        }
-    };
+    let heartbeat = welcome.heartbeat;
+    let stop_writer = CancellationToken::new();
+    let writer = write_frames(sink, rx, stop_writer.clone());
     let reader = async {
-        // Each frame's read and decode is timed by the poll that completes it.
-        while let Some((frame, began)) = futures_util::future::poll_fn(|cx| {
-            let began = Instant::now();
-            stream
-                .poll_next_unpin(cx)
-                .map(|frame| frame.map(|frame| (frame, began)))
-        })
-        .await
-        {
+        loop {
+            // Each frame's read and decode is timed by the poll that completes it.
+            let next = futures_util::future::poll_fn(|cx| {
+                let began = Instant::now();
+                stream
+                    .poll_next_unpin(cx)
+                    .map(|frame| frame.map(|frame| (frame, began)))
+            });
+            let next = if heartbeat {
+                match tokio::time::timeout(SILENCE_LIMIT, next).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        break format!(
+                            "bridge-agent sent nothing for {SILENCE_LIMIT:?}, not even a pong"
+                        )
+                    }
+                }
+            } else {
+                next.await
+            };
+            let Some((frame, began)) = next else {
+                break "bridge-agent closed the connection".to_owned();
+            };
             match frame {
                 Ok(IpcFrame::Chunk(chunk)) => {
                     let id = chunk.id.clone();
@@ -404,23 +445,94 @@ async fn run_connection(
                     route(&conn, &id, CallEvent::Result(result), began);
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
+                Ok(IpcFrame::Pong { .. }) => {}
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
-                Err(err) => {
-                    tracing::warn!(%err, "bad frame from bridge-agent");
-                    break;
-                }
+                Err(err) => break format!("bad frame from bridge-agent: {err}"),
             }
         }
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
-        _ = shutdown.cancelled() => {}
+    tokio::pin!(writer, reader);
+    let mut beat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT_EVERY,
+        HEARTBEAT_EVERY,
+    );
+    let why = loop {
+        tokio::select! {
+            why = &mut writer => break why,
+            why = &mut reader => break why,
+            _ = beat.tick(), if heartbeat => {
+                // A full queue is a stalled link: the silence ends it, not this.
+                let _ = conn.tx.try_send(IpcFrame::Ping { ts: unix_millis() });
+            }
+            _ = shutdown.cancelled() => {
+                // The gateway is stopping and its clients' requests end with it: bridge-agent
+                // cancels them now instead of holding them for a resume that will not come.
+                for id in conn.table.ids() {
+                    let _ = conn.tx.try_send(IpcFrame::Cancel { id });
+                }
+                stop_writer.cancel();
+                let _ = (&mut writer).await;
+                break "the gateway is stopping".to_owned();
+            }
+        }
+    };
+    if !shutdown.is_cancelled() {
+        tracing::warn!(reason = %why, "the connection to bridge-agent ended");
     }
     // Unpublish first, so a request refused by the closed table waits for the next connection.
     conn_tx.send_replace(None);
     set_bridge(link_tx, false, BridgeStatus::disconnected());
     conn.table.close(|| Timed::untimed(CallEvent::Lost));
+}
+
+type Sink = futures_util::stream::SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
+
+/// Writes queued frames until a write fails or takes longer than `WRITE_TIMEOUT` (says why), or
+/// `stop` fires: then what is queued goes out within `CLOSING_FLUSH` and the connection closes.
+async fn write_frames(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<IpcFrame>,
+    stop: CancellationToken,
+) -> String {
+    async fn write(sink: &mut Sink, frame: IpcFrame) -> Result<(), String> {
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("writing to bridge-agent failed: {err}")),
+            Err(_) => Err(format!(
+                "bridge-agent read nothing for {WRITE_TIMEOUT:?} (a write did not finish)"
+            )),
+        }
+    }
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => return "no frames left to write".to_owned(),
+            },
+            _ = stop.cancelled() => break,
+        };
+        if let Err(why) = write(&mut sink, frame).await {
+            return why;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSING_FLUSH, async {
+        while let Ok(frame) = rx.try_recv() {
+            if write(&mut sink, frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    })
+    .await;
+    "stopped".to_owned()
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Hands a frame to its request. A request whose task has let more than the buffer bound wait
@@ -431,7 +543,7 @@ fn route(conn: &Conn, id: &str, event: CallEvent, began: Instant) {
     match conn.table.route(id, Timed { event, took }) {
         Ok(Delivered::Queued) => {}
         Ok(Delivered::Overflowed) => {
-            let _ = conn.tx.send(IpcFrame::Cancel { id: id.to_owned() });
+            let _ = conn.tx.try_send(IpcFrame::Cancel { id: id.to_owned() });
         }
         Err(why) => tracing::debug!(
             request_id = id,
@@ -469,7 +581,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_whose_frames_pile_up_is_dropped_alone_and_cancelled() {
-        let (tx, mut frames) = mpsc::unbounded_channel();
+        let (tx, mut frames) = mpsc::channel(8);
         let conn = Conn {
             tx,
             table: Arc::new(RouteTable::new(1000)),
