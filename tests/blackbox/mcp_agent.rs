@@ -10,7 +10,7 @@ use integration_tests::mcp_stack::{
     test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
 };
 use integration_tests::stack::{GatewayProc, KEY, MODEL};
-use integration_tests::tcp_relay::TcpRelay;
+use integration_tests::relay::TcpRelay;
 
 use crate::SOON;
 

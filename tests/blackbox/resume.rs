@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::SOON;
 
 /// A stack whose scripted peer resumes as mcp-bridge does.
-async fn resuming_stack(
+pub(crate) async fn resuming_stack(
     agent: impl FnOnce(BridgeAgentProc) -> BridgeAgentProc,
     gateway: impl FnOnce(integration_tests::stack::GatewayProc) -> integration_tests::stack::GatewayProc,
 ) -> Stack {
@@ -36,7 +36,7 @@ fn expected(text: &str) -> String {
 }
 
 /// The content a fault-free streamed run of `text` gives.
-async fn fault_free(stack: &Stack, text: &str) -> String {
+pub(crate) async fn fault_free(stack: &Stack, text: &str) -> String {
     let body = stack
         .gateway
         .chat(chat_body(text, true))
@@ -56,7 +56,7 @@ fn roomy(g: integration_tests::stack::GatewayProc) -> integration_tests::stack::
         .env("CONTEXT_WINDOW", 10_000_000)
 }
 
-fn only_error_code(sse: &Sse) -> Option<String> {
+pub(crate) fn only_error_code(sse: &Sse) -> Option<String> {
     let errors: Vec<Value> = sse
         .json()
         .into_iter()

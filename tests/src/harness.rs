@@ -191,6 +191,16 @@ impl Service {
         self.signal(rustix::process::Signal::INT)
     }
 
+    /// Sends SIGSTOP: the process stalls, its sockets open.
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal(rustix::process::Signal::STOP)
+    }
+
+    /// Sends SIGCONT.
+    pub fn unpause(&self) -> io::Result<()> {
+        self.signal(rustix::process::Signal::CONT)
+    }
+
     /// Sends SIGHUP (reopen the audit log).
     pub fn hangup(&self) -> io::Result<()> {
         self.signal(rustix::process::Signal::HUP)

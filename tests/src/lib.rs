@@ -14,4 +14,4 @@ pub mod redis;
 pub mod skip;
 pub mod stack;
 pub mod stdio_agent;
-pub mod tcp_relay;
+pub mod relay;

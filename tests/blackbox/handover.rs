@@ -1,0 +1,234 @@
+//! Orderly restarts resume like crashes, against the scripted peer (bridge protocol 2): a
+//! bridge-agent stopped with SIGTERM hands its streams over to the next one; the gateway's
+//! connection to bridge-agent cut while bridge-agent stays up resumes every stream on the new
+//! connection; a stalled bridge-agent is noticed within seconds; the socket belongs to one
+//! bridge-agent at a time.
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use integration_tests::harness::{free_port, get, wait_for, BridgeAgentProc};
+use integration_tests::peer::ScriptedPeer;
+use integration_tests::relay::UnixRelay;
+use integration_tests::stack::{chat_body, Gateway, GatewayProc, Sse, KEY};
+
+use crate::resume::{fault_free, only_error_code, resuming_stack};
+
+use crate::SOON;
+
+const STREAMS: usize = 20;
+
+fn text(k: usize) -> String {
+    format!("[[chunks:40]] [[slow:60]] stream number {k}")
+}
+
+/// A streamed chat read to its end.
+async fn stream(gateway: &Gateway, text: String) -> String {
+    let patient = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = patient
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat_body(&text, true))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .unwrap_or_else(|_| panic!("{text}: no end within 60 s"))
+        .unwrap()
+}
+
+/// Every stream complete, as a fault-free run gives it, with one `[DONE]` and no error.
+fn assert_whole(bodies: &[String], reference: &[String]) {
+    for (k, body) in bodies.iter().enumerate() {
+        let sse = Sse::parse(body);
+        assert_eq!(only_error_code(&sse), None, "stream {k}: {body}");
+        assert_eq!(sse.content(), reference[k], "stream {k}: lost or repeated chunks");
+        assert_eq!(
+            sse.data.iter().filter(|d| *d == "[DONE]").count(),
+            1,
+            "stream {k}"
+        );
+    }
+}
+
+/// What fault-free runs give.
+async fn references(gateway: &Gateway) -> Vec<String> {
+    join_all((0..STREAMS).map(|k| stream(gateway, text(k))))
+        .await
+        .iter()
+        .map(|body| {
+            let sse = Sse::parse(body);
+            assert_eq!(only_error_code(&sse), None, "{body}");
+            sse.content()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn twenty_streams_survive_two_sigterm_restarts_of_bridge_agent_whole_and_once() {
+    let stack = resuming_stack(|a| a, |g| g.env("RESPONSE_TIMEOUT", 60)).await;
+    let reference = references(&stack.gateway).await;
+    let invokes_before = stack.peer.record().invokes.len();
+    let (peer, gateway) = (&stack.peer, &stack.gateway);
+    let mut agent = stack.agent;
+    let (socket, port, url) = (agent.socket.clone(), agent.port, peer.url());
+    let chats = join_all((0..STREAMS).map(|k| stream(gateway, text(k))));
+    let restarts = async {
+        for round in 0..2 {
+            peer.wait_until(SOON, |r| r.invokes.len() >= invokes_before + STREAMS)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            agent.service.terminate().unwrap();
+            if round == 0 {
+                // As a supervisor restarts it: the new one once the old one has exited.
+                let status = agent.service.wait_exit(SOON).await.unwrap();
+                assert!(status.success(), "{status}");
+            } else {
+                // Back to back: the new one as soon as the old one gave the socket up (on its
+                // own health port: the old one serves its own until it exits).
+                wait_for(SOON, "the old bridge-agent giving the socket up", || async {
+                    (!socket.exists()).then_some(())
+                })
+                .await;
+            }
+            let health_port = if round == 0 { port } else { free_port() };
+            let old = std::mem::replace(
+                &mut agent,
+                BridgeAgentProc::new(&url)
+                    .env("BRIDGE_SOCKET", socket.display())
+                    .env("BRIDGE_AGENT_PORT", health_port)
+                    .spawn(),
+            );
+            let mut old = old;
+            let status = old.service.wait_exit(SOON).await.unwrap();
+            assert!(status.success(), "{status}");
+            gateway
+                .wait_health("healthy", Duration::from_secs(20))
+                .await;
+            // The old one, exiting after the new one bound, left the new socket alone.
+            assert!(socket.exists());
+        }
+    };
+    let (bodies, ()) = tokio::join!(chats, restarts);
+    assert_whole(&bodies, &reference);
+    let record = peer.record();
+    assert_eq!(
+        record.invokes.len(),
+        invokes_before + STREAMS,
+        "nothing sent twice"
+    );
+    assert!(record.resumes.len() >= STREAMS, "{:?}", record.resumes);
+    assert!(record.cancels.is_empty(), "{:?}", record.cancels);
+}
+
+#[tokio::test]
+async fn a_cut_gateway_connection_resumes_every_stream_while_bridge_agent_stays_up() {
+    let peer = ScriptedPeer::start().await;
+    peer.set_welcome_protocol(2);
+    let agent = BridgeAgentProc::new(&peer.url())
+        .env("RESPONSE_TIMEOUT", 60)
+        .spawn();
+    agent.wait_connected(SOON).await;
+    let relay = UnixRelay::start(&agent.socket);
+    let gateway = GatewayProc::new(&relay.path)
+        .env("RESPONSE_TIMEOUT", 60)
+        .spawn();
+    gateway.wait_health("healthy", Duration::from_secs(20)).await;
+    let reference = references(&gateway).await;
+    let invokes_before = peer.record().invokes.len();
+    let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
+    let cut = async {
+        peer.wait_until(SOON, |r| r.invokes.len() >= invokes_before + STREAMS)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        relay.cut();
+    };
+    let (bodies, ()) = tokio::join!(chats, cut);
+    assert_whole(&bodies, &reference);
+    assert!(relay.accepted() >= 2, "the gateway reconnected");
+    let record = peer.record();
+    assert_eq!(record.invokes.len(), invokes_before + STREAMS);
+    // Resumed on the WebSocket they were on, from the last chunk the gateway had.
+    assert!(record.resumes.len() >= STREAMS, "{:?}", record.resumes);
+    assert!(record.cancels.is_empty(), "{:?}", record.cancels);
+    let (_, metrics) = get(&agent.url("/metrics")).await.unwrap();
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bridge_agent_requests_reattached_total")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_bridge_agent_is_noticed_within_seconds_and_its_stream_resumes() {
+    // Deadlines past the stall: what is tested is that the stall is noticed, and survived.
+    let stack = resuming_stack(
+        |a| a.env("REQUEST_TIMEOUT", 60).env("RESPONSE_TIMEOUT", 60),
+        |g| g,
+    )
+    .await;
+    let text = "[[chunks:30]] [[slow:100]] through a stall";
+    let want = fault_free(&stack, text).await;
+    let mut streamed = stack.gateway.chat(chat_body(text, true)).await;
+    let mut head = String::new();
+    while !head.contains("\"content\":\"") {
+        let chunk = tokio::time::timeout(SOON, streamed.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        head.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    stack.agent.service.pause().unwrap();
+    let paused = Instant::now();
+    let url = stack.gateway.url("/health");
+    wait_for(Duration::from_secs(15), "the gateway noticing", || async {
+        let (_, body) = get(&url).await.ok()?;
+        (body["bridge_agent"]["status"] == "disconnected").then_some(())
+    })
+    .await;
+    let noticed = paused.elapsed();
+    println!(
+        "a stalled bridge-agent noticed after {} ms",
+        noticed.as_millis()
+    );
+    assert!(noticed < Duration::from_secs(10), "{noticed:?}");
+    stack.agent.service.unpause().unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(40), streamed.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let sse = Sse::parse(&format!("{head}{rest}"));
+    assert_eq!(only_error_code(&sse), None, "{rest}");
+    assert_eq!(sse.content(), want, "lost or repeated chunks");
+    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_second_bridge_agent_on_the_same_socket_leaves_the_first_serving() {
+    let stack = resuming_stack(|a| a, |g| g).await;
+    let socket = stack.agent.socket.clone();
+    let mut second = BridgeAgentProc::new(&stack.peer.url())
+        .env("BRIDGE_SOCKET", socket.display())
+        .spawn();
+    let status = second.service.wait_exit(SOON).await.unwrap();
+    assert!(!status.success(), "{status}");
+    assert!(
+        second
+            .service
+            .logs()
+            .contains("another bridge-agent is already listening"),
+        "{}",
+        second.service.logs()
+    );
+    assert!(socket.exists(), "the live one's socket is still there");
+    let resp = stack.gateway.chat(chat_body("still here", false)).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "echo: still here");
+}
