@@ -1,5 +1,5 @@
-//! Chaos: fifty streamed chats while bridge-agent is SIGKILLed and restarted twice, its WebSocket
-//! is dropped once, and five clients stop reading. Every chat either gets exactly the answer a
+//! Chaos: fifty streamed chats while bridge-agent is SIGKILLed and restarted twice, stopped with
+//! SIGTERM and restarted once, its WebSocket is dropped once, and five clients stop reading. Every chat either gets exactly the answer a
 //! fault-free run gives (no chunk lost or repeated, one `[DONE]`) or, for the five, exactly one
 //! `slow_client` error; none outlives the gateway's deadline; both services' memory stays bounded.
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ async fn stream(gateway: &Gateway, text: String) -> (String, Duration) {
 }
 
 #[tokio::test]
-async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
+async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stalled_readers() {
     let backstop = Duration::from_secs(40 + 1 + 5);
     let stack = Stack::start_with(
         |a| a.env("RESPONSE_TIMEOUT", 40).env("REQUEST_TIMEOUT", 30),
@@ -121,12 +121,19 @@ async fn fifty_streams_through_two_kills_a_drop_and_five_stalled_readers() {
     let (peer, gateway) = (&peer, &gateway);
     let mut peak = (0.0_f64, 0.0_f64);
     let faults = async {
-        for round in 0..3 {
+        for round in 0..4 {
             tokio::time::sleep(Duration::from_millis(700)).await;
             if round == 1 {
                 peer.drop_connections();
             } else {
-                agent.service.kill().await.unwrap();
+                if round == 2 {
+                    // An orderly stop hands the streams over, as a crash leaves them.
+                    agent.service.terminate().unwrap();
+                    let status = agent.service.wait_exit(SOON).await.unwrap();
+                    assert!(status.success(), "{status}");
+                } else {
+                    agent.service.kill().await.unwrap();
+                }
                 agent = BridgeAgentProc::new(&url)
                     .env("BRIDGE_SOCKET", socket.display())
                     .env("BRIDGE_AGENT_PORT", port)

@@ -130,7 +130,7 @@ async fn a_cut_gateway_connection_resumes_every_stream_while_bridge_agent_stays_
         .env("RESPONSE_TIMEOUT", 60)
         .spawn();
     agent.wait_connected(SOON).await;
-    let relay = UnixRelay::start(&agent.socket);
+    let relay = UnixRelay::start(&agent.socket).await;
     let gateway = GatewayProc::new(&relay.path)
         .env("RESPONSE_TIMEOUT", 60)
         .spawn();

@@ -10,7 +10,7 @@ use integration_tests::mcp_stack::{
     test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
 };
 use integration_tests::stack::{GatewayProc, KEY, MODEL};
-use integration_tests::relay::TcpRelay;
+use integration_tests::relay::{TcpRelay, UnixRelay};
 
 use crate::SOON;
 
@@ -100,8 +100,46 @@ async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     }
     // The gateway holds requests up to CONNECTION_TIMEOUT while bridge-agent is away.
     let stack = McpStack::start_with(|b| b, |g| g.env("CONNECTION_TIMEOUT", 20)).await;
-    let recipe = &stack.agent_recipe;
-    let extra = BTreeMap::from([
+    let extra = restart_env(&stack.agent_recipe, &stack.agent);
+    pytest(&stack, "test_restart.py", extra).await;
+}
+
+#[tokio::test]
+async fn orderly_bridge_agent_restarts_and_a_cut_gateway_connection_lose_no_stream() {
+    if test_python().is_none() {
+        return;
+    }
+    // The gateway reaches bridge-agent through a Unix-socket relay the Python side cuts; it holds
+    // requests up to CONNECTION_TIMEOUT while bridge-agent is away.
+    let bridge = McpBridgeProc::new().spawn();
+    let recipe = AgentRecipe::new(&bridge.ws_url(), Some(BRIDGE_TOKEN));
+    let agent = recipe.spawn();
+    let relay = UnixRelay::start(&recipe.socket()).await;
+    let gateway = GatewayProc::new(&relay.path)
+        .env("CONNECTION_TIMEOUT", 20)
+        .spawn();
+    gateway
+        .wait_health("healthy", std::time::Duration::from_secs(30))
+        .await;
+    bridge.wait_agents(1, SOON).await;
+    let mut extra = restart_env(&recipe, &agent);
+    extra.insert("IPC_CUT_PORT".to_owned(), relay.cut_port.to_string());
+    let stack = McpStack {
+        bridge,
+        agent_recipe: recipe,
+        agent,
+        gateway,
+    };
+    pytest(&stack, "test_handover.py", extra).await;
+    assert!(relay.accepted() >= 4, "{} connections", relay.accepted());
+}
+
+/// What a Python test needs to stop bridge-agent and start it again.
+fn restart_env(
+    recipe: &AgentRecipe,
+    agent: &integration_tests::harness::Service,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (
             "AGENT_BIN".to_owned(),
             bin_path("bridge-agent").display().to_string(),
@@ -110,10 +148,7 @@ async fn bridge_agent_restart_resumes_every_request_exactly_once() {
             "AGENT_ENV".to_owned(),
             serde_json::to_string(&recipe.envs).unwrap(),
         ),
-        (
-            "AGENT_PID".to_owned(),
-            stack.agent.pid().unwrap().to_string(),
-        ),
+        ("AGENT_PID".to_owned(), agent.pid().unwrap().to_string()),
         ("AGENT_HEALTH".to_owned(), recipe.health_url()),
         (
             "AGENT_LOG".to_owned(),
@@ -124,8 +159,7 @@ async fn bridge_agent_restart_resumes_every_request_exactly_once() {
                 .display()
                 .to_string(),
         ),
-    ]);
-    pytest(&stack, "test_restart.py", extra).await;
+    ])
 }
 
 /// What mcp-bridge keeps of each answer for a resume in the chaos test.
@@ -158,26 +192,8 @@ async fn chaos_half_through_mcp_bridge_two_kills_a_drop_and_five_stalled_readers
         .await;
     bridge.wait_agents(1, SOON).await;
     let rss_report = recipe.dir.path().join("rss.json");
-    let extra = BTreeMap::from([
-        (
-            "AGENT_BIN".to_owned(),
-            bin_path("bridge-agent").display().to_string(),
-        ),
-        (
-            "AGENT_ENV".to_owned(),
-            serde_json::to_string(&recipe.envs).unwrap(),
-        ),
-        ("AGENT_PID".to_owned(), agent.pid().unwrap().to_string()),
-        ("AGENT_HEALTH".to_owned(), recipe.health_url()),
-        (
-            "AGENT_LOG".to_owned(),
-            recipe
-                .dir
-                .path()
-                .join("bridge-agent-2.log")
-                .display()
-                .to_string(),
-        ),
+    let mut extra = restart_env(&recipe, &agent);
+    extra.extend([
         ("RELAY_CUT_PORT".to_owned(), relay.cut_port.to_string()),
         (
             "GW_PID".to_owned(),

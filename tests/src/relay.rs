@@ -50,21 +50,11 @@ impl TcpRelay {
     /// Relays 127.0.0.1:`port` (free) to 127.0.0.1:`target`.
     pub async fn start(target: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let cutter = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cut_port = cutter.local_addr().unwrap().port();
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         tokio::spawn(relay(listener, target, shared.clone(), stop.clone()));
-        let (s, t) = (shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = t.cancelled() => return,
-                    accepted = cutter.accept() => if accepted.is_ok() { s.cut() },
-                }
-            }
-        });
+        let cut_port = cutter(shared.clone(), stop.clone()).await;
         Self {
             port,
             cut_port,
@@ -115,6 +105,21 @@ async fn relay(listener: TcpListener, target: u16, shared: Arc<Shared>, stop: Ca
     }
 }
 
+/// A port on which any connection cuts every relayed connection of `shared`.
+async fn cutter(shared: Arc<Shared>, stop: CancellationToken) -> u16 {
+    let cutter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_port = cutter.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = cutter.accept() => if accepted.is_ok() { shared.cut() },
+            }
+        }
+    });
+    cut_port
+}
+
 /// Copies both ways until either side closes or the connection is cut.
 async fn pipe<A, B>(mut a: A, mut b: B, cut: CancellationToken)
 where
@@ -131,6 +136,8 @@ where
 /// socket. [`UnixRelay::cut`] drops the gateway's connection while both processes stay up.
 pub struct UnixRelay {
     pub path: PathBuf,
+    /// Any connection to this port cuts every relayed connection (for a test in another process).
+    pub cut_port: u16,
     shared: Arc<Shared>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
@@ -138,7 +145,7 @@ pub struct UnixRelay {
 
 impl UnixRelay {
     /// Relays a socket in a new temporary directory to `target`.
-    pub fn start(target: &Path) -> Self {
+    pub async fn start(target: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -164,8 +171,10 @@ impl UnixRelay {
                 });
             }
         });
+        let cut_port = cutter(shared.clone(), stop.clone()).await;
         Self {
             path,
+            cut_port,
             shared,
             stop,
             _dir: dir,
