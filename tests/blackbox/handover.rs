@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use integration_tests::harness::{free_port, get, wait_for, BridgeAgentProc};
+use integration_tests::harness::{get, wait_for, BridgeAgentProc};
 use integration_tests::peer::ScriptedPeer;
 use integration_tests::relay::UnixRelay;
 use integration_tests::stack::{chat_body, Gateway, GatewayProc, Sse, KEY};
@@ -85,19 +85,14 @@ async fn twenty_streams_survive_two_sigterm_restarts_of_bridge_agent_whole_and_o
                 let status = agent.service.wait_exit(SOON).await.unwrap();
                 assert!(status.success(), "{status}");
             } else {
-                // Back to back: the new one as soon as the old one gave the socket up (on its
-                // own health port: the old one serves its own until it exits).
-                wait_for(SOON, "the old bridge-agent giving the socket up", || async {
-                    (!socket.exists()).then_some(())
-                })
-                .await;
+                // Back to back: the new one at once; it waits for the old one to let go of the
+                // socket and the health port.
             }
-            let health_port = if round == 0 { port } else { free_port() };
             let old = std::mem::replace(
                 &mut agent,
                 BridgeAgentProc::new(&url)
                     .env("BRIDGE_SOCKET", socket.display())
-                    .env("BRIDGE_AGENT_PORT", health_port)
+                    .env("BRIDGE_AGENT_PORT", port)
                     .spawn(),
             );
             let mut old = old;

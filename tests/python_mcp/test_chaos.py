@@ -1,16 +1,19 @@
 """The chaos test's half through mcp-bridge: twenty-five streamed chats answered in parts by agents
-over MCP while bridge-agent is SIGKILLed and restarted twice, its WebSocket to mcp-bridge is dropped
-once, and five clients stop reading. Every editor gets exactly the answer a fault-free run gives
-(each chunk once, in order), each of the five exactly one `slow_client` error, and mcp-bridge
-answers each request once."""
+over MCP while bridge-agent is SIGKILLed and restarted twice and stopped with SIGTERM and restarted
+once, its WebSocket to mcp-bridge is dropped once, four agents vanish (SIGKILL or SIGTERM) while
+they poll or hold a request, and five clients stop reading. Every editor gets exactly the answer a
+fault-free run gives (each chunk once, in order), each of the five exactly one `slow_client`
+error, and mcp-bridge answers each request once."""
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import httpx
@@ -88,6 +91,29 @@ def restart():
     return subprocess.Popen([env("AGENT_BIN")], env=agent_env, stdout=log, stderr=log)
 
 
+def health_up() -> bool:
+    try:
+        return httpx.get(env("AGENT_HEALTH"), timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def stopped_in_order(pid: int) -> None:
+    """SIGTERM, then waits until the stopped bridge-agent gave up its port (it has exited)."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while health_up():
+        assert time.monotonic() < deadline, "bridge-agent did not stop within 20s"
+        await anyio.sleep(0.05)
+
+
+def vanishing_agent() -> subprocess.Popen:
+    """An agent process that polls and, if handed a request, holds it without answering."""
+    here = Path(__file__).parent
+    return subprocess.Popen([sys.executable, str(here / "vanishing_agent.py"), "poll"], cwd=here,
+                            stdout=subprocess.DEVNULL, env=os.environ.copy())
+
+
 def drop_websocket():
     """Cuts every connection through the relay between bridge-agent and mcp-bridge."""
     socket.create_connection(("127.0.0.1", int(env("RELAY_CUT_PORT"))), timeout=5).close()
@@ -104,13 +130,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def test_twenty_five_streams_through_two_kills_a_drop_and_five_stalled_readers(void, model):
+async def test_twenty_five_streams_through_kills_a_sigterm_restart_a_drop_vanished_agents_and_stalled_readers(
+        void, model):
     stop, faulted = anyio.Event(), anyio.Event()
     agents = []
     services = {"gateway": int(env("GW_PID")), "mcp-bridge": int(env("MB_PID"))}
     rss = {name: {"before": rss_mib(pid), "peak": 0.0} for name, pid in services.items()}
     rss["bridge-agent"] = {"before": rss_mib(int(env("AGENT_PID"))), "peak": 0.0}
     faults = []
+    # Agents that vanish mid-poll, or holding a request they never answer: they began polling
+    # first, so they are first in line.
+    vanishing = [vanishing_agent() for _ in range(4)]
     async with anyio.create_task_group() as tg:
         for _ in range(8):
             tg.start_soon(serve, stop, faulted)
@@ -118,10 +148,16 @@ async def test_twenty_five_streams_through_two_kills_a_drop_and_five_stalled_rea
         chats = [pool.submit(ask_streamed, void, model, f"chat {k}") for k in range(CHATS)]
         pid = int(env("AGENT_PID"))
         try:
-            for fault in ["kill", "drop", "kill"]:
+            for round, fault in enumerate(["kill", "drop", "term", "kill"]):
                 await anyio.sleep(1.2)
+                # One vanishing agent goes each round, killed or stopped.
+                os.kill(vanishing[round].pid, signal.SIGKILL if round % 2 else signal.SIGTERM)
                 if fault == "kill":
                     os.kill(pid, signal.SIGKILL)
+                    agents.append(restart())
+                    pid = agents[-1].pid
+                elif fault == "term":
+                    await stopped_in_order(pid)
                     agents.append(restart())
                     pid = agents[-1].pid
                 else:
@@ -137,6 +173,9 @@ async def test_twenty_five_streams_through_two_kills_a_drop_and_five_stalled_rea
             stop.set()
             for agent in agents[:-1]:
                 agent.wait(timeout=10)
+            for doomed in vanishing:
+                doomed.kill()
+                doomed.wait(timeout=10)
         for k, (answer, took) in enumerate(results):
             assert answer["content"] == "".join(PARTS), f"chat {k}: {answer}"
             assert answer["finish"] == "stop"

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
 pub use config::Config;
-pub use socket::{bind_socket, lock_path, OwnedSocket};
+pub use socket::{bind_socket, lock_path, OwnedSocket, TAKEOVER_WAIT};
 
 use ipc_server::ConnId;
 use request::RequestEvent;

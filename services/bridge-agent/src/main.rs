@@ -76,7 +76,7 @@ async fn run_service(config: Config) -> ExitCode {
         tracing::warn!(host = %config.bridge_agent_host,
             "health endpoint bound beyond loopback (LOCAL_PROVIDER_ALLOW_NON_LOOPBACK=true)");
     }
-    let ipc = match bind_socket(&config.bridge_socket) {
+    let ipc = match bind_socket(&config.bridge_socket, bridge_agent::TAKEOVER_WAIT).await {
         Ok(listener) => listener,
         Err(err) => return fail(&err),
     };
@@ -84,7 +84,7 @@ async fn run_service(config: Config) -> ExitCode {
         config.bridge_agent_host.clone(),
         config.bridge_agent_port.0 as u16,
     );
-    let http = match TcpListener::bind((addr.0.as_str(), addr.1)).await {
+    let http = match bind_health(&addr.0, addr.1).await {
         Ok(listener) => listener,
         Err(source) => {
             ipc.release();
@@ -102,6 +102,23 @@ async fn run_service(config: Config) -> ExitCode {
     match bridge_agent::run(config, Listeners { ipc, http }, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
+    }
+}
+
+/// Binds the health port; a port still held (by the bridge-agent before this one, exiting) is
+/// tried again for up to `TAKEOVER_WAIT`, as the socket is.
+async fn bind_health(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + bridge_agent::TAKEOVER_WAIT;
+    loop {
+        match TcpListener::bind((host, port)).await {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            bound => return bound,
+        }
     }
 }
 

@@ -3,10 +3,13 @@
 //! process owns the path: a starting bridge-agent that cannot take the lock leaves everything
 //! alone, so it never removes a live one's socket. The socket file's device and inode say which
 //! file is this process's: one that stops removes the file only if it is still the one it bound.
+//! A bridge-agent started right after another was stopped waits up to [`TAKEOVER_WAIT`] for it
+//! to let go.
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 
@@ -56,6 +59,10 @@ impl OwnedSocket {
     }
 }
 
+/// How long a starting bridge-agent waits for the one that holds the socket's lock (one that was
+/// just stopped or killed, and is exiting) before it gives up.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
 /// The lock file of `socket`.
 pub fn lock_path(socket: &Path) -> PathBuf {
     let mut name = socket.as_os_str().to_owned();
@@ -64,12 +71,10 @@ pub fn lock_path(socket: &Path) -> PathBuf {
 }
 
 /// Binds `path`, creating its parent (mode 0700) when missing. Refused untouched when another
-/// bridge-agent holds the path's lock or something still answers on the socket; a stale socket
-/// left by a crash is replaced; a path that is not a socket is refused untouched. The socket is
-/// made 0600: only the gateway's user may talk to it.
-///
-/// Must be called from within a Tokio runtime.
-pub fn bind_socket(path: &Path) -> Result<OwnedSocket, Error> {
+/// bridge-agent still holds the path's lock after `wait`, or something still answers on the
+/// socket; a stale socket left by a crash is replaced; a path that is not a socket is refused
+/// untouched. The socket is made 0600: only the gateway's user may talk to it.
+pub async fn bind_socket(path: &Path, wait: Duration) -> Result<OwnedSocket, Error> {
     let io_err = |source| Error::Socket {
         path: path.to_owned(),
         source,
@@ -90,12 +95,18 @@ pub fn bind_socket(path: &Path) -> Result<OwnedSocket, Error> {
         .mode(0o600)
         .open(lock_path(path))
         .map_err(io_err)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::AlreadyListening(path.to_owned()))
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::AlreadyListening(path.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io_err(err)),
         }
-        Err(std::fs::TryLockError::Error(err)) => return Err(io_err(err)),
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -138,7 +149,7 @@ mod tests {
     async fn creates_a_private_parent_and_a_0600_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/sub/bridge.sock");
-        let _socket = bind_socket(&path).unwrap();
+        let _socket = bind_socket(&path, Duration::ZERO).await.unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&lock_path(&path)), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
@@ -150,7 +161,7 @@ mod tests {
         let path = dir.path().join("bridge.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
-        let socket = bind_socket(&path).unwrap();
+        let socket = bind_socket(&path, Duration::ZERO).await.unwrap();
         // The new socket answers.
         let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
         let _ = socket.listener().accept().await.unwrap();
@@ -160,8 +171,10 @@ mod tests {
     async fn refuses_a_path_another_owns_and_leaves_its_socket_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.sock");
-        let live = bind_socket(&path).unwrap();
-        let err = bind_socket(&path).unwrap_err();
+        let live = bind_socket(&path, Duration::ZERO).await.unwrap();
+        let err = bind_socket(&path, Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::AlreadyListening(_)), "{err}");
         assert!(err
             .to_string()
@@ -173,21 +186,36 @@ mod tests {
         live.release();
         let older = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(matches!(
-            bind_socket(&path).unwrap_err(),
+            bind_socket(&path, Duration::ZERO).await.unwrap_err(),
             Error::AlreadyListening(_)
         ));
         drop(older);
     }
 
     #[tokio::test]
+    async fn a_starting_one_waits_for_the_one_that_is_letting_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.sock");
+        let old = bind_socket(&path, Duration::ZERO).await.unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            old.release();
+        });
+        let new = bind_socket(&path, TAKEOVER_WAIT).await.unwrap();
+        release.await.unwrap();
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _ = new.listener().accept().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn releasing_removes_only_the_file_bound_here() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.sock");
-        let first = bind_socket(&path).unwrap();
+        let first = bind_socket(&path, Duration::ZERO).await.unwrap();
         first.release();
         assert!(!path.exists());
         // The next one binds at once; a socket put there since by someone else stays.
-        let second = bind_socket(&path).unwrap();
+        let second = bind_socket(&path, Duration::ZERO).await.unwrap();
         fs::remove_file(&path).unwrap();
         let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
         second.release();
@@ -200,7 +228,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.sock");
         fs::write(&path, b"precious").unwrap();
-        let err = bind_socket(&path).unwrap_err();
+        let err = bind_socket(&path, Duration::ZERO).await.unwrap_err();
         assert!(matches!(err, Error::NotASocket(_)), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"precious");
     }
