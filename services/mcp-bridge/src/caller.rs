@@ -4,8 +4,9 @@
 //! comes). So every `/mcp` response body is watched here ([`watch`]): the body being dropped
 //! before its end (hyper drops it when the connection closes, even mid-response) or ending before
 //! the tool answered (the session closed, the call was cancelled) means nobody will read the
-//! answer. A long-poll whose caller is gone takes no request, and a hand-out whose answer did not
-//! go out goes back to the front of the queue.
+//! answer. A long-poll whose caller is gone takes no request, and a hand-out whose answer never
+//! went out on its stream goes back to the front of the queue. (An answer handed to the
+//! connection just as its peer died is lost with it; the lease covers that.)
 //!
 //! The same watch tells which MCP sessions are still there: a session whose standalone SSE
 //! stream (`GET /mcp`) was cut by the peer and not reopened within [`REOPEN_WINDOW`], or that was
@@ -13,7 +14,6 @@
 //! (`Broker::agent_left`).
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,10 +43,10 @@ pub const REOPEN_WINDOW: Duration = Duration::from_secs(1);
 pub struct ResponseStream {
     /// Fired when the body ends or is dropped: nothing more reaches the client on it.
     closed: CancellationToken,
-    /// A message (not a keep-alive comment) went out on it.
-    sent: AtomicBool,
-    /// It ended on its own: every frame was handed to the connection.
-    finished: AtomicBool,
+    /// Fired when a JSON-RPC message (not a keep-alive comment or an empty priming event) was
+    /// handed to the connection. Clients close the stream as soon as they read the answer, so
+    /// whether it ended on its own says nothing.
+    sent: CancellationToken,
 }
 
 impl ResponseStream {
@@ -58,10 +58,24 @@ impl ResponseStream {
         self.closed.is_cancelled()
     }
 
-    /// The stream ended after a message went out on it: the call's answer reached the connection.
-    pub fn delivered(&self) -> bool {
-        self.finished.load(Ordering::SeqCst) && self.sent.load(Ordering::SeqCst)
+    /// Resolves once a message went out, or the stream closed without one.
+    pub async fn settled(&self) {
+        tokio::select! {
+            _ = self.sent.cancelled() => {}
+            _ = self.closed.cancelled() => {}
+        }
     }
+
+    /// A message went out on the stream: for a tool call, its answer.
+    pub fn delivered(&self) -> bool {
+        self.sent.is_cancelled()
+    }
+}
+
+/// Whether `data` holds a JSON-RPC message.
+fn carries_message(data: &[u8]) -> bool {
+    const TAG: &[u8] = b"\"jsonrpc\"";
+    data.windows(TAG.len()).any(|w| w == TAG)
 }
 
 /// The caller of one tool call: gone once the call is cancelled or its response stream closed.
@@ -244,13 +258,13 @@ impl http_body::Body for Watched {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                // SSE comments (`:` lines) are keep-alives; anything else carries a message.
-                if frame.data_ref().is_some_and(|d| !d.starts_with(b":")) {
-                    self.stream.sent.store(true, Ordering::SeqCst);
+                if !self.stream.sent.is_cancelled()
+                    && frame.data_ref().is_some_and(|d| carries_message(d))
+                {
+                    self.stream.sent.cancel();
                 }
             }
             Poll::Ready(None) => {
-                self.stream.finished.store(true, Ordering::SeqCst);
                 self.stream.closed.cancel();
                 if let Some(standalone) = self.standalone.take() {
                     standalone.ended();
@@ -294,12 +308,14 @@ mod tests {
         (body, stream)
     }
 
+    const MESSAGE: &str = "id: 0/3\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+
     #[tokio::test]
     async fn a_body_read_to_its_end_delivered_its_message() {
-        let (body, stream) = watched(Body::from("data: {\"id\":1}\n\n"));
+        let (body, stream) = watched(Body::from(MESSAGE));
         assert!(!stream.is_closed());
         let bytes = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&bytes[..], b"data: {\"id\":1}\n\n");
+        assert_eq!(&bytes[..], MESSAGE.as_bytes());
         assert!(stream.is_closed() && stream.delivered());
     }
 
@@ -310,14 +326,32 @@ mod tests {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ));
         let (mut body, stream) = watched(inner);
-        tx.send(Ok(Frame::data(Bytes::from_static(b":\n\n"))))
-            .await
-            .unwrap();
-        let frame = body.frame().await.unwrap().unwrap();
-        assert_eq!(frame.data_ref().map(|d| &d[..]), Some(&b":\n\n"[..]));
-        assert!(!stream.is_closed(), "a keep-alive leaves it open");
+        // A keep-alive and an empty priming event carry no message.
+        for idle in [&b":\n\n"[..], &b"id: 0\nretry: 3000\ndata: \n\n"[..]] {
+            tx.send(Ok(Frame::data(Bytes::copy_from_slice(idle))))
+                .await
+                .unwrap();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.data_ref().map(|d| &d[..]), Some(idle));
+        }
+        assert!(!stream.is_closed() && !stream.delivered());
         drop(body);
         assert!(stream.is_closed() && !stream.delivered());
+    }
+
+    #[tokio::test]
+    async fn a_message_handed_out_is_delivered_even_if_the_reader_leaves_before_the_end() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, axum::Error>>(4);
+        let inner = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let (mut body, stream) = watched(inner);
+        tx.send(Ok(Frame::data(Bytes::from_static(MESSAGE.as_bytes()))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(stream.delivered());
     }
 
     #[tokio::test]

@@ -190,8 +190,8 @@ pub struct Held {
 
 impl Held {
     /// The answer is being returned to `caller`: the lease stands once its response stream has
-    /// delivered it; a stream cut before that gives the request back at once. Without a stream
-    /// to watch, the lease alone covers a lost answer.
+    /// handed it to the connection; a stream that closes before that gives the request back at
+    /// once. Without a stream to watch, the lease alone covers a lost answer.
     pub fn deliver(mut self, caller: &Caller) {
         self.armed = false;
         let Some(stream) = caller.stream().cloned() else {
@@ -209,7 +209,7 @@ impl Held {
         tasks.spawn(
             async move {
                 tokio::select! {
-                    _ = stream.closed() => {}
+                    _ = stream.settled() => {}
                     _ = tokio::time::sleep(watch) => return,
                     _ = stopping.cancelled() => return,
                 }
