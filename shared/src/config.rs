@@ -8,6 +8,24 @@ use serde::{Deserialize, Deserializer};
 
 pub const PREFIX: &str = "LOCAL_PROVIDER_";
 
+/// The timeouts of one request's path, whose defaults are set together (docs/configuration.md,
+/// "Timeouts"): a request whose agent vanished without a word is handed to another agent when
+/// its lease lapses, and that agent still has half of `REQUEST_TIMEOUT` to start answering.
+pub mod timeouts {
+    use std::time::Duration;
+
+    /// mcp-bridge: a hand-out waits this long for the agent's first part, and each part for the
+    /// next, before the request goes back to the queue (or, once output went out, ends).
+    pub const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// bridge-agent: from sending a request to its first chunk.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+    /// bridge-agent and the gateway: the whole answer.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// All three: how long a request waits to be resumed after its bridge-agent or connection
+    /// went away.
+    pub const RESUME_GRACE: Duration = Duration::from_secs(30);
+}
+
 /// Every variable either service reads; anything else with the prefix is probably a typo.
 pub const KNOWN_VARS: &[&str] = &[
     "HOST",
@@ -360,6 +378,17 @@ pub fn default_bridge_socket() -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_timeouts_fit_together() {
+        use super::timeouts::*;
+        assert!(
+            LEASE_TIMEOUT * 2 < REQUEST_TIMEOUT,
+            "a second agent gets at least half"
+        );
+        assert!(REQUEST_TIMEOUT < RESPONSE_TIMEOUT);
+        assert!(RESUME_GRACE < RESPONSE_TIMEOUT);
+    }
+
     use super::*;
 
     #[derive(Debug, Deserialize)]

@@ -42,7 +42,11 @@ fn assert_whole(bodies: &[String], reference: &[String]) {
     for (k, body) in bodies.iter().enumerate() {
         let sse = Sse::parse(body);
         assert_eq!(only_error_code(&sse), None, "stream {k}: {body}");
-        assert_eq!(sse.content(), reference[k], "stream {k}: lost or repeated chunks");
+        assert_eq!(
+            sse.content(),
+            reference[k],
+            "stream {k}: lost or repeated chunks"
+        );
         assert_eq!(
             sse.data.iter().filter(|d| *d == "[DONE]").count(),
             1,
@@ -129,7 +133,9 @@ async fn a_cut_gateway_connection_resumes_every_stream_while_bridge_agent_stays_
     let gateway = GatewayProc::new(&relay.path)
         .env("RESPONSE_TIMEOUT", 60)
         .spawn();
-    gateway.wait_health("healthy", Duration::from_secs(20)).await;
+    gateway
+        .wait_health("healthy", Duration::from_secs(20))
+        .await;
     let reference = references(&gateway).await;
     let invokes_before = peer.record().invokes.len();
     let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
@@ -153,8 +159,7 @@ async fn a_cut_gateway_connection_resumes_every_stream_while_bridge_agent_stays_
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("bridge_agent_requests_reattached_total")
-                && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("bridge_agent_requests_reattached_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
 }

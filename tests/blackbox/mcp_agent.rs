@@ -9,8 +9,8 @@ use integration_tests::harness::{bin_path, get, wait_for};
 use integration_tests::mcp_stack::{
     test_python, AgentRecipe, McpBridgeProc, McpStack, BRIDGE_TOKEN, MCP_TOKEN,
 };
-use integration_tests::stack::{GatewayProc, KEY, MODEL};
 use integration_tests::relay::{TcpRelay, UnixRelay};
+use integration_tests::stack::{GatewayProc, KEY, MODEL};
 
 use crate::SOON;
 

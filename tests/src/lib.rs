@@ -11,7 +11,7 @@ pub mod ipc_client;
 pub mod mcp_stack;
 pub mod peer;
 pub mod redis;
+pub mod relay;
 pub mod skip;
 pub mod stack;
 pub mod stdio_agent;
-pub mod relay;

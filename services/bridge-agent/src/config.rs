@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use provider_shared::config::{
-    self as shared, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds, Secret,
+    self as shared, timeouts, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds,
+    Secret,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -29,9 +30,9 @@ pub struct Config {
     pub reconnect_attempts: Bounded<1, 1_000_000>,
     #[serde(default = "five")]
     pub reconnect_delay: Seconds,
-    #[serde(default = "thirty")]
+    #[serde(default = "default_request_timeout")]
     pub request_timeout: Seconds,
-    #[serde(default = "sixty")]
+    #[serde(default = "default_response_timeout")]
     pub response_timeout: Seconds,
     #[serde(default = "default_host")]
     pub bridge_agent_host: String,
@@ -52,7 +53,7 @@ pub struct Config {
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: Bounded<1024, 1_073_741_824>,
     /// How long a request whose WebSocket dropped waits for a new one to resume on.
-    #[serde(default = "thirty")]
+    #[serde(default = "default_resume_grace")]
     pub resume_grace: Seconds,
 }
 
@@ -84,8 +85,14 @@ fn ten() -> Seconds {
 fn thirty() -> Seconds {
     Seconds::from_secs(30)
 }
-fn sixty() -> Seconds {
-    Seconds::from_secs(60)
+fn default_request_timeout() -> Seconds {
+    Seconds(timeouts::REQUEST_TIMEOUT)
+}
+fn default_response_timeout() -> Seconds {
+    Seconds(timeouts::RESPONSE_TIMEOUT)
+}
+fn default_resume_grace() -> Seconds {
+    Seconds(timeouts::RESUME_GRACE)
 }
 
 /// The MCP bridge's address: a `ws://` URL with a host. The bridge runs on this machine, so this
@@ -214,8 +221,8 @@ mod tests {
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(30));
         assert_eq!(c.reconnect_attempts.0, 5);
         assert_eq!(c.reconnect_delay(), Duration::from_secs(5));
-        assert_eq!(c.request_timeout(), Duration::from_secs(30));
-        assert_eq!(c.response_timeout(), Duration::from_secs(60));
+        assert_eq!(c.request_timeout(), Duration::from_secs(90));
+        assert_eq!(c.response_timeout(), Duration::from_secs(300));
         assert_eq!(c.shutdown_grace(), Duration::from_secs(10));
         assert_eq!(c.bridge_agent_host, "127.0.0.1");
         assert_eq!(c.bridge_agent_port.0, 8789);

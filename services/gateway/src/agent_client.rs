@@ -579,6 +579,59 @@ mod tests {
         })
     }
 
+    fn invoke(id: &str) -> ModelInvoke {
+        ModelInvoke {
+            id: id.into(),
+            session_id: None,
+            model_meta: provider_shared::bridge::ModelMeta {
+                provider: "local".into(),
+                label: "m".into(),
+                requested_scopes: vec![],
+            },
+            payload: provider_shared::bridge::Payload::Chat {
+                messages: vec![],
+                parameters: serde_json::Map::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_the_queue_to_bridge_agent_full_fails_alone() {
+        let (tx, mut frames) = mpsc::channel(1);
+        let conn = Conn {
+            tx,
+            table: Arc::new(RouteTable::new(1000)),
+            resume: true,
+        };
+        let (_conn_tx, conn_rx) = watch::channel(Some(conn.clone()));
+        let (_link_tx, link_rx) = watch::channel(LinkStatus {
+            agent_connected: true,
+            bridge: BridgeStatus::disconnected(),
+        });
+        let client = AgentClient {
+            conn: conn_rx,
+            link: link_rx,
+        };
+        let first = client
+            .call(invoke("a"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let Err(Error::BridgeAgentUnavailable(why)) =
+            client.call(invoke("b"), Duration::from_secs(1)).await
+        else {
+            panic!("a full queue took the invoke");
+        };
+        assert!(why.contains("not reading"), "{why}");
+        // Refused before it was registered: its id is free, the first request goes on.
+        assert_eq!(conn.table.ids(), vec!["a".to_owned()]);
+        assert!(matches!(frames.try_recv(), Ok(IpcFrame::Invoke(i)) if i.id == "a"));
+        drop(first);
+        assert_eq!(
+            frames.try_recv().unwrap(),
+            IpcFrame::Cancel { id: "a".into() }
+        );
+    }
+
     #[tokio::test]
     async fn a_request_whose_frames_pile_up_is_dropped_alone_and_cancelled() {
         let (tx, mut frames) = mpsc::channel(8);

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use provider_shared::config::{
-    self, is_loopback_host, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds,
-    Secret,
+    self, is_loopback_host, timeouts, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port,
+    Seconds, Secret,
 };
 use serde::Deserialize;
 
@@ -85,8 +85,8 @@ impl Default for RawConfig {
             context_window: Bounded(200_000),
             max_content_bytes: Bounded(100_000),
             max_body_bytes: Bounded(10 * 1024 * 1024),
-            request_timeout: Seconds::from_secs(30),
-            response_timeout: Seconds::from_secs(60),
+            request_timeout: Seconds(timeouts::REQUEST_TIMEOUT),
+            response_timeout: Seconds(timeouts::RESPONSE_TIMEOUT),
             max_concurrent_requests: Bounded(50),
             session_store: StoreKind::Memory,
             redis_url: None,
@@ -107,7 +107,7 @@ impl Default for RawConfig {
             shutdown_grace: Seconds::from_secs(10),
             status_agent_gone_after: Seconds::from_secs(60),
             stream_buffer_bytes: Bounded(DEFAULT_STREAM_BUFFER_BYTES),
-            resume_grace: Seconds::from_secs(30),
+            resume_grace: Seconds(timeouts::RESUME_GRACE),
         }
     }
 }

@@ -37,7 +37,7 @@ struct Raw {
     mcp_http_token_file: Option<PathBuf>,
     #[serde(default)]
     mcp_allow_no_token: Flag,
-    #[serde(default = "sixty")]
+    #[serde(default = "default_lease")]
     lease_timeout: Seconds,
     #[serde(default = "default_poll")]
     poll_timeout_default: Seconds,
@@ -61,7 +61,7 @@ struct Raw {
     mcp_deltas: Flag,
     #[serde(default = "default_max_frame")]
     max_frame_bytes: Bounded<1024, 1_073_741_824>,
-    #[serde(default = "thirty")]
+    #[serde(default = "default_resume_grace")]
     resume_grace: Seconds,
     #[serde(default = "default_stream_buffer")]
     stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
@@ -98,8 +98,11 @@ fn ten() -> Seconds {
 fn thirty() -> Seconds {
     Seconds::from_secs(30)
 }
-fn sixty() -> Seconds {
-    Seconds::from_secs(60)
+fn default_lease() -> Seconds {
+    Seconds(shared::timeouts::LEASE_TIMEOUT)
+}
+fn default_resume_grace() -> Seconds {
+    Seconds(shared::timeouts::RESUME_GRACE)
 }
 
 /// The checked settings.
@@ -268,7 +271,7 @@ mod tests {
     fn defaults() {
         let c = Config::from_vars(vec![]).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8787));
-        assert_eq!(c.lease_timeout, Duration::from_secs(60));
+        assert_eq!(c.lease_timeout, Duration::from_secs(30));
         assert_eq!(c.poll_default, Duration::from_secs(240));
         assert!(c.bridge_token.is_none() && c.http_token.is_none());
         assert!(!c.sampling, "sampling is opt-in");
