@@ -232,3 +232,53 @@ async fn a_second_bridge_agent_on_the_same_socket_leaves_the_first_serving() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "echo: still here");
 }
+
+#[tokio::test]
+async fn a_silent_gateway_that_sent_heartbeats_is_dropped_and_one_without_is_kept() {
+    use futures_util::{SinkExt, StreamExt};
+    use integration_tests::ipc_client::{chat_invoke, raw_connect};
+    use provider_shared::ipc::{IpcFrame, CAP_HEARTBEAT, IPC_PROTOCOL, IPC_VERSION, SILENCE_LIMIT};
+
+    let peer = ScriptedPeer::start().await;
+    let agent = BridgeAgentProc::new(&peer.url()).spawn();
+    agent.wait_connected(SOON).await;
+    // A gateway from before heartbeats: it never pings, and is served all the same.
+    let old = agent.connect().await;
+    let mut silent = raw_connect(&agent.socket).await.unwrap();
+    silent
+        .send(IpcFrame::Hello {
+            protocol: IPC_PROTOCOL.into(),
+            version: IPC_VERSION,
+            client: "silent-gateway".into(),
+            capabilities: vec![CAP_HEARTBEAT.into()],
+        })
+        .await
+        .unwrap();
+    match tokio::time::timeout(SOON, silent.next()).await.unwrap() {
+        Some(Ok(IpcFrame::Welcome { capabilities, .. })) => {
+            assert!(
+                capabilities.iter().any(|c| c == CAP_HEARTBEAT),
+                "{capabilities:?}"
+            )
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let welcomed = Instant::now();
+    // It says it pings, then sends nothing: dropped once it has been silent for SILENCE_LIMIT.
+    loop {
+        match tokio::time::timeout(SILENCE_LIMIT + SOON, silent.next()).await {
+            Ok(Some(Ok(IpcFrame::Status(_)))) => continue,
+            Ok(None | Some(Err(_))) => break,
+            other => panic!("expected the connection to end, got {other:?}"),
+        }
+    }
+    let dropped = welcomed.elapsed();
+    assert!(dropped >= SILENCE_LIMIT, "{dropped:?}");
+    // The old gateway was as silent, and still gets its answer.
+    let answer = old
+        .invoke(chat_invoke("old", "still served", true))
+        .finish(SOON)
+        .await
+        .unwrap();
+    assert_eq!(answer.text(), "echo: still served");
+}

@@ -14,6 +14,10 @@ pub const ANSWER_TIME: &str = "mcp_bridge_answer_seconds";
 pub const AUTH_FAILURES: &str = "mcp_bridge_auth_failures_total";
 pub const TOOL_CALLS: &str = "mcp_bridge_tool_calls_total";
 pub const CHAT_HANDOUTS: &str = "mcp_bridge_chat_handouts_total";
+pub const HANDOUTS_RETURNED: &str = "mcp_bridge_handouts_returned_total";
+
+/// Every `reason` label of [`HANDOUTS_RETURNED`].
+pub const RETURN_REASONS: &[&str] = &["not_delivered", "poll_ended", "agent_left"];
 
 /// Every `outcome` label of [`REQUESTS`].
 const OUTCOMES: &[&str] = &[
@@ -55,6 +59,13 @@ pub fn describe() {
         CHAT_HANDOUTS,
         "Chats handed to an agent, by what was handed (delta: only new messages; whole)"
     );
+    describe_counter!(
+        HANDOUTS_RETURNED,
+        "Hand-outs given back to the front of the queue because their agent was gone, by reason"
+    );
+    for reason in RETURN_REASONS {
+        metrics::counter!(HANDOUTS_RETURNED, "reason" => *reason).absolute(0);
+    }
     for handed in ["delta", "whole"] {
         metrics::counter!(CHAT_HANDOUTS, "handed" => handed).absolute(0);
     }
@@ -68,6 +79,12 @@ pub fn describe() {
     for endpoint in ["ws", "mcp"] {
         metrics::counter!(AUTH_FAILURES, "endpoint" => endpoint).absolute(0);
     }
+}
+
+/// A hand-out went back to the queue: its answer never went out (`not_delivered`), its poll
+/// ended as it came (`poll_ended`), or its agent's MCP session left (`agent_left`).
+pub fn handout_returned(reason: &'static str) {
+    metrics::counter!(HANDOUTS_RETURNED, "reason" => reason).increment(1);
 }
 
 pub fn queue(queued: usize, leased: usize) {

@@ -117,6 +117,7 @@ impl Broker {
     pub fn agent_left(&self, session: &str, why: &str) {
         let (requeued, ended) = self.queue().release_holder(session, Instant::now());
         for id in &requeued {
+            metrics::handout_returned("agent_left");
             tracing::info!(%id, reason = why, "the agent holding the request left; it is back at the front of the queue");
         }
         for entry in ended {
@@ -174,6 +175,7 @@ impl Drop for InLine<'_> {
         // It was handed a request that nobody will read here.
         if let Ok(h) = handout.try_recv() {
             if queue.release(&h.id, &h.lease, Instant::now()) {
+                metrics::handout_returned("poll_ended");
                 tracing::info!(id = %h.id, "the poll ended as the request came; back at the front of the queue");
             }
         }
@@ -214,6 +216,7 @@ impl Held {
                     _ = stopping.cancelled() => return,
                 }
                 if !stream.delivered() && broker.queue().release(&id, &lease, Instant::now()) {
+                    metrics::handout_returned("not_delivered");
                     tracing::warn!("the hand-out did not reach the agent (its connection closed); back at the front of the queue");
                     broker.gauges();
                 }
@@ -225,8 +228,15 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.armed {
-            self.broker.release(&self.id, &self.lease);
+        if self.armed
+            && self
+                .broker
+                .queue()
+                .release(&self.id, &self.lease, Instant::now())
+        {
+            metrics::handout_returned("not_delivered");
+            tracing::info!(id = %self.id, "the hand-out's caller went away before it was sent; back at the front of the queue");
+            self.broker.gauges();
         }
     }
 }
