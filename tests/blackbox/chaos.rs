@@ -118,6 +118,9 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
     let port = agent.port;
     let url = peer.url();
     let mut agent = agent;
+    // Replaced bridge-agents are kept until the end: the first one's temporary directory holds
+    // the socket every later one binds.
+    let mut replaced = Vec::new();
     let (peer, gateway) = (&peer, &gateway);
     let mut peak = (0.0_f64, 0.0_f64);
     let faults = async {
@@ -134,12 +137,13 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
                 } else {
                     agent.service.kill().await.unwrap();
                 }
-                agent = BridgeAgentProc::new(&url)
+                let next = BridgeAgentProc::new(&url)
                     .env("BRIDGE_SOCKET", socket.display())
                     .env("BRIDGE_AGENT_PORT", port)
                     .env("RESPONSE_TIMEOUT", 40)
                     .env("REQUEST_TIMEOUT", 30)
                     .spawn();
+                replaced.push(std::mem::replace(&mut agent, next));
             }
             gateway
                 .wait_health("healthy", Duration::from_secs(30))

@@ -76,6 +76,9 @@ async fn twenty_streams_survive_two_sigterm_restarts_of_bridge_agent_whole_and_o
     let (peer, gateway) = (&stack.peer, &stack.gateway);
     let mut agent = stack.agent;
     let (socket, port, url) = (agent.socket.clone(), agent.port, peer.url());
+    // Replaced bridge-agents are kept until the end: the first one's temporary directory holds
+    // the socket every later one binds.
+    let mut replaced = Vec::new();
     let chats = join_all((0..STREAMS).map(|k| stream(gateway, text(k))));
     let restarts = async {
         for round in 0..2 {
@@ -102,6 +105,7 @@ async fn twenty_streams_survive_two_sigterm_restarts_of_bridge_agent_whole_and_o
             let mut old = old;
             let status = old.service.wait_exit(SOON).await.unwrap();
             assert!(status.success(), "{status}");
+            replaced.push(old);
             gateway
                 .wait_health("healthy", Duration::from_secs(20))
                 .await;
