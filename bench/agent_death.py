@@ -18,11 +18,9 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -30,30 +28,13 @@ import urllib.request
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from procs import Services, free_port, wait
+
 KEY = "bench-key-0123456789abcdef0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
     return json.load(urllib.request.urlopen(url, timeout=2))
-
-
-def wait(pred, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    sys.exit(f"timed out waiting for {what}")
 
 
 async def call(agent, tool: str, args: dict) -> dict:
@@ -172,44 +153,26 @@ def main() -> None:
         return
     profile = sys.argv[1] if len(sys.argv) > 1 else "release"
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    bins = os.path.join(ROOT, "target", profile)
-    tmp = tempfile.mkdtemp(prefix="agent-death-")
     mb_port, gw_port, agent_port = free_port(), free_port(), free_port()
-    sock = os.path.join(tmp, "bridge.sock")
-    base = {"PATH": os.environ.get("PATH", ""), "LOCAL_PROVIDER_LOG_LEVEL": "warning"}
-    procs = []
-
-    def spawn(name, env):
-        log = open(os.path.join(tmp, f"{name}.log"), "wb")
-        procs.append(subprocess.Popen([os.path.join(bins, name)], env={**base, **env},
-                                      stdout=log, stderr=log))
-
-    try:
-        spawn("mcp-bridge", {"LOCAL_PROVIDER_MCP_BRIDGE_PORT": str(mb_port),
-                             "LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN": "true",
-                             "LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG": "off"})
-        spawn("bridge-agent", {"LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{mb_port}",
-                               "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
-                               "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
-        spawn("gateway", {"LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
-                          "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
-                          "LOCAL_PROVIDER_AUDIT_LOG": "off",
-                          "LOCAL_PROVIDER_RATE_LIMIT_RPM": "100000",
-                          "LOCAL_PROVIDER_RATE_LIMIT_BURST": "100000"})
+    with Services(profile, "agent-death-") as services:
+        sock = os.path.join(services.tmp, "bridge.sock")
+        services.start("mcp-bridge", {"LOCAL_PROVIDER_MCP_BRIDGE_PORT": str(mb_port),
+                                      "LOCAL_PROVIDER_MCP_ALLOW_NO_TOKEN": "true",
+                                      "LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG": "off"})
+        services.start("bridge-agent", {"LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{mb_port}",
+                                        "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
+                                        "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
+        services.start("gateway", {"LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
+                                   "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
+                                   "LOCAL_PROVIDER_AUDIT_LOG": "off",
+                                   "LOCAL_PROVIDER_RATE_LIMIT_RPM": "100000",
+                                   "LOCAL_PROVIDER_RATE_LIMIT_BURST": "100000"})
         wait(lambda: get_json(f"http://127.0.0.1:{gw_port}/health")["status"] == "healthy",
              "a healthy gateway")
         health = f"http://127.0.0.1:{mb_port}/health"
         figures = asyncio.run(measure(f"http://127.0.0.1:{mb_port}/mcp", health, gw_port, runs))
         lease = get_json(health)["lease_timeout_seconds"]
         print(json.dumps({"profile": profile, "lease_timeout_s": lease, **figures}))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 if __name__ == "__main__":

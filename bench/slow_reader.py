@@ -9,20 +9,13 @@ samples again. Usage: bench/slow_reader.py [release|debug]. Prints one JSON obje
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from procs import Services, free_port, wait
+
 KEY = "bench-key-0123456789abcdef0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -33,48 +26,22 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def wait(pred, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"timed out waiting for {what}")
-
-
 def main() -> None:
     profile = sys.argv[1] if len(sys.argv) > 1 else "release"
-    bins = os.path.join(ROOT, "target", profile)
-    tmp = tempfile.mkdtemp(prefix="slow-reader-")
     peer_port, gw_port, agent_port = free_port(), free_port(), free_port()
-    sock = os.path.join(tmp, "bridge.sock")
-    audit = os.path.join(tmp, "audit.log")
-    base = {"PATH": os.environ.get("PATH", ""), "LOCAL_PROVIDER_LOG_LEVEL": "warning"}
-    procs = []
-
-    def spawn(name, env):
-        log = open(os.path.join(tmp, f"{name}.log"), "wb")
-        path = os.path.join(bins, name)
-        if name == "scripted-peer" and not os.path.exists(path):
-            # The peer is test tooling; a debug build of it serves a release measurement.
-            path = os.path.join(ROOT, "target", "debug", name)
-        procs.append(subprocess.Popen([path], env={**base, **env},
-                                      stdout=log, stderr=log))
-        return procs[-1]
-
-    try:
-        spawn("scripted-peer", {"SCRIPTED_PEER_PORT": str(peer_port)})
-        spawn("bridge-agent", {"LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}",
-                               "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
-                               "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port),
-                               "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "600"})
-        gateway = spawn("gateway", {"LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
-                                    "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
-                                    "LOCAL_PROVIDER_AUDIT_LOG": audit,
-                                    "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "600"})
+    with Services(profile, "slow-reader-") as services:
+        sock = os.path.join(services.tmp, "bridge.sock")
+        audit = os.path.join(services.tmp, "audit.log")
+        services.start("scripted-peer", {"SCRIPTED_PEER_PORT": str(peer_port)})
+        services.start("bridge-agent", {"LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}",
+                                        "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
+                                        "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port),
+                                        "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "600"})
+        gateway = services.start("gateway", {"LOCAL_PROVIDER_PORT": str(gw_port),
+                                             "LOCAL_PROVIDER_API_KEY": KEY,
+                                             "LOCAL_PROVIDER_BRIDGE_SOCKET": sock,
+                                             "LOCAL_PROVIDER_AUDIT_LOG": audit,
+                                             "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "600"})
         health = f"http://127.0.0.1:{gw_port}/health"
         wait(lambda: json.load(urllib.request.urlopen(health, timeout=2))["status"] == "healthy",
              "a healthy gateway")
@@ -117,14 +84,6 @@ def main() -> None:
             "before": round(before, 1), "peak_during": round(peak, 1), "after": round(after, 1)},
             "growth_mib": round(peak - before, 1), "after_minus_before_mib": round(after - before, 1),
             "slow_client_after_s": round(cut_after, 2)}))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 if __name__ == "__main__":

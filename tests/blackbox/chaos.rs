@@ -37,7 +37,7 @@ fn errors(sse: &Sse) -> Vec<String> {
 }
 
 /// A streamed chat read to its end, or what came of it by the time the gateway's deadline passed.
-async fn stream(gateway: &Gateway, text: String) -> (String, Duration) {
+pub(crate) async fn stream(gateway: &Gateway, text: String) -> (String, Duration) {
     use futures_util::StreamExt;
     let started = Instant::now();
     let patient = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use integration_tests::harness::{get, wait_for, BridgeAgentProc};
 use integration_tests::peer::ScriptedPeer;
 use integration_tests::relay::UnixRelay;
-use integration_tests::stack::{chat_body, Gateway, GatewayProc, Sse, KEY};
+use integration_tests::stack::{chat_body, Gateway, GatewayProc, Sse};
 
 use crate::resume::{fault_free, only_error_code, resuming_stack};
 
@@ -23,18 +23,7 @@ fn text(k: usize) -> String {
 
 /// A streamed chat read to its end.
 async fn stream(gateway: &Gateway, text: String) -> String {
-    let patient = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = patient
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&chat_body(&text, true))
-        .send()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), resp.text())
-        .await
-        .unwrap_or_else(|_| panic!("{text}: no end within 60 s"))
-        .unwrap()
+    crate::chaos::stream(gateway, text).await.0
 }
 
 /// Every stream complete, as a fault-free run gives it, with one `[DONE]` and no error.
