@@ -19,6 +19,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod tagged;
 pub mod telemetry;
+pub mod web_guard;
 pub mod ws_peer;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.

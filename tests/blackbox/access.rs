@@ -277,6 +277,7 @@ async fn every_validation_rule_is_an_openai_400() {
     let resp = stack
         .gateway
         .post("/v1/chat/completions", Some(KEY))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

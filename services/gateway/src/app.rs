@@ -1,13 +1,19 @@
-//! The router: routes, CORS limited to `ALLOWED_ORIGINS`, security headers, request metrics, and
-//! OpenAI-shaped answers for unknown routes and methods.
+//! The router: routes, the web guard (`Host`, `Origin`, body type) before anything else, CORS
+//! limited to `ALLOWED_ORIGINS`, security headers, request metrics, and OpenAI-shaped answers for
+//! unknown routes and methods.
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use provider_shared::audit::Audit;
+use provider_shared::web_guard::{origin_allowed, WebGuard};
+use serde_json::json;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -17,6 +23,13 @@ use crate::{admin, anthropic, health, ollama, openai, responses, sessions, statu
 
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
+    let settings = &state.settings;
+    let guard = Arc::new(WebGuard::new(
+        &settings.allowed_hosts,
+        &settings.host,
+        &settings.allowed_origins,
+    ));
+    let audit = state.audit.clone();
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::completions))
         .route("/v1/completions", post(openai::completions::completions))
@@ -55,7 +68,9 @@ pub fn router(state: Shared) -> Router {
     let mut app = api
         .layer(middleware::from_fn_with_state(state, status::record_errors))
         .layer(middleware::from_fn(record_metrics))
-        .layer(cors);
+        .layer(cors)
+        // Outermost: a refused request (a preflight too) reaches nothing else.
+        .layer(middleware::from_fn_with_state((guard, audit), web_guard));
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
@@ -73,6 +88,31 @@ pub fn router(state: Shared) -> Router {
         ));
     }
     app
+}
+
+/// Refuses a request whose `Host`, `Origin` or body type a web page could have chosen
+/// (`provider_shared::web_guard`): audited, logged and counted by reason.
+async fn web_guard(
+    State((guard, audit)): State<(Arc<WebGuard>, Audit)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Err(refusal) = guard.check(req.uri(), req.headers()) else {
+        return next.run(req).await;
+    };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let presented: String = refusal.presented().chars().take(256).collect();
+    tracing::warn!(client_ip = ?peer, reason = refusal.code(), presented = %presented,
+        method = %req.method(), path = %req.uri().path(), "request refused by the web guard");
+    metrics::counter!("gateway_requests_refused_total", "reason" => refusal.code()).increment(1);
+    audit.record(
+        "security_violation",
+        json!({"client_ip": peer, "violation_type": refusal.code(), "details": presented}),
+    );
+    Error::Refused(refusal).into_response()
 }
 
 async fn not_found(req: Request) -> Error {
@@ -107,22 +147,6 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     response
 }
 
-/// True when `origin` is allowed by one of `patterns` (`http://127.0.0.1:*` allows any port).
-pub fn origin_allowed(patterns: &[String], origin: &str) -> bool {
-    patterns.iter().any(|p| {
-        if p == "*" || p == origin {
-            return true;
-        }
-        match p.strip_suffix(":*") {
-            Some(base) => origin
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())),
-            None => false,
-        }
-    })
-}
-
 fn cors(patterns: &[String]) -> CorsLayer {
     let patterns = patterns.to_vec();
     CorsLayer::new()
@@ -142,23 +166,4 @@ fn cors(patterns: &[String]) -> CorsLayer {
             HeaderName::from_static("x-ratelimit-reset-tokens"),
         ])
         .max_age(Duration::from_secs(600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_patterns() {
-        let p = vec![
-            "http://127.0.0.1:*".to_owned(),
-            "https://app.example".to_owned(),
-        ];
-        assert!(origin_allowed(&p, "http://127.0.0.1:3000"));
-        assert!(!origin_allowed(&p, "http://127.0.0.1:"));
-        assert!(!origin_allowed(&p, "http://127.0.0.1:80.evil.com"));
-        assert!(!origin_allowed(&p, "http://127.0.0.10:80"));
-        assert!(origin_allowed(&p, "https://app.example"));
-        assert!(!origin_allowed(&p, "https://evil.example"));
-    }
 }

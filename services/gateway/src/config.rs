@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub audit_log_max_bytes: Bounded<0, { u64::MAX }>,
     pub audit_log_backups: Bounded<0, 1000>,
     pub allowed_origins: List,
+    pub allowed_hosts: List,
+    pub protect_operations: Flag,
     pub bridge_socket: Option<PathBuf>,
     pub connection_timeout: Seconds,
     pub keepalive_interval: Seconds,
@@ -97,10 +99,9 @@ impl Default for RawConfig {
             audit_log: None,
             audit_log_max_bytes: Bounded(provider_shared::audit::DEFAULT_MAX_BYTES),
             audit_log_backups: Bounded(provider_shared::audit::DEFAULT_BACKUPS.into()),
-            allowed_origins: List(vec![
-                "http://127.0.0.1:*".into(),
-                "http://localhost:*".into(),
-            ]),
+            allowed_origins: List(provider_shared::web_guard::default_allowed_origins()),
+            allowed_hosts: List::default(),
+            protect_operations: Flag(false),
             bridge_socket: None,
             connection_timeout: Seconds::from_secs(30),
             keepalive_interval: Seconds::from_secs(10),
@@ -212,6 +213,10 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     pub audit_rotation: provider_shared::audit::Rotation,
     pub allowed_origins: Vec<String>,
+    /// Host names served besides the loopback ones (`ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+    /// `/metrics`, `/health` detail and `/status.json` need the admin token.
+    pub protect_operations: bool,
     pub bridge_socket: PathBuf,
     pub connection_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -317,13 +322,24 @@ impl Settings {
             Some("" | "off" | "none") => None,
             Some(path) => Some(PathBuf::from(path)),
         };
-        for origin in &raw.allowed_origins.0 {
-            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://")) {
+        let allowed_origins = provider_shared::web_guard::allowed_origins(&raw.allowed_origins.0)?;
+        if raw.allow_keyless_generation.0 {
+            // Any page can send `Origin: null` (a sandboxed frame), so it is as open as `*`.
+            if let Some(open) = allowed_origins.iter().find(|o| *o == "*" || *o == "null") {
                 return Err(ConfigError::new(
                     "ALLOWED_ORIGINS",
-                    format!("expected http(s):// origins, a port may be *, got {origin:?}"),
+                    format!(
+                        "{open:?} lets any web page use the agent while LOCAL_PROVIDER_ALLOW_KEYLESS_GENERATION is on; list the origins instead"
+                    ),
                 ));
             }
+        }
+        let allowed_hosts = provider_shared::web_guard::allowed_hosts(&raw.allowed_hosts.0)?;
+        if raw.protect_operations.0 && admin_token_digest.is_none() {
+            return Err(ConfigError::new(
+                "PROTECT_OPERATIONS",
+                "needs LOCAL_PROVIDER_ADMIN_TOKEN: /metrics, /health detail and /status.json are then served to its holder only",
+            ));
         }
         Ok(Self {
             host: raw.host.trim().to_owned(),
@@ -358,7 +374,9 @@ impl Settings {
                 max_bytes: raw.audit_log_max_bytes.0,
                 backups: raw.audit_log_backups.0 as u32,
             },
-            allowed_origins: raw.allowed_origins.0,
+            allowed_origins,
+            allowed_hosts,
+            protect_operations: raw.protect_operations.0,
             bridge_socket: raw
                 .bridge_socket
                 .unwrap_or_else(config::default_bridge_socket),
@@ -560,8 +578,21 @@ mod tests {
         assert_eq!(err.var, "LOCAL_PROVIDER_RATE_LIMIT_RPM");
         let err = with(&[("API_KEY", KEY), ("SESSION_STORE", "mongo")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_SESSION_STORE");
-        let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp://x")]).unwrap_err();
+        let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp//x")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
+        let err = with(&[("API_KEY", KEY), ("ALLOWED_HOSTS", "gateway:8788")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_HOSTS");
+        let err = with(&[("API_KEY", KEY), ("PROTECT_OPERATIONS", "true")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_PROTECT_OPERATIONS");
+        for open in ["*", "null"] {
+            let err = with(&[
+                ("API_KEY", KEY),
+                ("ALLOW_KEYLESS_GENERATION", "true"),
+                ("ALLOWED_ORIGINS", open),
+            ])
+            .unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS", "{open}");
+        }
         let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "1000")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
         assert!(err.message.contains("DEFAULT_MAX_TOKENS"), "{err}");

@@ -43,7 +43,22 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
     (status, body)
 }
 
-pub async fn health(State(state): State<Shared>) -> Response {
+/// The whole body for whoever may see the operations detail; only `status` for anyone else
+/// while `PROTECT_OPERATIONS` is on (socket path and store address stay with the operator).
+fn shown(detail: bool, status: &str, body: Value) -> Value {
+    if detail {
+        body
+    } else {
+        json!({"status": status})
+    }
+}
+
+pub async fn health(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let detail = auth::sees_operations(&state, &headers, peer.ip()).await?;
     // Counting the sessions also probes the store, so the status below is current.
     let sessions = state.store.count_sessions().await.ok();
     let (status, mut body) = status_of(&state);
@@ -53,14 +68,19 @@ pub async fn health(State(state): State<Shared>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, Json(body)).into_response()
+    Ok((code, Json(shown(detail, status, body))).into_response())
 }
 
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-pub async fn ready(State(state): State<Shared>) -> Response {
+pub async fn ready(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let detail = auth::sees_operations(&state, &headers, peer.ip()).await?;
     let _probe = state.store.count_sessions().await;
     let (status, body) = status_of(&state);
     let code = if status == "healthy" {
@@ -68,18 +88,27 @@ pub async fn ready(State(state): State<Shared>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    Ok((code, Json(shown(detail, status, body))).into_response())
 }
 
-pub async fn metrics() -> Response {
-    (
+pub async fn metrics(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    if !auth::sees_operations(&state, &headers, peer.ip()).await? {
+        return Err(Error::Unauthorized(
+            "/metrics needs the admin token while LOCAL_PROVIDER_PROTECT_OPERATIONS is on: send Authorization: Bearer <LOCAL_PROVIDER_ADMIN_TOKEN>".into(),
+        ));
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         provider_shared::telemetry::render_metrics(),
     )
-        .into_response()
+        .into_response())
 }
 
 fn model_object(state: &AppState) -> Value {

@@ -184,6 +184,10 @@ fn describe_metrics() {
     metrics::counter!("gateway_context_length_exceeded_total").absolute(0);
     describe_counter!("gateway_auth_failures_total", "Failed authentications");
     describe_counter!(
+        "gateway_requests_refused_total",
+        "Requests refused before routing, by reason: host_not_allowed, origin_not_allowed, unsupported_media_type"
+    );
+    describe_counter!(
         "gateway_slow_clients_total",
         "Requests ended with slow_client: their client fell more than STREAM_BUFFER_BYTES behind"
     );

@@ -1,5 +1,6 @@
 //! The one HTTP listener: bridge-agent's WebSocket at `/`, MCP (Streamable HTTP) at `/mcp`,
-//! and `/health`, `/health/live`, `/health/ready`, `/metrics` beside them.
+//! and `/health`, `/health/live`, `/health/ready`, `/metrics` beside them, all behind the web
+//! guard (`Host`, `Origin`, body type: `provider_shared::web_guard`).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use provider_shared::web_guard::WebGuard;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{json, Value};
@@ -31,14 +33,17 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
     // Sessions for clients that open one (Cursor's protocol versions): `notifications/cancelled`
     // then reaches the call it names, so a cancelled long-poll never takes a request. Clients
     // of MCP 2026-07-28 are served statelessly by rmcp; dropping their POST cancels the call.
-    let mut config = StreamableHttpServerConfig::default()
+    // rmcp's own Host check is off: the web guard below checks `Host` and `Origin` on every
+    // route, `/mcp` included, with the same rules as the gateway.
+    let config = StreamableHttpServerConfig::default()
         .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
-        .with_cancellation_token(mcp_stop);
-    if broker.config.binds_non_loopback() {
-        let mut hosts = config.allowed_hosts.clone();
-        hosts.push(broker.config.host.clone());
-        config = config.with_allowed_hosts(hosts);
-    }
+        .with_cancellation_token(mcp_stop)
+        .disable_allowed_hosts();
+    let guard = Arc::new(WebGuard::new(
+        &broker.config.allowed_hosts,
+        &broker.config.host,
+        &broker.config.allowed_origins,
+    ));
     let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(McpServer::new(broker.clone())),
         Arc::new(sessions()),
@@ -53,8 +58,34 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(app)
+        .with_state(app.clone())
         .merge(mcp)
+        .layer(middleware::from_fn_with_state((guard, app), web_guard))
+}
+
+/// Refuses what a web page could have sent (a foreign `Host` or `Origin`, a body that is not
+/// JSON) before any route sees it; audited and logged.
+async fn web_guard(
+    State((guard, app)): State<(Arc<WebGuard>, Arc<App>)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Err(refusal) = guard.check(request.uri(), request.headers()) else {
+        return next.run(request).await;
+    };
+    let presented: String = refusal.presented().chars().take(256).collect();
+    tracing::warn!(%addr, reason = refusal.code(), presented = %presented,
+        path = %request.uri().path(), "request refused by the web guard");
+    metrics::refused(refusal.code());
+    app.broker.audit.record(
+        "security_violation",
+        json!({"client_ip": addr.ip().to_string(), "violation_type": refusal.code(),
+               "details": presented}),
+    );
+    let body = json!({"error": {"message": refusal.to_string(),
+                                "type": "invalid_request_error", "code": refusal.code()}});
+    (refusal.status(), Json(body)).into_response()
 }
 
 /// An agent may stop polling for a while (a paused Cursor chat); its session outlives that, so
@@ -72,7 +103,7 @@ async fn mcp_auth(
     request: Request,
     next: Next,
 ) -> Response {
-    match app.http_token.check(request.headers()) {
+    match app.http_token.check(request.headers(), addr.ip()) {
         Ok(()) => next.run(request).await,
         Err((why, fingerprint)) => {
             metrics::auth_failed("mcp");
@@ -83,10 +114,10 @@ async fn mcp_auth(
                        "success": false, "reason": why.as_str()}),
             );
             let body = json!({"error": {
-                "message": format!("{} bearer token: /mcp needs Authorization: Bearer <MCP_HTTP_TOKEN>", why.as_str()),
+                "message": format!("/mcp: {}", why.message("MCP_HTTP_TOKEN")),
                 "type": "authentication_error", "code": "invalid_mcp_token"}});
             (
-                StatusCode::UNAUTHORIZED,
+                why.status(),
                 [(header::WWW_AUTHENTICATE, "Bearer")],
                 Json(body),
             )

@@ -14,6 +14,7 @@ pub const ANSWER_TIME: &str = "mcp_bridge_answer_seconds";
 pub const AUTH_FAILURES: &str = "mcp_bridge_auth_failures_total";
 pub const TOOL_CALLS: &str = "mcp_bridge_tool_calls_total";
 pub const CHAT_HANDOUTS: &str = "mcp_bridge_chat_handouts_total";
+pub const REFUSED: &str = "mcp_bridge_requests_refused_total";
 
 /// Every `outcome` label of [`REQUESTS`].
 const OUTCOMES: &[&str] = &[
@@ -52,6 +53,10 @@ pub fn describe() {
     );
     describe_counter!(TOOL_CALLS, "MCP tool calls, by tool and result");
     describe_counter!(
+        REFUSED,
+        "Requests refused before routing, by reason: host_not_allowed, origin_not_allowed, unsupported_media_type"
+    );
+    describe_counter!(
         CHAT_HANDOUTS,
         "Chats handed to an agent, by what was handed (delta: only new messages; whole)"
     );
@@ -68,6 +73,11 @@ pub fn describe() {
     for endpoint in ["ws", "mcp"] {
         metrics::counter!(AUTH_FAILURES, "endpoint" => endpoint).absolute(0);
     }
+}
+
+/// A request the web guard refused; `reason` is one of its three codes.
+pub fn refused(reason: &'static str) {
+    metrics::counter!(REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn queue(queued: usize, leased: usize) {

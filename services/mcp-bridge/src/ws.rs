@@ -44,18 +44,18 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let broker = &app.broker;
-    if let Err((why, fingerprint)) = app.bridge_token.check(&headers) {
+    if let Err((why, fingerprint)) = app.bridge_token.check(&headers, addr.ip()) {
         metrics::auth_failed("ws");
-        tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused: bad token");
+        tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused");
         broker.audit.record(
             "authentication",
             json!({"client_ip": addr.ip().to_string(), "endpoint": "bridge_ws",
                    "credential": "mcp_bridge_token", "key_fingerprint": fingerprint,
                    "success": false, "reason": why.as_str()}),
         );
-        let body = json!({"error": {"message": format!("{} MCP_BRIDGE_TOKEN", why.as_str()),
+        let body = json!({"error": {"message": why.message("MCP_BRIDGE_TOKEN"),
                                      "type": "authentication_error", "code": "invalid_bridge_token"}});
-        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        return (why.status(), Json(body)).into_response();
     }
     if broker.stopping.is_cancelled() {
         return (
