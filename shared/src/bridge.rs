@@ -385,6 +385,20 @@ pub mod codes {
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
     /// The reader of the answer fell more than `STREAM_BUFFER_BYTES` behind.
     pub const SLOW_CLIENT: &str = "slow_client";
+
+    /// The codes above: they speak of the machinery between editor and agent, and some change
+    /// how the gateway answers (status, `retry-after`), so the agent cannot give them.
+    pub const TRANSPORT: &[&str] = &[
+        AGENT_UNAVAILABLE,
+        BRIDGE_DISCONNECTED,
+        REQUEST_TIMEOUT,
+        RESPONSE_TIMEOUT,
+        SHUTTING_DOWN,
+        DUPLICATE_ID,
+        CANCELLED,
+        REQUEST_TOO_LARGE,
+        SLOW_CLIENT,
+    ];
 }
 
 #[cfg(test)]

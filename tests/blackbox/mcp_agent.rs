@@ -81,6 +81,17 @@ async fn cursor_agent_serves_void_through_the_tools() {
 }
 
 #[tokio::test]
+async fn the_agents_figures_are_advisory() {
+    if test_python().is_none() {
+        return;
+    }
+    // The default tokens-per-minute budget (100,000): a claim the books took at its word would
+    // leave the key waiting for years.
+    let stack = McpStack::start().await;
+    pytest(&stack, "test_trust.py", BTreeMap::new()).await;
+}
+
+#[tokio::test]
 async fn bridge_agent_restart_resumes_every_request_exactly_once() {
     if test_python().is_none() {
         return;

@@ -107,7 +107,11 @@ pub async fn start(
             limit: state.settings.max_concurrent_requests,
         }
     })?;
-    let reserved = prompt_tokens + job.max_tokens.unwrap_or(state.settings.default_max_tokens);
+    let reserved =
+        prompt_tokens.saturating_add(job.max_tokens.unwrap_or(state.settings.default_max_tokens));
+    let output_cap = job
+        .max_tokens
+        .unwrap_or(state.settings.context_window.saturating_sub(prompt_tokens));
     let client = principal.client(state).to_owned();
     let rate = admit(state, &client, peer, reserved).await?;
 
@@ -121,6 +125,7 @@ pub async fn start(
         stream: job.stream,
         prompt_tokens,
         reserved_tokens: reserved,
+        output_cap,
         prompt_sha256: job.prompt_sha256,
         started,
         first_chunk: None,
