@@ -123,7 +123,9 @@ impl BridgeFrame {
         match serde_json::from_str::<Decoded<BridgeFrame>>(text) {
             Ok(Decoded::Known(frame)) => Ok(frame),
             Ok(Decoded::Unknown(kind)) => Err(FrameError::UnknownType(kind)),
-            Err(err) => Err(FrameError::Malformed(err.to_string())),
+            Err(err) => Err(FrameError::Malformed(crate::frame_summary::without_values(
+                &err.to_string(),
+            ))),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{codes, ModelResult};
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION};
 use provider_shared::routes::Refused;
 use tokio::net::{UnixListener, UnixStream};
@@ -114,7 +115,10 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                     tracing::debug!(%id, "cancel for a request not in flight (or cancelled already) ignored");
                 }
             }
-            Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected gateway frame ignored"),
+            Some(Ok(other)) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "unexpected gateway frame ignored");
+            }
             Some(Err(err)) => {
                 tracing::warn!(%err, "unreadable gateway frame; closing the connection");
                 break;

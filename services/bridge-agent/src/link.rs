@@ -11,6 +11,7 @@ use provider_shared::bridge::{
     codes, negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::LinkState;
 use provider_shared::routes::Undeliverable;
 use provider_shared::ws_peer::{self, CloseCode, Message};
@@ -182,7 +183,10 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
                 ws.send(Message::text(BridgeFrame::Pong { ts }.to_text()))
                     .await?;
             }
-            Ok(other) => tracing::debug!(?other, "frame before welcome ignored"),
+            Ok(other) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "frame before welcome ignored");
+            }
             Err(err) => tracing::debug!(%err, "frame before welcome ignored"),
         }
     }
@@ -304,7 +308,8 @@ fn on_text(hub: &Hub, text: &str) -> Option<Message> {
             hub.status.send_modify(|s| s.mcp_bridge = Some(report));
         }
         Ok(other) => {
-            tracing::warn!(frame = ?other, "unexpected frame from the bridge ignored");
+            let frame = FrameSummary::of(&other);
+            tracing::warn!(%frame, "unexpected frame from the bridge ignored");
             metrics::frame_dropped("unexpected");
         }
         Err(FrameError::UnknownType(kind)) => {

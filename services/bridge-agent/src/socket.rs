@@ -10,7 +10,8 @@ use crate::Error;
 
 /// Binds `path`, creating its parent (mode 0700) when missing. A stale socket left by a crash is
 /// replaced; a socket something still answers on, or a path that is not a socket, is refused
-/// untouched. The socket is made 0600: only the gateway's user may talk to it.
+/// untouched. The socket is 0600 before anyone can connect to it: only the gateway's user may
+/// talk to it, even in a shared directory such as `/tmp` ([`bind_private`]).
 ///
 /// Must be called from within a Tokio runtime.
 pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
@@ -43,9 +44,31 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
         Err(err) if err.kind() == ErrorKind::NotFound => {}
         Err(err) => return Err(io_err(err)),
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io_err)?;
-    Ok(listener)
+    bind_private(path).map_err(io_err)
+}
+
+/// Binds the socket in a fresh 0700 directory beside `path`, where no other user can reach it,
+/// makes it 0600, and only then links it at `path` (a link never replaces anything: something
+/// that appeared there meanwhile is an error, not clobbered). Binding at `path` and changing the
+/// mode afterwards would leave a moment in which anyone could connect. The staging directory's
+/// name is as long as `/bridge.sock`, so the staged path fits where the final one does.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".bs{:06x}", rand::random::<u32>() & 0xff_ffff));
+    DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join("s");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        fs::set_permissions(&staged, Permissions::from_mode(0o600))?;
+        fs::hard_link(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&staging);
+    bound
 }
 
 /// Removes the socket file when it is still a socket (never anything else put there since).
@@ -73,6 +96,27 @@ mod tests {
         let _listener = bind_socket(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_before_it_appears_even_in_a_shared_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), Permissions::from_mode(0o1777)).unwrap();
+        let path = dir.path().join("bridge.sock");
+        let listener = bind_socket(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.nlink(), 1, "the staging link is gone");
+        // Nothing but the socket is left beside it, and it answers.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("bridge.sock")]);
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _ = listener.accept().await.unwrap();
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{
     BridgeStatus, IpcCodec, IpcFrame, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION,
 };
@@ -353,7 +354,10 @@ async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
             resume: capabilities.iter().any(|c| c == CAP_RESUME),
         }),
         Some(Ok(IpcFrame::Reject { reason })) => Err(format!("bridge-agent refused: {reason}")),
-        Some(Ok(other)) => Err(format!("unexpected handshake answer: {other:?}")),
+        Some(Ok(other)) => Err(format!(
+            "unexpected handshake answer: {}",
+            FrameSummary::of(&other)
+        )),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("bridge-agent closed the connection during the handshake".into()),
     }
@@ -404,7 +408,10 @@ async fn run_connection(
                     route(&conn, &id, CallEvent::Result(result), began);
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
-                Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
+                Ok(other) => {
+                    let frame = FrameSummary::of(&other);
+                    tracing::debug!(%frame, "ignoring unexpected frame from bridge-agent");
+                }
                 Err(err) => {
                     tracing::warn!(%err, "bad frame from bridge-agent");
                     break;

@@ -17,6 +17,7 @@ use provider_shared::bridge::{
     negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS, PROTOCOL_VERSION,
     RESUME_PROTOCOL_VERSION,
 };
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ws_peer::{self, CloseCode, CloseFrame, Message, Outbound};
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -161,7 +162,11 @@ async fn hello(socket: &mut Socket) -> Result<(String, u32, bool), String> {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            other => tracing::debug!(?other, "frame before hello ignored"),
+            Ok(other) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "frame before hello ignored");
+            }
+            Err(err) => tracing::debug!(%err, "frame before hello ignored"),
         }
     }
     Err("closed before hello".into())
@@ -310,7 +315,10 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
         Ok(BridgeFrame::ModelCancel { id }) => app.broker.cancel(owner, &id),
         Ok(BridgeFrame::Ping { ts }) => return vec![BridgeFrame::Pong { ts }],
         Ok(BridgeFrame::Pong { .. }) => {}
-        Ok(other) => tracing::warn!(frame = ?other, "unexpected frame ignored"),
+        Ok(other) => {
+            let frame = FrameSummary::of(&other);
+            tracing::warn!(%frame, "unexpected frame ignored");
+        }
         Err(FrameError::UnknownType(kind)) => {
             tracing::info!(%kind, "frame of unknown type ignored")
         }
