@@ -21,6 +21,7 @@ mod responses_api;
 mod resume;
 mod status_page;
 mod store_scripts;
+mod web_pages;
 
 use std::time::Duration;
 

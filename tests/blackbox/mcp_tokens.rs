@@ -68,6 +68,81 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
     assert_eq!(health["audit"]["dropped"], 0, "{health}");
 }
 
+#[tokio::test]
+async fn without_tokens_remote_callers_are_refused_whatever_host_they_name() {
+    let Some(here) = integration_tests::harness::non_loopback_address() else {
+        integration_tests::skip::missing_dependency(
+            "without_tokens_remote_callers_are_refused_whatever_host_they_name",
+            "a non-loopback address on this machine",
+            "a network interface with an IPv4 address besides lo",
+        );
+        return;
+    };
+    let bridge = McpBridgeProc::new()
+        .without("MCP_BRIDGE_TOKEN_FILE")
+        .without("MCP_HTTP_TOKEN_FILE")
+        .env("MCP_ALLOW_NO_TOKEN", "true")
+        .env("ALLOW_NON_LOOPBACK", "true")
+        .env("MCP_BRIDGE_HOST", "0.0.0.0")
+        .spawn();
+    bridge.wait_agents(0, SOON).await;
+    // Calls to `here` come from a non-loopback address, as another machine's would.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let remote = format!("http://{here}:{}", bridge.port);
+    let loopback_host = format!("127.0.0.1:{}", bridge.port);
+    // From this machine's other address, naming loopback as its Host: still not this machine.
+    let resp = client
+        .post(format!("{remote}/mcp"))
+        .header("host", &loopback_host)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize(1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LOCAL_PROVIDER_MCP_HTTP_TOKEN is not set"),
+        "{body}"
+    );
+    // bridge-agent's door too.
+    let resp = client
+        .get(format!("{remote}/"))
+        .header("host", &loopback_host)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let record = bridge
+        .wait_audit("the remote caller audited", |v| {
+            v["endpoint"] == "mcp" && v["reason"] == "not_loopback"
+        })
+        .await;
+    let caller: std::net::IpAddr = record["client_ip"].as_str().unwrap().parse().unwrap();
+    assert!(!caller.is_loopback(), "{record}");
+    // The same from loopback is served.
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(bridge.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize(2).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
 fn initialize(id: u64) -> Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
