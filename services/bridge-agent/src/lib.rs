@@ -59,7 +59,8 @@ pub enum Error {
 
 /// The already-bound sockets bridge-agent serves on.
 pub struct Listeners {
-    /// Gateways connect here (see [`bind_socket`]).
+    /// Gateways connect here: bound at `BRIDGE_SOCKET` by [`bind_socket`], removed from there at
+    /// the end.
     pub ipc: UnixListener,
     /// `/health` and `/metrics`.
     pub http: TcpListener,
@@ -75,11 +76,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     provider_shared::telemetry::metrics();
     metrics::describe();
-    let socket_path = listeners
-        .ipc
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(ToOwned::to_owned));
+    // Not the listener's own address: `bind_socket` binds in a staging directory and links the
+    // socket into place, so only the configured path names it now.
+    let socket_path = config.bridge_socket.clone();
     let grace = config.shutdown_grace();
     let hub = Arc::new(Hub::new(config));
     let tracker = TaskTracker::new();
@@ -137,9 +136,7 @@ pub async fn run(
     tracker.wait().await;
     http_stop.cancel();
     let _ = http.await;
-    if let Some(path) = socket_path {
-        remove_socket(&path);
-    }
+    remove_socket(&socket_path);
     match failure {
         None => {
             tracing::info!("stopped");

@@ -168,7 +168,7 @@ mod tests {
         };
         assert_eq!(clamp(claimed, 120, 64), usage(120, 64));
         let modest = usage(100, 30);
-        assert_eq!(clamp(modest.clone(), 120, 64), modest);
+        assert_eq!(clamp(modest, 120, 64), modest);
         assert_eq!(usage(u64::MAX, 1).total_tokens, u64::MAX);
     }
 }
