@@ -53,11 +53,7 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
     );
     // /mcp answers without a bearer.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client
-        .post(bridge.url("/mcp"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize(1).to_string())
+    let resp = mcp_initialize(&client, &bridge.url("/mcp"), 1)
         .send()
         .await
         .unwrap();
@@ -91,12 +87,8 @@ async fn without_tokens_remote_callers_are_refused_whatever_host_they_name() {
     let remote = format!("http://{here}:{}", bridge.port);
     let loopback_host = format!("127.0.0.1:{}", bridge.port);
     // From this machine's other address, naming loopback as its Host: still not this machine.
-    let resp = client
-        .post(format!("{remote}/mcp"))
+    let resp = mcp_initialize(&client, &format!("{remote}/mcp"), 1)
         .header("host", &loopback_host)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize(1).to_string())
         .send()
         .await
         .unwrap();
@@ -129,18 +121,24 @@ async fn without_tokens_remote_callers_are_refused_whatever_host_they_name() {
     let caller: std::net::IpAddr = record["client_ip"].as_str().unwrap().parse().unwrap();
     assert!(!caller.is_loopback(), "{record}");
     // The same from loopback is served.
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(bridge.url("/mcp"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize(2).to_string())
+    let resp = mcp_initialize(&client, &bridge.url("/mcp"), 2)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// An MCP `initialize` POST to `url`, as an MCP client sends it (no bearer).
+pub(crate) fn mcp_initialize(
+    client: &reqwest::Client,
+    url: &str,
+    id: u64,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize(id).to_string())
 }
 
 fn initialize(id: u64) -> Value {

@@ -189,26 +189,10 @@ async fn a_wrong_key_is_refused_in_keyless_mode() {
         } else {
             chat_body("hi", false)
         };
-        let resp = gw.post(path, Some(wrong)).json(&body).send().await.unwrap();
-        assert_eq!(resp.status(), 401, "{path}");
-        assert_eq!(
-            gw.post(path, None)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            gw.post(path, Some(KEY))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        for (key, status) in [(Some(wrong), 401), (None, 200), (Some(KEY), 200)] {
+            let resp = gw.post(path, key).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), status, "{path} with {key:?}");
+        }
     }
     let failure = gw
         .wait_audit("the wrong key audited", |v| {
@@ -268,16 +252,10 @@ async fn mcp_bridge_refuses_a_rebinding_host_and_a_foreign_origin() {
     let bridge = McpBridgeProc::new().spawn();
     bridge.wait_agents(0, SOON).await;
     let client = http();
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "page", "version": "1"}}});
     let post = |host: &str, origin: Option<&str>| {
-        let mut req = client
-            .post(bridge.url("/mcp"))
+        let mut req = crate::mcp_tokens::mcp_initialize(&client, &bridge.url("/mcp"), 1)
             .header(HOST, host)
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(MCP_TOKEN)
-            .json(&initialize);
+            .bearer_auth(MCP_TOKEN);
         if let Some(origin) = origin {
             req = req.header(ORIGIN, origin);
         }

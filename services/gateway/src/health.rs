@@ -58,17 +58,7 @@ pub async fn health(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let detail = auth::sees_operations(&state, &headers, peer.ip()).await?;
-    // Counting the sessions also probes the store, so the status below is current.
-    let sessions = state.store.count_sessions().await.ok();
-    let (status, mut body) = status_of(&state);
-    body["active_sessions"] = json!(sessions);
-    let code = if status == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(shown(detail, status, body))).into_response())
+    report(&state, peer, &headers, false).await
 }
 
 pub async fn live() -> Json<Value> {
@@ -80,10 +70,28 @@ pub async fn ready(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let detail = auth::sees_operations(&state, &headers, peer.ip()).await?;
-    let _probe = state.store.count_sessions().await;
-    let (status, body) = status_of(&state);
-    let code = if status == "healthy" {
+    report(&state, peer, &headers, true).await
+}
+
+/// `/health` (503 only while shutting down, with the active sessions) or `/health/ready` (200
+/// only when healthy).
+async fn report(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ready: bool,
+) -> Result<Response, Error> {
+    let detail = auth::sees_operations(state, headers, peer.ip()).await?;
+    // Counting the sessions also probes the store, so the status below is current.
+    let sessions = state.store.count_sessions().await.ok();
+    let (status, mut body) = status_of(state);
+    let up = if ready {
+        status == "healthy"
+    } else {
+        body["active_sessions"] = json!(sessions);
+        status != "unhealthy"
+    };
+    let code = if up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -110,6 +110,8 @@ impl Scene {
             KEY_PATH,
         ))
         .with_env_var("LOCAL_PROVIDER_API_KEY_FILE", KEY_PATH)
+        // As compose.yaml serves its gateway by its service name: Prometheus scrapes it by name.
+        .with_env_var("LOCAL_PROVIDER_ALLOWED_HOSTS", name.as_str())
         .with_env_var("LOCAL_PROVIDER_CONNECTION_TIMEOUT", "1")
         .with_env_var("LOCAL_PROVIDER_SHUTDOWN_GRACE", "2");
         let defaults = [
