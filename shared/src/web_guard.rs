@@ -47,10 +47,13 @@ impl Refusal {
         }
     }
 
-    /// What was presented, for logs and the audit record (a header value, never a body).
-    pub fn presented(&self) -> &str {
+    /// What was presented, for logs and the audit record: a header value (never a body), cut at
+    /// 256 characters.
+    pub fn presented(&self) -> String {
         match self {
-            Refusal::Host(v) | Refusal::Origin(v) | Refusal::ContentType(v) => v,
+            Refusal::Host(v) | Refusal::Origin(v) | Refusal::ContentType(v) => {
+                v.chars().take(256).collect()
+            }
         }
     }
 }

@@ -290,3 +290,27 @@ async fn mcp_bridge_refuses_a_rebinding_host_and_a_foreign_origin() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn bridge_agents_health_listener_refuses_a_rebinding_host() {
+    let stack = Stack::start().await;
+    let agent = &stack.agent;
+    for path in ["/health", "/metrics"] {
+        let resp = http()
+            .get(agent.url(path))
+            .header(HOST, "rebind.evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "host_not_allowed");
+    }
+    let (_, metrics) = integration_tests::harness::get(&agent.url("/metrics"))
+        .await
+        .unwrap();
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("bridge_agent_requests_refused_total{reason=\"host_not_allowed\"} 2"));
+}

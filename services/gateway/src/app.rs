@@ -1,19 +1,16 @@
 //! The router: routes, the web guard (`Host`, `Origin`, body type) before anything else, CORS
 //! limited to `ALLOWED_ORIGINS`, security headers, request metrics, and OpenAI-shaped answers for
 //! unknown routes and methods.
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use provider_shared::audit::Audit;
+use provider_shared::http_server::{guarded, Refusals};
 use provider_shared::web_guard::{origin_allowed, WebGuard};
-use serde_json::json;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -24,11 +21,11 @@ use crate::{admin, anthropic, health, ollama, openai, responses, sessions, statu
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
     let settings = &state.settings;
-    let guard = Arc::new(WebGuard::new(
+    let guard = WebGuard::new(
         &settings.allowed_hosts,
         &settings.host,
         &settings.allowed_origins,
-    ));
+    );
     let audit = state.audit.clone();
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::completions))
@@ -65,12 +62,15 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
-    let mut app = api
+    let api = api
         .layer(middleware::from_fn_with_state(state, status::record_errors))
         .layer(middleware::from_fn(record_metrics))
-        .layer(cors)
-        // Outermost: a refused request (a preflight too) reaches nothing else.
-        .layer(middleware::from_fn_with_state((guard, audit), web_guard));
+        .layer(cors);
+    let refusals = Refusals {
+        counter: "gateway_requests_refused_total",
+        audit: Some(audit),
+    };
+    let mut app = guarded(api, guard, refusals);
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
@@ -88,31 +88,6 @@ pub fn router(state: Shared) -> Router {
         ));
     }
     app
-}
-
-/// Refuses a request whose `Host`, `Origin` or body type a web page could have chosen
-/// (`provider_shared::web_guard`): audited, logged and counted by reason.
-async fn web_guard(
-    State((guard, audit)): State<(Arc<WebGuard>, Audit)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Err(refusal) = guard.check(req.uri(), req.headers()) else {
-        return next.run(req).await;
-    };
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
-    let presented: String = refusal.presented().chars().take(256).collect();
-    tracing::warn!(client_ip = ?peer, reason = refusal.code(), presented = %presented,
-        method = %req.method(), path = %req.uri().path(), "request refused by the web guard");
-    metrics::counter!("gateway_requests_refused_total", "reason" => refusal.code()).increment(1);
-    audit.record(
-        "security_violation",
-        json!({"client_ip": peer, "violation_type": refusal.code(), "details": presented}),
-    );
-    Error::Refused(refusal).into_response()
 }
 
 async fn not_found(req: Request) -> Error {

@@ -33,9 +33,6 @@ pub enum Error {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    /// Refused before routing: a foreign `Host` or `Origin`, or a body that is not JSON.
-    #[error("{0}")]
-    Refused(provider_shared::web_guard::Refusal),
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
     #[error("{0}")]
@@ -97,7 +94,6 @@ impl Error {
             }
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Refused(refusal) => refusal.status(),
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -117,10 +113,6 @@ impl Error {
             }
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
-            Error::Refused(refusal) if refusal.status() == StatusCode::FORBIDDEN => {
-                ("permission_error", Some(refusal.code()))
-            }
-            Error::Refused(refusal) => ("invalid_request_error", Some(refusal.code())),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
             Error::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),

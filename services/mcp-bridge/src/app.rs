@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use provider_shared::http_server::{guarded, Refusals};
 use provider_shared::web_guard::WebGuard;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -39,11 +40,11 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
         .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
         .with_cancellation_token(mcp_stop)
         .disable_allowed_hosts();
-    let guard = Arc::new(WebGuard::new(
+    let guard = WebGuard::new(
         &broker.config.allowed_hosts,
         &broker.config.host,
         &broker.config.allowed_origins,
-    ));
+    );
     let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(McpServer::new(broker.clone())),
         Arc::new(sessions()),
@@ -52,40 +53,19 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
     let mcp = Router::new()
         .nest_service("/mcp", service)
         .layer(middleware::from_fn_with_state(app.clone(), mcp_auth));
-    Router::new()
+    let routes = Router::new()
         .route("/", get(ws::upgrade))
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(app.clone())
-        .merge(mcp)
-        .layer(middleware::from_fn_with_state((guard, app), web_guard))
-}
-
-/// Refuses what a web page could have sent (a foreign `Host` or `Origin`, a body that is not
-/// JSON) before any route sees it; audited and logged.
-async fn web_guard(
-    State((guard, app)): State<(Arc<WebGuard>, Arc<App>)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Err(refusal) = guard.check(request.uri(), request.headers()) else {
-        return next.run(request).await;
+        .merge(mcp);
+    let refusals = Refusals {
+        counter: metrics::REFUSED,
+        audit: Some(app.broker.audit.clone()),
     };
-    let presented: String = refusal.presented().chars().take(256).collect();
-    tracing::warn!(%addr, reason = refusal.code(), presented = %presented,
-        path = %request.uri().path(), "request refused by the web guard");
-    metrics::refused(refusal.code());
-    app.broker.audit.record(
-        "security_violation",
-        json!({"client_ip": addr.ip().to_string(), "violation_type": refusal.code(),
-               "details": presented}),
-    );
-    let body = json!({"error": {"message": refusal.to_string(),
-                                "type": "invalid_request_error", "code": refusal.code()}});
-    (refusal.status(), Json(body)).into_response()
+    guarded(routes, guard, refusals)
 }
 
 /// An agent may stop polling for a while (a paused Cursor chat); its session outlives that, so

@@ -75,11 +75,6 @@ pub fn describe() {
     }
 }
 
-/// A request the web guard refused; `reason` is one of its three codes.
-pub fn refused(reason: &'static str) {
-    metrics::counter!(REFUSED, "reason" => reason).increment(1);
-}
-
 pub fn queue(queued: usize, leased: usize) {
     metrics::gauge!(QUEUE_DEPTH).set(queued as f64);
     metrics::gauge!(LEASED).set(leased as f64);

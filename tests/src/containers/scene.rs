@@ -85,6 +85,8 @@ impl Scene {
         )
         .with_mount(self.socket.mount(SOCKET_DIR))
         .with_env_var("LOCAL_PROVIDER_MCP_BRIDGE_URL", bridge_url)
+        // Prometheus scrapes it by its name, as under compose.yaml.
+        .with_env_var("LOCAL_PROVIDER_ALLOWED_HOSTS", name.as_str())
         .with_env_var("LOCAL_PROVIDER_CONNECTION_TIMEOUT", "2")
         .with_env_var("LOCAL_PROVIDER_HEARTBEAT_INTERVAL", "1")
         .with_env_var("LOCAL_PROVIDER_RECONNECT_ATTEMPTS", "1000")
