@@ -157,7 +157,7 @@ impl Error {
             Error::RateLimited { retryable, .. } => *retryable,
             _ => !matches!(
                 self.status().as_u16(),
-                400 | 401 | 403 | 404 | 405 | 413 | 415 | 422
+                400 | 401 | 403 | 404 | 405 | 413 | 422
             ),
         }
     }
