@@ -104,6 +104,15 @@ pub async fn requests_per_minute_with_burst_give_429_with_openai_headers_on(stor
     )
     .await;
     let gw = &stack.gateway;
+    // The tokenizer loads on first use (about a second in a debug build): load it through
+    // count_tokens, which takes nothing from the limits, so the burst below is not spread over it.
+    let counted = gw
+        .post("/v1/messages/count_tokens", Some(KEY))
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "warm"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
     let first = gw.chat(chat_body("a", false)).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-ratelimit-limit-requests"], "60");
@@ -132,6 +141,62 @@ pub async fn requests_per_minute_with_burst_give_429_with_openai_headers_on(stor
     // One token a second refills the bucket.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(gw.chat(chat_body("d", false)).await.status(), 200);
+}
+
+/// The preamble admits before it counts: a client past its request rate is refused before its
+/// prompt is counted, so a flood of huge prompts costs no tokenizer time; an admitted request
+/// that cannot fit is refused by the context window and counts against the request rate.
+#[tokio::test]
+async fn admission_comes_before_the_prompt_is_counted() {
+    let stack = Stack::start_with(
+        |a| a,
+        |g| {
+            g.env("RATE_LIMIT_RPM", 1)
+                .env("RATE_LIMIT_BURST", 2)
+                .env("CONTEXT_WINDOW", 2000)
+                .env("DEFAULT_MAX_TOKENS", 100)
+                .env("MAX_TOKENS_LIMIT", 1000)
+        },
+    )
+    .await;
+    let gw = &stack.gateway;
+    let huge = chat_body(&"word ".repeat(5000), false);
+    let (status, body, _) = error_of(gw.chat(huge.clone()).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    // Refused by the window after it was admitted, it took its request from the rate.
+    let fits = gw.chat(chat_body("fits", false)).await;
+    assert_eq!(fits.status(), 200);
+    assert_eq!(fits.headers()["x-ratelimit-remaining-requests"], "0");
+    let metrics = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("gateway_context_length_exceeded_total"))
+            .map(str::to_owned)
+    };
+    let before = metrics(
+        gw.get("/metrics", None)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    // The burst is spent: the same huge prompt is now refused by the request rate, uncounted.
+    let (status, body, _) = error_of(gw.chat(huge).await).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "requests");
+    let after = metrics(
+        gw.get("/metrics", None)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, after, "the refused prompt was not counted");
+    assert!(stack.peer.invokes().len() == 1);
 }
 
 #[tokio::test]
@@ -210,7 +275,7 @@ async fn every_validation_rule_is_an_openai_400() {
         b
     };
     let cases: Vec<(Value, &str)> = vec![
-        (with("model", json!("gpt-4o")), "model"),
+        (with("model", json!(4)), "model"),
         (
             json!({"messages": [{"role": "user", "content": "x"}]}),
             "model",

@@ -388,7 +388,7 @@ async fn an_mcp_bridge_without_bridge_status_reads_as_unknown_and_one_with_it_is
         .gateway
         .chat(json!({"model": "nope", "messages": [{"role": "user", "content": PROMPT}]}))
         .await;
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 404);
     let body = status(&stack).await;
     let errors = body["recent_errors"].as_array().unwrap();
     assert_eq!(errors[0]["code"], "model_not_found", "{body}");

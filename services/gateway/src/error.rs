@@ -35,6 +35,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// A model name this gateway does not answer to (`LOCAL_PROVIDER_MODEL_ALIASES`).
+    #[error("model: the model `{requested}` is not served here; use `{served}`")]
+    ModelNotFound { requested: String, served: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{message}")]
@@ -94,7 +97,7 @@ impl Error {
             }
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::NotFound { .. } | Error::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded { .. }
@@ -114,6 +117,7 @@ impl Error {
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
+            Error::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             Error::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
@@ -133,6 +137,7 @@ impl Error {
     fn param(&self) -> Option<&str> {
         match self {
             Error::InvalidRequest { param, .. } => param.as_deref(),
+            Error::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
     }

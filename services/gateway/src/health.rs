@@ -109,14 +109,6 @@ pub async fn get_model(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    if !crate::validate::model_matches(&id, &state.settings.model_name) {
-        return Err(Error::NotFound {
-            message: format!(
-                "the model `{id}` does not exist; this gateway serves `{}`",
-                state.settings.model_name
-            ),
-            code: "model_not_found",
-        });
-    }
+    state.models.resolve(&id)?;
     Ok(Json(model_object(&state)))
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod generate;
 pub mod health;
 pub mod keygen;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod parts;
@@ -91,6 +92,7 @@ pub async fn run(
         grace_over: grace_over.clone(),
         key_client,
         models_created: store::now_ms() / 1000,
+        models: models::Models::of(&settings),
         status: status::board::Board::default(),
         tasks: tracker.clone(),
         settings,

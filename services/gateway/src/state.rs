@@ -27,6 +27,8 @@ pub struct AppState {
     pub key_client: String,
     /// The `created` time reported for the model: when this gateway started.
     pub models_created: u64,
+    /// Which model names are answered (`MODEL_NAME`, `MODEL_ALIASES`).
+    pub models: crate::models::Models,
     /// Requests in flight, recent errors and history for the status page.
     pub status: crate::status::board::Board,
     /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.

@@ -11,16 +11,14 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 
-pub struct Limits<'a> {
-    pub model: &'a str,
+pub struct Limits {
     pub max_tokens: u64,
     pub max_content_bytes: usize,
 }
 
-impl<'a> Limits<'a> {
-    pub fn of(settings: &'a crate::config::Settings) -> Self {
+impl Limits {
+    pub fn of(settings: &crate::config::Settings) -> Self {
         Self {
-            model: &settings.model_name,
             max_tokens: settings.max_tokens_limit,
             max_content_bytes: settings.max_content_bytes,
         }
@@ -30,6 +28,8 @@ impl<'a> Limits<'a> {
 /// A chat request that passed validation.
 #[derive(Debug)]
 pub struct ChatRequest {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     pub stream: bool,
     pub include_usage: bool,
@@ -174,9 +174,9 @@ pub fn bool_or(obj: &Map<String, Value>, key: &str, default: bool) -> Result<boo
 }
 
 /// Parses and checks a `/v1/chat/completions` body.
-pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
+pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
     let mut obj = object_of(body)?;
-    check_model(&obj, limits.model)?;
+    let model = model_of(&obj)?;
 
     let messages = match obj.remove("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -214,6 +214,7 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
 
     obj.remove("model");
     Ok(ChatRequest {
+        model,
         messages,
         stream: common.stream,
         include_usage: common.include_usage,
@@ -275,6 +276,7 @@ pub fn check_no_logprobs(obj: &Map<String, Value>) -> Result<(), Error> {
 /// A legacy (fill-in-the-middle) completion request that passed validation.
 #[derive(Debug)]
 pub struct CompletionRequest {
+    pub model: String,
     pub prompt: String,
     pub suffix: Option<String>,
     pub stream: bool,
@@ -308,9 +310,9 @@ pub fn tools_as_chat(
 }
 
 /// Parses and checks a `/v1/completions` body.
-pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest, Error> {
+pub fn completion(body: &[u8], limits: &Limits) -> Result<CompletionRequest, Error> {
     let mut obj = object_of(body)?;
-    check_model(&obj, limits.model)?;
+    let model = model_of(&obj)?;
     let prompt = match obj.remove("prompt") {
         Some(Value::String(p)) => p,
         Some(Value::Array(mut items)) if items.len() == 1 && items[0].is_string() => {
@@ -372,6 +374,7 @@ pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest,
     }
     obj.remove("model");
     Ok(CompletionRequest {
+        model,
         prompt,
         suffix,
         stream: common.stream,
@@ -400,19 +403,16 @@ pub fn object_of(body: &[u8]) -> Result<Map<String, Value>, Error> {
     }
 }
 
-pub fn check_model(obj: &Map<String, Value>, model: &str) -> Result<(), Error> {
+/// The `model` a body names: a string is required; whether it is served is the preamble's
+/// question (`models.rs`).
+pub fn model_of(obj: &Map<String, Value>) -> Result<String, Error> {
     match obj.get("model") {
-        Some(Value::String(m)) if model_matches(m, model) => Ok(()),
-        Some(Value::String(m)) => Err(Error::InvalidRequest {
-            message: format!("model: the model `{m}` does not exist here; use `{model}`"),
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-        }),
+        Some(Value::String(m)) => Ok(m.clone()),
         Some(v) => Err(invalid(
             "model",
             format!("expected a string, got {}", describe(v)),
         )),
-        None => Err(invalid("model", format!("required; use `{model}`"))),
+        None => Err(invalid("model", "required (a model name)".into())),
     }
 }
 
@@ -431,7 +431,7 @@ pub fn check_size(param: &str, size: usize, max: usize) -> Result<(), Error> {
 }
 
 /// Sampling parameters, `n`, streaming options and `stop`: the same for chat and completions.
-fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common, Error> {
+fn check_common(obj: &Map<String, Value>, limits: &Limits) -> Result<Common, Error> {
     let sampling = sampling(&OPENAI, obj, limits)?;
     if let Some(n) = int_in(obj, "n", 1, u64::MAX)? {
         if n != 1 {
@@ -475,7 +475,7 @@ fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common,
 pub fn sampling(
     dialect: &Dialect,
     params: &Map<String, Value>,
-    limits: &Limits<'_>,
+    limits: &Limits,
 ) -> Result<Sampling, Error> {
     let name = |key: &str| format!("{}{key}", dialect.options);
     let mut out = Sampling::default();
@@ -534,14 +534,6 @@ pub fn sampling(
         }
     };
     Ok(out)
-}
-
-/// The configured name, also as `name:latest` the way Ollama-style clients write it.
-pub fn model_matches(requested: &str, configured: &str) -> bool {
-    requested == configured
-        || requested
-            .strip_suffix(":latest")
-            .is_some_and(|base| base == configured)
 }
 
 /// Checks each message of a chat: an object with a known role, content of the accepted shape
@@ -674,8 +666,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "cursor-agent-local",
+    const LIMITS: Limits = Limits {
         max_tokens: 8192,
         max_content_bytes: 100,
     };
@@ -712,7 +703,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        assert_eq!(param_of(with("model", json!("gpt-4"))), "model");
+        assert_eq!(param_of(with("model", json!(4))), "model");
+        assert_eq!(check(with("model", json!("gpt-4"))).unwrap().model, "gpt-4");
         assert_eq!(param_of(with("messages", json!([]))), "messages");
         assert_eq!(param_of(with("max_tokens", json!(0))), "max_tokens");
         assert_eq!(param_of(with("max_tokens", json!(8193))), "max_tokens");
@@ -816,7 +808,9 @@ mod tests {
             json!({"model": "cursor-agent-local", "messages": [{"role": "user", "content": "hi"}]}),
             ollama,
         );
-        let olla = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS).map(drop);
+        let olla =
+            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+                .map(drop);
         (param(open), param(olla))
     }
 
@@ -1009,11 +1003,12 @@ mod tests {
             "messages": [{"role": "user", "content": "hi"}],
             "options": {"temperature": 1, "num_predict": 64, "stop": "\n", "seed": 7},
             "tools": [{"type": "function", "function": {"name": "f"}}]});
-        let job = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS)
-            .unwrap()
-            .unwrap();
-        assert!(!job.stream);
-        assert_eq!(job.max_tokens, Some(64));
+        let job =
+            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+                .unwrap()
+                .unwrap();
+        assert!(!job.ask.stream);
+        assert_eq!(job.ask.max_tokens, Some(64));
         assert_eq!(job.scopes, vec!["chat", "tools"]);
         let provider_shared::bridge::Payload::Chat { parameters, .. } = job.payload else {
             panic!("not a chat")
@@ -1025,7 +1020,7 @@ mod tests {
         assert_eq!(parameters["tools"][0]["function"]["name"], "f");
         let empty = json!({"model": "cursor-agent-local", "messages": []});
         assert!(
-            crate::ollama::chat::job(empty.as_object().unwrap(), &LIMITS)
+            crate::ollama::chat::job("m", empty.as_object().unwrap(), &LIMITS)
                 .unwrap()
                 .is_none()
         );

@@ -9,6 +9,8 @@ use crate::validate::{self, describe, invalid, Limits};
 
 #[derive(Debug)]
 pub struct Request {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     /// The chat parameters for the agent, with `"api": "messages"`.
     pub parameters: Map<String, Value>,
@@ -38,12 +40,13 @@ const CONSUMED: &[&str] = &[
     "service_tier",
 ];
 
-/// Parses and converts a body whose `model` was already checked.
+/// Parses and converts a body.
 pub fn request(
     obj: &Map<String, Value>,
-    limits: &Limits<'_>,
+    limits: &Limits,
     purpose: Purpose,
 ) -> Result<Request, Error> {
+    let model = validate::model_of(obj)?;
     for key in ["container", "mcp_servers"] {
         if obj.get(key).is_some_and(|v| !v.is_null()) {
             return Err(invalid(
@@ -149,6 +152,7 @@ pub fn request(
         }
     }
     Ok(Request {
+        model,
         messages,
         parameters,
         tools,
@@ -417,8 +421,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "m",
+    const LIMITS: Limits = Limits {
         max_tokens: 100,
         max_content_bytes: 1000,
     };

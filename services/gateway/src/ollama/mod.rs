@@ -36,7 +36,13 @@ impl From<Error> for OllamaError {
 
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
-        let message = self.0.to_string();
+        let message = match &*self.0 {
+            // Ollama's own wording, which its clients recognise.
+            Error::ModelNotFound { requested, .. } => {
+                format!("model \"{requested}\" not found, try pulling it first")
+            }
+            other => other.to_string(),
+        };
         let mut response = self.0.into_response();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         *response.body_mut() = Body::from(json!({"error": message}).to_string());
@@ -44,29 +50,19 @@ impl IntoResponse for OllamaError {
     }
 }
 
-fn not_found(model: &str) -> OllamaError {
-    Error::NotFound {
-        message: format!("model \"{model}\" not found, try pulling it first"),
-        code: "model_not_found",
-    }
-    .into()
-}
-
 fn invalid(message: String) -> OllamaError {
     Error::invalid(message, None).into()
 }
 
-/// The model a request names (`model`, or the older `name`), if it is ours.
-fn requested_model(state: &AppState, body: &Map<String, Value>) -> Result<String, OllamaError> {
-    let name = match body.get("model").or_else(|| body.get("name")) {
-        Some(Value::String(m)) => m.clone(),
-        Some(other) => return Err(invalid(format!("model: expected a string, got {other}"))),
-        None => return Err(invalid("model: required".into())),
-    };
-    if validate::model_matches(&name, &state.settings.model_name) {
-        Ok(name)
-    } else {
-        Err(not_found(&name))
+/// The model a request names (`model`, or the older `name`), as sent.
+fn requested_model(body: &Map<String, Value>) -> Result<String, OllamaError> {
+    match body.get("model").or_else(|| body.get("name")) {
+        Some(Value::String(m)) => Ok(m.clone()),
+        Some(other) => Err(invalid(format!(
+            "model: expected a string, got {}",
+            validate::describe(other)
+        ))),
+        None => Err(invalid("model: required".into())),
     }
 }
 
@@ -126,7 +122,7 @@ pub async fn tags(State(state): State<Shared>) -> Json<Value> {
 pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>, OllamaError> {
     let body = crate::generate::read_body(body, state.settings.max_body_bytes).await?;
     let request = object(&body)?;
-    requested_model(&state, &request)?;
+    state.models.resolve(&requested_model(&request)?)?;
     let window = state.settings.context_window;
     Ok(Json(json!({
         "license": "",
@@ -152,7 +148,7 @@ pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>
 /// the rules the OpenAI routes use (`validate.rs` `sampling`, errors naming `options.…`).
 /// Returns the parameters and the answer's token cap.
 fn parameters(
-    limits: &Limits<'_>,
+    limits: &Limits,
     request: &Map<String, Value>,
     stream: bool,
 ) -> Result<(Map<String, Value>, Option<u64>), Error> {

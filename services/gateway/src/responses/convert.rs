@@ -9,6 +9,8 @@ use crate::validate::{self, describe, invalid, Limits};
 /// A Responses request that passed validation, converted.
 #[derive(Debug)]
 pub struct Request {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     /// The chat parameters for the agent, with `"api": "responses"`.
     pub parameters: Map<String, Value>,
@@ -51,9 +53,9 @@ const CONSUMED: &[&str] = &[
     "metadata",
 ];
 
-pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
+pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     let obj = validate::object_of(body)?;
-    validate::check_model(&obj, limits.model)?;
+    let model = validate::model_of(&obj)?;
     refuse_unsupported(&obj)?;
     let stream = validate::bool_field(&obj, "stream")?;
     let max_output_tokens = validate::int_in(&obj, "max_output_tokens", 1, limits.max_tokens)?;
@@ -133,6 +135,7 @@ pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
             .unwrap_or_else(|| json!({"effort": null, "summary": null})),
     };
     Ok(Request {
+        model,
         messages,
         parameters,
         tools,
@@ -513,8 +516,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "m",
+    const LIMITS: Limits = Limits {
         max_tokens: 100,
         max_content_bytes: 1000,
     };

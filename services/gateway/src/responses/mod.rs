@@ -5,7 +5,6 @@
 //! Stateless: nothing is stored, so `previous_response_id` is refused and `store` is reported
 //! as `false`.
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -17,7 +16,7 @@ use provider_shared::bridge::Usage;
 use serde_json::{json, Value};
 
 use crate::error::Error;
-use crate::generate::{self, drive, Job, Piece, Running};
+use crate::generate::{self, drive, Ask, Job, Piece, Running};
 use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
 use crate::state::Shared;
@@ -34,22 +33,19 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let request = convert::request(&body, &validate::Limits::of(&state.settings))?;
-    let job = Job::chat(
-        request.messages,
-        request.parameters,
-        request.tools.is_some(),
-        request.max_output_tokens,
-        request.stream,
-        "resp_",
-    );
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let ask = Ask {
+        model: request.model,
+        max_tokens: request.max_output_tokens,
+        stream: request.stream,
+    };
+    let job = Job::chat(ask.clone(), request.messages, request.parameters, "resp_");
+    let running = caller.start(&state, job).await?;
     let shell = Shell {
         id: running.id.clone(),
         created_at: running.created,
-        model: state.settings.model_name.clone(),
+        model: ask.model,
         max_output_tokens: request.max_output_tokens,
         echo: request.echo,
     };
