@@ -1,6 +1,6 @@
 //! Serving HTTP/1.1 with hyper's connection builder, for the gateway and mcp-bridge. `axum::serve`
-//! takes hyper's defaults; here the per-connection buffers are chosen (README, "Memory and
-//! buffers"), every connection is tracked so a shutdown lets in-flight requests finish, and each
+//! takes hyper's defaults; here the per-connection buffers are chosen (docs/performance.md,
+//! "Memory and buffers"), every connection is tracked so a shutdown lets in-flight requests finish, and each
 //! accepted socket gets `TCP_NODELAY`.
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -63,7 +63,7 @@ async def agent_http(mode: str = "legacy"):
 @asynccontextmanager
 async def agent_stdio(mode: str = "legacy"):
     """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does, with
-    the token's file named as the README's Cursor entry names it (no copy of the secret)."""
+    the token's file named as the Cursor entry in docs/clients.md names it (no copy of the secret)."""
     params = StdioServerParameters(
         command=env("MB_BIN"),
         args=["--stdio"],

@@ -1,4 +1,4 @@
-//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (README, "Configuration").
+//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (docs/configuration.md).
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -502,7 +502,7 @@ mod tests {
         assert_eq!(s.model_name, "cursor-agent-local");
         assert_eq!(
             s.context_window, 200_000,
-            "what the README's Void override declares"
+            "what the Void override in docs/clients.md declares"
         );
         assert_eq!(s.session_ttl, Duration::from_secs(300));
         assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));

@@ -1,4 +1,4 @@
-//! The gateway: an OpenAI-compatible HTTP front (README, "The HTTP API") for the agent behind bridge-agent.
+//! The gateway: an OpenAI-compatible HTTP front (docs/http-api.md) for the agent behind bridge-agent.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;

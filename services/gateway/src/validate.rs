@@ -1,4 +1,4 @@
-//! Checks a chat request against the rules in the README ("The HTTP API"). Content is never altered or truncated: a
+//! Checks a chat request against the rules in docs/http-api.md ("Validation"). Content is never altered or truncated: a
 //! request either passes as sent or gets a 400 naming the field and what it accepts. Unknown
 //! fields pass through to the agent untouched, as OpenAI-compatible servers accept them.
 //!

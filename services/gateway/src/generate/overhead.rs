@@ -1,7 +1,7 @@
-//! The gateway's own time for one request, `gateway_overhead_seconds` (README, "Metrics"): every
-//! part of the request's path that runs gateway code adds to one meter, and the meter records
-//! the sum when the last part lets go of it, so that time spent after the answer's end (writing
-//! its last events) is in it too. What adds, and where:
+//! The gateway's own time for one request, `gateway_overhead_seconds` (docs/performance.md,
+//! "What `gateway_overhead_seconds` counts"): every part of the request's path that runs gateway
+//! code adds to one meter, and the meter records the sum when the last part lets go of it, so that
+//! time spent after the answer's end (writing its last events) is in it too. What adds, and where:
 //!
 //! - before dispatch (`generate/preamble.rs`): authentication, body, validation, limits, prompt count,
 //!   as wall time, less any wait for a bridge-agent connection;

@@ -1,4 +1,4 @@
-//! `POST /v1/chat/completions`, streamed as strict clients need it (README, "The HTTP API") or whole.
+//! `POST /v1/chat/completions`, streamed as strict clients need it (docs/http-api.md, "Chat") or whole.
 use std::net::SocketAddr;
 
 use axum::body::Body;
