@@ -30,6 +30,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DEFAULT_MAX_TOKENS",
     "AUTH_FAILURE_LIMIT",
     "MODEL_NAME",
+    "MODEL_ALIASES",
     "MAX_TOKENS_LIMIT",
     "CONTEXT_WINDOW",
     "MAX_CONTENT_BYTES",

@@ -13,6 +13,7 @@ mod containers;
 mod mcp_agent;
 mod mcp_tokens;
 mod messages_api;
+mod model_names;
 mod ollama;
 mod ops;
 mod redis_store;

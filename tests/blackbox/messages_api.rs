@@ -17,7 +17,11 @@ async fn anthropic_client_served_by_the_agent() {
     }
     let stack = McpStack::start().await;
     let socket = stack.agent_recipe.socket();
-    let small_budget = GatewayProc::new(&socket).env("RATE_LIMIT_TPM", 100).spawn();
+    // A small token budget, and only its own model name (LOCAL_PROVIDER_MODEL_ALIASES).
+    let small_budget = GatewayProc::new(&socket)
+        .env("RATE_LIMIT_TPM", 100)
+        .env("MODEL_ALIASES", integration_tests::stack::MODEL)
+        .spawn();
     let single = GatewayProc::new(&socket)
         .env("MAX_CONCURRENT_REQUESTS", 1)
         .spawn();

@@ -95,10 +95,15 @@ def test_errors_inside_a_stream_raise(keyed, model):
     assert "scripted failure" in str(err.value)
 
 
-def test_unknown_model_is_a_404(keyed):
+def test_any_model_name_is_served_unless_narrowed(keyed):
+    out = keyed.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
+    assert out.model == "llama3" and out.message.content == "echo: hi"
+    # The small gateway answers only to its own name (LOCAL_PROVIDER_MODEL_ALIASES).
+    small = ollama.Client(host=_env("GW_SMALL_ROOT_URL"), headers={"Authorization": f"Bearer {_env('GW_KEY')}"})
     with pytest.raises(ollama.ResponseError) as err:
-        keyed.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
+        small.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
     assert err.value.status_code == 404
+    assert err.value.error == 'model "llama3" not found, try pulling it first'
 
 
 def test_keyless_generation_is_refused_by_default(keyless, model):

@@ -163,8 +163,11 @@ async def test_error_classes(claude, model):
     assert err.value.body["error"]["type"] == "invalid_request_error"
     assert "tools[0].type" in err.value.message
 
+    # Every model name is served by default; a gateway narrowed to its own name
+    # (LOCAL_PROVIDER_MODEL_ALIASES) refuses others as Anthropic does.
     with pytest.raises(anthropic.NotFoundError) as err:
-        claude.messages.create(model="another-model", max_tokens=8, messages=hi())
+        client_for("GW_SMALL_BUDGET_URL").messages.create(
+            model="another-model", max_tokens=8, messages=hi())
     assert err.value.body["error"]["type"] == "not_found_error"
 
     # A gateway whose token budget is smaller than the answer asked for.

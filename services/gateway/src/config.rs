@@ -32,6 +32,7 @@ pub struct RawConfig {
     pub default_max_tokens: Bounded<1, 1_000_000>,
     pub auth_failure_limit: Bounded<1, 1_000_000>,
     pub model_name: String,
+    pub model_aliases: Option<String>,
     pub max_tokens_limit: Bounded<1, 1_000_000>,
     pub context_window: Bounded<1, 100_000_000>,
     pub max_content_bytes: Bounded<1, 1_073_741_824>,
@@ -81,6 +82,7 @@ impl Default for RawConfig {
             default_max_tokens: Bounded(1024),
             auth_failure_limit: Bounded(10),
             model_name: "cursor-agent-local".into(),
+            model_aliases: None,
             max_tokens_limit: Bounded(8192),
             context_window: Bounded(200_000),
             max_content_bytes: Bounded(100_000),
@@ -153,6 +155,64 @@ impl<'de> Deserialize<'de> for FailurePolicy {
     }
 }
 
+/// The model names the one agent answers to besides `MODEL_NAME` (`LOCAL_PROVIDER_MODEL_ALIASES`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelAliases {
+    /// Every name (the default, and `*`): single-model servers answer whatever name a client
+    /// asks for, and so does this one.
+    Any,
+    /// Only names matching one of these globs (and `MODEL_NAME`).
+    Only(Vec<glob::Pattern>),
+}
+
+/// At most this many globs, each at most this long (a model name is at most 256 bytes too).
+const MAX_ALIASES: usize = 64;
+const MAX_ALIAS_BYTES: usize = 256;
+
+impl ModelAliases {
+    /// Comma-separated globs: `*` any run of characters, `?` one character, `[abc]` / `[a-z]` /
+    /// `[!abc]` one character of (or not of) a set; everything else is literal and
+    /// case-sensitive. Spaces around entries and empty entries are ignored; unset or empty is
+    /// `*`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ConfigError> {
+        let entries: Vec<&str> = raw
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if entries.is_empty() || entries.contains(&"*") {
+            return Ok(ModelAliases::Any);
+        }
+        let syntax = "expected comma-separated model-name globs (`*` any run of characters, `?` one character, `[abc]` one of a set), e.g. `claude-*,gpt-4o`";
+        if entries.len() > MAX_ALIASES {
+            return Err(ConfigError::new(
+                "MODEL_ALIASES",
+                format!(
+                    "{syntax}; at most {MAX_ALIASES} of them, got {}",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut patterns = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.len() > MAX_ALIAS_BYTES
+                || entry.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "MODEL_ALIASES",
+                    format!("{syntax}, each without spaces and at most {MAX_ALIAS_BYTES} bytes; got {entry:?}"),
+                ));
+            }
+            let pattern = glob::Pattern::new(entry).map_err(|err| {
+                ConfigError::new("MODEL_ALIASES", format!("{syntax}; {entry:?}: {err}"))
+            })?;
+            patterns.push(pattern);
+        }
+        Ok(ModelAliases::Only(patterns))
+    }
+}
+
 /// Where the Redis store lives.
 #[derive(Clone)]
 pub struct RedisSettings {
@@ -192,6 +252,8 @@ pub struct Settings {
     pub default_max_tokens: u64,
     pub auth_failure_limit: u64,
     pub model_name: String,
+    /// Which other model names are answered by the one agent (`MODEL_ALIASES`).
+    pub model_aliases: ModelAliases,
     pub max_tokens_limit: u64,
     /// Prompt plus output tokens a request may need; more is a 400 `context_length_exceeded`.
     pub context_window: u64,
@@ -341,6 +403,7 @@ impl Settings {
             default_max_tokens: raw.default_max_tokens.0,
             auth_failure_limit: raw.auth_failure_limit.0,
             model_name: raw.model_name.trim().to_owned(),
+            model_aliases: ModelAliases::parse(raw.model_aliases.as_deref())?,
             max_tokens_limit: raw.max_tokens_limit.0,
             context_window: raw.context_window.0,
             max_content_bytes: raw.max_content_bytes.0 as usize,
@@ -567,6 +630,34 @@ mod tests {
         assert!(err.message.contains("DEFAULT_MAX_TOKENS"), "{err}");
         let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "lots")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
+    }
+
+    #[test]
+    fn model_aliases_are_globs_and_default_to_every_name() {
+        let any = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!(any.model_aliases, ModelAliases::Any);
+        for raw in ["", " ", "*", "claude-*,*", " , "] {
+            assert_eq!(
+                ModelAliases::parse(Some(raw)).unwrap(),
+                ModelAliases::Any,
+                "{raw:?}"
+            );
+        }
+        let ModelAliases::Only(globs) =
+            ModelAliases::parse(Some(" claude-* , gpt-4o,,o[0-9]-mini ")).unwrap()
+        else {
+            panic!("narrowed")
+        };
+        let shown: Vec<&str> = globs.iter().map(glob::Pattern::as_str).collect();
+        assert_eq!(shown, ["claude-*", "gpt-4o", "o[0-9]-mini"]);
+        for bad in ["claude-[", "a b", &"x".repeat(300)] {
+            let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", bad)]).unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_MODEL_ALIASES", "{bad}");
+            assert!(err.message.contains("claude-*,gpt-4o"), "{err}");
+        }
+        let many = vec!["m"; 65].join(",");
+        let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", &many)]).unwrap_err();
+        assert!(err.message.contains("at most 64"), "{err}");
     }
 
     #[test]

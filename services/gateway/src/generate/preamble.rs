@@ -113,7 +113,7 @@ impl Arrival {
         let requests = take_request(state, &client, self.peer).await?;
 
         // What it costs.
-        let (payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
+        let (mut payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
         let output = job
             .ask
             .max_tokens
@@ -128,6 +128,7 @@ impl Arrival {
         let mut account = Accounting {
             state: state.clone(),
             request_id: id.clone(),
+            model: job.ask.model.clone(),
             client,
             session_id: session_id.clone(),
             client_ip: self.peer.ip(),
@@ -145,6 +146,12 @@ impl Arrival {
         state
             .status
             .started(&id, kind, job.ask.stream, self.principal.client(state));
+        // The agent learns which model the client asked for (docs/PROTOCOL.md).
+        match &mut payload {
+            Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. } => {
+                parameters.insert("model".into(), json!(job.ask.model));
+            }
+        }
         let invoke = ModelInvoke {
             id: id.clone(),
             session_id,

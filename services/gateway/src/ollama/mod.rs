@@ -80,8 +80,8 @@ fn created_at() -> String {
     provider_shared::audit::timestamp()
 }
 
-fn digest(state: &AppState) -> String {
-    provider_shared::digest::sha256_hex(state.settings.model_name.as_bytes())
+fn digest(name: &str) -> String {
+    provider_shared::digest::sha256_hex(name.as_bytes())
 }
 
 fn details() -> Value {
@@ -107,16 +107,34 @@ pub async fn version() -> Json<Value> {
     Json(json!({"version": OLLAMA_VERSION}))
 }
 
+/// The listed models (`MODEL_NAME` and the plain names of `MODEL_ALIASES`), as Ollama lists one.
+fn listing(state: &AppState) -> Vec<Map<String, Value>> {
+    state
+        .models
+        .listed()
+        .into_iter()
+        .map(|name| {
+            let mut model = Map::new();
+            model.insert("name".into(), json!(name));
+            model.insert("model".into(), json!(name));
+            model.insert("size".into(), json!(0));
+            model.insert("digest".into(), json!(digest(name)));
+            model.insert("details".into(), details());
+            model
+        })
+        .collect()
+}
+
 pub async fn tags(State(state): State<Shared>) -> Json<Value> {
-    let name = &state.settings.model_name;
-    Json(json!({"models": [{
-        "name": name,
-        "model": name,
-        "modified_at": modified_at(&state),
-        "size": 0,
-        "digest": digest(&state),
-        "details": details(),
-    }]}))
+    let modified = modified_at(&state);
+    let models: Vec<Value> = listing(&state)
+        .into_iter()
+        .map(|mut model| {
+            model.insert("modified_at".into(), json!(modified));
+            Value::Object(model)
+        })
+        .collect();
+    Json(json!({ "models": models }))
 }
 
 pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>, OllamaError> {
