@@ -230,3 +230,4 @@ async def test_fail_request_reaches_the_editor(void, model):
     with pytest.raises(openai.APIStatusError) as err:
         answer_of(pending)
     assert "I cannot answer that here" in str(err.value)
+

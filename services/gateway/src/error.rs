@@ -47,8 +47,6 @@ pub enum Error {
         message: String,
         retry_after: Duration,
         headers: Option<RateHeaders>,
-        /// False when waiting cannot help (a request larger than the whole budget).
-        retryable: bool,
     },
     #[error("{message}")]
     SessionLimit {
@@ -158,13 +156,10 @@ impl Error {
 
     /// Whether a client retrying the same request could succeed.
     fn retryable(&self) -> bool {
-        match self {
-            Error::RateLimited { retryable, .. } => *retryable,
-            _ => !matches!(
-                self.status().as_u16(),
-                400 | 401 | 403 | 404 | 405 | 413 | 422
-            ),
-        }
+        !matches!(
+            self.status().as_u16(),
+            400 | 401 | 403 | 404 | 405 | 413 | 422
+        )
     }
 
     /// The `{"error": {...}}` object, also used for in-stream errors.

@@ -97,6 +97,13 @@ async fn run_service(settings: Settings) -> ExitCode {
         }
     };
     tracing::info!(addr = %local, model = %settings.model_name, answers_to, socket = %settings.bridge_socket.display(), "gateway listening");
+    // Claude Code asks for 32000 output tokens on every request.
+    if let Some(limit) = settings.max_tokens_limit.filter(|l| *l < 32_000) {
+        tracing::warn!(
+            limit,
+            "LOCAL_PROVIDER_MAX_TOKENS_LIMIT refuses requests asking for more output than {limit} tokens; Claude Code asks for 32000 on every request. Leave it unset to accept what fits the context window"
+        );
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(provider_shared::shutdown::on_signal(shutdown.clone()));
     match run(settings, listener, shutdown).await {

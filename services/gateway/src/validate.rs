@@ -11,17 +11,45 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 
+/// What the gateway's settings add to the rules. A message's size is not among them: the
+/// context window bounds it, in tokens, once the prompt is counted (`generate/preamble.rs`).
 pub struct Limits {
-    pub max_tokens: u64,
-    pub max_content_bytes: usize,
+    /// `MAX_TOKENS_LIMIT`, when set: the most output a request may ask for. Unset, any whole
+    /// number of at least 1 passes here and the context window decides.
+    pub max_tokens: Option<u64>,
 }
 
 impl Limits {
     pub fn of(settings: &crate::config::Settings) -> Self {
         Self {
             max_tokens: settings.max_tokens_limit,
-            max_content_bytes: settings.max_content_bytes,
         }
+    }
+}
+
+/// The answer's token cap named `key`, if given: a whole number of at least 1, at most
+/// `MAX_TOKENS_LIMIT` when that is set.
+pub fn token_cap(
+    obj: &Map<String, Value>,
+    key: &str,
+    limits: &Limits,
+) -> Result<Option<u64>, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && limits.max_tokens.is_none_or(|max| n <= max) => Ok(Some(n)),
+            _ => Err(invalid(
+                key,
+                format!("expected {}, got {}", cap_range(limits), describe(v)),
+            )),
+        },
+    }
+}
+
+fn cap_range(limits: &Limits) -> String {
+    match limits.max_tokens {
+        Some(max) => format!("a whole number from 1 to {max} (LOCAL_PROVIDER_MAX_TOKENS_LIMIT)"),
+        None => "a whole number of at least 1".to_owned(),
     }
 }
 
@@ -194,7 +222,7 @@ pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
         }
         None => return Err(invalid("messages", "required".into())),
     };
-    self::messages(&OPENAI, &messages, limits.max_content_bytes)?;
+    self::messages(&OPENAI, &messages)?;
 
     let common = check_common(&obj, limits)?;
     check_no_logprobs(&obj)?;
@@ -345,9 +373,6 @@ pub fn completion(body: &[u8], limits: &Limits) -> Result<CompletionRequest, Err
             ))
         }
     };
-    for (field, text) in [("prompt", Some(&prompt)), ("suffix", suffix.as_ref())] {
-        check_size(field, text.map_or(0, String::len), limits.max_content_bytes)?;
-    }
     let common = check_common(&obj, limits)?;
     if bool_field(&obj, "echo")? {
         return Err(invalid(
@@ -416,20 +441,6 @@ pub fn model_of(obj: &Map<String, Value>) -> Result<String, Error> {
     }
 }
 
-/// Refuses a text larger than one message may carry; never cuts it.
-pub fn check_size(param: &str, size: usize, max: usize) -> Result<(), Error> {
-    if size > max {
-        return Err(Error::InvalidRequest {
-            message: format!(
-                "{param}: {size} bytes is more than the {max} bytes one message may carry"
-            ),
-            param: Some(param.to_owned()),
-            code: Some("content_too_large"),
-        });
-    }
-    Ok(())
-}
-
 /// Sampling parameters, `n`, streaming options and `stop`: the same for chat and completions.
 fn check_common(obj: &Map<String, Value>, limits: &Limits) -> Result<Common, Error> {
     let sampling = sampling(&OPENAI, obj, limits)?;
@@ -470,8 +481,8 @@ fn check_common(obj: &Map<String, Value>, limits: &Limits) -> Result<Common, Err
 }
 
 /// Checks the sampling parameters in `params` (the request for OpenAI, its `options` for
-/// Ollama): the numeric ranges of [`SAMPLING`], the token cap within `MAX_TOKENS_LIMIT`, and
-/// the stop sequences.
+/// Ollama): the numeric ranges of [`SAMPLING`], the token cap (at least 1, within
+/// `MAX_TOKENS_LIMIT` when set), and the stop sequences.
 pub fn sampling(
     dialect: &Dialect,
     params: &Map<String, Value>,
@@ -493,19 +504,19 @@ pub fn sampling(
             },
         }
     }
-    let limit = limits.max_tokens;
     for key in dialect.max_tokens {
         let cap = match params.get(*key) {
             None | Some(Value::Null) => None,
             Some(v) if v.as_i64().is_some_and(|n| dialect.no_cap.contains(&n)) => None,
             Some(v) => match v.as_u64() {
-                Some(n) if (1..=limit).contains(&n) => Some(n),
+                Some(n) if n >= 1 && limits.max_tokens.is_none_or(|max| n <= max) => Some(n),
                 _ => {
                     let no_cap: String = dialect.no_cap.iter().map(|n| format!("{n}, ")).collect();
                     return Err(invalid(
                         &name(key),
                         format!(
-                            "expected {no_cap}a whole number from 1 to {limit}, got {}",
+                            "expected {no_cap}{}, got {}",
+                            cap_range(limits),
                             describe(v)
                         ),
                     ));
@@ -536,22 +547,17 @@ pub fn sampling(
     Ok(out)
 }
 
-/// Checks each message of a chat: an object with a known role, content of the accepted shape
-/// and within `max_content` bytes, a tool result naming its call where the API asks for it, and
-/// tool calls as an array of named functions. The messages are not changed.
-pub fn messages(dialect: &Dialect, messages: &[Value], max_content: usize) -> Result<(), Error> {
+/// Checks each message of a chat: an object with a known role, content of the accepted shape,
+/// a tool result naming its call where the API asks for it, and tool calls as an array of named
+/// functions. The messages are not changed, and their size is the context window's question.
+pub fn messages(dialect: &Dialect, messages: &[Value]) -> Result<(), Error> {
     for (i, message) in messages.iter().enumerate() {
-        check_message(dialect, i, message, max_content)?;
+        check_message(dialect, i, message)?;
     }
     Ok(())
 }
 
-fn check_message(
-    dialect: &Dialect,
-    i: usize,
-    message: &Value,
-    max_content: usize,
-) -> Result<(), Error> {
+fn check_message(dialect: &Dialect, i: usize, message: &Value) -> Result<(), Error> {
     let at = format!("messages[{i}]");
     let Value::Object(m) = message else {
         return Err(invalid(
@@ -574,8 +580,8 @@ fn check_message(
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
     let content_at = format!("{at}.content");
-    let mut size = match m.get("content") {
-        Some(Value::String(s)) => s.len(),
+    match m.get("content") {
+        Some(Value::String(_)) => {}
         Some(Value::Array(parts)) if dialect.content_parts => {
             for (j, part) in parts.iter().enumerate() {
                 if part.get("type").and_then(Value::as_str).is_none() {
@@ -585,15 +591,8 @@ fn check_message(
                     ));
                 }
             }
-            parts
-                .iter()
-                .map(|p| match p.get("text") {
-                    Some(Value::String(t)) => t.len(),
-                    _ => p.to_string().len(),
-                })
-                .sum()
         }
-        None | Some(Value::Null) if dialect.content_optional || role == "assistant" => 0,
+        None | Some(Value::Null) if dialect.content_optional || role == "assistant" => {}
         None | Some(Value::Null) => {
             return Err(invalid(&content_at, "required for this role".into()))
         }
@@ -614,13 +613,12 @@ fn check_message(
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
                 for (j, item) in items.iter().enumerate() {
-                    let Value::String(b64) = item else {
+                    if !item.is_string() {
                         return Err(invalid(
                             &format!("{at}.images[{j}]"),
                             format!("expected a base64 string, got {}", describe(item)),
                         ));
-                    };
-                    size += b64.len();
+                    }
                 }
             }
             Some(v) => {
@@ -631,7 +629,6 @@ fn check_message(
             }
         }
     }
-    check_size(&content_at, size, max_content)?;
     if dialect.tool_call_id
         && role == "tool"
         && !m.get("tool_call_id").is_some_and(Value::is_string)
@@ -666,9 +663,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// With `MAX_TOKENS_LIMIT=8192` set.
     const LIMITS: Limits = Limits {
-        max_tokens: 8192,
-        max_content_bytes: 100,
+        max_tokens: Some(8192),
     };
 
     fn check(body: Value) -> Result<ChatRequest, Error> {
@@ -732,13 +729,6 @@ mod tests {
             "messages[0].role"
         );
         assert_eq!(
-            param_of(with(
-                "messages",
-                json!([{"role": "user", "content": "x".repeat(101)}])
-            )),
-            "messages[0].content"
-        );
-        assert_eq!(
             param_of(with("messages", json!([{"role": "tool", "content": "x"}]))),
             "messages[0].tool_call_id"
         );
@@ -765,10 +755,30 @@ mod tests {
     }
 
     #[test]
-    fn content_at_the_limit_passes_unaltered() {
-        let text = "é".repeat(50);
+    fn a_message_of_any_size_passes_unaltered() {
+        // aider puts whole files in one message; the context window decides, in tokens.
+        let text = "é".repeat(200_000);
         let req = check(with("messages", json!([{"role": "user", "content": text}]))).unwrap();
         assert_eq!(req.messages[0]["content"], json!(text));
+    }
+
+    #[test]
+    fn without_max_tokens_limit_any_token_cap_passes_to_the_context_check() {
+        let open = Limits { max_tokens: None };
+        for n in [1, 32_000, 300_000] {
+            let body = with("max_tokens", json!(n)).to_string();
+            assert_eq!(chat(body.as_bytes(), &open).unwrap().max_tokens, Some(n));
+        }
+        let err = chat(with("max_tokens", json!(0)).to_string().as_bytes(), &open).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens: expected a whole number of at least 1, got 0"
+        );
+        let err = check(with("max_tokens", json!(32_000))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens: expected a whole number from 1 to 8192 (LOCAL_PROVIDER_MAX_TOKENS_LIMIT), got 32000"
+        );
     }
 
     #[test]
@@ -865,17 +875,9 @@ mod tests {
     }
 
     #[test]
-    fn rule_content_size_is_bounded_and_counts_images() {
-        let big = msgs(json!({"role": "user", "content": "x".repeat(101)}));
-        assert_eq!(
-            both(big.clone(), big),
-            pair("messages[0].content", "messages[0].content")
-        );
-        let at_limit = msgs(json!({"role": "user", "content": "x".repeat(100)}));
-        assert_eq!(both(at_limit.clone(), at_limit), pair("", ""));
-        let image =
-            msgs(json!({"role": "user", "content": "x".repeat(60), "images": ["A".repeat(41)]}));
-        assert_eq!(both(json!({}), image).1, "messages[0].content");
+    fn rule_images_are_base64_strings() {
+        let image = msgs(json!({"role": "user", "content": "x", "images": ["A".repeat(400_000)]}));
+        assert_eq!(both(json!({}), image).1, "");
         let bad = msgs(json!({"role": "user", "content": "x", "images": [5]}));
         assert_eq!(both(json!({}), bad).1, "messages[0].images[0]");
     }

@@ -20,7 +20,6 @@ const MAX_TOKENS: u64 = 8192;
 fn settings() -> Settings {
     let vars = [
         ("API_KEY", "k3y-0123456789abcdef0123456789abcdef"),
-        ("MAX_CONTENT_BYTES", "200"),
         ("MAX_TOKENS_LIMIT", "8192"),
     ];
     Settings::resolve(

@@ -55,11 +55,11 @@ pub fn request(
             ));
         }
     }
-    let max_tokens = validate::int_in(obj, "max_tokens", 1, limits.max_tokens)?;
+    let max_tokens = validate::token_cap(obj, "max_tokens", limits)?;
     if purpose == Purpose::Generate && max_tokens.is_none() {
         return Err(invalid(
             "max_tokens",
-            format!("required: a whole number from 1 to {}", limits.max_tokens),
+            "required: the most tokens the answer may take, a whole number".into(),
         ));
     }
     let stream = validate::bool_field(obj, "stream")?;
@@ -70,10 +70,7 @@ pub fn request(
     let mut messages = Vec::new();
     match obj.get("system") {
         None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            validate::check_size("system", s.len(), limits.max_content_bytes)?;
-            messages.push(json!({"role": "system", "content": s}));
-        }
+        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
         Some(Value::Array(blocks)) => {
             let mut text = String::new();
             for (i, block) in blocks.iter().enumerate() {
@@ -87,7 +84,6 @@ pub fn request(
                     }
                 }
             }
-            validate::check_size("system", text.len(), limits.max_content_bytes)?;
             messages.push(json!({"role": "system", "content": text}));
         }
         Some(v) => {
@@ -114,7 +110,7 @@ pub fn request(
         None => return Err(invalid("messages", "required".into())),
     };
     for (i, message) in given.iter().enumerate() {
-        messages.extend(chat_messages(i, message, limits.max_content_bytes)?);
+        messages.extend(chat_messages(i, message)?);
     }
 
     let mut parameters = Map::new();
@@ -221,7 +217,7 @@ fn chat_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), Error> {
 /// One Anthropic message as chat messages: a user turn's `tool_result` blocks become `tool`
 /// messages (before the rest of the turn, as chat orders them); an assistant turn's `tool_use`
 /// blocks become its `tool_calls` and its `thinking` its `reasoning_content`.
-fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Value>, Error> {
+fn chat_messages(i: usize, message: &Value) -> Result<Vec<Value>, Error> {
     let at = format!("messages[{i}]");
     let role = match message.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "assistant")) => r,
@@ -235,10 +231,7 @@ fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Va
     };
     let content_at = format!("{at}.content");
     let blocks = match message.get("content") {
-        Some(Value::String(s)) => {
-            validate::check_size(&content_at, s.len(), max_content)?;
-            return Ok(vec![json!({"role": role, "content": s})]);
-        }
+        Some(Value::String(s)) => return Ok(vec![json!({"role": role, "content": s})]),
         Some(Value::Array(blocks)) => blocks,
         Some(v) => {
             return Err(invalid(
@@ -256,26 +249,22 @@ fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Va
     let mut text = String::new();
     let mut thinking = String::new();
     let mut calls = Vec::new();
-    let mut size = 0;
     for (j, block) in blocks.iter().enumerate() {
         let block_at = format!("{content_at}[{j}]");
         let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
         match (role, kind) {
             (_, "text") => {
                 let t = string_of(&block_at, block, "text")?;
-                size += t.len();
                 text.push_str(t);
                 parts.push(json!({"type": "text", "text": t}));
             }
             ("user", "image" | "document") => {
                 let part = media_part(&block_at, block)?;
-                size += part.to_string().len();
                 parts.push(part);
             }
             ("user", "tool_result") => {
                 let id = string_of(&block_at, block, "tool_use_id")?;
                 let content = tool_result_content(&block_at, block)?;
-                size += content.to_string().len();
                 let mut tool = json!({"role": "tool", "tool_call_id": id, "content": content});
                 if block.get("is_error") == Some(&Value::Bool(true)) {
                     tool["is_error"] = json!(true);
@@ -307,7 +296,6 @@ fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Va
             }
         }
     }
-    validate::check_size(&content_at, size, max_content)?;
     if role == "user" {
         if !parts.is_empty() {
             out.push(json!({"role": "user", "content": parts}));
@@ -422,8 +410,7 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits {
-        max_tokens: 100,
-        max_content_bytes: 1000,
+        max_tokens: Some(100),
     };
 
     fn parse(body: Value, purpose: Purpose) -> Result<Request, Error> {

@@ -119,7 +119,7 @@ impl Arrival {
             .max_tokens
             .unwrap_or(state.settings.default_max_tokens);
         check_context(&state.settings, &payload, prompt_tokens, output)?;
-        let reserved = prompt_tokens + output;
+        let reserved = reservation(prompt_tokens, output, state.settings.tpm);
         let tokens = reserve_tokens(state, &client, self.peer, reserved, &requests).await?;
         let rate = headers_of(state, &requests, &tokens);
 
@@ -225,6 +225,16 @@ pub fn check_context(
     })
 }
 
+/// What a request reserves from its client's token bucket: its prompt and the output it asks
+/// for, at most the whole bucket. A request larger than the bucket (a long conversation asking
+/// Claude Code's 32000 output tokens, or a `RATE_LIMIT_TPM` below the context window) waits
+/// for a full bucket rather than being refused: only the context window refuses a request for
+/// its size. What it uses beyond the reservation is charged when it ends (`account.rs`), so the
+/// client's next requests wait that much longer.
+pub fn reservation(prompt_tokens: u64, output: u64, tpm: u64) -> u64 {
+    prompt_tokens.saturating_add(output).min(tpm)
+}
+
 /// Takes one request from the client's request-rate bucket, or explains the 429.
 async fn take_request(state: &AppState, client: &str, peer: SocketAddr) -> Result<Take, Error> {
     let requests = state
@@ -256,7 +266,6 @@ async fn take_request(state: &AppState, client: &str, peer: SocketAddr) -> Resul
         ),
         retry_after: requests.retry_after,
         headers: Some(headers_of(state, &requests, &tokens)),
-        retryable: true,
     })
 }
 
@@ -270,21 +279,6 @@ async fn reserve_tokens(
     requests: &Take,
 ) -> Result<Take, Error> {
     let (rpm_key, tpm_key) = (format!("rpm:{client}"), format!("tpm:{client}"));
-    if reserved > state.settings.tpm {
-        state.store.adjust(&rpm_key, state.rpm_spec(), 1).await?;
-        metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
-        audit_limit(state, peer, "tokens", reserved, state.settings.tpm);
-        return Err(Error::RateLimited {
-            kind: "tokens",
-            message: format!(
-                "this request needs {reserved} tokens (prompt plus max_tokens), more than the {} tokens per minute allowed; lower max_tokens or shorten the prompt",
-                state.settings.tpm
-            ),
-            retry_after: Duration::from_secs(60),
-            headers: None,
-            retryable: false,
-        });
-    }
     let tokens = state
         .store
         .take(&tpm_key, state.tpm_spec(), reserved)
@@ -305,7 +299,6 @@ async fn reserve_tokens(
         ),
         retry_after: tokens.retry_after,
         headers: Some(headers_of(state, requests, &tokens)),
-        retryable: true,
     })
 }
 
@@ -379,6 +372,15 @@ mod tests {
         assert!(err
             .to_string()
             .contains("your prompt resulted in 2200 tokens"));
+    }
+
+    #[test]
+    fn a_reservation_is_at_most_the_whole_bucket() {
+        // Claude Code: an 11k prompt asking 32000 out of the default 100000 a minute.
+        assert_eq!(reservation(11_000, 32_000, 100_000), 43_000);
+        // A conversation near the window is never refused for the budget: it takes it all.
+        assert_eq!(reservation(150_000, 32_000, 100_000), 100_000);
+        assert_eq!(reservation(u64::MAX, 1, 100_000), 100_000);
     }
 
     #[tokio::test]

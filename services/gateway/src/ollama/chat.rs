@@ -115,7 +115,7 @@ pub(crate) fn job(
             ))
         }
     };
-    validate::messages(&validate::OLLAMA, given, limits.max_content_bytes)?;
+    validate::messages(&validate::OLLAMA, given)?;
     let (mut params, max_tokens) = parameters(limits, request, stream)?;
     if let Some(tools) = validate::tools(request)? {
         params.insert("tools".into(), tools);

@@ -18,7 +18,7 @@ use super::{
 use crate::generate::{self, Ask, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
-use crate::validate::{check_size, Limits};
+use crate::validate::Limits;
 
 fn text_field(request: &Map<String, Value>, key: &str) -> Result<Option<String>, OllamaError> {
     match request.get(key) {
@@ -50,17 +50,6 @@ pub async fn generate(
             "done": true, "done_reason": "load"}),
         )
         .into_response());
-    }
-    for (field, text) in [
-        ("prompt", Some(&prompt)),
-        ("suffix", suffix.as_ref()),
-        ("system", system.as_ref()),
-    ] {
-        check_size(
-            field,
-            text.map_or(0, String::len),
-            state.settings.max_content_bytes,
-        )?;
     }
     let (params, max_tokens) = parameters(&Limits::of(&state.settings), &request, stream)?;
     let ask = Ask {

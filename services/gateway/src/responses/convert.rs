@@ -58,7 +58,7 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     let model = validate::model_of(&obj)?;
     refuse_unsupported(&obj)?;
     let stream = validate::bool_field(&obj, "stream")?;
-    let max_output_tokens = validate::int_in(&obj, "max_output_tokens", 1, limits.max_tokens)?;
+    let max_output_tokens = validate::token_cap(&obj, "max_output_tokens", limits)?;
     validate::number_in(&obj, "temperature", 0.0, 2.0)?;
     validate::number_in(&obj, "top_p", 0.0, 1.0)?;
     let instructions = match obj.get("instructions") {
@@ -71,9 +71,6 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
             ))
         }
     };
-    if let Some(text) = &instructions {
-        validate::check_size("instructions", text.len(), limits.max_content_bytes)?;
-    }
     let input = obj
         .get("input")
         .ok_or_else(|| invalid("input", "required: a string or an array of items".into()))?;
@@ -81,7 +78,7 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     if let Some(text) = &instructions {
         messages.push(json!({"role": "system", "content": text}));
     }
-    messages.extend(input_messages(input, limits.max_content_bytes)?);
+    messages.extend(input_messages(input)?);
 
     let mut parameters = Map::new();
     parameters.insert("api".into(), json!("responses"));
@@ -285,12 +282,9 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, Error> {
 }
 
 /// `input` (a string or items) as chat messages.
-fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error> {
+fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
     let items = match input {
-        Value::String(text) => {
-            validate::check_size("input", text.len(), max_content)?;
-            return Ok(vec![json!({"role": "user", "content": text})]);
-        }
+        Value::String(text) => return Ok(vec![json!({"role": "user", "content": text})]),
         Value::Array(items) if !items.is_empty() => items,
         Value::Array(_) => return Err(invalid("input", "must hold at least one item".into())),
         other => {
@@ -321,7 +315,7 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
         };
         match kind {
             "message" => {
-                let mut message = message_item(&at, item, max_content)?;
+                let mut message = message_item(&at, item)?;
                 if message["role"] == "assistant" && !reasoning.is_empty() {
                     message["reasoning_content"] = json!(std::mem::take(&mut reasoning));
                 }
@@ -371,7 +365,6 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
                     }
                     None => return Err(invalid(&format!("{at}.output"), "required".into())),
                 };
-                validate::check_size(&format!("{at}.output"), output.len(), max_content)?;
                 out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
             }
             "reasoning" => {
@@ -420,7 +413,7 @@ fn parts_text(parts: &[Value]) -> String {
 }
 
 /// A `message` item as a chat message: text parts as `text`, images as `image_url`.
-fn message_item(at: &str, item: &Map<String, Value>, max_content: usize) -> Result<Value, Error> {
+fn message_item(at: &str, item: &Map<String, Value>) -> Result<Value, Error> {
     let role = match item.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "system" | "developer" | "assistant")) => r,
         Some(other) => {
@@ -433,23 +426,12 @@ fn message_item(at: &str, item: &Map<String, Value>, max_content: usize) -> Resu
     };
     let content_at = format!("{at}.content");
     let content = match item.get("content") {
-        Some(Value::String(s)) => {
-            validate::check_size(&content_at, s.len(), max_content)?;
-            Value::String(s.clone())
-        }
+        Some(Value::String(s)) => Value::String(s.clone()),
         Some(Value::Array(parts)) => {
             let mut shaped = Vec::with_capacity(parts.len());
-            let mut size = 0;
             for (j, part) in parts.iter().enumerate() {
-                let part_at = format!("{content_at}[{j}]");
-                let chat_part = content_part(&part_at, part)?;
-                size += match chat_part.get("text") {
-                    Some(Value::String(t)) => t.len(),
-                    _ => chat_part.to_string().len(),
-                };
-                shaped.push(chat_part);
+                shaped.push(content_part(&format!("{content_at}[{j}]"), part)?);
             }
-            validate::check_size(&content_at, size, max_content)?;
             if role == "assistant" {
                 // Assistant history is text in chat.
                 Value::String(parts_text(&shaped))
@@ -517,8 +499,7 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits {
-        max_tokens: 100,
-        max_content_bytes: 1000,
+        max_tokens: Some(100),
     };
 
     fn parse(body: Value) -> Result<Request, Error> {
