@@ -10,6 +10,7 @@ mod chat;
 mod clients;
 mod compose;
 mod containers;
+mod first_contact;
 mod limits;
 mod mcp_agent;
 mod mcp_tokens;

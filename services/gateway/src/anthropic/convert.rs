@@ -68,30 +68,8 @@ pub fn request(
     validate::int_in(obj, "top_k", 0, u64::MAX)?;
 
     let mut messages = Vec::new();
-    match obj.get("system") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
-        Some(Value::Array(blocks)) => {
-            let mut text = String::new();
-            for (i, block) in blocks.iter().enumerate() {
-                match (block.get("type").and_then(Value::as_str), block.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                    _ => {
-                        return Err(invalid(
-                            &format!("system[{i}]"),
-                            "expected a text block {\"type\": \"text\", \"text\": …}".into(),
-                        ))
-                    }
-                }
-            }
-            messages.push(json!({"role": "system", "content": text}));
-        }
-        Some(v) => {
-            return Err(invalid(
-                "system",
-                format!("expected a string or text blocks, got {}", describe(v)),
-            ))
-        }
+    if let Some(system) = obj.get("system").filter(|v| !v.is_null()) {
+        messages.push(json!({"role": "system", "content": system_text("system", system)?}));
     }
     let given = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -214,22 +192,58 @@ fn chat_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), Error> {
     Ok((chat, parallel))
 }
 
+/// A system prompt's text: a string, or text blocks joined (their `cache_control` and other
+/// hints mean nothing here: every request is sent whole).
+fn system_text(at: &str, system: &Value) -> Result<String, Error> {
+    match system {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            for (i, block) in blocks.iter().enumerate() {
+                match (block.get("type").and_then(Value::as_str), block.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    _ => {
+                        return Err(invalid(
+                            &format!("{at}[{i}]"),
+                            "expected a text block {\"type\": \"text\", \"text\": …}".into(),
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        v => Err(invalid(
+            at,
+            format!("expected a string or text blocks, got {}", describe(v)),
+        )),
+    }
+}
+
 /// One Anthropic message as chat messages: a user turn's `tool_result` blocks become `tool`
 /// messages (before the rest of the turn, as chat orders them); an assistant turn's `tool_use`
-/// blocks become its `tool_calls` and its `thinking` its `reasoning_content`.
+/// blocks become its `tool_calls` and its `thinking` its `reasoning_content`. A `system`
+/// message (Claude Code sends its environment so for a model it does not know) stays a system
+/// message, in place.
 fn chat_messages(i: usize, message: &Value) -> Result<Vec<Value>, Error> {
     let at = format!("messages[{i}]");
+    let content_at = format!("{at}.content");
     let role = match message.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "assistant")) => r,
+        Some("system") => {
+            let Some(content) = message.get("content") else {
+                return Err(invalid(&content_at, "required".into()));
+            };
+            let text = system_text(&content_at, content)?;
+            return Ok(vec![json!({"role": "system", "content": text})]);
+        }
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected user or assistant, got {other:?}"),
+                format!("expected user, assistant or system, got {other:?}"),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
-    let content_at = format!("{at}.content");
     let blocks = match message.get("content") {
         Some(Value::String(s)) => return Ok(vec![json!({"role": role, "content": s})]),
         Some(Value::Array(blocks)) => blocks,
@@ -500,6 +514,52 @@ mod tests {
             Purpose::CountTokens,
         );
         assert!(count.is_ok(), "count_tokens takes no max_tokens");
+    }
+
+    #[test]
+    fn system_messages_anywhere_stay_in_place_and_hints_are_accepted() {
+        // Claude Code 2.1 for a model it does not know: its environment as a system message.
+        let r = parse(
+            json!({"model": "m", "max_tokens": 32, "system": [
+                {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "thinking": {"type": "adaptive"}, "context_management": {"edits": []},
+            "output_config": {"effort": "high"}, "metadata": {"user_id": "u"},
+            "tools": [{"name": "Bash", "input_schema": {"type": "object"},
+                       "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "system", "content": "<env>Working directory: /w</env>"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "user", "content": "go"}
+            ]}),
+            Purpose::Generate,
+        )
+        .unwrap();
+        let roles: Vec<&str> = r
+            .messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "system", "assistant", "system", "user"]
+        );
+        assert_eq!(r.messages[2]["content"], "<env>Working directory: /w</env>");
+        assert_eq!(r.messages[4]["content"], "ab");
+        assert_eq!(
+            r.messages[1]["content"],
+            json!([{"type": "text", "text": "hi"}])
+        );
+        assert_eq!(r.parameters["thinking"], json!({"type": "adaptive"}));
+        assert!(r.parameters["tools"][0]["function"]
+            .get("cache_control")
+            .is_none());
+        assert_eq!(
+            param_of(json!({"model": "m", "max_tokens": 5, "messages": [
+                {"role": "system", "content": [{"type": "image"}]}]})),
+            "messages[0].content[0]"
+        );
     }
 
     #[test]

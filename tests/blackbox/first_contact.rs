@@ -1,0 +1,202 @@
+//! The coding CLIs' requests as they send them, against the real gateway and bridge-agent with
+//! the scripted peer: Claude Code 2.1's Messages request (its own model names, 32000 output
+//! tokens, a system message inside `messages`, `cache_control`, betas and hints) and Codex CLI
+//! 0.16x's Responses request (a `namespace` tool and the hosted `web_search`), each accepted
+//! and reaching the agent as intended, its tool calls coming back as the client expects.
+use integration_tests::stack::{http, Sse, Stack, KEY};
+use provider_shared::bridge::Payload;
+use serde_json::{json, Map, Value};
+
+/// The last request the agent received: its messages and parameters.
+fn last_asked(stack: &Stack) -> (Vec<Value>, Map<String, Value>) {
+    match stack
+        .peer
+        .invokes()
+        .pop()
+        .expect("a request reached the agent")
+        .payload
+    {
+        Payload::Chat {
+            messages,
+            parameters,
+        } => (messages, parameters),
+        Payload::Completion { .. } => panic!("not a chat"),
+    }
+}
+
+/// `(event name, data)` of each SSE event.
+fn events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = String::new();
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(d.trim()).ok();
+                }
+            }
+            data.map(|d| (name, d))
+        })
+        .collect()
+}
+
+fn claude_tools() -> Value {
+    let schema = |props: Value, required: Value| {
+        json!({"type": "object", "properties": props, "required": required,
+               "additionalProperties": false, "$schema": "http://json-schema.org/draft-07/schema#"})
+    };
+    json!([
+        {"name": "Bash", "description": "Executes a given bash command in a persistent shell session.",
+         "input_schema": schema(json!({"command": {"type": "string"}, "timeout": {"type": "number"},
+                                       "description": {"type": "string"}}), json!(["command"]))},
+        {"name": "Read", "description": "Reads a file from the local filesystem.",
+         "input_schema": schema(json!({"file_path": {"type": "string"}}), json!(["file_path"]))},
+        {"name": "Write", "description": "Writes a file to the local filesystem.",
+         "input_schema": schema(json!({"file_path": {"type": "string"}, "content": {"type": "string"}}),
+                                json!(["file_path", "content"]))},
+        {"name": "Edit", "description": "Performs exact string replacements in files.",
+         "input_schema": schema(json!({"file_path": {"type": "string"}, "old_string": {"type": "string"},
+                                       "new_string": {"type": "string"}}),
+                                json!(["file_path", "old_string", "new_string"])),
+         "cache_control": {"type": "ephemeral"}}
+    ])
+}
+
+/// Claude Code 2.1's first request for a model it does not know (the name is its default).
+fn claude_code_request(model: &str, ask: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use the following context:\n# claudeMd\nNo CLAUDE.md here.\n</system-reminder>\n"},
+                {"type": "text", "text": ask, "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "system", "content": "<env>\nWorking directory: /home/dev/project\nIs directory a git repo: No\nPlatform: linux\nToday's date: 2026-01-15\n</env>"}
+        ],
+        "system": [
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+             "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+            {"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.",
+             "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        ],
+        "tools": claude_tools(),
+        "metadata": {"user_id": "user_0123abcd_account__session_4567"},
+        "max_tokens": 32000,
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+        "stream": true
+    })
+}
+
+async fn claude_code_post(stack: &Stack, body: &Value) -> reqwest::Response {
+    http()
+        .post(stack.gateway.url("/v1/messages?beta=true"))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,context-management-2025-06-27,effort-2025-11-24",
+        )
+        .header("anthropic-dangerous-direct-browser-access", "true")
+        .header("x-app", "cli")
+        .header("user-agent", "claude-cli/2.1.12 (external, cli)")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
+    let stack = Stack::start().await;
+    let body = claude_code_request(
+        "claude-sonnet-4-5-20250929",
+        "[[tool:Write]] write hello.py that prints hello",
+    );
+    let resp = claude_code_post(&stack, &body).await;
+    assert_eq!(resp.status(), 200);
+    let first = events(&resp.text().await.unwrap());
+    assert_eq!(first[0].0, "message_start");
+    assert_eq!(first[0].1["message"]["model"], "claude-sonnet-4-5-20250929");
+    let tool_use = first
+        .iter()
+        .find(|(name, data)| {
+            name == "content_block_start" && data["content_block"]["type"] == "tool_use"
+        })
+        .expect("a tool_use block");
+    assert_eq!(tool_use.1["content_block"]["name"], "Write");
+    let stop = first
+        .iter()
+        .find(|(name, _)| name == "message_delta")
+        .unwrap();
+    assert_eq!(stop.1["delta"]["stop_reason"], "tool_use");
+
+    // What the agent got: the system prompt, the user turn, the environment as a system message
+    // in place; the four tools as chat function tools; the model asked for and the output cap.
+    let (messages, parameters) = last_asked(&stack);
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "system"]);
+    assert!(messages[2]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("<env>"));
+    assert_eq!(parameters["model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(parameters["max_tokens"], 32000);
+    assert_eq!(parameters["api"], "messages");
+    assert_eq!(parameters["thinking"], json!({"type": "adaptive"}));
+    let names: Vec<&str> = parameters["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Bash", "Read", "Write", "Edit"]);
+    assert!(!serde_json::to_string(&messages)
+        .unwrap()
+        .contains("cache_control"));
+
+    // The next turn: the tool's result, and Claude Code's quick background call on its small
+    // model, both served by the same agent.
+    let mut next = body.clone();
+    let messages = next["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "I will write it.", "signature": ""},
+        {"type": "tool_use", "id": "call_1", "name": "Write",
+         "input": {"file_path": "hello.py", "content": "print('hello')\n"}}]}));
+    messages.push(json!({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "File created successfully at: hello.py",
+         "cache_control": {"type": "ephemeral"}}]}));
+    let resp = claude_code_post(&stack, &next).await;
+    assert_eq!(resp.status(), 200);
+    let (messages, _) = last_asked(&stack);
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "system", "assistant", "tool"]);
+
+    let haiku = json!({"model": "claude-haiku-4-5-20251001", "max_tokens": 512,
+        "system": [{"type": "text", "text": "Summarize this coding conversation in under 50 characters."}],
+        "messages": [{"role": "user", "content": "write hello.py"}],
+        "metadata": {"user_id": "user_0123abcd_account__session_4567"}, "stream": true});
+    let resp = claude_code_post(&stack, &haiku).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let deltas: String = events(&text)
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(deltas, "echo: write hello.py");
+    assert_eq!(last_asked(&stack).1["model"], "claude-haiku-4-5-20251001");
+    // `Sse` reads the same body as OpenAI-style data lines: none of them is an error.
+    assert!(Sse::parse(&text)
+        .json()
+        .iter()
+        .all(|e| e["type"] != "error"));
+}
