@@ -174,6 +174,8 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
          "cache_control": {"type": "ephemeral"}}]}));
     let resp = claude_code_post(&stack, &next).await;
     assert_eq!(resp.status(), 200);
+    // The answer ends after the agent was asked.
+    assert!(resp.text().await.unwrap().contains("message_stop"));
     let (messages, _) = last_asked(&stack);
     let roles: Vec<&str> = messages
         .iter()
@@ -199,4 +201,163 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
         .json()
         .iter()
         .all(|e| e["type"] != "error"));
+}
+
+/// Codex CLI 0.16x's request: instructions, developer and user items, its function tools, a
+/// `namespace` tool, the hosted `web_search`, `store: false`, encrypted reasoning asked for.
+fn codex_request(input: Vec<Value>) -> Value {
+    let object = |props: Value, required: Value| json!({"type": "object", "properties": props, "required": required, "additionalProperties": false});
+    json!({
+        "model": "gpt-5-codex",
+        "instructions": "You are Codex, based on GPT-5. You are running as a coding agent in the Codex CLI on a user's computer.",
+        "input": input,
+        "tools": [
+            {"type": "function", "name": "exec_command", "description": "Runs a command in a PTY, returning output or a session ID for ongoing interaction.",
+             "strict": false, "parameters": object(json!({"cmd": {"type": "string"}, "workdir": {"type": "string"},
+                                                          "yield_time_ms": {"type": "number"}}), json!(["cmd"]))},
+            {"type": "function", "name": "write_stdin", "description": "Writes characters to an existing unified exec session.",
+             "strict": false, "parameters": object(json!({"session_id": {"type": "number"}, "chars": {"type": "string"}}),
+                                                   json!(["session_id"]))},
+            {"type": "function", "name": "update_plan", "description": "Updates the task plan.",
+             "strict": false, "parameters": object(json!({"plan": {"type": "array", "items": {"type": "object"}}}), json!(["plan"]))},
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Tools to spawn and wait for sub-agents.",
+             "tools": [
+                {"type": "function", "name": "spawn_agent", "description": "Spawns a sub-agent.", "strict": false,
+                 "parameters": object(json!({"message": {"type": "string"}}), json!(["message"]))},
+                {"type": "function", "name": "wait_agent", "description": "Waits for a sub-agent.", "strict": false,
+                 "parameters": object(json!({"id": {"type": "string"}}), json!(["id"]))}]},
+            {"type": "web_search", "external_web_access": true}
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": false,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": false,
+        "stream": true,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "019a0b9c-4d5e-7f60-8a1b-2c3d4e5f6a7b"
+    })
+}
+
+fn codex_turn(text: &str) -> Vec<Value> {
+    vec![
+        json!({"type": "message", "role": "developer", "content": [
+            {"type": "input_text", "text": "<permissions instructions>\nFilesystem sandboxing: workspace-write.\n</permissions instructions>"}]}),
+        json!({"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "<environment_context>\n  <cwd>/home/dev/project</cwd>\n  <shell>bash</shell>\n</environment_context>"}]}),
+        json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}),
+    ]
+}
+
+async fn codex_post(stack: &Stack, body: &Value) -> Vec<(String, Value)> {
+    let resp = http()
+        .post(stack.gateway.url("/v1/responses"))
+        .bearer_auth(KEY)
+        .header("originator", "codex_cli_rs")
+        .header("version", "0.162.0")
+        .header("session_id", "019a0b9c-4d5e-7f60-8a1b-2c3d4e5f6a7b")
+        .header("accept", "text/event-stream")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    events(&resp.text().await.unwrap())
+}
+
+/// The function_call items of a finished Responses stream.
+fn calls_of(events: &[(String, Value)]) -> Vec<Value> {
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.completed", "{last}");
+    last["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn codex_as_it_sends_is_served_and_namespaced_calls_come_back_as_it_routes_them() {
+    let stack = Stack::start().await;
+    let events = codex_post(
+        &stack,
+        &codex_request(codex_turn(
+            "[[tool:multi_agent_v1__spawn_agent]] delegate the tests",
+        )),
+    )
+    .await;
+    // The namespaced call: its own name and its namespace, in the streamed items as well.
+    let calls = calls_of(&events);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["name"], "spawn_agent");
+    assert_eq!(calls[0]["namespace"], "multi_agent_v1");
+    let added = events
+        .iter()
+        .find(|(n, _)| n == "response.output_item.added")
+        .unwrap();
+    assert_eq!(added.1["item"]["namespace"], "multi_agent_v1");
+    let args_done = events
+        .iter()
+        .find(|(n, _)| n == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(args_done.1["name"], "spawn_agent");
+
+    // What the agent got: every function, the namespace's under `<namespace>__<name>`, and web
+    // search to run itself.
+    let (messages, parameters) = last_asked(&stack);
+    let names: Vec<&str> = parameters["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "write_stdin",
+            "update_plan",
+            "multi_agent_v1__spawn_agent",
+            "multi_agent_v1__wait_agent"
+        ]
+    );
+    assert_eq!(
+        parameters["hosted_tools"],
+        json!([{"type": "web_search", "external_web_access": true}])
+    );
+    assert_eq!(parameters["model"], "gpt-5-codex");
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "developer", "user", "user"]);
+
+    // The next turn sends the call back with its namespace: the agent sees its own name again.
+    // A plain function's call comes back plain.
+    let mut input = codex_turn("delegate the tests");
+    input.push(json!({"type": "reasoning", "summary": [], "encrypted_content": null}));
+    input.push(
+        json!({"type": "function_call", "call_id": calls[0]["call_id"], "name": "spawn_agent",
+        "namespace": "multi_agent_v1", "arguments": calls[0]["arguments"]}),
+    );
+    input.push(
+        json!({"type": "function_call_output", "call_id": calls[0]["call_id"],
+        "output": "agent 7 started"}),
+    );
+    input.push(json!({"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "[[tool:exec_command]] now run them"}]}));
+    let events = codex_post(&stack, &codex_request(input)).await;
+    let calls = calls_of(&events);
+    assert_eq!(calls[0]["name"], "exec_command");
+    assert!(calls[0].get("namespace").is_none(), "{}", calls[0]);
+    let (messages, _) = last_asked(&stack);
+    let call = messages
+        .iter()
+        .find(|m| m.get("tool_calls").is_some())
+        .unwrap();
+    assert_eq!(
+        call["tool_calls"][0]["function"]["name"],
+        "multi_agent_v1__spawn_agent"
+    );
 }

@@ -158,7 +158,7 @@ async def test_error_classes(claude, model):
 
     with pytest.raises(anthropic.BadRequestError) as err:
         claude.messages.create(model=model, max_tokens=8, messages=hi(),
-                               tools=[{"type": "web_search_20250305", "name": "web_search"}])
+                               tools=[{"type": "code_execution_20250522", "name": "code_execution"}])
     assert err.value.body["type"] == "error"
     assert err.value.body["error"]["type"] == "invalid_request_error"
     assert "tools[0].type" in err.value.message

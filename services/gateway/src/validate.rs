@@ -314,22 +314,22 @@ pub struct CompletionRequest {
     pub parameters: Map<String, Value>,
 }
 
-/// `tools` of another API in chat's shape, each converted by `chat_tool` (given its index): `None`
-/// when absent, null or empty; a 400 naming `tools` when it is not an array.
+/// `tools` of another API in chat's shape, each converted by `chat_tool` (given its index; `None`
+/// leaves it out of the chat tools): `None` when absent, null or nothing is left; a 400 naming
+/// `tools` when it is not an array.
 pub fn tools_as_chat(
     obj: &Map<String, Value>,
-    chat_tool: impl Fn(usize, &Value) -> Result<Value, Error>,
+    mut chat_tool: impl FnMut(usize, &Value) -> Result<Option<Value>, Error>,
 ) -> Result<Option<Value>, Error> {
     match obj.get("tools") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) if items.is_empty() => Ok(None),
-        Some(Value::Array(items)) => Ok(Some(Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| chat_tool(i, t))
-                .collect::<Result<_, _>>()?,
-        ))),
+        Some(Value::Array(items)) => {
+            let mut chat = Vec::with_capacity(items.len());
+            for (i, tool) in items.iter().enumerate() {
+                chat.extend(chat_tool(i, tool)?);
+            }
+            Ok((!chat.is_empty()).then_some(Value::Array(chat)))
+        }
         Some(v) => Err(invalid(
             "tools",
             format!("expected an array, got {}", describe(v)),

@@ -114,9 +114,13 @@ pub fn request(
             ))
         }
     }
-    let tools = validate::tools_as_chat(obj, chat_tool)?;
+    let (tools, hosted) = tools_of(obj)?;
     if let Some(tools) = &tools {
         parameters.insert("tools".into(), tools.clone());
+    }
+    if !hosted.is_empty() {
+        // Tools the agent runs on its own side (docs/PROTOCOL.md): never its tool calls.
+        parameters.insert("hosted_tools".into(), Value::Array(hosted));
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
         let (choice, parallel) = chat_tool_choice(choice)?;
@@ -135,6 +139,21 @@ pub fn request(
     })
 }
 
+/// `tools`: custom tools as chat function tools, and the server tools the agent can run on its
+/// own side (web search: Claude Code's WebSearch asks for it) as sent.
+fn tools_of(obj: &Map<String, Value>) -> Result<(Option<Value>, Vec<Value>), Error> {
+    let mut hosted = Vec::new();
+    let chat = validate::tools_as_chat(obj, |i, tool| {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("custom");
+        if kind.starts_with("web_search_") {
+            hosted.push(tool.clone());
+            return Ok(None);
+        }
+        chat_tool(i, tool).map(Some)
+    })?;
+    Ok((chat, hosted))
+}
+
 /// A custom tool (`name`, `description`, `input_schema`) as a chat function tool.
 fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
     let at = format!("tools[{i}]");
@@ -143,7 +162,7 @@ fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.type"),
-                format!("only custom tools (name, description, input_schema) are supported here, got {other:?} (the agent runs no server tools)"),
+                format!("only custom tools (name, description, input_schema) and web search are supported here, got {other:?}: the agent cannot run it, and nothing here runs it for the agent"),
             ))
         }
     }
@@ -495,10 +514,21 @@ mod tests {
         assert_eq!(
             param_of(base(
                 "tools",
-                json!([{"type": "web_search_20250305", "name": "web_search"}])
+                json!([{"type": "code_execution_20250522", "name": "code_execution"}])
             )),
             "tools[0].type"
         );
+        // Web search the agent runs itself: passed on as sent, not as a tool it calls back.
+        let searching = parse(
+            base(
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]),
+            ),
+            Purpose::Generate,
+        )
+        .unwrap();
+        assert_eq!(searching.parameters["hosted_tools"][0]["max_uses"], 5);
+        assert!(searching.parameters.get("tools").is_none());
         assert_eq!(param_of(base("max_tokens", Value::Null)), "max_tokens");
         assert_eq!(param_of(base("temperature", json!(1.5))), "temperature");
         assert_eq!(param_of(base("mcp_servers", json!([{}]))), "mcp_servers");

@@ -14,8 +14,8 @@ pub struct Request {
     pub messages: Vec<Value>,
     /// The chat parameters for the agent, with `"api": "responses"`.
     pub parameters: Map<String, Value>,
-    /// Chat-shaped tools, for counting the prompt.
-    pub tools: Option<Value>,
+    /// The names the agent knows namespaced tools by (`tools.rs`), to name its calls back.
+    pub tool_names: super::tools::ToolNames,
     pub max_output_tokens: Option<u64>,
     pub stream: bool,
     /// The fields echoed in the response object, as sent.
@@ -91,12 +91,16 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     if let Some(n) = max_output_tokens {
         parameters.insert("max_tokens".into(), json!(n));
     }
-    let tools = validate::tools_as_chat(&obj, chat_tool)?;
-    if let Some(tools) = &tools {
-        parameters.insert("tools".into(), tools.clone());
+    let tools = super::tools::tools(&obj)?;
+    if !tools.chat.is_empty() {
+        parameters.insert("tools".into(), Value::Array(tools.chat));
+    }
+    if !tools.hosted.is_empty() {
+        // Tools the agent runs on its own side (docs/PROTOCOL.md): never its tool calls.
+        parameters.insert("hosted_tools".into(), Value::Array(tools.hosted));
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
-        parameters.insert("tool_choice".into(), chat_tool_choice(choice)?);
+        parameters.insert("tool_choice".into(), super::tools::tool_choice(choice)?);
     }
     if let Some(format) = response_format(obj.get("text"))? {
         parameters.insert("response_format".into(), format);
@@ -135,7 +139,7 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
         model,
         messages,
         parameters,
-        tools,
+        tool_names: tools.names,
         max_output_tokens,
         stream,
         echo,
@@ -194,53 +198,6 @@ fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// `{"type": "function", "name", "description", "parameters", "strict"}` as a chat tool.
-fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
-    let at = format!("tools[{i}]");
-    match tool.get("type").and_then(Value::as_str) {
-        Some("function") => {}
-        Some(other) => {
-            return Err(invalid(
-                &format!("{at}.type"),
-                format!("only function tools are supported here, got {other:?} (the agent has no hosted tools)"),
-            ))
-        }
-        None => return Err(invalid(&format!("{at}.type"), "required: \"function\"".into())),
-    }
-    let Some(name) = tool.get("name").and_then(Value::as_str) else {
-        return Err(invalid(&format!("{at}.name"), "required (a string)".into()));
-    };
-    let mut function = Map::new();
-    function.insert("name".into(), json!(name));
-    for key in ["description", "parameters", "strict"] {
-        if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
-            function.insert(key.into(), v.clone());
-        }
-    }
-    Ok(json!({"type": "function", "function": function}))
-}
-
-fn chat_tool_choice(choice: &Value) -> Result<Value, Error> {
-    match choice {
-        Value::String(s) if ["none", "auto", "required"].contains(&s.as_str()) => {
-            Ok(choice.clone())
-        }
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            match o.get("name").and_then(Value::as_str) {
-                Some(name) => Ok(json!({"type": "function", "function": {"name": name}})),
-                None => Err(invalid("tool_choice.name", "required (a string)".into())),
-            }
-        }
-        other => Err(invalid(
-            "tool_choice",
-            format!(
-                "expected \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"name\": …}}, got {}",
-                describe(other)
-            ),
-        )),
-    }
 }
 
 /// `text.format` as the chat `response_format` (None for plain text).
@@ -324,6 +281,12 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
             "function_call" => {
                 let call_id = string_field(&at, item, "call_id")?;
                 let name = string_field(&at, item, "name")?;
+                // A namespaced tool's call (Codex sends `namespace` beside `name`), under the
+                // name the agent knows the tool by.
+                let name = match item.get("namespace").and_then(Value::as_str) {
+                    Some(ns) => super::tools::ToolNames::flat(ns, &name),
+                    None => name,
+                };
                 let arguments = match item.get("arguments") {
                     Some(Value::String(s)) => s.clone(),
                     None | Some(Value::Null) => "{}".to_owned(),
@@ -547,6 +510,38 @@ mod tests {
     }
 
     #[test]
+    fn codex_namespaces_and_web_search_reach_the_agent_and_its_history_keeps_their_names() {
+        let r = parse(json!({"model": "m", "stream": true, "store": false,
+            "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k",
+            "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "namespace", "name": "multi_agent_v1", "description": "d",
+                 "tools": [{"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}}]},
+                {"type": "web_search", "external_web_access": true}],
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+                {"type": "function_call", "call_id": "c1", "name": "spawn_agent",
+                 "namespace": "multi_agent_v1", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "started"}]}))
+        .unwrap();
+        let tools = r.parameters["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[1]["function"]["name"], "multi_agent_v1__spawn_agent");
+        assert_eq!(
+            r.parameters["hosted_tools"],
+            json!([{"type": "web_search", "external_web_access": true}])
+        );
+        assert_eq!(
+            r.messages[1]["tool_calls"][0]["function"]["name"],
+            "multi_agent_v1__spawn_agent"
+        );
+        assert_eq!(
+            r.tool_names.split("multi_agent_v1__spawn_agent"),
+            Some(("multi_agent_v1", "spawn_agent"))
+        );
+    }
+
+    #[test]
     fn text_format_becomes_response_format() {
         let r = parse(json!({"model": "m", "input": "hi", "text": {"format": {
             "type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": true}}}))
@@ -572,7 +567,7 @@ mod tests {
         );
         assert_eq!(param_of(base("top_logprobs", json!(2))), "top_logprobs");
         assert_eq!(
-            param_of(base("tools", json!([{"type": "web_search"}]))),
+            param_of(base("tools", json!([{"type": "file_search"}]))),
             "tools[0].type"
         );
         assert_eq!(param_of(base("background", json!(true))), "background");

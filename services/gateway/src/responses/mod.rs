@@ -24,6 +24,7 @@ use crate::validate;
 
 pub mod convert;
 mod events;
+pub mod tools;
 
 use events::Render;
 
@@ -48,6 +49,7 @@ pub async fn create(
         model: ask.model,
         max_output_tokens: request.max_output_tokens,
         echo: request.echo,
+        tool_names: request.tool_names,
     };
     if request.stream {
         Ok(stream(&state, running, shell))
@@ -71,6 +73,8 @@ pub struct Shell {
     model: String,
     max_output_tokens: Option<u64>,
     echo: convert::Echo,
+    /// Namespaced tools, to name the agent's calls of them back as the client knows them.
+    tool_names: tools::ToolNames,
 }
 
 impl Shell {
@@ -181,7 +185,7 @@ async fn whole(state: &Shared, running: Running, shell: Shell) -> Result<Respons
     let output = parts
         .list
         .iter()
-        .map(|part| events::item(part, &events::item_id(part), "completed"))
+        .map(|part| events::item(part, &events::item_id(part), "completed", &shell.tool_names))
         .collect();
     let (status, incomplete) = status_of(&finish_reason);
     let body = shell.object(
@@ -232,12 +236,13 @@ mod tests {
             "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}))
             .unwrap(),
         );
-        let open = events::item(&parts.list[1], "msg_1", "in_progress");
+        let names = tools::ToolNames::default();
+        let open = events::item(&parts.list[1], "msg_1", "in_progress", &names);
         assert_eq!(open["content"], json!([]));
         let done: Vec<Value> = parts
             .list
             .iter()
-            .map(|p| events::item(p, "id", "completed"))
+            .map(|p| events::item(p, "id", "completed", &names))
             .collect();
         assert_eq!(done[0]["summary"][0]["text"], "hm");
         assert_eq!(done[1]["content"][0]["text"], "Hi");
