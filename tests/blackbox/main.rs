@@ -19,6 +19,7 @@ mod model_names;
 mod ollama;
 mod ops;
 mod redis_store;
+mod refusals;
 mod resilience;
 mod responses_api;
 mod resume;

@@ -7,10 +7,16 @@ use serde_json::json;
 
 use crate::ratelimit::RateHeaders;
 
-/// The error code of an error answer, left on the response by [`Error`]'s conversion so the
-/// status page's recent-errors list (`status/mod.rs`) can name it without reading the body.
+/// The code and message of an error answer, left on the response by [`Error`]'s conversion so
+/// that the one middleware that logs refusals and lists errors (`status/mod.rs`
+/// `record_errors`) can name them without reading the body, whatever API shaped it. The message
+/// is the one the client gets; it names fields and describes values by kind, never quoting
+/// prompt text (`validate.rs` `describe`).
 #[derive(Debug, Clone)]
-pub struct ErrorCode(pub String);
+pub struct ErrorReport {
+    pub code: String,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -242,7 +248,10 @@ impl IntoResponse for Error {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         let mut response = (status, headers, self.body().to_string()).into_response();
-        response.extensions_mut().insert(ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorReport {
+            code: self.code(),
+            message: self.to_string(),
+        });
         response
     }
 }

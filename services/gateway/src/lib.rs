@@ -26,6 +26,7 @@ pub mod ollama;
 pub mod openai;
 pub mod parts;
 pub mod ratelimit;
+pub mod refusals;
 pub mod responses;
 pub mod secrets;
 pub mod sessions;
@@ -94,6 +95,7 @@ pub async fn run(
         models_created: store::now_ms() / 1000,
         models: models::Models::of(&settings),
         status: status::board::Board::default(),
+        refusals: refusals::Refusals::default(),
         tasks: tracker.clone(),
         settings,
     });

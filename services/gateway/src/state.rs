@@ -31,6 +31,8 @@ pub struct AppState {
     pub models: crate::models::Models,
     /// Requests in flight, recent errors and history for the status page.
     pub status: crate::status::board::Board,
+    /// Every refusal (4xx) logged, repeats coalesced.
+    pub refusals: crate::refusals::Refusals,
     /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
 }

@@ -143,16 +143,40 @@ pub fn invalid(param: &str, message: String) -> Error {
     Error::invalid(format!("{param}: {message}"), Some(param.to_owned()))
 }
 
+/// A value a client sent, for a refusal's message. Refusals are logged (`refusals.rs`), so the
+/// description never quotes what could be prompt text: numbers, booleans and null as they are,
+/// a string only when it is one short word (a role, a type, a mode), else its size; objects
+/// and arrays by kind.
 pub fn describe(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() > 40 {
-        let mut end = 40;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
+    match v {
+        Value::String(s) => quoted(s),
+        Value::Array(items) if items.len() == 1 => "an array of 1 item".to_owned(),
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        Value::Object(_) => "an object".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A string a client sent, quoted when it is one short word, else described by its size.
+pub fn quoted(s: &str) -> String {
+    let word = s.len() <= 40 && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if word {
+        format!("{s:?}")
     } else {
-        text
+        format!("a string of {} bytes", s.len())
+    }
+}
+
+/// What kind of value `v` is, for a field that carries the prompt itself (`messages`, a
+/// message, an input item), where not even one word is quoted.
+pub fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "true or false",
+        Value::Null => "null",
     }
 }
 
@@ -217,7 +241,7 @@ pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
         Some(v) => {
             return Err(invalid(
                 "messages",
-                format!("expected an array of messages, got {}", describe(&v)),
+                format!("expected an array of messages, got {}", kind_of(&v)),
             ))
         }
         None => return Err(invalid("messages", "required".into())),
@@ -562,7 +586,7 @@ fn check_message(dialect: &Dialect, i: usize, message: &Value) -> Result<(), Err
     let Value::Object(m) = message else {
         return Err(invalid(
             &at,
-            format!("expected an object, got {}", describe(message)),
+            format!("expected an object, got {}", kind_of(message)),
         ));
     };
     let role = match m.get("role") {
@@ -1026,6 +1050,65 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn refusal_messages_never_quote_prompt_text() {
+        // Refusals are logged; whatever a client puts where it does not belong stays out.
+        let secret = "the secret plan for tomorrow";
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let chats = [
+            json!({"model": "m", "messages": secret}),
+            json!({"model": "m", "messages": [secret]}),
+            json!({"model": "m", "messages": ["word"]}),
+            json!({"model": "m", "messages": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": {"text": secret}}]}),
+            json!({"model": "m", "messages": user, "temperature": secret}),
+            json!({"model": "m", "messages": user, "tool_choice": [secret]}),
+            json!({"model": "m", "messages": user, "stop": [secret, 1]}),
+            json!({"model": {"name": secret}, "messages": user}),
+        ];
+        for body in chats {
+            let err = check(body.clone()).unwrap_err().to_string();
+            assert!(
+                !err.contains("secret") && !err.contains("word"),
+                "{body} → {err}"
+            );
+        }
+        let limits = Limits { max_tokens: None };
+        for body in [
+            json!({"model": "m", "input": [secret]}),
+            json!({"model": "m", "input": [{"type": secret}]}),
+            json!({"model": "m", "input": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "input": "x", "instructions": {"a": secret}}),
+            json!({"model": "m", "input": "x", "tools": [{"type": secret}]}),
+        ] {
+            let err = crate::responses::convert::request(body.to_string().as_bytes(), &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret"), "{body} → {err}");
+        }
+        for body in [
+            json!({"model": "m", "max_tokens": 5, "messages": secret}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "max_tokens": 5, "system": {"a": secret}, "messages": user}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": secret}]}]}),
+        ] {
+            let err = crate::anthropic::convert::request(
+                body.as_object().unwrap(),
+                &limits,
+                crate::anthropic::convert::Purpose::Generate,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(!err.contains("secret"), "{body} → {err}");
+        }
+        // One word that names a value is quoted, so the message stays useful.
+        assert_eq!(describe(&json!("robot")), "\"robot\"");
+        assert_eq!(describe(&json!("two words")), "a string of 9 bytes");
+        assert_eq!(describe(&json!({"a": 1})), "an object");
+        assert_eq!(describe(&json!([1, 2])), "an array of 2 items");
+        assert_eq!(describe(&json!(7)), "7");
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub fn request(
         Some(v) => {
             return Err(invalid(
                 "messages",
-                format!("expected an array of messages, got {}", describe(v)),
+                format!(
+                    "expected an array of messages, got {}",
+                    validate::kind_of(v)
+                ),
             ))
         }
         None => return Err(invalid("messages", "required".into())),
@@ -162,7 +165,7 @@ fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.type"),
-                format!("only custom tools (name, description, input_schema) and web search are supported here, got {other:?}: the agent cannot run it, and nothing here runs it for the agent"),
+                format!("only custom tools (name, description, input_schema) and web search are supported here, got {}: the agent cannot run it, and nothing here runs it for the agent", validate::quoted(other)),
             ))
         }
     }
@@ -258,7 +261,10 @@ fn chat_messages(i: usize, message: &Value) -> Result<Vec<Value>, Error> {
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected user, assistant or system, got {other:?}"),
+                format!(
+                    "expected user, assistant or system, got {}",
+                    validate::quoted(other)
+                ),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
@@ -324,7 +330,10 @@ fn chat_messages(i: usize, message: &Value) -> Result<Vec<Value>, Error> {
                 };
                 return Err(invalid(
                     &format!("{block_at}.type"),
-                    format!("a {role} message takes {accepts} blocks, got {kind:?}"),
+                    format!(
+                        "a {role} message takes {accepts} blocks, got {}",
+                        validate::quoted(kind)
+                    ),
                 ));
             }
         }
@@ -408,7 +417,10 @@ fn tool_result_content(at: &str, block: &Value) -> Result<Value, Error> {
                     other => {
                         return Err(invalid(
                             &format!("{item_at}.type"),
-                            format!("expected text, image or document, got {other:?}"),
+                            format!(
+                                "expected text, image or document, got {}",
+                                other.map_or("none".to_owned(), validate::quoted)
+                            ),
                         ))
                     }
                 }

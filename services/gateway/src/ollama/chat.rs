@@ -111,7 +111,7 @@ pub(crate) fn job(
         Some(other) => {
             return Err(validate::invalid(
                 "messages",
-                format!("expected an array, got {}", validate::describe(other)),
+                format!("expected an array, got {}", validate::kind_of(other)),
             ))
         }
     };

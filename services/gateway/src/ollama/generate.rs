@@ -24,7 +24,10 @@ fn text_field(request: &Map<String, Value>, key: &str) -> Result<Option<String>,
     match request.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!("{key}: expected a string, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "{key}: expected a string, got {}",
+            crate::validate::kind_of(other)
+        ))),
     }
 }
 

@@ -262,7 +262,7 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
         let Value::Object(item) = item else {
             return Err(invalid(
                 &at,
-                format!("expected an item object, got {}", describe(item)),
+                format!("expected an item object, got {}", validate::kind_of(item)),
             ));
         };
         let kind = match item.get("type").and_then(Value::as_str) {
@@ -346,7 +346,7 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
             other => {
                 return Err(invalid(
                     &format!("{at}.type"),
-                    format!("expected message, function_call, function_call_output or reasoning, got {other:?} (hosted tools are not available here)"),
+                    format!("expected message, function_call, function_call_output or reasoning, got {}", validate::quoted(other)),
                 ))
             }
         }
@@ -382,7 +382,10 @@ fn message_item(at: &str, item: &Map<String, Value>) -> Result<Value, Error> {
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected user, system, developer or assistant, got {other:?}"),
+                format!(
+                    "expected user, system, developer or assistant, got {}",
+                    validate::quoted(other)
+                ),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
@@ -451,7 +454,10 @@ fn content_part(at: &str, part: &Value) -> Result<Value, Error> {
         },
         other => Err(invalid(
             &format!("{at}.type"),
-            format!("expected input_text, output_text, input_image or input_file, got {other:?}"),
+            format!(
+                "expected input_text, output_text, input_image or input_file, got {}",
+                other.map_or("none".to_owned(), validate::quoted)
+            ),
         )),
     }
 }

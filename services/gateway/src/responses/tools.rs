@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::validate::{describe, invalid};
+use crate::validate::{describe, invalid, quoted};
 
 /// The Responses API's web search tools, under each of their names.
 pub const WEB_SEARCH: &[&str] = &[
@@ -109,7 +109,7 @@ pub fn tools(obj: &Map<String, Value>) -> Result<Tools, Error> {
                         other => {
                             return Err(invalid(
                                 &format!("{member_at}.type"),
-                                format!("a namespace's tools must be function tools here, got {other:?}"),
+                                format!("a namespace's tools must be function tools here, got {}", other.map_or("none".to_owned(), quoted)),
                             ))
                         }
                     }
@@ -126,7 +126,7 @@ pub fn tools(obj: &Map<String, Value>) -> Result<Tools, Error> {
             Some(other) => {
                 return Err(invalid(
                     &format!("{at}.type"),
-                    format!("expected a function, namespace or web_search tool, got {other:?}: the agent cannot run it, and nothing here runs it for the agent"),
+                    format!("expected a function, namespace or web_search tool, got {}: the agent cannot run it, and nothing here runs it for the agent", quoted(other)),
                 ))
             }
             None => {
