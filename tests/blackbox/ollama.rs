@@ -130,6 +130,45 @@ async fn generation_needs_the_key_and_errors_are_ollama_shaped() {
     );
 }
 
+/// `/api/ps` answers as Ollama does, and every `/api/*` answer that is an error is Ollama's
+/// `{"error": "…"}`: unknown paths and wrong methods too, which Ollama clients probe.
+#[tokio::test]
+async fn ps_and_every_api_path_answer_in_ollamas_shape() {
+    let stack = Stack::start().await;
+    let gw = &stack.gateway;
+    let resp = gw.get("/api/ps", None).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ps: Value = resp.json().await.unwrap();
+    let loaded = &ps["models"][0];
+    assert_eq!(loaded["name"], MODEL);
+    assert_eq!(loaded["model"], MODEL);
+    assert_eq!(loaded["context_length"], 200_000);
+    assert_eq!(loaded["size_vram"], 0);
+    assert!(loaded["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(loaded["digest"].is_string() && loaded["details"]["family"].is_string());
+    for (method, path, status) in [
+        ("GET", "/api/pull", 404),
+        ("POST", "/api/embed", 404),
+        ("DELETE", "/api/delete", 404),
+        ("GET", "/api", 404),
+        ("POST", "/api/tags", 405),
+        ("GET", "/api/chat", 405),
+        ("POST", "/api/ps", 405),
+    ] {
+        let resp = integration_tests::stack::http()
+            .request(method.parse().unwrap(), gw.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: Value = resp.json().await.unwrap();
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["error"], "{method} {path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(path), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn chat_streams_ndjson_and_an_error_mid_stream_is_the_last_line() {
     let stack = Stack::start().await;

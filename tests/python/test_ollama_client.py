@@ -48,6 +48,10 @@ def test_list_and_show_need_no_key(keyless, model):
     assert "completion" in shown.capabilities and "tools" in shown.capabilities
     assert any(k.endswith("context_length") for k in shown.modelinfo)
     assert keyless.show(f"{model}:latest").capabilities
+    # `ollama ps`: the model is always loaded, with the gateway's context window.
+    running = keyless.ps().models
+    assert [m.model for m in running] == [model]
+    assert running[0].expires_at is not None and running[0].size_vram == 0
 
 
 def test_chat_not_streamed(keyed, model):

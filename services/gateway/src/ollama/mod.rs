@@ -1,5 +1,5 @@
 //! Ollama's API on the same port (root paths), for editors whose "local model" setting speaks
-//! Ollama: metadata (`/api/version`, `/api/tags`, `/api/show`) answered without a key, and
+//! Ollama: metadata (`/api/version`, `/api/tags`, `/api/ps`, `/api/show`) answered without a key, and
 //! generation (`/api/chat`, `/api/generate`) on the same agent path, auth, limits and audit as
 //! the OpenAI routes, streamed as newline-delimited JSON.
 use std::time::{Duration, Instant};
@@ -23,6 +23,25 @@ pub mod generate;
 
 /// The Ollama version reported: recent enough for clients that refuse older servers.
 pub const OLLAMA_VERSION: &str = "0.12.0";
+
+/// Ollama's routes, under `/api`. Every error on `/api/*` is Ollama-shaped, `{"error": "…"}`,
+/// an unknown path or a wrong method included (`app.rs` `not_found`, `method_not_allowed`):
+/// Ollama clients read that shape.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/api/show", post(show))
+        .route("/api/chat", post(chat::chat))
+        .route("/api/generate", post(generate::generate))
+}
+
+/// Whether `path` is Ollama's, so that its errors are answered in Ollama's shape.
+pub fn owns(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
 
 /// An error in Ollama's shape, `{"error": "…"}`, with the status and headers of the gateway's
 /// one mapping of errors.
@@ -131,6 +150,27 @@ pub async fn tags(State(state): State<Shared>) -> Json<Value> {
         .into_iter()
         .map(|mut model| {
             model.insert("modified_at".into(), json!(modified));
+            Value::Object(model)
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+/// When a listed model would be unloaded: never, as the agent is not loaded into memory here.
+const NEVER_UNLOADED: &str = "9999-12-31T23:59:59Z";
+
+/// `GET /api/ps`: the models "loaded": the listed ones, always ready, sized 0 (the agent's
+/// memory is not this machine's), with the context length `CONTEXT_WINDOW`.
+pub async fn ps(State(state): State<Shared>) -> Json<Value> {
+    let models: Vec<Value> = listing(&state)
+        .into_iter()
+        .map(|mut model| {
+            model.insert("expires_at".into(), json!(NEVER_UNLOADED));
+            model.insert("size_vram".into(), json!(0));
+            model.insert(
+                "context_length".into(),
+                json!(state.settings.context_window),
+            );
             Value::Object(model)
         })
         .collect();
