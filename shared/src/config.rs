@@ -33,7 +33,6 @@ pub const KNOWN_VARS: &[&str] = &[
     "MODEL_ALIASES",
     "MAX_TOKENS_LIMIT",
     "CONTEXT_WINDOW",
-    "MAX_CONTENT_BYTES",
     "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT",
     "RESPONSE_TIMEOUT",
