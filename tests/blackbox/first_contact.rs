@@ -4,24 +4,16 @@
 //! 0.16x's Responses request (a `namespace` tool and the hosted `web_search`), each accepted
 //! and reaching the agent as intended, its tool calls coming back as the client expects.
 use integration_tests::stack::{http, Sse, Stack, KEY};
-use provider_shared::bridge::Payload;
 use serde_json::{json, Map, Value};
 
-/// The last request the agent received: its messages and parameters.
-fn last_asked(stack: &Stack) -> (Vec<Value>, Map<String, Value>) {
-    match stack
-        .peer
-        .invokes()
-        .pop()
-        .expect("a request reached the agent")
-        .payload
-    {
-        Payload::Chat {
-            messages,
-            parameters,
-        } => (messages, parameters),
-        Payload::Completion { .. } => panic!("not a chat"),
-    }
+/// The names of the chat tools the agent was given.
+fn tool_names(parameters: &Map<String, Value>) -> Vec<String> {
+    parameters["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// `(event name, data)` of each SSE event.
@@ -136,7 +128,7 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
 
     // What the agent got: the system prompt, the user turn, the environment as a system message
     // in place; the four tools as chat function tools; the model asked for and the output cap.
-    let (messages, parameters) = last_asked(&stack);
+    let (messages, parameters) = stack.peer.last_asked();
     let roles: Vec<&str> = messages
         .iter()
         .map(|m| m["role"].as_str().unwrap())
@@ -150,13 +142,7 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
     assert_eq!(parameters["max_tokens"], 32000);
     assert_eq!(parameters["api"], "messages");
     assert_eq!(parameters["thinking"], json!({"type": "adaptive"}));
-    let names: Vec<&str> = parameters["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["Bash", "Read", "Write", "Edit"]);
+    assert_eq!(tool_names(&parameters), ["Bash", "Read", "Write", "Edit"]);
     assert!(!serde_json::to_string(&messages)
         .unwrap()
         .contains("cache_control"));
@@ -176,7 +162,7 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
     assert_eq!(resp.status(), 200);
     // The answer ends after the agent was asked.
     assert!(resp.text().await.unwrap().contains("message_stop"));
-    let (messages, _) = last_asked(&stack);
+    let (messages, _) = stack.peer.last_asked();
     let roles: Vec<&str> = messages
         .iter()
         .map(|m| m["role"].as_str().unwrap())
@@ -195,7 +181,10 @@ async fn claude_code_as_it_sends_is_served_and_its_tool_call_comes_back() {
         .filter_map(|(_, d)| d["delta"]["text"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(deltas, "echo: write hello.py");
-    assert_eq!(last_asked(&stack).1["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(
+        stack.peer.last_asked().1["model"],
+        "claude-haiku-4-5-20251001"
+    );
     // `Sse` reads the same body as OpenAI-style data lines: none of them is an error.
     assert!(Sse::parse(&text)
         .json()
@@ -305,15 +294,9 @@ async fn codex_as_it_sends_is_served_and_namespaced_calls_come_back_as_it_routes
 
     // What the agent got: every function, the namespace's under `<namespace>__<name>`, and web
     // search to run itself.
-    let (messages, parameters) = last_asked(&stack);
-    let names: Vec<&str> = parameters["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
+    let (messages, parameters) = stack.peer.last_asked();
     assert_eq!(
-        names,
+        tool_names(&parameters),
         [
             "exec_command",
             "write_stdin",
@@ -351,7 +334,7 @@ async fn codex_as_it_sends_is_served_and_namespaced_calls_come_back_as_it_routes
     let calls = calls_of(&events);
     assert_eq!(calls[0]["name"], "exec_command");
     assert!(calls[0].get("namespace").is_none(), "{}", calls[0]);
-    let (messages, _) = last_asked(&stack);
+    let (messages, _) = stack.peer.last_asked();
     let call = messages
         .iter()
         .find(|m| m.get("tool_calls").is_some())

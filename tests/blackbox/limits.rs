@@ -3,41 +3,17 @@
 //! window allows (Claude Code always asks for 32000), `context_length_exceeded` is the one
 //! refusal for a request too large, a whole file in one message (aider) reaches the agent, and
 //! images count what they cost, not their base64 bytes.
-use integration_tests::stack::{Stack, KEY, MODEL};
-use provider_shared::bridge::Payload;
+use integration_tests::stack::{Stack, MODEL};
 use serde_json::{json, Value};
 
 async fn post(stack: &Stack, path: &str, body: &Value) -> (u16, Value) {
-    let resp = stack
-        .gateway
-        .post(path, Some(KEY))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.gateway.post_json(path, body).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
 
 fn user(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
-}
-
-/// The last request the agent received, as its payload's messages and parameters.
-fn last_asked(stack: &Stack) -> (Vec<Value>, serde_json::Map<String, Value>) {
-    match stack
-        .peer
-        .invokes()
-        .pop()
-        .expect("a request reached the agent")
-        .payload
-    {
-        Payload::Chat {
-            messages,
-            parameters,
-        } => (messages, parameters),
-        Payload::Completion { parameters, .. } => (Vec::new(), parameters),
-    }
 }
 
 /// Each API's body asking for `n` output tokens, in its own spelling.
@@ -81,7 +57,7 @@ async fn every_spelling_of_max_tokens_is_accepted_up_to_the_window() {
         let (status, answer) = post(&stack, path, &body).await;
         assert_eq!(status, 200, "{path} {body} → {answer}");
         // Chat passes the client's own field on; the other APIs' caps arrive as `max_tokens`.
-        let (_, parameters) = last_asked(&stack);
+        let (_, parameters) = stack.peer.last_asked();
         let cap = parameters
             .get("max_tokens")
             .or_else(|| parameters.get("max_completion_tokens"));
@@ -151,7 +127,7 @@ async fn a_whole_file_in_one_message_reaches_the_agent_as_sent() {
     assert_eq!(resp.status(), 200);
     let sse = integration_tests::stack::Sse::parse(&resp.text().await.unwrap());
     assert_eq!(sse.content(), "echo: add a docstring to area_0");
-    let (messages, _) = last_asked(&stack);
+    let (messages, _) = stack.peer.last_asked();
     assert_eq!(messages.len(), 8);
     assert_eq!(
         messages[5]["content"], files_message,
@@ -178,7 +154,7 @@ async fn an_image_counts_what_it_costs_not_its_base64_bytes() {
     assert!((1_600..1_700).contains(&tokens), "{tokens}");
     let (status, answer) = post(&stack, "/v1/messages", &body).await;
     assert_eq!(status, 200, "{answer}");
-    let (messages, _) = last_asked(&stack);
+    let (messages, _) = stack.peer.last_asked();
     let url = messages[0]["content"][0]["image_url"]["url"]
         .as_str()
         .unwrap();

@@ -77,15 +77,19 @@ async fn an_ended_mcp_session_is_answered_204() {
     let bridge = McpBridgeProc::new().spawn();
     bridge.wait_agents(0, SOON).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client
-        .post(bridge.url("/mcp"))
-        .bearer_auth(MCP_TOKEN)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize(1).to_string())
-        .send()
-        .await
-        .unwrap();
+    let rpc = |message: Value, session: Option<&str>| {
+        let mut req = client
+            .post(bridge.url("/mcp"))
+            .bearer_auth(MCP_TOKEN)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(session) = session {
+            req = req.header("mcp-session-id", session);
+        }
+        req.body(message.to_string()).send()
+    };
+    let resp = rpc(initialize(1), None).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let session = resp.headers()["mcp-session-id"]
         .to_str()
@@ -103,17 +107,8 @@ async fn an_ended_mcp_session_is_answered_204() {
     assert_eq!(resp.status().as_u16(), 204);
     assert!(resp.bytes().await.unwrap().is_empty());
     // Ended means ended: the session is gone.
-    let resp = client
-        .post(bridge.url("/mcp"))
-        .bearer_auth(MCP_TOKEN)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = rpc(list, Some(&session)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     // Without the token, nothing is ended.
     let resp = client

@@ -3,17 +3,10 @@
 //! passed to the agent as `parameters.model`; `LOCAL_PROVIDER_MODEL_ALIASES` narrows that, and
 //! other names get each API's 404.
 use integration_tests::stack::{Stack, KEY, MODEL};
-use provider_shared::bridge::Payload;
 use serde_json::{json, Value};
 
 async fn post(stack: &Stack, path: &str, body: Value) -> reqwest::Response {
-    stack
-        .gateway
-        .post(path, Some(KEY))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    stack.gateway.post_json(path, &body).await
 }
 
 async fn json_of(resp: reqwest::Response) -> (u16, Value) {
@@ -25,20 +18,24 @@ fn user(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
 }
 
-/// The model name the agent was told of, in the last request it received.
+/// The model name the agent was told of in the last request it received, and its label.
 fn asked_of_agent(stack: &Stack) -> (String, String) {
-    let invoke = stack
-        .peer
-        .invokes()
-        .pop()
-        .expect("a request reached the agent");
-    let parameters = match &invoke.payload {
-        Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. } => parameters,
-    };
+    let (_, parameters) = stack.peer.last_asked();
+    let label = stack.peer.invokes().pop().unwrap().model_meta.label;
     (
         parameters["model"].as_str().unwrap_or_default().to_owned(),
-        invoke.model_meta.label,
+        label,
     )
+}
+
+/// The ids `/v1/models` lists.
+async fn listed(stack: &Stack) -> Vec<String> {
+    stack.gateway.get_json("/v1/models").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -146,21 +143,7 @@ async fn by_default_every_name_reaches_the_one_agent_and_is_echoed() {
     assert_eq!(asked_of_agent(&stack).0, "llama3.1:8b");
 
     // The list keeps the one served name; any name that would be served is a model too.
-    let (_, list) = json_of(
-        stack
-            .gateway
-            .get("/v1/models", Some(KEY))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = listed(&stack).await;
     assert_eq!(ids, [MODEL]);
     let (status, one) = json_of(
         stack
@@ -199,21 +182,7 @@ async fn by_default_every_name_reaches_the_one_agent_and_is_echoed() {
 #[tokio::test]
 async fn narrowed_by_aliases_other_names_get_each_apis_404() {
     let stack = Stack::start_with(|a| a, |g| g.env("MODEL_ALIASES", "claude-*, gpt-4o")).await;
-    let (_, list) = json_of(
-        stack
-            .gateway
-            .get("/v1/models", Some(KEY))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = listed(&stack).await;
     assert_eq!(
         ids,
         [MODEL, "gpt-4o"],

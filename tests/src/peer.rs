@@ -247,6 +247,23 @@ impl ScriptedPeer {
             .is_some()
     }
 
+    /// The messages and parameters of the last chat the peer received (a completion's
+    /// parameters, with no messages).
+    pub fn last_asked(&self) -> (Vec<Value>, serde_json::Map<String, Value>) {
+        let invoke = self
+            .record()
+            .invokes
+            .pop()
+            .unwrap_or_else(|| panic!("no request reached the peer"));
+        match invoke.payload {
+            Payload::Chat {
+                messages,
+                parameters,
+            } => (messages, parameters),
+            Payload::Completion { parameters, .. } => (Vec::new(), parameters),
+        }
+    }
+
     pub fn invokes(&self) -> Vec<ModelInvoke> {
         self.record().invokes
     }
