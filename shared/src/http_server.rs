@@ -107,11 +107,20 @@ pub struct Refusals {
     pub counter: &'static str,
     /// The audit log, for the services that keep one: a `security_violation` record.
     pub audit: Option<Audit>,
+    /// Paths whose clients read errors as `{"error": "<message>"}` (the gateway's Ollama
+    /// routes); every other path gets the object shape.
+    pub plain_errors: fn(&str) -> bool,
+}
+
+/// For [`Refusals::plain_errors`] when no path uses the plain shape.
+pub fn no_plain_errors(_: &str) -> bool {
+    false
 }
 
 /// `router` behind `guard`, outermost, so that a refused request (a CORS preflight too) reaches
 /// nothing else: it is logged, counted, audited, and answered with its status and the error
-/// shape every route uses, `{"error": {"message", "type", "param", "code"}}`.
+/// shape the path's clients read (`{"error": {"message", "type", "param", "code"}}`, or
+/// `{"error": "<message>"}` where [`Refusals::plain_errors`] says so).
 pub fn guarded(router: Router, guard: WebGuard, refusals: Refusals) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         (Arc::new(guard), refusals),
@@ -146,8 +155,12 @@ async fn refuse_foreign(
     } else {
         "invalid_request_error"
     };
-    let body = json!({"error": {"message": refusal.to_string(), "type": kind, "param": null,
-                                "code": refusal.code()}});
+    let body = if (refusals.plain_errors)(req.uri().path()) {
+        json!({"error": refusal.to_string()})
+    } else {
+        json!({"error": {"message": refusal.to_string(), "type": kind, "param": null,
+                         "code": refusal.code()}})
+    };
     (
         refusal.status(),
         [("x-should-retry", "false")],

@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use provider_shared::http_server::{guarded, Refusals};
+use provider_shared::http_server::{guarded, no_plain_errors, Refusals};
 use provider_shared::ipc::LinkState;
 use provider_shared::web_guard::WebGuard;
 use serde_json::{json, Value};
@@ -26,6 +26,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let refusals = Refusals {
         counter: crate::metrics::REFUSED,
         audit: None,
+        plain_errors: no_plain_errors,
     };
     let routes = Router::new()
         .route("/health", get(health))
