@@ -116,16 +116,21 @@ impl AnswerAccumulator {
         self.absorb(delta)
     }
 
-    /// The finish reason given, or the one the answer implies.
+    /// The finish reason given when it is one OpenAI clients know, else the one the answer
+    /// implies: the peer's string reaches every API's renderer, so it is held to that set.
     pub fn finish_reason(&self) -> String {
-        self.finish_reason.clone().unwrap_or_else(|| {
-            if self.tool_calls.is_empty() {
-                "stop"
-            } else {
-                "tool_calls"
-            }
-            .to_owned()
-        })
+        const KNOWN: [&str; 5] = [
+            "stop",
+            "length",
+            "tool_calls",
+            "content_filter",
+            "function_call",
+        ];
+        match self.finish_reason.as_deref() {
+            Some(given) if KNOWN.contains(&given) => given.to_owned(),
+            _ if self.tool_calls.is_empty() => "stop".to_owned(),
+            _ => "tool_calls".to_owned(),
+        }
     }
 
     /// The whole answer as one delta (a copy), for an API that renders a finished answer from
@@ -222,6 +227,21 @@ mod tests {
 
     fn json_of(delta: &Delta) -> Value {
         serde_json::to_value(delta).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_finish_reason_becomes_the_one_the_answer_implies() {
+        let mut a = AnswerAccumulator {
+            finish_reason: Some("length".into()),
+            ..AnswerAccumulator::default()
+        };
+        assert_eq!(a.finish_reason(), "length");
+        a.finish_reason = Some("stop\ndata: [DONE]".into());
+        assert_eq!(a.finish_reason(), "stop");
+        a.absorb(tool_delta(
+            json!({"index": 0, "function": {"name": "f", "arguments": "{}"}}),
+        ));
+        assert_eq!(a.finish_reason(), "tool_calls");
     }
 
     #[test]

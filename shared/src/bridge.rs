@@ -14,8 +14,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// From this version on, a request can be resumed on a new connection with `model_resume`.
 pub const RESUME_PROTOCOL_VERSION: u32 = 2;
 /// The largest frame either side accepts unless it says otherwise in `hello`/`welcome`
-/// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): tungstenite's own default frame limit.
-pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+/// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): 48 MiB, so that a request at the gateway's default body
+/// cap (32 MiB) fits as a `model_invoke`, with room for its conversion to the chat payload.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 48 * 1024 * 1024;
 
 /// In `hello`'s `capabilities`: the sender needs no repetition of a streamed answer in its
 /// `model_result` once chunks carried it (see docs/PROTOCOL.md).
@@ -123,7 +124,9 @@ impl BridgeFrame {
         match serde_json::from_str::<Decoded<BridgeFrame>>(text) {
             Ok(Decoded::Known(frame)) => Ok(frame),
             Ok(Decoded::Unknown(kind)) => Err(FrameError::UnknownType(kind)),
-            Err(err) => Err(FrameError::Malformed(err.to_string())),
+            Err(err) => Err(FrameError::Malformed(crate::frame_summary::without_values(
+                &err.to_string(),
+            ))),
         }
     }
 
@@ -385,6 +388,20 @@ pub mod codes {
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
     /// The reader of the answer fell more than `STREAM_BUFFER_BYTES` behind.
     pub const SLOW_CLIENT: &str = "slow_client";
+
+    /// The codes above: they speak of the machinery between editor and agent, and some change
+    /// how the gateway answers (status, `retry-after`), so the agent cannot give them.
+    pub const TRANSPORT: &[&str] = &[
+        AGENT_UNAVAILABLE,
+        BRIDGE_DISCONNECTED,
+        REQUEST_TIMEOUT,
+        RESPONSE_TIMEOUT,
+        SHUTTING_DOWN,
+        DUPLICATE_ID,
+        CANCELLED,
+        REQUEST_TOO_LARGE,
+        SLOW_CLIENT,
+    ];
 }
 
 #[cfg(test)]

@@ -1,19 +1,27 @@
 //! Serving HTTP/1.1 with hyper's connection builder, for the gateway and mcp-bridge. `axum::serve`
 //! takes hyper's defaults; here the per-connection buffers are chosen (docs/performance.md,
 //! "Memory and buffers"), every connection is tracked so a shutdown lets in-flight requests finish, and each
-//! accepted socket gets `TCP_NODELAY`.
+//! accepted socket gets `TCP_NODELAY`. [`guarded`] puts a router behind the web guard.
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::audit::Audit;
+use crate::web_guard::WebGuard;
 
 /// The most one connection buffers in each direction: a request head (with its headers) must fit
 /// in it, and a response whose client does not read stops being polled once this much waits in
@@ -90,6 +98,75 @@ fn connection(
             tracing::debug!(%err, %peer, "HTTP connection ended with an error");
         }
     }
+}
+
+/// Where a service records the requests its web guard refused.
+#[derive(Clone)]
+pub struct Refusals {
+    /// The counter, labelled by `reason` (the refusal's code).
+    pub counter: &'static str,
+    /// The audit log, for the services that keep one: a `security_violation` record.
+    pub audit: Option<Audit>,
+    /// Paths whose clients read errors as `{"error": "<message>"}` (the gateway's Ollama
+    /// routes); every other path gets the object shape.
+    pub plain_errors: fn(&str) -> bool,
+}
+
+/// For [`Refusals::plain_errors`] when no path uses the plain shape.
+pub fn no_plain_errors(_: &str) -> bool {
+    false
+}
+
+/// `router` behind `guard`, outermost, so that a refused request (a CORS preflight too) reaches
+/// nothing else: it is logged, counted, audited, and answered with its status and the error
+/// shape the path's clients read (`{"error": {"message", "type", "param", "code"}}`, or
+/// `{"error": "<message>"}` where [`Refusals::plain_errors`] says so).
+pub fn guarded(router: Router, guard: WebGuard, refusals: Refusals) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        (Arc::new(guard), refusals),
+        refuse_foreign,
+    ))
+}
+
+async fn refuse_foreign(
+    State((guard, refusals)): State<(Arc<WebGuard>, Refusals)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Err(refusal) = guard.check(req.uri(), req.headers()) else {
+        return next.run(req).await;
+    };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let presented = refusal.presented();
+    tracing::warn!(client_ip = ?peer, reason = refusal.code(), %presented,
+        method = %req.method(), path = %req.uri().path(), "request refused by the web guard");
+    metrics::counter!(refusals.counter, "reason" => refusal.code()).increment(1);
+    if let Some(audit) = &refusals.audit {
+        audit.record(
+            "security_violation",
+            json!({"client_ip": peer, "violation_type": refusal.code(), "details": presented}),
+        );
+    }
+    let kind = if refusal.status() == http::StatusCode::FORBIDDEN {
+        "permission_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body = if (refusals.plain_errors)(req.uri().path()) {
+        json!({"error": refusal.to_string()})
+    } else {
+        json!({"error": {"message": refusal.to_string(), "type": kind, "param": null,
+                         "code": refusal.code()}})
+    };
+    (
+        refusal.status(),
+        [("x-should-retry", "false")],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 fn is_connection_error(err: &std::io::Error) -> bool {

@@ -147,7 +147,8 @@ impl BridgeStatus {
 pub enum IpcError {
     #[error("socket i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("malformed frame: {0}")]
+    /// Shown without the values serde quotes (`frame_summary::without_values`).
+    #[error("malformed frame: {}", crate::frame_summary::without_values(&.0.to_string()))]
     Malformed(#[from] serde_json::Error),
 }
 

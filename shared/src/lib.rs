@@ -6,8 +6,10 @@ pub mod answer;
 pub mod audit;
 pub mod backoff;
 pub mod bridge;
+pub mod coalesce;
 pub mod config;
 pub mod digest;
+pub mod frame_summary;
 pub mod http_server;
 pub mod ipc;
 pub mod probe;
@@ -19,6 +21,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod tagged;
 pub mod telemetry;
+pub mod web_guard;
 pub mod ws_peer;
 
 /// The product's version, reported by `/health` and in the protocol handshakes.

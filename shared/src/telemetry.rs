@@ -6,10 +6,25 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::{LogFormat, LogLevel};
 
+/// Libraries whose debug and trace lines print whole messages (MCP tool results holding
+/// prompts, WebSocket frames, headers with tokens): kept at `info` whatever `LOG_LEVEL` says.
+const VERBATIM_LIBRARIES: &[&str] = &["rmcp", "tungstenite", "tokio_tungstenite", "hyper", "h2"];
+
+/// The filter for `level` (a `RUST_LOG` filter, when set, wins instead).
+fn filter_for(level: LogLevel) -> String {
+    let mut directives = level.0.as_str().to_ascii_lowercase();
+    if level.0 > tracing::Level::INFO {
+        for library in VERBATIM_LIBRARIES {
+            directives.push_str(&format!(",{library}=info"));
+        }
+    }
+    directives
+}
+
 /// Logs to stdout at `level` (a `RUST_LOG` filter, when set, wins), as text or JSON lines.
 pub fn init_tracing(level: LogLevel, format: LogFormat) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(level.0.as_str().to_ascii_lowercase()));
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(filter_for(level)));
     // Colour only for a person at a terminal: supervisors and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -69,4 +84,19 @@ pub fn render_metrics() -> String {
     }
     handle.run_upkeep();
     handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_logs_leave_message_printing_libraries_at_info() {
+        let debug = filter_for(LogLevel(tracing::Level::DEBUG));
+        assert!(
+            debug.starts_with("debug,") && debug.contains("rmcp=info"),
+            "{debug}"
+        );
+        assert_eq!(filter_for(LogLevel(tracing::Level::WARN)), "warn");
+    }
 }

@@ -63,7 +63,12 @@ async fn agent_usage_is_reported_when_given() {
     let stack = Stack::start().await;
     let body: Value = stack
         .gateway
-        .chat(chat_body("[[usage]] hi", false))
+        // Long enough that the 11 prompt tokens the agent reports are within what the gateway
+        // counted (the agent's figures are held to that).
+        .chat(chat_body(
+            "[[usage]] hi, here are a few more words to count",
+            false,
+        ))
         .await
         .json()
         .await
@@ -125,7 +130,7 @@ async fn streamed_chat_is_what_strict_clients_need() {
 #[tokio::test]
 async fn include_usage_adds_a_usage_chunk_before_done() {
     let stack = Stack::start().await;
-    let mut body = chat_body("[[usage]] count me", true);
+    let mut body = chat_body("[[usage]] count me, and these few words as well", true);
     body["stream_options"] = json!({"include_usage": true});
     let sse = Sse::parse(&stack.gateway.chat(body).await.text().await.unwrap());
     let events = sse.json();

@@ -10,18 +10,23 @@ mod chat;
 mod clients;
 mod compose;
 mod containers;
+mod first_contact;
 mod handover;
+mod limits;
 mod mcp_agent;
 mod mcp_tokens;
 mod messages_api;
+mod model_names;
 mod ollama;
 mod ops;
 mod redis_store;
+mod refusals;
 mod resilience;
 mod responses_api;
 mod resume;
 mod status_page;
 mod store_scripts;
+mod web_pages;
 
 use std::time::Duration;
 

@@ -4,7 +4,9 @@
 use std::process::Stdio;
 
 use integration_tests::harness::get;
-use integration_tests::mcp_stack::{token_file, AgentRecipe, McpBridgeProc, BRIDGE_TOKEN};
+use integration_tests::mcp_stack::{
+    token_file, AgentRecipe, McpBridgeProc, BRIDGE_TOKEN, MCP_TOKEN,
+};
 use provider_shared::digest;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -53,11 +55,7 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
     );
     // /mcp answers without a bearer.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client
-        .post(bridge.url("/mcp"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize(1).to_string())
+    let resp = mcp_initialize(&client, &bridge.url("/mcp"), 1)
         .send()
         .await
         .unwrap();
@@ -66,6 +64,133 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
     let (_, health) = get(&bridge.url("/health")).await.unwrap();
     assert_eq!(health["audit"]["enabled"], true, "{health}");
     assert_eq!(health["audit"]["dropped"], 0, "{health}");
+}
+
+#[tokio::test]
+async fn without_tokens_remote_callers_are_refused_whatever_host_they_name() {
+    let Some(here) = integration_tests::harness::non_loopback_address() else {
+        integration_tests::skip::missing_dependency(
+            "without_tokens_remote_callers_are_refused_whatever_host_they_name",
+            "a non-loopback address on this machine",
+            "a network interface with an IPv4 address besides lo",
+        );
+        return;
+    };
+    let bridge = McpBridgeProc::new()
+        .without("MCP_BRIDGE_TOKEN_FILE")
+        .without("MCP_HTTP_TOKEN_FILE")
+        .env("MCP_ALLOW_NO_TOKEN", "true")
+        .env("ALLOW_NON_LOOPBACK", "true")
+        .env("MCP_BRIDGE_HOST", "0.0.0.0")
+        .spawn();
+    bridge.wait_agents(0, SOON).await;
+    // Calls to `here` come from a non-loopback address, as another machine's would.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let remote = format!("http://{here}:{}", bridge.port);
+    let loopback_host = format!("127.0.0.1:{}", bridge.port);
+    // From this machine's other address, naming loopback as its Host: still not this machine.
+    let resp = mcp_initialize(&client, &format!("{remote}/mcp"), 1)
+        .header("host", &loopback_host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LOCAL_PROVIDER_MCP_HTTP_TOKEN is not set"),
+        "{body}"
+    );
+    // bridge-agent's door too.
+    let resp = client
+        .get(format!("{remote}/"))
+        .header("host", &loopback_host)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let record = bridge
+        .wait_audit("the remote caller audited", |v| {
+            v["endpoint"] == "mcp" && v["reason"] == "not_loopback"
+        })
+        .await;
+    let caller: std::net::IpAddr = record["client_ip"].as_str().unwrap().parse().unwrap();
+    assert!(!caller.is_loopback(), "{record}");
+    // The same from loopback is served.
+    let resp = mcp_initialize(&client, &bridge.url("/mcp"), 2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// An MCP `initialize` POST to `url`, as an MCP client sends it (no bearer).
+pub(crate) fn mcp_initialize(
+    client: &reqwest::Client,
+    url: &str,
+    id: u64,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize(id).to_string())
+}
+
+/// A client that ends its session gets 204 (rmcp's own answer is 202, which the official
+/// clients log as a failure on every disconnect).
+#[tokio::test]
+async fn an_ended_mcp_session_is_answered_204() {
+    let bridge = McpBridgeProc::new().spawn();
+    bridge.wait_agents(0, SOON).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let rpc = |message: Value, session: Option<&str>| {
+        let mut req = client
+            .post(bridge.url("/mcp"))
+            .bearer_auth(MCP_TOKEN)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(session) = session {
+            req = req.header("mcp-session-id", session);
+        }
+        req.body(message.to_string()).send()
+    };
+    let resp = rpc(initialize(1), None).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let end = |session: &str| {
+        client
+            .delete(bridge.url("/mcp"))
+            .bearer_auth(MCP_TOKEN)
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    let resp = end(&session).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    // Ended means ended: the session is gone.
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = rpc(list, Some(&session)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    // Without the token, nothing is ended.
+    let resp = client
+        .delete(bridge.url("/mcp"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
 }
 
 fn initialize(id: u64) -> Value {

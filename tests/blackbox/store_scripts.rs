@@ -56,6 +56,12 @@ async fn buckets_answer_as_the_memory_store_does() {
         ("adjust", 100),
         ("take", 5),
         ("take", 6),
+        // A charge beyond any budget saturates at one bucket of debt, in both stores.
+        ("adjust", i64::MIN),
+        ("peek", 0),
+        ("take", 1),
+        ("adjust", 100),
+        ("take", 5),
     ];
     for (i, &(op, n)) in steps.iter().enumerate() {
         let stores: [&dyn Store; 2] = [&memory, &shared];

@@ -83,6 +83,19 @@ pub async fn get(url: &str) -> Result<(u16, Value), String> {
     Ok((status, body))
 }
 
+/// An address of this machine that is not loopback (the first local IPv4 host address the
+/// kernel lists in `/proc/net/fib_trie`), so a test can reach a service as another machine
+/// would; `None` when there is none.
+pub fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let lines: Vec<&str> = trie.lines().collect();
+    lines.windows(2).find_map(|pair| {
+        let address = pair[0].trim().strip_prefix("|-- ")?;
+        let ip: std::net::IpAddr = address.parse().ok()?;
+        (pair[1].trim() == "/32 host LOCAL" && !ip.is_loopback()).then_some(ip)
+    })
+}
+
 /// Waits until `url` answers 200; returns its body.
 pub async fn wait_healthy(url: &str, timeout: Duration) -> Value {
     wait_for(timeout, &format!("{url} to answer 200"), || async {

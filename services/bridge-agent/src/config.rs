@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use provider_shared::config::{
-    self as shared, timeouts, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds,
+    self as shared, timeouts, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds,
     Secret,
 };
+use provider_shared::web_guard;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +41,12 @@ pub struct Config {
     pub allow_non_loopback: Flag,
     #[serde(default = "default_port")]
     pub bridge_agent_port: Port,
+    /// Names the health listener answers besides loopback names and its own address.
+    #[serde(default)]
+    pub allowed_hosts: List,
+    /// Browser origins that may read the health listener; any other `Origin` is refused.
+    #[serde(default = "default_origins")]
+    pub allowed_origins: List,
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
@@ -64,6 +71,9 @@ fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
     Bounded(provider_shared::bridge::DEFAULT_MAX_FRAME_BYTES)
 }
 
+fn default_origins() -> List {
+    List(web_guard::default_allowed_origins())
+}
 fn default_agent_id() -> String {
     "local-provider-1".into()
 }
@@ -156,6 +166,8 @@ impl Config {
                 ),
             ));
         }
+        self.allowed_hosts = List(web_guard::allowed_hosts(&self.allowed_hosts.0)?);
+        self.allowed_origins = List(web_guard::allowed_origins(&self.allowed_origins.0)?);
         if self.agent_id.trim().is_empty() {
             return Err(ConfigError::new("AGENT_ID", "expected a non-empty name"));
         }
@@ -292,7 +304,7 @@ mod tests {
     fn buffer_frame_and_resume_settings_have_documented_defaults_and_bounds() {
         let c = Config::from_vars(vec![]).unwrap();
         assert_eq!(c.stream_buffer_bytes(), 1024 * 1024);
-        assert_eq!(c.max_frame_bytes.0, 16 * 1024 * 1024);
+        assert_eq!(c.max_frame_bytes.0, 48 * 1024 * 1024);
         assert_eq!(c.resume_grace(), Duration::from_secs(30));
         for (var, bad) in [
             ("STREAM_BUFFER_BYTES", "1000"),

@@ -1,4 +1,5 @@
-//! `/health`, `/health/live`, `/health/ready` and `/metrics` over HTTP.
+//! `/health`, `/health/live`, `/health/ready` and `/metrics` over HTTP, behind the web guard
+//! (`Host`, `Origin`, body type: `provider_shared::web_guard`), as the other services' routes.
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -6,7 +7,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use provider_shared::http_server::{guarded, no_plain_errors, Refusals};
 use provider_shared::ipc::LinkState;
+use provider_shared::web_guard::WebGuard;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,12 +17,24 @@ use tokio_util::sync::CancellationToken;
 use crate::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
+    let config = &hub.config;
+    let guard = WebGuard::new(
+        &config.allowed_hosts.0,
+        &config.bridge_agent_host,
+        &config.allowed_origins.0,
+    );
+    let refusals = Refusals {
+        counter: crate::metrics::REFUSED,
+        audit: None,
+        plain_errors: no_plain_errors,
+    };
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(hub)
+        .with_state(hub);
+    guarded(routes, guard, refusals)
 }
 
 /// Serves the health and metrics endpoints until `stop` fires.

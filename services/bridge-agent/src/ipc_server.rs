@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{codes, ModelResult};
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{
     IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION, SILENCE_LIMIT,
     WRITE_TIMEOUT,
@@ -143,7 +144,10 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                     tracing::debug!(%id, "cancel for a request not in flight (or cancelled already) ignored");
                 }
             }
-            Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected gateway frame ignored"),
+            Some(Ok(other)) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "unexpected gateway frame ignored");
+            }
             Some(Err(err)) => {
                 tracing::warn!(%err, "unreadable gateway frame; closing the connection");
                 break;

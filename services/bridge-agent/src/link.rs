@@ -11,6 +11,7 @@ use provider_shared::bridge::{
     codes, negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::LinkState;
 use provider_shared::routes::Undeliverable;
 use provider_shared::ws_peer::{self, CloseCode, Message};
@@ -146,9 +147,15 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
+    // What `hello` says it accepts is what the socket takes: tungstenite's own default frame
+    // limit (16 MiB) would refuse a larger answer than the bridge was told it may send.
+    let limit = usize::try_from(hub.config.max_frame_bytes.0).unwrap_or(usize::MAX);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(limit))
+        .max_message_size(Some(limit));
     // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
     let (mut ws, _response) =
-        tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
     // `protocol` stays 1, so that a bridge that knows only 1 (and checks it) still answers.
     let hello = BridgeFrame::Hello {
         agent_id: hub.config.agent_id.clone(),
@@ -182,7 +189,10 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
                 ws.send(Message::text(BridgeFrame::Pong { ts }.to_text()))
                     .await?;
             }
-            Ok(other) => tracing::debug!(?other, "frame before welcome ignored"),
+            Ok(other) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "frame before welcome ignored");
+            }
             Err(err) => tracing::debug!(%err, "frame before welcome ignored"),
         }
     }
@@ -304,7 +314,8 @@ fn on_text(hub: &Hub, text: &str) -> Option<Message> {
             hub.status.send_modify(|s| s.mcp_bridge = Some(report));
         }
         Ok(other) => {
-            tracing::warn!(frame = ?other, "unexpected frame from the bridge ignored");
+            let frame = FrameSummary::of(&other);
+            tracing::warn!(%frame, "unexpected frame from the bridge ignored");
             metrics::frame_dropped("unexpected");
         }
         Err(FrameError::UnknownType(kind)) => {

@@ -12,6 +12,7 @@ pub const GATEWAY_CONNECTIONS: &str = "bridge_agent_gateway_connections";
 pub const FRAMES_DROPPED: &str = "bridge_agent_frames_dropped_total";
 pub const RESUMED: &str = "bridge_agent_requests_resumed_total";
 pub const REATTACHED: &str = "bridge_agent_requests_reattached_total";
+pub const REFUSED: &str = "bridge_agent_requests_refused_total";
 
 /// Registers help text and units; the names then show on /metrics even before first use.
 pub fn describe() {
@@ -54,6 +55,10 @@ pub fn describe() {
     describe_counter!(
         REATTACHED,
         "Requests whose gateway connection dropped, taken up again by the gateway's resume on a new one"
+    );
+    describe_counter!(
+        REFUSED,
+        "HTTP requests refused before routing, by reason: host_not_allowed, origin_not_allowed, unsupported_media_type"
     );
     // Zero values, so dashboards and alerts see the series from the start.
     metrics::gauge!(WS_CONNECTED).set(0.0);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::backoff::Backoff;
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{
     BridgeStatus, IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, HEARTBEAT_EVERY, IPC_PROTOCOL,
     IPC_VERSION, SILENCE_LIMIT, WRITE_TIMEOUT,
@@ -385,7 +386,10 @@ async fn connect(socket: &PathBuf) -> Result<Welcomed, String> {
             heartbeat: capabilities.iter().any(|c| c == CAP_HEARTBEAT),
         }),
         Some(Ok(IpcFrame::Reject { reason })) => Err(format!("bridge-agent refused: {reason}")),
-        Some(Ok(other)) => Err(format!("unexpected handshake answer: {other:?}")),
+        Some(Ok(other)) => Err(format!(
+            "unexpected handshake answer: {}",
+            FrameSummary::of(&other)
+        )),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("bridge-agent closed the connection during the handshake".into()),
     }
@@ -446,7 +450,10 @@ async fn run_connection(
                 }
                 Ok(IpcFrame::Status(status)) => set_bridge(link_tx, true, status),
                 Ok(IpcFrame::Pong { .. }) => {}
-                Ok(other) => tracing::debug!(?other, "ignoring unexpected frame from bridge-agent"),
+                Ok(other) => {
+                    let frame = FrameSummary::of(&other);
+                    tracing::debug!(%frame, "ignoring unexpected frame from bridge-agent");
+                }
                 Err(err) => break format!("bad frame from bridge-agent: {err}"),
             }
         }

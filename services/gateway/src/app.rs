@@ -1,13 +1,16 @@
-//! The router: routes, CORS limited to `ALLOWED_ORIGINS`, security headers, request metrics, and
-//! OpenAI-shaped answers for unknown routes and methods.
+//! The router: routes, the web guard (`Host`, `Origin`, body type) before anything else, CORS
+//! limited to `ALLOWED_ORIGINS`, security headers, request metrics, and OpenAI-shaped answers for
+//! unknown routes and methods.
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use provider_shared::http_server::{guarded, Refusals};
+use provider_shared::web_guard::{origin_allowed, WebGuard};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -17,6 +20,13 @@ use crate::{admin, anthropic, health, ollama, openai, responses, sessions, statu
 
 pub fn router(state: Shared) -> Router {
     let cors = cors(&state.settings.allowed_origins);
+    let settings = &state.settings;
+    let guard = WebGuard::new(
+        &settings.allowed_hosts,
+        &settings.host,
+        &settings.allowed_origins,
+    );
+    let audit = state.audit.clone();
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::completions))
         .route("/v1/completions", post(openai::completions::completions))
@@ -36,11 +46,7 @@ pub fn router(state: Shared) -> Router {
         .route("/models/{id}", get(health::get_model))
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", delete(sessions::delete))
-        .route("/api/version", get(ollama::version))
-        .route("/api/tags", get(ollama::tags))
-        .route("/api/show", post(ollama::show))
-        .route("/api/chat", post(ollama::chat::chat))
-        .route("/api/generate", post(ollama::generate::generate))
+        .merge(ollama::routes())
         .route("/admin/sessions", get(admin::list_sessions))
         .route("/admin/revoke_all_sessions", post(admin::revoke_all))
         .route("/health", get(health::health))
@@ -52,10 +58,16 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
-    let mut app = api
+    let api = api
         .layer(middleware::from_fn_with_state(state, status::record_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(cors);
+    let refusals = Refusals {
+        counter: "gateway_requests_refused_total",
+        audit: Some(audit),
+        plain_errors: ollama::owns,
+    };
+    let mut app = guarded(api, guard, refusals);
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
@@ -75,19 +87,29 @@ pub fn router(state: Shared) -> Router {
     app
 }
 
-async fn not_found(req: Request) -> Error {
-    Error::NotFound {
-        message: format!("no route {} {}", req.method(), req.uri().path()),
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    let err = Error::NotFound {
+        message: format!("no route {} {path}", req.method()),
         code: "unknown_url",
+    };
+    if ollama::owns(path) {
+        let err = Error::NotFound {
+            message: format!("{err}: this gateway answers Ollama's /api/version, /api/tags, /api/ps, /api/show, /api/chat and /api/generate"),
+            code: "unknown_url",
+        };
+        return ollama::OllamaError::from(err).into_response();
     }
+    err.into_response()
 }
 
-async fn method_not_allowed(req: Request) -> Error {
-    Error::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.uri().path()
-    ))
+async fn method_not_allowed(req: Request) -> Response {
+    let path = req.uri().path();
+    let err = Error::MethodNotAllowed(format!("{} is not allowed on {path}", req.method()));
+    if ollama::owns(path) {
+        return ollama::OllamaError::from(err).into_response();
+    }
+    err.into_response()
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -105,22 +127,6 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
-}
-
-/// True when `origin` is allowed by one of `patterns` (`http://127.0.0.1:*` allows any port).
-pub fn origin_allowed(patterns: &[String], origin: &str) -> bool {
-    patterns.iter().any(|p| {
-        if p == "*" || p == origin {
-            return true;
-        }
-        match p.strip_suffix(":*") {
-            Some(base) => origin
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())),
-            None => false,
-        }
-    })
 }
 
 fn cors(patterns: &[String]) -> CorsLayer {
@@ -142,23 +148,4 @@ fn cors(patterns: &[String]) -> CorsLayer {
             HeaderName::from_static("x-ratelimit-reset-tokens"),
         ])
         .max_age(Duration::from_secs(600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_patterns() {
-        let p = vec![
-            "http://127.0.0.1:*".to_owned(),
-            "https://app.example".to_owned(),
-        ];
-        assert!(origin_allowed(&p, "http://127.0.0.1:3000"));
-        assert!(!origin_allowed(&p, "http://127.0.0.1:"));
-        assert!(!origin_allowed(&p, "http://127.0.0.1:80.evil.com"));
-        assert!(!origin_allowed(&p, "http://127.0.0.10:80"));
-        assert!(origin_allowed(&p, "https://app.example"));
-        assert!(!origin_allowed(&p, "https://evil.example"));
-    }
 }

@@ -99,7 +99,6 @@ pub async fn check_throttle(state: &AppState, addr: IpAddr) -> Result<(), Error>
             ),
             retry_after,
             headers: None,
-            retryable: true,
         });
     }
     Ok(())
@@ -132,8 +131,11 @@ pub async fn authenticate(
             }
         }
     };
+    // Keyless means no credential at all, from this machine: a wrong key is a wrong key.
     let principal = match principal {
-        None if accept == Accept::Anyone => Some(Principal::Keyless),
+        None if accept == Accept::Anyone && presented.is_none() && addr.is_loopback() => {
+            Some(Principal::Keyless)
+        }
         other => other,
     };
     let fingerprint = presented.map(|t| digest::fingerprint(t.as_bytes()));
@@ -206,6 +208,36 @@ pub async fn authenticate_admin(
         .take(&failure_key(addr), state.auth_failure_spec(), 1)
         .await?;
     Err(Error::Unauthorized("invalid admin token".into()))
+}
+
+/// True when the request carries the admin token. A good token passes quietly (a status page
+/// or a scraper polls every few seconds); check anything else with [`authenticate_admin`], which
+/// audits and throttles it.
+pub fn holds_admin_token(state: &AppState, headers: &HeaderMap) -> bool {
+    match (state.settings.admin_token_digest, bearer(headers)) {
+        (Some(expected), Some(token)) => {
+            bool::from(digest::sha256(token.as_bytes()).ct_eq(&expected))
+        }
+        _ => false,
+    }
+}
+
+/// Whether the caller may see the operations detail (`/metrics`, `/health` detail): always,
+/// unless `PROTECT_OPERATIONS` is on; then only with the admin token. Without any credential
+/// the answer is no; a wrong one is refused (audited and throttled).
+pub async fn sees_operations(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: IpAddr,
+) -> Result<bool, Error> {
+    if !state.settings.protect_operations || holds_admin_token(state, headers) {
+        return Ok(true);
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        authenticate_admin(state, headers, addr).await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

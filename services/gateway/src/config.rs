@@ -32,9 +32,11 @@ pub struct RawConfig {
     pub default_max_tokens: Bounded<1, 1_000_000>,
     pub auth_failure_limit: Bounded<1, 1_000_000>,
     pub model_name: String,
-    pub max_tokens_limit: Bounded<1, 1_000_000>,
+    pub model_aliases: Option<String>,
+    pub max_tokens_limit: Option<Bounded<1, 100_000_000>>,
     pub context_window: Bounded<1, 100_000_000>,
-    pub max_content_bytes: Bounded<1, 1_073_741_824>,
+    /// No longer read: set, it stops start-up with a line naming what replaced it.
+    pub max_content_bytes: Option<String>,
     pub max_body_bytes: Bounded<1024, 1_073_741_824>,
     pub request_timeout: Seconds,
     pub response_timeout: Seconds,
@@ -49,6 +51,8 @@ pub struct RawConfig {
     pub audit_log_max_bytes: Bounded<0, { u64::MAX }>,
     pub audit_log_backups: Bounded<0, 1000>,
     pub allowed_origins: List,
+    pub allowed_hosts: List,
+    pub protect_operations: Flag,
     pub bridge_socket: Option<PathBuf>,
     pub connection_timeout: Seconds,
     pub keepalive_interval: Seconds,
@@ -81,10 +85,11 @@ impl Default for RawConfig {
             default_max_tokens: Bounded(1024),
             auth_failure_limit: Bounded(10),
             model_name: "cursor-agent-local".into(),
-            max_tokens_limit: Bounded(8192),
+            model_aliases: None,
+            max_tokens_limit: None,
             context_window: Bounded(200_000),
-            max_content_bytes: Bounded(100_000),
-            max_body_bytes: Bounded(10 * 1024 * 1024),
+            max_content_bytes: None,
+            max_body_bytes: Bounded(DEFAULT_MAX_BODY_BYTES),
             request_timeout: Seconds(timeouts::REQUEST_TIMEOUT),
             response_timeout: Seconds(timeouts::RESPONSE_TIMEOUT),
             max_concurrent_requests: Bounded(50),
@@ -97,10 +102,9 @@ impl Default for RawConfig {
             audit_log: None,
             audit_log_max_bytes: Bounded(provider_shared::audit::DEFAULT_MAX_BYTES),
             audit_log_backups: Bounded(provider_shared::audit::DEFAULT_BACKUPS.into()),
-            allowed_origins: List(vec![
-                "http://127.0.0.1:*".into(),
-                "http://localhost:*".into(),
-            ]),
+            allowed_origins: List(provider_shared::web_guard::default_allowed_origins()),
+            allowed_hosts: List::default(),
+            protect_operations: Flag(false),
             bridge_socket: None,
             connection_timeout: Seconds::from_secs(30),
             keepalive_interval: Seconds::from_secs(10),
@@ -153,6 +157,64 @@ impl<'de> Deserialize<'de> for FailurePolicy {
     }
 }
 
+/// The model names the one agent answers to besides `MODEL_NAME` (`LOCAL_PROVIDER_MODEL_ALIASES`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelAliases {
+    /// Every name (the default, and `*`): single-model servers answer whatever name a client
+    /// asks for, and so does this one.
+    Any,
+    /// Only names matching one of these globs (and `MODEL_NAME`).
+    Only(Vec<glob::Pattern>),
+}
+
+/// At most this many globs, each at most this long (a model name is at most 256 bytes too).
+const MAX_ALIASES: usize = 64;
+const MAX_ALIAS_BYTES: usize = 256;
+
+impl ModelAliases {
+    /// Comma-separated globs: `*` any run of characters, `?` one character, `[abc]` / `[a-z]` /
+    /// `[!abc]` one character of (or not of) a set; everything else is literal and
+    /// case-sensitive. Spaces around entries and empty entries are ignored; unset or empty is
+    /// `*`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ConfigError> {
+        let entries: Vec<&str> = raw
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if entries.is_empty() || entries.contains(&"*") {
+            return Ok(ModelAliases::Any);
+        }
+        let syntax = "expected comma-separated model-name globs (`*` any run of characters, `?` one character, `[abc]` one of a set), e.g. `claude-*,gpt-4o`";
+        if entries.len() > MAX_ALIASES {
+            return Err(ConfigError::new(
+                "MODEL_ALIASES",
+                format!(
+                    "{syntax}; at most {MAX_ALIASES} of them, got {}",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut patterns = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.len() > MAX_ALIAS_BYTES
+                || entry.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "MODEL_ALIASES",
+                    format!("{syntax}, each without spaces and at most {MAX_ALIAS_BYTES} bytes; got {entry:?}"),
+                ));
+            }
+            let pattern = glob::Pattern::new(entry).map_err(|err| {
+                ConfigError::new("MODEL_ALIASES", format!("{syntax}; {entry:?}: {err}"))
+            })?;
+            patterns.push(pattern);
+        }
+        Ok(ModelAliases::Only(patterns))
+    }
+}
+
 /// Where the Redis store lives.
 #[derive(Clone)]
 pub struct RedisSettings {
@@ -192,10 +254,13 @@ pub struct Settings {
     pub default_max_tokens: u64,
     pub auth_failure_limit: u64,
     pub model_name: String,
-    pub max_tokens_limit: u64,
+    /// Which other model names are answered by the one agent (`MODEL_ALIASES`).
+    pub model_aliases: ModelAliases,
+    /// `MAX_TOKENS_LIMIT` when set: the most output a request may ask for. Unset, the context
+    /// window alone bounds it.
+    pub max_tokens_limit: Option<u64>,
     /// Prompt plus output tokens a request may need; more is a 400 `context_length_exceeded`.
     pub context_window: u64,
-    pub max_content_bytes: usize,
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
     pub max_concurrent_requests: usize,
@@ -212,6 +277,10 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     pub audit_rotation: provider_shared::audit::Rotation,
     pub allowed_origins: Vec<String>,
+    /// Host names served besides the loopback ones (`ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+    /// `/metrics`, `/health` detail and `/status.json` need the admin token.
+    pub protect_operations: bool,
     pub bridge_socket: PathBuf,
     pub connection_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -225,9 +294,16 @@ pub struct Settings {
     pub resume_grace: Duration,
 }
 
-/// 1 MiB: 25 times the longest answer `MAX_TOKENS_LIMIT` allows by default, so an agent that
-/// keeps to it never trips the bound, yet one client that stops reading costs at most this much.
+/// 1 MiB: eight times a 32,000-token answer (what Claude Code asks for) at four bytes a token, so
+/// an agent that keeps to what it was asked never trips the bound, yet one client that stops
+/// reading costs at most this much.
 pub const DEFAULT_STREAM_BUFFER_BYTES: u64 = 1024 * 1024;
+
+/// 32 MiB, the request size Anthropic's Messages API takes: whatever Claude Code sends there fits.
+/// A whole 200,000-token context of text is 1–2 MB of JSON; the rest is room for base64 images
+/// and documents. The WebSocket frame (`MAX_FRAME_BYTES`, 48 MiB by default) holds a request of
+/// this size with room for its conversion.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Keys shorter than this are refused: they would be guessable.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -284,14 +360,35 @@ impl Settings {
                 "expected a model name, got \"\"",
             ));
         }
-        if raw.default_max_tokens.0 > raw.max_tokens_limit.0 {
+        if raw
+            .max_content_bytes
+            .as_deref()
+            .is_some_and(|v| !v.trim().is_empty())
+        {
             return Err(ConfigError::new(
-                "DEFAULT_MAX_TOKENS",
-                format!(
-                    "expected at most LOCAL_PROVIDER_MAX_TOKENS_LIMIT ({}), got {}",
-                    raw.max_tokens_limit.0, raw.default_max_tokens.0
-                ),
+                "MAX_CONTENT_BYTES",
+                "is no longer used: a message may be as large as the context window allows (LOCAL_PROVIDER_CONTEXT_WINDOW, in tokens), within the request body cap (LOCAL_PROVIDER_MAX_BODY_BYTES); remove this variable",
             ));
+        }
+        if let Some(limit) = raw.max_tokens_limit {
+            if limit.0 > raw.context_window.0 {
+                return Err(ConfigError::new(
+                    "MAX_TOKENS_LIMIT",
+                    format!(
+                        "expected at most LOCAL_PROVIDER_CONTEXT_WINDOW ({}), or leave it unset to accept up to the window; got {}",
+                        raw.context_window.0, limit.0
+                    ),
+                ));
+            }
+            if raw.default_max_tokens.0 > limit.0 {
+                return Err(ConfigError::new(
+                    "DEFAULT_MAX_TOKENS",
+                    format!(
+                        "expected at most LOCAL_PROVIDER_MAX_TOKENS_LIMIT ({}), got {}",
+                        limit.0, raw.default_max_tokens.0
+                    ),
+                ));
+            }
         }
         if raw.default_max_tokens.0 >= raw.context_window.0 {
             return Err(ConfigError::new(
@@ -317,13 +414,24 @@ impl Settings {
             Some("" | "off" | "none") => None,
             Some(path) => Some(PathBuf::from(path)),
         };
-        for origin in &raw.allowed_origins.0 {
-            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://")) {
+        let allowed_origins = provider_shared::web_guard::allowed_origins(&raw.allowed_origins.0)?;
+        if raw.allow_keyless_generation.0 {
+            // Any page can send `Origin: null` (a sandboxed frame), so it is as open as `*`.
+            if let Some(open) = allowed_origins.iter().find(|o| *o == "*" || *o == "null") {
                 return Err(ConfigError::new(
                     "ALLOWED_ORIGINS",
-                    format!("expected http(s):// origins, a port may be *, got {origin:?}"),
+                    format!(
+                        "{open:?} lets any web page use the agent while LOCAL_PROVIDER_ALLOW_KEYLESS_GENERATION is on; list the origins instead"
+                    ),
                 ));
             }
+        }
+        let allowed_hosts = provider_shared::web_guard::allowed_hosts(&raw.allowed_hosts.0)?;
+        if raw.protect_operations.0 && admin_token_digest.is_none() {
+            return Err(ConfigError::new(
+                "PROTECT_OPERATIONS",
+                "needs LOCAL_PROVIDER_ADMIN_TOKEN: /metrics, /health detail and /status.json are then served to its holder only",
+            ));
         }
         Ok(Self {
             host: raw.host.trim().to_owned(),
@@ -341,9 +449,9 @@ impl Settings {
             default_max_tokens: raw.default_max_tokens.0,
             auth_failure_limit: raw.auth_failure_limit.0,
             model_name: raw.model_name.trim().to_owned(),
-            max_tokens_limit: raw.max_tokens_limit.0,
+            model_aliases: ModelAliases::parse(raw.model_aliases.as_deref())?,
+            max_tokens_limit: raw.max_tokens_limit.map(|l| l.0),
             context_window: raw.context_window.0,
-            max_content_bytes: raw.max_content_bytes.0 as usize,
             max_body_bytes: raw.max_body_bytes.0 as usize,
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
@@ -358,7 +466,9 @@ impl Settings {
                 max_bytes: raw.audit_log_max_bytes.0,
                 backups: raw.audit_log_backups.0 as u32,
             },
-            allowed_origins: raw.allowed_origins.0,
+            allowed_origins,
+            allowed_hosts,
+            protect_operations: raw.protect_operations.0,
             bridge_socket: raw
                 .bridge_socket
                 .unwrap_or_else(config::default_bridge_socket),
@@ -560,13 +670,77 @@ mod tests {
         assert_eq!(err.var, "LOCAL_PROVIDER_RATE_LIMIT_RPM");
         let err = with(&[("API_KEY", KEY), ("SESSION_STORE", "mongo")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_SESSION_STORE");
-        let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp://x")]).unwrap_err();
+        let err = with(&[("API_KEY", KEY), ("ALLOWED_ORIGINS", "ftp//x")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
+        let err = with(&[("API_KEY", KEY), ("ALLOWED_HOSTS", "gateway:8788")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_HOSTS");
+        let err = with(&[("API_KEY", KEY), ("PROTECT_OPERATIONS", "true")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_PROTECT_OPERATIONS");
+        for open in ["*", "null"] {
+            let err = with(&[
+                ("API_KEY", KEY),
+                ("ALLOW_KEYLESS_GENERATION", "true"),
+                ("ALLOWED_ORIGINS", open),
+            ])
+            .unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS", "{open}");
+        }
         let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "1000")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
         assert!(err.message.contains("DEFAULT_MAX_TOKENS"), "{err}");
         let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "lots")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
+    }
+
+    #[test]
+    fn limits_come_from_the_context_window() {
+        let s = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!(s.max_tokens_limit, None, "the window alone bounds output");
+        assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
+        let s = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "8192")]).unwrap();
+        assert_eq!(s.max_tokens_limit, Some(8192), "a limit set is kept");
+        let err = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "300000")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MAX_TOKENS_LIMIT");
+        assert!(err.message.contains("CONTEXT_WINDOW"), "{err}");
+        let err = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "512")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_DEFAULT_MAX_TOKENS");
+        // The per-message byte cap is gone; setting it says what replaced it.
+        let err = with(&[("API_KEY", KEY), ("MAX_CONTENT_BYTES", "100000")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MAX_CONTENT_BYTES");
+        assert!(
+            err.message.contains("LOCAL_PROVIDER_CONTEXT_WINDOW")
+                && err.message.contains("LOCAL_PROVIDER_MAX_BODY_BYTES"),
+            "{err}"
+        );
+        assert!(with(&[("API_KEY", KEY), ("MAX_CONTENT_BYTES", "")]).is_ok());
+    }
+
+    #[test]
+    fn model_aliases_are_globs_and_default_to_every_name() {
+        let any = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!(any.model_aliases, ModelAliases::Any);
+        for raw in ["", " ", "*", "claude-*,*", " , "] {
+            assert_eq!(
+                ModelAliases::parse(Some(raw)).unwrap(),
+                ModelAliases::Any,
+                "{raw:?}"
+            );
+        }
+        let ModelAliases::Only(globs) =
+            ModelAliases::parse(Some(" claude-* , gpt-4o,,o[0-9]-mini ")).unwrap()
+        else {
+            panic!("narrowed")
+        };
+        let shown: Vec<&str> = globs.iter().map(glob::Pattern::as_str).collect();
+        assert_eq!(shown, ["claude-*", "gpt-4o", "o[0-9]-mini"]);
+        for bad in ["claude-[", "a b", &"x".repeat(300)] {
+            let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", bad)]).unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_MODEL_ALIASES", "{bad}");
+            assert!(err.message.contains("claude-*,gpt-4o"), "{err}");
+        }
+        let many = vec!["m"; 65].join(",");
+        let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", &many)]).unwrap_err();
+        assert!(err.message.contains("at most 64"), "{err}");
     }
 
     #[test]

@@ -43,48 +43,85 @@ fn status_of(state: &AppState) -> (&'static str, Value) {
     (status, body)
 }
 
-pub async fn health(State(state): State<Shared>) -> Response {
-    // Counting the sessions also probes the store, so the status below is current.
-    let sessions = state.store.count_sessions().await.ok();
-    let (status, mut body) = status_of(&state);
-    body["active_sessions"] = json!(sessions);
-    let code = if status == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
+/// The whole body for whoever may see the operations detail; only `status` for anyone else
+/// while `PROTECT_OPERATIONS` is on (socket path and store address stay with the operator).
+fn shown(detail: bool, status: &str, body: Value) -> Value {
+    if detail {
+        body
     } else {
-        StatusCode::OK
-    };
-    (code, Json(body)).into_response()
+        json!({"status": status})
+    }
+}
+
+pub async fn health(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    report(&state, peer, &headers, false).await
 }
 
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-pub async fn ready(State(state): State<Shared>) -> Response {
-    let _probe = state.store.count_sessions().await;
-    let (status, body) = status_of(&state);
-    let code = if status == "healthy" {
+pub async fn ready(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    report(&state, peer, &headers, true).await
+}
+
+/// `/health` (503 only while shutting down, with the active sessions) or `/health/ready` (200
+/// only when healthy).
+async fn report(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ready: bool,
+) -> Result<Response, Error> {
+    let detail = auth::sees_operations(state, headers, peer.ip()).await?;
+    // Counting the sessions also probes the store, so the status below is current.
+    let sessions = state.store.count_sessions().await.ok();
+    let (status, mut body) = status_of(state);
+    let up = if ready {
+        status == "healthy"
+    } else {
+        body["active_sessions"] = json!(sessions);
+        status != "unhealthy"
+    };
+    let code = if up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    Ok((code, Json(shown(detail, status, body))).into_response())
 }
 
-pub async fn metrics() -> Response {
-    (
+pub async fn metrics(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    if !auth::sees_operations(&state, &headers, peer.ip()).await? {
+        return Err(Error::Unauthorized(
+            "/metrics needs the admin token while LOCAL_PROVIDER_PROTECT_OPERATIONS is on: send Authorization: Bearer <LOCAL_PROVIDER_ADMIN_TOKEN>".into(),
+        ));
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         provider_shared::telemetry::render_metrics(),
     )
-        .into_response()
+        .into_response())
 }
 
-fn model_object(state: &AppState) -> Value {
+fn model_object(state: &AppState, id: &str) -> Value {
     json!({
-        "id": state.settings.model_name,
+        "id": id,
         "object": "model",
         "created": state.models_created,
         "owned_by": "mcp-local-provider",
@@ -97,9 +134,13 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    Ok(Json(
-        json!({"object": "list", "data": [model_object(&state)]}),
-    ))
+    let data: Vec<Value> = state
+        .models
+        .listed()
+        .into_iter()
+        .map(|name| model_object(&state, name))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn get_model(
@@ -109,14 +150,7 @@ pub async fn get_model(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    if !crate::validate::model_matches(&id, &state.settings.model_name) {
-        return Err(Error::NotFound {
-            message: format!(
-                "the model `{id}` does not exist; this gateway serves `{}`",
-                state.settings.model_name
-            ),
-            code: "model_not_found",
-        });
-    }
-    Ok(Json(model_object(&state)))
+    // Any name the generating routes would serve is a model here, under the name asked for.
+    state.models.resolve(&id)?;
+    Ok(Json(model_object(&state, &id)))
 }

@@ -21,10 +21,12 @@ pub mod error;
 pub mod generate;
 pub mod health;
 pub mod keygen;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod parts;
 pub mod ratelimit;
+pub mod refusals;
 pub mod responses;
 pub mod secrets;
 pub mod sessions;
@@ -91,7 +93,9 @@ pub async fn run(
         grace_over: grace_over.clone(),
         key_client,
         models_created: store::now_ms() / 1000,
+        models: models::Models::of(&settings),
         status: status::board::Board::default(),
+        refusals: refusals::Refusals::default(),
         tasks: tracker.clone(),
         settings,
     });
@@ -183,6 +187,10 @@ fn describe_metrics() {
     );
     metrics::counter!("gateway_context_length_exceeded_total").absolute(0);
     describe_counter!("gateway_auth_failures_total", "Failed authentications");
+    describe_counter!(
+        "gateway_requests_refused_total",
+        "Requests refused before routing, by reason: host_not_allowed, origin_not_allowed, unsupported_media_type"
+    );
     describe_counter!(
         "gateway_slow_clients_total",
         "Requests ended with slow_client: their client fell more than STREAM_BUFFER_BYTES behind"

@@ -84,14 +84,15 @@ pub fn take(
 }
 
 /// Gives back (`delta` > 0, never above capacity) or charges (`delta` < 0, possibly below zero,
-/// so later requests wait) once real usage is known.
+/// so later requests wait) once real usage is known. The level saturates at minus the capacity:
+/// however large a charge, the client waits at most the time the bucket takes to fill twice.
 pub fn adjust(
     state: Option<BucketState>,
     spec: BucketSpec,
     delta: f64,
     now_ms: u64,
 ) -> BucketState {
-    let level = (refill(state, spec, now_ms) + delta).min(spec.capacity);
+    let level = (refill(state, spec, now_ms) + delta).clamp(-spec.capacity, spec.capacity);
     BucketState {
         level,
         at_ms: now_ms,
@@ -188,6 +189,11 @@ mod tests {
         assert_eq!(t.retry_after, Duration::from_secs(3));
         assert_eq!(adjust(Some(s2), RPM, 100.0, 0).level, 10.0);
         assert_eq!(adjust(Some(s2), RPM, -5.0, 0).level, -3.0);
+        // However large the charge, the debt is one bucket at most.
+        let floor = adjust(Some(s2), RPM, i64::MIN as f64, 0);
+        assert_eq!(floor.level, -10.0);
+        let (_, t) = take(Some(floor), RPM, 1.0, 0);
+        assert_eq!(t.retry_after, Duration::from_secs(11));
     }
 
     #[test]

@@ -77,11 +77,31 @@ pub struct FunctionCall {
     pub arguments: Value,
 }
 
+/// The agent's token counts: advisory, as everything it reports (the gateway holds them to
+/// what the request allows).
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageArg {
+    #[serde(deserialize_with = "saturating_tokens")]
     pub prompt_tokens: u64,
+    #[serde(deserialize_with = "saturating_tokens")]
     pub completion_tokens: u64,
+}
+
+/// A whole number of tokens; one beyond 2^64 − 1 (which JSON readers hold as a float) stands at
+/// 2^64 − 1 rather than failing the agent's answer.
+fn saturating_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(whole) = n.as_u64() {
+        return Ok(whole);
+    }
+    match n.as_f64() {
+        // `as` saturates: 1e20 becomes u64::MAX.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of tokens, 0 or more, got {n}"
+        ))),
+    }
 }
 
 /// What the request allows, read once from its parameters.
@@ -241,7 +261,8 @@ impl Submission {
                     usage: usage.map(|u| Usage {
                         prompt_tokens: u.prompt_tokens,
                         completion_tokens: u.completion_tokens,
-                        total_tokens: u.prompt_tokens + u.completion_tokens,
+                        // The agent's figures: the gateway holds them to what is possible.
+                        total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
                     }),
                     model: None,
                     created: None,
@@ -480,6 +501,33 @@ mod tests {
         assert_eq!(
             to_json(&step.frames)[0]["result"]["choices"][0]["message"]["content"],
             "Hi"
+        );
+    }
+
+    #[test]
+    fn token_counts_beyond_u64_saturate_and_others_are_refused() {
+        let usage = |v: Value| serde_json::from_value::<UsageArg>(v);
+        let u = usage(json!({"prompt_tokens": 1e20, "completion_tokens": u64::MAX})).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (u64::MAX, u64::MAX));
+        for bad in [json!(-1), json!(1.5), json!("3")] {
+            let err = usage(json!({"prompt_tokens": bad, "completion_tokens": 1})).unwrap_err();
+            assert!(
+                err.to_string().contains("tokens") || err.to_string().contains("number"),
+                "{err}"
+            );
+        }
+        let mut a = Submission::default();
+        let step = a
+            .apply(
+                "r",
+                &shape(false, false),
+                part(json!({"content": "x",
+                "usage": {"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX}})),
+            )
+            .unwrap();
+        assert_eq!(
+            to_json(&step.frames)[0]["result"]["usage"]["total_tokens"],
+            u64::MAX
         );
     }
 

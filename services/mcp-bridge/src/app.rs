@@ -1,5 +1,6 @@
 //! The one HTTP listener: bridge-agent's WebSocket at `/`, MCP (Streamable HTTP) at `/mcp`,
-//! and `/health`, `/health/live`, `/health/ready`, `/metrics` beside them.
+//! and `/health`, `/health/live`, `/health/ready`, `/metrics` beside them, all behind the web
+//! guard (`Host`, `Origin`, body type: `provider_shared::web_guard`).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use provider_shared::http_server::{guarded, no_plain_errors, Refusals};
+use provider_shared::web_guard::WebGuard;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{json, Value};
@@ -31,14 +34,17 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
     // Sessions for clients that open one (Cursor's protocol versions): `notifications/cancelled`
     // then reaches the call it names, so a cancelled long-poll never takes a request. Clients
     // of MCP 2026-07-28 are served statelessly by rmcp; dropping their POST cancels the call.
-    let mut config = StreamableHttpServerConfig::default()
+    // rmcp's own Host check is off: the web guard below checks `Host` and `Origin` on every
+    // route, `/mcp` included, with the same rules as the gateway.
+    let config = StreamableHttpServerConfig::default()
         .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
-        .with_cancellation_token(mcp_stop);
-    if broker.config.binds_non_loopback() {
-        let mut hosts = config.allowed_hosts.clone();
-        hosts.push(broker.config.host.clone());
-        config = config.with_allowed_hosts(hosts);
-    }
+        .with_cancellation_token(mcp_stop)
+        .disable_allowed_hosts();
+    let guard = WebGuard::new(
+        &broker.config.allowed_hosts,
+        &broker.config.host,
+        &broker.config.allowed_origins,
+    );
     let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(McpServer::new(broker.clone())),
         Arc::new(sessions()),
@@ -51,15 +57,22 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
             app.clone(),
             crate::caller::watch,
         ))
+        .layer(middleware::from_fn(session_ended))
         .layer(middleware::from_fn_with_state(app.clone(), mcp_auth));
-    Router::new()
+    let routes = Router::new()
         .route("/", get(ws::upgrade))
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(app)
-        .merge(mcp)
+        .with_state(app.clone())
+        .merge(mcp);
+    let refusals = Refusals {
+        counter: metrics::REFUSED,
+        audit: Some(app.broker.audit.clone()),
+        plain_errors: no_plain_errors,
+    };
+    guarded(routes, guard, refusals)
 }
 
 /// An agent may stop polling for a while (a paused Cursor chat); its session outlives that, so
@@ -70,6 +83,23 @@ fn sessions() -> LocalSessionManager {
     manager
 }
 
+/// A client ending its MCP session (`DELETE /mcp` with its `mcp-session-id`) gets `204 No
+/// Content`. rmcp closes the session and answers `202 Accepted`, which it does not let a server
+/// change; the official clients take only 200 or 204 as success and log anything else (the
+/// Python `mcp` client: "Session termination failed: 202") on every disconnect. The session is
+/// closed by then, so 204 says what happened; every other answer passes unchanged.
+async fn session_ended(request: Request, next: Next) -> Response {
+    let deleting = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
+}
+
 /// `MCP_HTTP_TOKEN`, when set, guards `/mcp`; refusals are audited.
 async fn mcp_auth(
     State(app): State<Arc<App>>,
@@ -77,7 +107,7 @@ async fn mcp_auth(
     request: Request,
     next: Next,
 ) -> Response {
-    match app.http_token.check(request.headers()) {
+    match app.http_token.check(request.headers(), addr.ip()) {
         Ok(()) => next.run(request).await,
         Err((why, fingerprint)) => {
             metrics::auth_failed("mcp");
@@ -88,10 +118,10 @@ async fn mcp_auth(
                        "success": false, "reason": why.as_str()}),
             );
             let body = json!({"error": {
-                "message": format!("{} bearer token: /mcp needs Authorization: Bearer <MCP_HTTP_TOKEN>", why.as_str()),
+                "message": format!("/mcp: {}", why.message("MCP_HTTP_TOKEN")),
                 "type": "authentication_error", "code": "invalid_mcp_token"}});
             (
-                StatusCode::UNAUTHORIZED,
+                why.status(),
                 [(header::WWW_AUTHENTICATE, "Bearer")],
                 Json(body),
             )

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use provider_shared::audit;
 use provider_shared::config::{
-    self as shared, Bounded, ConfigError, Flag, LogFormat, LogLevel, Port, Seconds, Secret,
+    self as shared, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds, Secret,
 };
+use provider_shared::web_guard;
 use serde::Deserialize;
 
 /// Frames waiting to go out to one bridge-agent, and to it from one request (protocol 2). Code
@@ -27,6 +28,10 @@ struct Raw {
     mcp_bridge_port: Port,
     #[serde(default)]
     allow_non_loopback: Flag,
+    #[serde(default)]
+    allowed_hosts: List,
+    #[serde(default = "default_origins")]
+    allowed_origins: List,
     #[serde(default)]
     mcp_bridge_token: Option<Secret>,
     #[serde(default)]
@@ -74,6 +79,9 @@ fn default_stream_buffer() -> Bounded<65_536, 1_073_741_824> {
     Bounded(1024 * 1024)
 }
 
+fn default_origins() -> List {
+    List(web_guard::default_allowed_origins())
+}
 fn default_host() -> String {
     "127.0.0.1".into()
 }
@@ -110,6 +118,10 @@ fn default_resume_grace() -> Seconds {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// Host names served besides the loopback ones and `host` (`ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call (`ALLOWED_ORIGINS`); any other `Origin` is refused.
+    pub allowed_origins: Vec<String>,
     /// bridge-agent must present this bearer on the WebSocket upgrade, when set.
     pub bridge_token: Option<Secret>,
     /// MCP clients must present this bearer on `/mcp`, when set.
@@ -185,6 +197,8 @@ impl Config {
             Some(path) => Some(PathBuf::from(path)),
         };
         Ok(Config {
+            allowed_hosts: web_guard::allowed_hosts(&raw.allowed_hosts.0)?,
+            allowed_origins: web_guard::allowed_origins(&raw.allowed_origins.0)?,
             host: raw.mcp_bridge_host,
             port: raw.mcp_bridge_port.0 as u16,
             bridge_token,
@@ -346,6 +360,11 @@ mod tests {
         assert_eq!(err.var, "LOCAL_PROVIDER_POLL_TIMEOUT_DEFAULT");
         let err = Config::from_vars(vars(&[("LEASE_TIMEOUT", "soon")])).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_LEASE_TIMEOUT");
+        let err =
+            Config::from_vars(vars(&[("ALLOWED_HOSTS", "host.docker.internal:8787")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_HOSTS");
+        let err = Config::from_vars(vars(&[("ALLOWED_ORIGINS", "evil")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_ALLOWED_ORIGINS");
         let err = Config::from_vars(vars(&[("MCP_BRIDGE_HOST", "0.0.0.0")])).unwrap_err();
         assert!(err.message.contains("ALLOW_NON_LOOPBACK"), "{err}");
         let c = Config::from_vars(vars(&[

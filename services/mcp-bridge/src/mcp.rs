@@ -102,7 +102,8 @@ pub struct FailArgs {
     pub lease_id: String,
     /// Why the request cannot be answered; the editor shows it.
     pub reason: String,
-    /// An error code for the editor (default `agent_error`).
+    /// An error code for the editor (default `agent_error`): lower case letters, digits and
+    /// underscores, up to 64.
     #[serde(default)]
     pub code: Option<String>,
 }
@@ -270,6 +271,27 @@ impl McpServer {
     }
 }
 
+/// The agent names its own error codes, but not the transport's (`codes::TRANSPORT`): those
+/// change how the gateway answers (a 503 with `retry-after` makes clients try again).
+fn check_fail_code(code: &str) -> Result<(), String> {
+    let well_formed = (1..=64).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_lowercase())
+        && code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !well_formed {
+        return Err(format!(
+            "code {code:?}: expected lower case letters, digits and underscores (up to 64), e.g. agent_error"
+        ));
+    }
+    if provider_shared::bridge::codes::TRANSPORT.contains(&code) {
+        return Err(format!(
+            "code {code:?} is mcp-local-provider's own; give agent_error or a code of yours"
+        ));
+    }
+    Ok(())
+}
+
 fn ok(tool: &'static str, value: Value) -> CallToolResult {
     metrics::tool_call(tool, true);
     CallToolResult::success(vec![ContentBlock::text(value.to_string())])
@@ -363,6 +385,9 @@ impl McpServer {
     #[tool(annotations(open_world_hint = false))]
     async fn fail_request(&self, Parameters(args): Parameters<FailArgs>) -> CallToolResult {
         let code = args.code.as_deref().unwrap_or("agent_error");
+        if let Err(why) = check_fail_code(code) {
+            return refused("fail_request", why);
+        }
         match self
             .broker
             .fail(&args.request_id, &args.lease_id, code, &args.reason)
@@ -425,6 +450,23 @@ impl ServerHandler for McpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_cannot_speak_for_the_transport() {
+        assert!(check_fail_code("agent_error").is_ok());
+        assert!(check_fail_code("cannot_edit_files").is_ok());
+        for bad in [
+            "shutting_down",
+            "agent_unavailable",
+            "slow_client",
+            "",
+            "Bad",
+            "a b",
+            &"a".repeat(65),
+        ] {
+            assert!(check_fail_code(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_cursor_rule_says_what_the_prompt_says() {

@@ -18,6 +18,7 @@ pub const HANDOUTS_RETURNED: &str = "mcp_bridge_handouts_returned_total";
 
 /// Every `reason` label of [`HANDOUTS_RETURNED`].
 pub const RETURN_REASONS: &[&str] = &["not_delivered", "poll_ended", "agent_left"];
+pub const REFUSED: &str = "mcp_bridge_requests_refused_total";
 
 /// Every `outcome` label of [`REQUESTS`].
 const OUTCOMES: &[&str] = &[
@@ -55,6 +56,10 @@ pub fn describe() {
         "Refused bearer tokens, by endpoint (ws or mcp)"
     );
     describe_counter!(TOOL_CALLS, "MCP tool calls, by tool and result");
+    describe_counter!(
+        REFUSED,
+        "Requests refused before routing, by reason: host_not_allowed, origin_not_allowed, unsupported_media_type"
+    );
     describe_counter!(
         CHAT_HANDOUTS,
         "Chats handed to an agent, by what was handed (delta: only new messages; whole)"

@@ -17,6 +17,7 @@ use provider_shared::bridge::{
     negotiate, BridgeFrame, FrameError, ModelResult, CAP_RESULT_AFTER_CHUNKS, PROTOCOL_VERSION,
     RESUME_PROTOCOL_VERSION,
 };
+use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ws_peer::{self, CloseCode, CloseFrame, Message, Outbound};
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -44,18 +45,18 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let broker = &app.broker;
-    if let Err((why, fingerprint)) = app.bridge_token.check(&headers) {
+    if let Err((why, fingerprint)) = app.bridge_token.check(&headers, addr.ip()) {
         metrics::auth_failed("ws");
-        tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused: bad token");
+        tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused");
         broker.audit.record(
             "authentication",
             json!({"client_ip": addr.ip().to_string(), "endpoint": "bridge_ws",
                    "credential": "mcp_bridge_token", "key_fingerprint": fingerprint,
                    "success": false, "reason": why.as_str()}),
         );
-        let body = json!({"error": {"message": format!("{} MCP_BRIDGE_TOKEN", why.as_str()),
+        let body = json!({"error": {"message": why.message("MCP_BRIDGE_TOKEN"),
                                      "type": "authentication_error", "code": "invalid_bridge_token"}});
-        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        return (why.status(), Json(body)).into_response();
     }
     if broker.stopping.is_cancelled() {
         return (
@@ -161,7 +162,11 @@ async fn hello(socket: &mut Socket) -> Result<(String, u32, bool), String> {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            other => tracing::debug!(?other, "frame before hello ignored"),
+            Ok(other) => {
+                let frame = FrameSummary::of(&other);
+                tracing::debug!(%frame, "frame before hello ignored");
+            }
+            Err(err) => tracing::debug!(%err, "frame before hello ignored"),
         }
     }
     Err("closed before hello".into())
@@ -310,7 +315,10 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
         Ok(BridgeFrame::ModelCancel { id }) => app.broker.cancel(owner, &id),
         Ok(BridgeFrame::Ping { ts }) => return vec![BridgeFrame::Pong { ts }],
         Ok(BridgeFrame::Pong { .. }) => {}
-        Ok(other) => tracing::warn!(frame = ?other, "unexpected frame ignored"),
+        Ok(other) => {
+            let frame = FrameSummary::of(&other);
+            tracing::warn!(%frame, "unexpected frame ignored");
+        }
         Err(FrameError::UnknownType(kind)) => {
             tracing::info!(%kind, "frame of unknown type ignored")
         }

@@ -85,6 +85,8 @@ impl Scene {
         )
         .with_mount(self.socket.mount(SOCKET_DIR))
         .with_env_var("LOCAL_PROVIDER_MCP_BRIDGE_URL", bridge_url)
+        // Prometheus scrapes it by its name, as under compose.yaml.
+        .with_env_var("LOCAL_PROVIDER_ALLOWED_HOSTS", name.as_str())
         .with_env_var("LOCAL_PROVIDER_CONNECTION_TIMEOUT", "2")
         .with_env_var("LOCAL_PROVIDER_HEARTBEAT_INTERVAL", "1")
         .with_env_var("LOCAL_PROVIDER_RECONNECT_ATTEMPTS", "1000")
@@ -110,6 +112,8 @@ impl Scene {
             KEY_PATH,
         ))
         .with_env_var("LOCAL_PROVIDER_API_KEY_FILE", KEY_PATH)
+        // As compose.yaml serves its gateway by its service name: Prometheus scrapes it by name.
+        .with_env_var("LOCAL_PROVIDER_ALLOWED_HOSTS", name.as_str())
         .with_env_var("LOCAL_PROVIDER_CONNECTION_TIMEOUT", "1")
         .with_env_var("LOCAL_PROVIDER_SHUTDOWN_GRACE", "2");
         let defaults = [

@@ -1,5 +1,9 @@
 //! The bookkeeping of one chat request, done exactly once however it ends (answered, failed, or
 //! dropped by a client that went away): token reconciliation, the audit record, metrics.
+//!
+//! The agent's usage figures are advisory: it reads prompt text anyone can write, so what it
+//! reports is shown to the client only within what is possible ([`clamp`]), and the budget is
+//! charged what the gateway counted itself (the prompt it tokenized, the answer it relayed).
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +18,8 @@ use crate::state::Shared;
 pub struct Accounting {
     pub state: Shared,
     pub request_id: String,
+    /// The model name the client asked for.
+    pub model: String,
     pub client: String,
     pub session_id: Option<String>,
     pub client_ip: IpAddr,
@@ -21,6 +27,9 @@ pub struct Accounting {
     pub prompt_tokens: u64,
     /// What the request took from the token bucket up front.
     pub reserved_tokens: u64,
+    /// The most completion tokens the answer can have: the request's `max_tokens`, else what
+    /// the context window leaves after the prompt.
+    pub output_cap: u64,
     pub prompt_sha256: String,
     pub started: Instant,
     pub first_chunk: Option<Instant>,
@@ -47,23 +56,21 @@ impl Accounting {
         }
     }
 
-    /// Closes the books: `usage` as the agent reported it, else our own count.
+    /// Closes the books and returns the usage the client is shown: the agent's figures within
+    /// what is possible when it gave any, else the gateway's own count. The budget is charged
+    /// the gateway's own count either way.
     pub fn finish(
         &mut self,
         outcome: &str,
         agent_usage: Option<Usage>,
         completion_tokens: u64,
     ) -> Usage {
+        let counted = usage(self.prompt_tokens, completion_tokens);
         let usage = match agent_usage {
-            Some(u) if u.prompt_tokens + u.completion_tokens > 0 => Usage {
-                total_tokens: u.prompt_tokens + u.completion_tokens,
-                ..u
-            },
-            _ => Usage {
-                prompt_tokens: self.prompt_tokens,
-                completion_tokens,
-                total_tokens: self.prompt_tokens + completion_tokens,
-            },
+            Some(u) if u.prompt_tokens.saturating_add(u.completion_tokens) > 0 => {
+                clamp(u, self.prompt_tokens, self.output_cap)
+            }
+            _ => counted,
         };
         if self.done {
             return usage;
@@ -85,7 +92,8 @@ impl Accounting {
             .increment(usage.completion_tokens);
 
         // Give back what was reserved but not used (or charge what was used beyond it).
-        let delta = self.reserved_tokens as i64 - usage.total_tokens as i64;
+        let delta = i128::from(self.reserved_tokens) - i128::from(counted.total_tokens);
+        let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
         if delta != 0 {
             let store = self.state.store.clone();
             let spec = self.state.tpm_spec();
@@ -107,6 +115,7 @@ impl Accounting {
                 "client_ip": self.client_ip.to_string(),
                 "session_id": self.session_id,
                 "model": self.state.settings.model_name,
+                "requested_model": self.model,
                 "stream": self.stream,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
@@ -124,10 +133,45 @@ impl Accounting {
     }
 }
 
+fn usage(prompt_tokens: u64, completion_tokens: u64) -> Usage {
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+    }
+}
+
+/// The agent's `reported` usage within what is possible: no more prompt tokens than the gateway
+/// counted in the prompt it sent, no more completion tokens than `output_cap`.
+pub fn clamp(reported: Usage, prompt_tokens: u64, output_cap: u64) -> Usage {
+    usage(
+        reported.prompt_tokens.min(prompt_tokens),
+        reported.completion_tokens.min(output_cap),
+    )
+}
+
 impl Drop for Accounting {
     fn drop(&mut self) {
         if !self.done {
             self.finish("cancelled", None, 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_figures_are_held_to_what_is_possible() {
+        let claimed = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: 1_000_000_000_000_000_000,
+            total_tokens: 7,
+        };
+        assert_eq!(clamp(claimed, 120, 64), usage(120, 64));
+        let modest = usage(100, 30);
+        assert_eq!(clamp(modest, 120, 64), modest);
+        assert_eq!(usage(u64::MAX, 1).total_tokens, u64::MAX);
     }
 }

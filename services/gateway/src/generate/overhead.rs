@@ -3,7 +3,7 @@
 //! code adds to one meter, and the meter records the sum when the last part lets go of it, so that
 //! time spent after the answer's end (writing its last events) is in it too. What adds, and where:
 //!
-//! - before dispatch (`generate::start`): authentication, body, validation, prompt count, limits,
+//! - before dispatch (`generate/preamble.rs`): authentication, body, validation, limits, prompt count,
 //!   as wall time, less any wait for a bridge-agent connection;
 //! - per IPC frame (`bridge.rs` reader): the poll that reads and decodes the frame, and routing it;
 //! - per frame in the request's task (`drive.rs` `run`): absorbing it, queueing its piece, and at

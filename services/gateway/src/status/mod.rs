@@ -14,11 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorReport};
 use crate::state::Shared;
 
 pub mod board;
@@ -72,25 +71,23 @@ pub async fn data(
     Ok(Json(snapshot(&state, sessions)))
 }
 
-/// Loopback clients of a loopback-bound gateway; anyone else needs the admin token.
+/// Loopback clients of a loopback-bound gateway; anyone else, and everyone while
+/// `PROTECT_OPERATIONS` is on, needs the admin token.
 async fn allowed(state: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Error> {
-    if !state.settings.binds_non_loopback() && peer.ip().is_loopback() {
+    let settings = &state.settings;
+    if !settings.protect_operations && !settings.binds_non_loopback() && peer.ip().is_loopback() {
         return Ok(());
     }
-    let Some(expected) = state.settings.admin_token_digest else {
+    if state.settings.admin_token_digest.is_none() {
         return Err(Error::Forbidden(format!(
             "/status.json is served to loopback clients only while LOCAL_PROVIDER_HOST is loopback; \
              this gateway binds {:?}: set LOCAL_PROVIDER_ADMIN_TOKEN and send it as a bearer token",
             state.settings.host
         )));
-    };
-    // A page refreshing every 2 s must not write an audit line each time: a good token passes
-    // quietly; anything else goes through the admin check, which audits and throttles it.
-    if let Some(token) = auth::bearer(headers) {
-        let digest = provider_shared::digest::sha256(token.as_bytes());
-        if bool::from(digest.ct_eq(&expected)) {
-            return Ok(());
-        }
+    }
+    // A page refreshing every 2 s must not write an audit line each time.
+    if auth::holds_admin_token(state, headers) {
+        return Ok(());
     }
     auth::authenticate_admin(state, headers, peer.ip()).await
 }
@@ -130,6 +127,11 @@ fn snapshot(state: &Shared, sessions: Option<u64>) -> Value {
             "hits_total": board.rate_limited.values().sum::<u64>(),
             "by_code": board.rate_limited,
         },
+        // Every 4xx answer since start (refusals.rs logs them), by code.
+        "refusals": {
+            "total": board.refused.values().sum::<u64>(),
+            "by_code": board.refused,
+        },
         "recent_errors": board.recent_errors,
         "history": {
             "bucket_seconds": board::BUCKET.as_secs(),
@@ -153,10 +155,12 @@ pub async fn sample(state: Shared, stop: CancellationToken) {
         let link = state.agent.link();
         let depth = view::report(&link).map(|r| r.queue_depth);
         state.status.close_point(depth);
+        state.refusals.flush();
     }
 }
 
-/// Notes every error answer (status 400 or more) for the recent-errors list.
+/// Notes every error answer (status 400 or more) for the recent-errors list, and logs and counts
+/// every refusal (4xx, `refusals.rs`).
 pub async fn record_errors(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -166,11 +170,15 @@ pub async fn record_errors(State(state): State<Shared>, req: Request, next: Next
     let response = next.run(req).await;
     let status = response.status().as_u16();
     if status >= 400 {
-        let code = response
-            .extensions()
-            .get::<ErrorCode>()
-            .map(|c| c.0.as_str());
+        let report = response.extensions().get::<ErrorReport>();
+        let code = report.map(|r| r.code.as_str());
         state.status.http_error(&route, status, code);
+        if status < 500 {
+            let message = report.map_or("", |r| r.message.as_str());
+            state
+                .refusals
+                .record(&route, status, code.unwrap_or("error"), message);
+        }
     }
     response
 }

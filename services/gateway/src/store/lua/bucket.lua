@@ -13,7 +13,8 @@ local allowed, after = 1, level
 if op == 'take' then
   if level >= amount then after = level - amount else allowed = 0 end
 elseif op == 'adjust' then
-  after = math.min(level + amount, cap)
+  -- Saturates at minus the capacity, as ratelimit.rs does: no charge leaves a longer debt.
+  after = math.max(math.min(level + amount, cap), -cap)
 end
 if op ~= 'peek' then
   if after >= cap then
