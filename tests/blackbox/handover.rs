@@ -275,3 +275,44 @@ async fn a_silent_gateway_that_sent_heartbeats_is_dropped_and_one_without_is_kep
         .unwrap();
     assert_eq!(answer.text(), "echo: still served");
 }
+
+#[tokio::test]
+async fn a_gateway_restart_ends_its_own_streams_says_so_and_cancels_them_at_once() {
+    // Protocol 2 and a long resume grace: without the gateway's cancels, bridge-agent would keep
+    // the request for a resume that never comes.
+    let stack = resuming_stack(|a| a, |g| g.env("SHUTDOWN_GRACE", 0.5)).await;
+    let hanging = stack
+        .gateway
+        .chat(chat_body("[[hang]] never done", true))
+        .await;
+    let id = stack
+        .peer
+        .wait_until(SOON, |r| !r.invokes.is_empty())
+        .await
+        .unwrap()
+        .invokes[0]
+        .id
+        .clone();
+    stack.gateway.service.terminate().unwrap();
+    let body = tokio::time::timeout(SOON, hanging.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let sse = Sse::parse(&body);
+    assert_eq!(
+        only_error_code(&sse).as_deref(),
+        Some("shutting_down"),
+        "{body}"
+    );
+    assert!(body.contains("the gateway shut down"), "{body}");
+    // Well within RESUME_GRACE (30 s): the gateway's cancel, not bridge-agent giving up.
+    assert!(stack.peer.wait_for_cancel(&id, SOON).await);
+    let mut gateway = stack.gateway;
+    assert!(gateway.service.wait_exit(SOON).await.unwrap().success());
+    let url = stack.agent.url("/health");
+    wait_for(SOON, "nothing in flight at bridge-agent", || async {
+        let (_, health) = get(&url).await.ok()?;
+        (health["in_flight"] == 0).then_some(())
+    })
+    .await;
+}
