@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backoff;
 pub mod bridge;
 pub mod config;
+pub mod connections;
 pub mod digest;
 pub mod http_server;
 pub mod ipc;

@@ -6,6 +6,7 @@ use provider_shared::config::{
     self, is_loopback_host, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds,
     Secret,
 };
+use provider_shared::connections::{self, ConnectionLimits};
 use serde::Deserialize;
 
 /// The variables as given; [`Settings::resolve`] checks how they fit together.
@@ -56,6 +57,8 @@ pub struct RawConfig {
     pub status_agent_gone_after: Seconds,
     pub stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
     pub resume_grace: Seconds,
+    pub max_connections: Option<Bounded<1, 1_000_000>>,
+    pub header_timeout: Seconds,
 }
 
 impl Default for RawConfig {
@@ -108,6 +111,8 @@ impl Default for RawConfig {
             status_agent_gone_after: Seconds::from_secs(60),
             stream_buffer_bytes: Bounded(DEFAULT_STREAM_BUFFER_BYTES),
             resume_grace: Seconds::from_secs(30),
+            max_connections: None,
+            header_timeout: Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT),
         }
     }
 }
@@ -223,6 +228,8 @@ pub struct Settings {
     pub stream_buffer_bytes: usize,
     /// How long a request waits for bridge-agent to come back and resume it.
     pub resume_grace: Duration,
+    /// How many connections are served, and how long one may wait for a request head.
+    pub connections: ConnectionLimits,
 }
 
 /// 1 MiB: 25 times the longest answer `MAX_TOKENS_LIMIT` allows by default, so an agent that
@@ -368,6 +375,11 @@ impl Settings {
             status_agent_gone_after: raw.status_agent_gone_after.0,
             stream_buffer_bytes: raw.stream_buffer_bytes.0 as usize,
             resume_grace: raw.resume_grace.0,
+            connections: ConnectionLimits::fit(
+                raw.max_connections.map(|n| n.0),
+                raw.header_timeout.0,
+                connections::HEALTH_PATHS,
+            )?,
         })
     }
 
