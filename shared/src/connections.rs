@@ -292,7 +292,8 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "http_connections_timed_out_total",
-        "Connections closed for not sending a whole request head within LOCAL_PROVIDER_HEADER_TIMEOUT"
+        "Connections closed part-way through a request head not completed within \
+         LOCAL_PROVIDER_HEADER_TIMEOUT (silent ones close without counting)"
     );
 }
 

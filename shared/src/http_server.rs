@@ -50,10 +50,10 @@ pub async fn serve(
         // hyper starts this clock whenever it waits for a request head: on a new connection
         // and after each answer on a kept-alive one.
         .header_read_timeout(limits.header_timeout);
+    // Keep-alive stays on past the cap so that an upgrade's answer can say `connection:
+    // upgrade`; every other answer there says `connection: close` (see `priority_only`).
     let mut reserve_http = http.clone();
-    reserve_http
-        .keep_alive(false)
-        .header_read_timeout(connections::RESERVE_HEADER_TIMEOUT);
+    reserve_http.header_read_timeout(connections::RESERVE_HEADER_TIMEOUT);
     let places = Arc::new(Semaphore::new(limits.max_connections));
     let reserve = Arc::new(Semaphore::new(RESERVE));
     let limits = Arc::new(limits);
@@ -112,10 +112,18 @@ fn priority_only(router: Router, limits: Arc<ConnectionLimits>) -> Router {
             let router = router.clone();
             let limits = limits.clone();
             async move {
-                if limits.is_priority(request.uri().path()) {
-                    return router.oneshot(request).await;
+                let mut response = if limits.is_priority(request.uri().path()) {
+                    router.oneshot(request).await?
+                } else {
+                    at_limit(limits.max_connections)
+                };
+                // One request per connection past the cap, unless it became a WebSocket.
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                Ok(at_limit(limits.max_connections))
+                Ok::<_, std::convert::Infallible>(response)
             }
         },
     ))
@@ -131,9 +139,9 @@ fn at_limit(max_connections: usize) -> Response {
         "code": "too_many_connections",
     }});
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 

@@ -8,6 +8,7 @@ mod audit_log;
 mod chaos;
 mod chat;
 mod clients;
+mod connections;
 mod compose;
 mod containers;
 mod mcp_agent;
