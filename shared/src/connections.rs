@@ -1,14 +1,15 @@
 //! How many connections an HTTP server holds and for how long (README, "Connection limits").
 //!
 //! Each accepted connection costs one file descriptor for as long as it is open, and nothing the
-//! services do per request in flight costs another (the links to bridge-agent and to the MCP
-//! bridge are shared). So the open-file limit is raised to its hard limit at start, and the
-//! connections are capped at most at half of it: the rest stays free for the bridge links, the
-//! Redis pool, the audit log and the health checks, whatever the clients do.
+//! services do per request in flight costs another: the links to bridge-agent and to the MCP
+//! bridge are shared (measured in BENCHMARKS.md, "Connections and descriptors"). So the
+//! open-file limit is raised to its hard limit at start, and connections are capped below it,
+//! leaving descriptors for what the service holds anyway ([`HEADROOM`], the Redis pool) and for
+//! a reserve of connections past the cap.
 //!
-//! Past the cap a small reserve of connections still serves the priority routes (health checks,
-//! metrics, mcp-bridge's WebSocket for bridge-agent) and answers anything else with a quick 503;
-//! past the reserve a connection is closed as soon as it is accepted.
+//! Past the cap that reserve still serves the priority routes (health checks, metrics,
+//! mcp-bridge's WebSocket for bridge-agent) and answers anything else with a quick 503; past the
+//! reserve a connection is closed as soon as it is accepted.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -33,6 +34,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served past the cap, for the priority routes only.
 pub const RESERVE: usize = 32;
+
+/// Descriptors kept free of connections for what a service holds anyway: 13 to 15 at rest
+/// (standard streams, the runtime's, the listener, the Unix socket or WebSocket link, the audit
+/// log), with room for a rotation, a reconnect and whatever a library opens.
+pub const HEADROOM: u64 = 64;
 
 /// How long a connection past the cap has to send its request head: a health check sends it at
 /// once, and an idle socket must not hold a reserved place.
@@ -64,13 +70,16 @@ impl Default for ConnectionLimits {
 
 impl ConnectionLimits {
     /// The limits for `LOCAL_PROVIDER_MAX_CONNECTIONS` (`None`: the default) within this
-    /// process's open-file limit. A value the limit cannot hold is an error naming both.
+    /// process's open-file limit, `others` being descriptors the service holds besides its
+    /// connections and the [`HEADROOM`] (the gateway's Redis pool). A value the limit cannot hold
+    /// is an error naming both.
     pub fn fit(
         max_connections: Option<u64>,
+        others: u64,
         header_timeout: Duration,
         priority: &'static [&'static str],
     ) -> Result<Self, ConfigError> {
-        let max_connections = max_connections_for(max_connections, soft_open_file_limit())?;
+        let max_connections = max_connections_for(max_connections, soft_open_file_limit(), others)?;
         Ok(Self {
             max_connections,
             header_timeout,
@@ -84,27 +93,33 @@ impl ConnectionLimits {
     }
 }
 
-/// The cap for `wanted` connections under an open-file limit of `open_files`: connections and
-/// the reserve together take at most half of the limit.
-pub fn max_connections_for(wanted: Option<u64>, open_files: u64) -> Result<usize, ConfigError> {
-    let room = (open_files / 2).saturating_sub(RESERVE as u64);
+/// The cap for `wanted` connections under an open-file limit of `open_files`, besides the
+/// reserve, the [`HEADROOM`] and `others`: any number up to what is left, and by default half of
+/// it (at most [`DEFAULT_MAX_CONNECTIONS`]).
+pub fn max_connections_for(
+    wanted: Option<u64>,
+    open_files: u64,
+    others: u64,
+) -> Result<usize, ConfigError> {
+    let kept = RESERVE as u64 + HEADROOM + others;
+    let room = open_files.saturating_sub(kept);
     let explain = || {
         format!(
-            "this process may open {open_files} files, and connections (with the {RESERVE} reserved \
-             for health checks) may take half of them; raise the open-file limit (ulimit -Hn, \
-             LimitNOFILE=, docker run --ulimit nofile=) or lower LOCAL_PROVIDER_MAX_CONNECTIONS"
+            "this process may open {open_files} files and keeps {kept} of them for other uses \
+             (the {RESERVE} connections reserved for health checks among them); raise the \
+             open-file limit (ulimit -Hn, LimitNOFILE=, docker run --ulimit nofile=) or lower \
+             LOCAL_PROVIDER_MAX_CONNECTIONS"
         )
     };
+    let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     match wanted {
         Some(n) if n > room => Err(ConfigError::new(
             "MAX_CONNECTIONS",
             format!("expected at most {room}, got {n}: {}", explain()),
         )),
-        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        None if room == 0 => Err(ConfigError::new("MAX_CONNECTIONS", explain())),
-        None => Ok(usize::try_from(room)
-            .unwrap_or(usize::MAX)
-            .min(DEFAULT_MAX_CONNECTIONS)),
+        Some(n) => Ok(as_usize(n)),
+        None if room < 2 => Err(ConfigError::new("MAX_CONNECTIONS", explain())),
+        None => Ok(as_usize(room / 2).min(DEFAULT_MAX_CONNECTIONS)),
     }
 }
 
@@ -302,17 +317,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cap_takes_at_most_half_the_open_file_limit() {
-        assert_eq!(max_connections_for(None, 1 << 20).unwrap(), 1024);
-        assert_eq!(max_connections_for(None, 1024).unwrap(), 512 - 32);
-        assert_eq!(max_connections_for(None, 256).unwrap(), 96);
-        assert_eq!(max_connections_for(Some(96), 256).unwrap(), 96);
-        assert_eq!(max_connections_for(Some(5000), u64::MAX).unwrap(), 5000);
-        let err = max_connections_for(Some(97), 256).unwrap_err();
+    fn the_cap_leaves_descriptors_for_the_reserve_and_the_rest() {
+        assert_eq!(max_connections_for(None, 1 << 20, 0).unwrap(), 1024);
+        assert_eq!(max_connections_for(None, 1024, 0).unwrap(), (1024 - 96) / 2);
+        assert_eq!(max_connections_for(None, 1024, 16).unwrap(), (1024 - 112) / 2);
+        assert_eq!(max_connections_for(None, 256, 0).unwrap(), 80);
+        assert_eq!(max_connections_for(Some(160), 256, 0).unwrap(), 160);
+        assert_eq!(max_connections_for(Some(5000), u64::MAX, 0).unwrap(), 5000);
+        let err = max_connections_for(Some(161), 256, 0).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_MAX_CONNECTIONS");
-        assert!(err.message.contains("at most 96, got 97"), "{err}");
-        assert!(err.message.contains("256"), "{err}");
-        let err = max_connections_for(None, 64).unwrap_err();
+        assert!(err.message.contains("at most 160, got 161"), "{err}");
+        assert!(err.message.contains("may open 256 files"), "{err}");
+        let err = max_connections_for(Some(150), 256, 16).unwrap_err();
+        assert!(err.message.contains("keeps 112"), "{err}");
+        let err = max_connections_for(None, 64, 0).unwrap_err();
         assert!(err.message.contains("raise the open-file limit"), "{err}");
     }
 

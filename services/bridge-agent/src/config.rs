@@ -172,6 +172,7 @@ impl Config {
         )?;
         self.connections = ConnectionLimits::fit(
             self.max_connections.map(|n| n.0),
+            0,
             self.header_timeout.0,
             provider_shared::connections::HEALTH_PATHS,
         )?;

@@ -332,6 +332,13 @@ impl Settings {
                 ));
             }
         }
+        // The Redis pool's connections are descriptors too.
+        let connections = ConnectionLimits::fit(
+            raw.max_connections.map(|n| n.0),
+            redis.as_ref().map_or(0, |r| r.pool_size as u64),
+            raw.header_timeout.0,
+            connections::HEALTH_PATHS,
+        )?;
         Ok(Self {
             host: raw.host.trim().to_owned(),
             port: raw.port.0 as u16,
@@ -375,11 +382,7 @@ impl Settings {
             status_agent_gone_after: raw.status_agent_gone_after.0,
             stream_buffer_bytes: raw.stream_buffer_bytes.0 as usize,
             resume_grace: raw.resume_grace.0,
-            connections: ConnectionLimits::fit(
-                raw.max_connections.map(|n| n.0),
-                raw.header_timeout.0,
-                connections::HEALTH_PATHS,
-            )?,
+            connections,
         })
     }
 

@@ -220,6 +220,7 @@ impl Config {
             replay_bytes: usize::try_from(raw.stream_buffer_bytes.0).unwrap_or(usize::MAX),
             connections: ConnectionLimits::fit(
                 raw.max_connections.map(|n| n.0),
+                0,
                 raw.header_timeout.0,
                 PRIORITY_PATHS,
             )?,
