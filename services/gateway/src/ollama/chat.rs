@@ -97,7 +97,7 @@ pub async fn chat(
 
 /// The agent's job for a `/api/chat` body (the model already checked), by the rules every chat
 /// API shares (`validate.rs`); `None` for a chat without messages.
-pub(crate) fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, Error> {
+pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, Error> {
     let stream = wants_stream(request)?;
     let given = match request.get("messages") {
         None | Some(Value::Null) => return Ok(None),

@@ -15,7 +15,7 @@ use super::{
     counters, created_at, done_reason, invalid, ndjson, ndjson_line, object, parameters,
     requested_model, wants_stream, OllamaError,
 };
-use crate::generate::{self, Piece};
+use crate::generate::{self, Job, Piece};
 use crate::openai::completions::completion_job;
 use crate::openai::Headers;
 use crate::state::Shared;
@@ -39,31 +39,15 @@ pub async fn generate(
     let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
     let request = object(&body)?;
     let model = requested_model(&state, &request)?;
-    let stream = wants_stream(&request)?;
-    let prompt = text_field(&request, "prompt")?.unwrap_or_default();
-    let suffix = text_field(&request, "suffix")?.filter(|s| !s.is_empty());
-    let system = text_field(&request, "system")?.filter(|s| !s.is_empty());
-    if prompt.is_empty() && suffix.is_none() {
+    let Some(job) = job(&request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty prompt by loading the model: nothing to ask the agent.
         return Ok(Json(
             json!({"model": model, "created_at": created_at(), "response": "",
             "done": true, "done_reason": "load"}),
         )
         .into_response());
-    }
-    for (field, text) in [
-        ("prompt", Some(&prompt)),
-        ("suffix", suffix.as_ref()),
-        ("system", system.as_ref()),
-    ] {
-        check_size(
-            field,
-            text.map_or(0, String::len),
-            state.settings.max_content_bytes,
-        )?;
-    }
-    let (params, max_tokens) = parameters(&Limits::of(&state.settings), &request, stream)?;
-    let job = completion_job(prompt, suffix, system, params, max_tokens, stream, "cmpl-");
+    };
+    let stream = job.stream;
     let running = generate::start(&state, &principal, peer, started, job).await?;
     let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
@@ -105,6 +89,29 @@ pub async fn generate(
         }
     };
     Ok(ndjson(lines, &headers))
+}
+
+/// The agent's job for a `/api/generate` body (the model already checked); `None` for an empty
+/// prompt.
+pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, OllamaError> {
+    let stream = wants_stream(request)?;
+    let prompt = text_field(request, "prompt")?.unwrap_or_default();
+    let suffix = text_field(request, "suffix")?.filter(|s| !s.is_empty());
+    let system = text_field(request, "system")?.filter(|s| !s.is_empty());
+    if prompt.is_empty() && suffix.is_none() {
+        return Ok(None);
+    }
+    for (field, text) in [
+        ("prompt", Some(&prompt)),
+        ("suffix", suffix.as_ref()),
+        ("system", system.as_ref()),
+    ] {
+        check_size(field, text.map_or(0, String::len), limits.max_content_bytes)?;
+    }
+    let (params, max_tokens) = parameters(limits, request, stream)?;
+    Ok(Some(completion_job(
+        prompt, suffix, system, params, max_tokens, stream, "cmpl-",
+    )))
 }
 
 /// A streamed line of the answer, borrowing its text.
