@@ -23,7 +23,8 @@ use crate::config::ConfigError;
 
 /// Connections served at once unless `LOCAL_PROVIDER_MAX_CONNECTIONS` says otherwise (and the
 /// open-file limit allows). An editor holds a handful; this leaves room for many editors, CLIs
-/// and scripts at once while bounding what idle sockets can take (BENCHMARKS.md, "Connections").
+/// and scripts at once while bounding what idle sockets can take (BENCHMARKS.md, "Connections
+/// and descriptors").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// How long a connection may take to send a whole request head, counted from when it opens or
@@ -320,7 +321,10 @@ mod tests {
     fn the_cap_leaves_descriptors_for_the_reserve_and_the_rest() {
         assert_eq!(max_connections_for(None, 1 << 20, 0).unwrap(), 1024);
         assert_eq!(max_connections_for(None, 1024, 0).unwrap(), (1024 - 96) / 2);
-        assert_eq!(max_connections_for(None, 1024, 16).unwrap(), (1024 - 112) / 2);
+        assert_eq!(
+            max_connections_for(None, 1024, 16).unwrap(),
+            (1024 - 112) / 2
+        );
         assert_eq!(max_connections_for(None, 256, 0).unwrap(), 80);
         assert_eq!(max_connections_for(Some(160), 256, 0).unwrap(), 160);
         assert_eq!(max_connections_for(Some(5000), u64::MAX, 0).unwrap(), 5000);

@@ -42,7 +42,7 @@ async fn open(stack: &Stack, n: usize, head: &[u8]) -> Vec<TcpStream> {
     all
 }
 
-/// Waits until the server has closed `tcp` (it may answer 408 first); the bytes it sent.
+/// Waits until the server has closed `tcp`; the bytes it sent before.
 async fn closed_by_server(tcp: &mut TcpStream, by: Instant) -> Vec<u8> {
     let mut got = Vec::new();
     let left = by.saturating_duration_since(Instant::now());
@@ -75,11 +75,7 @@ async fn half_sent_requests_are_closed_within_a_minute_while_a_chat_is_served() 
     let deadline = opened + Duration::from_secs(60);
     for tcp in &mut half_open {
         let answer = closed_by_server(tcp, deadline).await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-            "{answer}"
-        );
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     }
     let took = opened.elapsed();
     assert!(took < Duration::from_secs(60), "closed after {took:?}");
@@ -161,7 +157,11 @@ async fn bridge_agent_reaches_an_mcp_bridge_whose_connections_are_all_taken() {
     // Four silent sockets hold every place for two minutes.
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(TcpStream::connect(("127.0.0.1", bridge.port)).await.unwrap());
+        held.push(
+            TcpStream::connect(("127.0.0.1", bridge.port))
+                .await
+                .unwrap(),
+        );
     }
     wait_for(SOON, "mcp-bridge to refuse /mcp", || async {
         let resp = http()

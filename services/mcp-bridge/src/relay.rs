@@ -412,7 +412,10 @@ mod tests {
         let wire = b"event: message\ndata: {\"id\":1}\n\n\xa3ata: x\n\n";
         let whole = events_in_pieces(wire, &[]);
         assert_eq!(whole[0], Ok(r#"{"id":1}"#.to_owned()), "{whole:?}");
-        assert!(whole[1].as_ref().unwrap_err().contains("not valid SSE"), "{whole:?}");
+        assert!(
+            whole[1].as_ref().unwrap_err().contains("not valid SSE"),
+            "{whole:?}"
+        );
         assert_eq!(whole.len(), 2);
         for cut in 0..wire.len() {
             assert_eq!(events_in_pieces(wire, &[cut]), whole, "cut at {cut}");

@@ -21,7 +21,10 @@ fn limits() -> Limits<'static> {
 
 /// A refusal must say what is wrong.
 fn check_refusal(err: &Error) {
-    assert!(!err.to_string().trim().is_empty(), "an empty error: {err:?}");
+    assert!(
+        !err.to_string().trim().is_empty(),
+        "an empty error: {err:?}"
+    );
     if let Error::InvalidRequest {
         param: Some(param), ..
     } = err

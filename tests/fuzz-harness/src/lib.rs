@@ -11,9 +11,12 @@ mod wire;
 pub use gateway_apis::{chat, completions, messages, ollama_chat, ollama_generate, responses};
 pub use wire::{bridge_frame, ipc_codec, relay_sse};
 
+/// What a fuzz target does with one input; it panics when something that must hold does not.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the file in `fuzz/fuzz_targets/` and the folder in `fuzz/corpus/`)
 /// and its function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ipc_codec", ipc_codec),
     ("bridge_frame", bridge_frame),
     ("relay_sse", relay_sse),

@@ -63,6 +63,7 @@ pub fn bridge_frame(data: &[u8]) {
 pub fn relay_sse(data: &[u8]) {
     let (length, bytes) = piece_length_and_rest(data);
     let whole = mcp_bridge::relay::sse_data_of(vec![Bytes::copy_from_slice(bytes)]);
-    let cut = mcp_bridge::relay::sse_data_of(bytes.chunks(length).map(Bytes::copy_from_slice).collect());
+    let cut =
+        mcp_bridge::relay::sse_data_of(bytes.chunks(length).map(Bytes::copy_from_slice).collect());
     assert_eq!(whole, cut, "the events depend on how the body is cut");
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
         Ok(entries) => entries
-            .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                    .path()
+            })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("{}: {e}", dir.display()),
