@@ -4,15 +4,18 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]        each target for SECONDS (default 60)
 #   scripts/fuzz.sh --runs N [TARGET...]         each target for N executions
-#   options: --cmin        minimize fuzz/corpus/<target> afterwards (what is committed)
+#   options: --cmin        minimize fuzz/corpus/<target> afterwards: a small set of its inputs
+#                          that still reaches every edge they reach (what is committed)
 #            --sanitizer S address, memory, thread or none (default none: the code is safe Rust,
 #                          and without a sanitizer a run goes about twice as fast)
 #
 # Needs the nightly toolchain (rustup toolchain install nightly); installs cargo-fuzz when it is
 # missing. Inputs the fuzzer finds worth keeping go to fuzz/corpus/<target>/ (the committed seeds
-# in fuzz/seeds/<target>/ are read, not written); a crash, a leak, a timeout (one input over 10 s)
-# or running out of memory leaves its input in fuzz/artifacts/<target>/ and makes the exit
-# status 1. Every saved input is replayed by the normal tests (tests/fuzz-harness/tests/corpus.rs).
+# in fuzz/seeds/<target>/ and the inputs of fixed faults in fuzz/regressions/<target>/ are read,
+# not written); a crash, a leak, a timeout (one input over 10 s) or running out of memory leaves
+# its input in fuzz/artifacts/<target>/ and makes the exit status 1: once fixed, move it to
+# fuzz/regressions/<target>/. Every saved input is replayed by the normal tests
+# (tests/fuzz-harness/tests/corpus.rs).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -35,7 +38,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     [0-9]*) seconds=$1 ;;
@@ -88,11 +91,11 @@ trap 'rm -rf "$logs"' EXIT
 summary=()
 findings=0
 for target in "${targets[@]}"; do
-    mkdir -p "corpus/$target" "artifacts/$target" "seeds/$target"
+    mkdir -p "corpus/$target" "artifacts/$target" "seeds/$target" "regressions/$target"
     before=$(find "artifacts/$target" -type f | wc -l)
     echo "==> $target" >&2
     status=0
-    cargo +nightly fuzz run "${build[@]}" "$target" "corpus/$target" "seeds/$target" -- \
+    cargo +nightly fuzz run "${build[@]}" "$target" "corpus/$target" "seeds/$target" "regressions/$target" -- \
         "${budget[@]}" -timeout=10 -max_len=16384 -print_final_stats=1 \
         >"$logs/$target.log" 2>&1 || status=$?
     tail -n 3 "$logs/$target.log" >&2
@@ -107,7 +110,9 @@ for target in "${targets[@]}"; do
     summary+=("$(printf '%-16s %14s %10s %8s %8s %9s' "$target" "$(stat number_of_executed_units)" \
         "$(stat average_exec_per_sec)" "$(stat new_units_added)" "$(find "corpus/$target" -type f | wc -l)" "$found")")
     if $cmin; then
-        cargo +nightly fuzz cmin "${build[@]}" "$target" "corpus/$target" >"$logs/$target.cmin.log" 2>&1 ||
+        # Edges only, not their hit counts: a few hundred inputs per target rather than thousands.
+        cargo +nightly fuzz cmin "${build[@]}" "$target" "corpus/$target" -- -use_counters=0 \
+            >"$logs/$target.cmin.log" 2>&1 ||
             tail -n 20 "$logs/$target.cmin.log" >&2
     fi
 done

@@ -1,6 +1,6 @@
-//! Replays every saved fuzz input, the seeds (`fuzz/seeds/<target>/`) and what the fuzzer kept
-//! (`fuzz/corpus/<target>/`), through its target's function, on the stable toolchain: what the
-//! fuzzer once found stays fixed.
+//! Replays every saved fuzz input, the seeds (`fuzz/seeds/<target>/`), the inputs of the faults
+//! fuzzing found (`fuzz/regressions/<target>/`) and what the fuzzer kept (`fuzz/corpus/<target>/`),
+//! through its target's function, on the stable toolchain: what the fuzzer once found stays fixed.
 use std::path::{Path, PathBuf};
 
 /// Every file in `dir`, or none when it does not exist.
@@ -21,7 +21,7 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 fn every_saved_input_passes_its_target() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     for (name, target) in fuzz_harness::TARGETS {
-        let files: Vec<PathBuf> = ["seeds", "corpus"]
+        let files: Vec<PathBuf> = ["seeds", "regressions", "corpus"]
             .iter()
             .flat_map(|kind| inputs(&fuzz.join(kind).join(name)))
             .collect();
