@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every target in fuzz/fuzz_targets/ (README "Fuzzing"), one after another, then prints
+# Fuzzes every target in fuzz/fuzz_targets/ (docs/testing.md, "Fuzzing"), one after another, then prints
 # executions, executions per second, new inputs and findings per target.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]        each target for SECONDS (default 60)

@@ -335,7 +335,7 @@ say "  Logs        $logs_dir/"
 say "  MCP bridge  ${LOCAL_PROVIDER_MCP_BRIDGE_URL:-ws://127.0.0.1:8787} (bridge-agent restarts until it is reachable)"
 say "  Cursor MCP  http://127.0.0.1:$mcp_port/mcp  (or: $bin_dir/mcp-bridge --stdio); health http://127.0.0.1:$mcp_port/health"
 if [[ -n $mcp_token_file ]]; then
-    say "  MCP token   $(printf '%q' "$mcp_token_file") (stdio: LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE=that path; see README, Connect Cursor)"
+    say "  MCP token   $(printf '%q' "$mcp_token_file") (stdio: LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE=that path; see docs/clients.md, Connect Cursor)"
 fi
 if [[ -n $bridge_token_file ]]; then
     say "  Bridge token $(printf '%q' "$bridge_token_file") (bridge-agent and mcp-bridge)"

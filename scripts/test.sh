@@ -112,6 +112,46 @@ PY
 }
 run_step ".env.example" env_example
 
+# Every relative link between the Markdown files names a file that exists and, with #anchor, a
+# heading in it (GitHub's anchor rules: lower case, punctuation dropped, spaces to hyphens, -N for
+# repeats), so the README's pointers into docs/ cannot rot.
+doc_links() {
+    python3 - README.md BENCHMARKS.md docs/*.md <<'PY'
+import os, re, sys
+def prose(text):
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+def anchors(path):
+    seen, out = {}, set()
+    for line in prose(open(path, encoding="utf-8").read()).splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))
+            slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+broken, links = [], 0
+for src in sys.argv[1:]:
+    text = re.sub(r"`[^`\n]*`", "", prose(open(src, encoding="utf-8").read()))
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        links += 1
+        path, _, anchor = target.partition("#")
+        dest = os.path.normpath(os.path.join(os.path.dirname(src), path)) if path else src
+        if not os.path.exists(dest):
+            broken.append(f"{src}: ({target}): no file {dest}")
+        elif anchor and dest.endswith(".md") and anchor not in anchors(dest):
+            broken.append(f"{src}: ({target}): no heading #{anchor} in {dest}")
+if broken:
+    print("broken Markdown links:\n  " + "\n  ".join(broken), file=sys.stderr)
+    sys.exit(1)
+print(f"Markdown links: all {links} in {len(sys.argv) - 1} files resolve")
+PY
+}
+run_step "doc links" doc_links
+
 plists() {
     python3 - deploy/launchd/*.plist <<'PY'
 import plistlib, sys

@@ -14,8 +14,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// From this version on, a request can be resumed on a new connection with `model_resume`.
 pub const RESUME_PROTOCOL_VERSION: u32 = 2;
 /// The largest frame either side accepts unless it says otherwise in `hello`/`welcome`
-/// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): tungstenite's own default frame limit.
-pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+/// (`LOCAL_PROVIDER_MAX_FRAME_BYTES`): 48 MiB, so that a request at the gateway's default body
+/// cap (32 MiB) fits as a `model_invoke`, with room for its conversion to the chat payload.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 48 * 1024 * 1024;
 
 /// In `hello`'s `capabilities`: the sender needs no repetition of a streamed answer in its
 /// `model_result` once chunks carried it (see docs/PROTOCOL.md).

@@ -1,4 +1,4 @@
-//! How many connections an HTTP server holds and for how long (README, "Connection limits").
+//! How many connections an HTTP server holds and for how long (docs/configuration.md, "Connection limits").
 //!
 //! Each accepted connection costs one file descriptor for as long as it is open, and nothing the
 //! services do per request in flight costs another: the links to bridge-agent and to the MCP

@@ -1,8 +1,9 @@
 //! Serving HTTP/1.1 with hyper's connection builder, for the gateway, mcp-bridge and
 //! bridge-agent's health endpoint. `axum::serve` takes hyper's defaults; here the per-connection
-//! buffers are chosen (README, "Memory and buffers"), connections are bounded in number and in
-//! how long they may wait for a request ([`ConnectionLimits`]), every connection is tracked so a
-//! shutdown lets in-flight requests finish, and each accepted socket gets `TCP_NODELAY`.
+//! buffers are chosen (docs/performance.md, "Memory and buffers"), connections are bounded in
+//! number and in how long they may wait for a request ([`ConnectionLimits`]), every connection is
+//! tracked so a shutdown lets in-flight requests finish, and each accepted socket gets
+//! `TCP_NODELAY`.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

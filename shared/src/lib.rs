@@ -6,6 +6,7 @@ pub mod answer;
 pub mod audit;
 pub mod backoff;
 pub mod bridge;
+pub mod coalesce;
 pub mod config;
 pub mod connections;
 pub mod digest;

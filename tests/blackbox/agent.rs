@@ -119,7 +119,7 @@ async fn hello_and_bearer_token_reach_the_peer() {
         "a bridge that knows only 1 still answers"
     );
     assert_eq!(hello["max_protocol"], 2);
-    assert_eq!(hello["max_frame_bytes"], 16 * 1024 * 1024);
+    assert_eq!(hello["max_frame_bytes"], 48 * 1024 * 1024);
     let caps: Vec<&str> = hello["capabilities"]
         .as_array()
         .unwrap()

@@ -18,9 +18,11 @@ async fn openai_and_ollama_python_clients() {
     let keyless = GatewayProc::new(&stack.agent.socket)
         .env("ALLOW_KEYLESS_GENERATION", "true")
         .spawn();
-    // A model with a small context: 2,000 tokens (the default output reserve is 1,024).
+    // A model with a small context: 2,000 tokens (the default output reserve is 1,024), that
+    // answers to its own name only.
     let small = GatewayProc::new(&stack.agent.socket)
         .env("CONTEXT_WINDOW", 2000)
+        .env("MODEL_ALIASES", MODEL)
         .spawn();
     let dir = tempfile::tempdir().unwrap();
     let down = GatewayProc::new(&dir.path().join("nobody.sock"))

@@ -360,6 +360,43 @@ async fn with_sampling_off_a_sampling_client_is_never_asked() {
     pytest(&stack, "test_sampling_off.py", BTreeMap::new()).await;
 }
 
+/// A request near the gateway's body cap (above the old 16 MiB frame limit) through every hop
+/// to an agent over HTTP and over stdio. Leases and heartbeats have their default scale here,
+/// and the logs are quiet: a debug build takes seconds to mask, send and parse 18 MiB, longer
+/// than the 1 s heartbeat and 2 s lease the other scenarios use (a frame being received counts
+/// as silence until it is whole).
+#[tokio::test]
+async fn a_request_near_the_body_cap_reaches_the_agent_whole() {
+    if test_python().is_none() {
+        return;
+    }
+    let bridge = McpBridgeProc::new()
+        .env("LEASE_TIMEOUT", 60)
+        .env("HEARTBEAT_INTERVAL", 30)
+        .env("LOG_LEVEL", "info")
+        .spawn();
+    let mut agent_recipe = AgentRecipe::new(&bridge.ws_url(), Some(BRIDGE_TOKEN));
+    for (name, value) in [("HEARTBEAT_INTERVAL", "30"), ("LOG_LEVEL", "info")] {
+        agent_recipe
+            .envs
+            .insert(format!("LOCAL_PROVIDER_{name}"), value.to_owned());
+    }
+    let agent = agent_recipe.spawn();
+    let gateway = GatewayProc::new(&agent_recipe.socket())
+        .env("LOG_LEVEL", "info")
+        .spawn();
+    gateway
+        .wait_health("healthy", std::time::Duration::from_secs(30))
+        .await;
+    let stack = McpStack {
+        bridge,
+        agent_recipe,
+        agent,
+        gateway,
+    };
+    pytest(&stack, "test_large.py", BTreeMap::new()).await;
+}
+
 #[tokio::test]
 async fn conversations_are_handed_as_deltas() {
     if test_python().is_none() {

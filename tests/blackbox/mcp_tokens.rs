@@ -4,7 +4,9 @@
 use std::process::Stdio;
 
 use integration_tests::harness::get;
-use integration_tests::mcp_stack::{token_file, AgentRecipe, McpBridgeProc, BRIDGE_TOKEN};
+use integration_tests::mcp_stack::{
+    token_file, AgentRecipe, McpBridgeProc, BRIDGE_TOKEN, MCP_TOKEN,
+};
 use provider_shared::digest;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -66,6 +68,56 @@ async fn allow_no_token_serves_both_doors_open_and_says_so() {
     let (_, health) = get(&bridge.url("/health")).await.unwrap();
     assert_eq!(health["audit"]["enabled"], true, "{health}");
     assert_eq!(health["audit"]["dropped"], 0, "{health}");
+}
+
+/// A client that ends its session gets 204 (rmcp's own answer is 202, which the official
+/// clients log as a failure on every disconnect).
+#[tokio::test]
+async fn an_ended_mcp_session_is_answered_204() {
+    let bridge = McpBridgeProc::new().spawn();
+    bridge.wait_agents(0, SOON).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let rpc = |message: Value, session: Option<&str>| {
+        let mut req = client
+            .post(bridge.url("/mcp"))
+            .bearer_auth(MCP_TOKEN)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(session) = session {
+            req = req.header("mcp-session-id", session);
+        }
+        req.body(message.to_string()).send()
+    };
+    let resp = rpc(initialize(1), None).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let end = |session: &str| {
+        client
+            .delete(bridge.url("/mcp"))
+            .bearer_auth(MCP_TOKEN)
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    let resp = end(&session).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    // Ended means ended: the session is gone.
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = rpc(list, Some(&session)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    // Without the token, nothing is ended.
+    let resp = client
+        .delete(bridge.url("/mcp"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
 }
 
 fn initialize(id: u64) -> Value {

@@ -17,15 +17,19 @@ async fn anthropic_client_served_by_the_agent() {
     }
     let stack = McpStack::start().await;
     let socket = stack.agent_recipe.socket();
-    let small_budget = GatewayProc::new(&socket).env("RATE_LIMIT_TPM", 100).spawn();
+    // Only its own model name (LOCAL_PROVIDER_MODEL_ALIASES), and one failed login per minute.
+    let narrow = GatewayProc::new(&socket)
+        .env("MODEL_ALIASES", integration_tests::stack::MODEL)
+        .env("AUTH_FAILURE_LIMIT", 1)
+        .spawn();
     let single = GatewayProc::new(&socket)
         .env("MAX_CONCURRENT_REQUESTS", 1)
         .spawn();
-    for gateway in [&small_budget, &single] {
+    for gateway in [&narrow, &single] {
         gateway.wait_live().await;
     }
     let extra = BTreeMap::from([
-        ("GW_SMALL_BUDGET_URL".to_owned(), small_budget.base_url()),
+        ("GW_NARROW_URL".to_owned(), narrow.base_url()),
         ("GW_SINGLE_URL".to_owned(), single.base_url()),
     ]);
     pytest(&stack, "test_anthropic.py", extra).await;

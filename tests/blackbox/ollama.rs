@@ -65,15 +65,20 @@ async fn metadata_routes_answer_without_a_key_in_the_shape_clients_parse() {
     assert_eq!(show.status(), 200);
     let show: Value = show.json().await.unwrap();
     assert_eq!(show["capabilities"], json!(["completion", "tools"]));
-    let missing = gw
+    // Any name is served by default, so it can be shown (model_names.rs has the narrowed 404).
+    let other = gw
         .post("/api/show", None)
         .json(&json!({"model": "llama3"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(missing.status(), 404);
-    let body: Value = missing.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("llama3"), "{body}");
+    assert_eq!(other.status(), 200);
+    let body: Value = other.json().await.unwrap();
+    assert_eq!(
+        body["capabilities"],
+        json!(["completion", "tools"]),
+        "{body}"
+    );
     // A client polling every few seconds must not fill the audit log. The log is written in
     // order, so once a later audited event is in it, anything the polls recorded would be too.
     let refused = gw
@@ -123,6 +128,45 @@ async fn generation_needs_the_key_and_errors_are_ollama_shaped() {
             .contains("options.temperature"),
         "{body}"
     );
+}
+
+/// `/api/ps` answers as Ollama does, and every `/api/*` answer that is an error is Ollama's
+/// `{"error": "…"}`: unknown paths and wrong methods too, which Ollama clients probe.
+#[tokio::test]
+async fn ps_and_every_api_path_answer_in_ollamas_shape() {
+    let stack = Stack::start().await;
+    let gw = &stack.gateway;
+    let resp = gw.get("/api/ps", None).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ps: Value = resp.json().await.unwrap();
+    let loaded = &ps["models"][0];
+    assert_eq!(loaded["name"], MODEL);
+    assert_eq!(loaded["model"], MODEL);
+    assert_eq!(loaded["context_length"], 200_000);
+    assert_eq!(loaded["size_vram"], 0);
+    assert!(loaded["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(loaded["digest"].is_string() && loaded["details"]["family"].is_string());
+    for (method, path, status) in [
+        ("GET", "/api/pull", 404),
+        ("POST", "/api/embed", 404),
+        ("DELETE", "/api/delete", 404),
+        ("GET", "/api", 404),
+        ("POST", "/api/tags", 405),
+        ("GET", "/api/chat", 405),
+        ("POST", "/api/ps", 405),
+    ] {
+        let resp = integration_tests::stack::http()
+            .request(method.parse().unwrap(), gw.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: Value = resp.json().await.unwrap();
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["error"], "{method} {path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(path), "{body}");
+    }
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The Redis store (README, "Several gateways: the Redis store"), against a real `redis-server` each test starts on a free port:
+//! The Redis store (docs/configuration.md, "Several gateways: the Redis store"), against a real `redis-server` each test starts on a free port:
 //! the session and rate-limit suites of `access` again on Redis; two gateways on one Redis
 //! admitting exactly what one would; Redis hung, killed and restarted under running gateways;
 //! start-up with a bad or unreachable URL. Without redis-server these tests fail when `CI=true`

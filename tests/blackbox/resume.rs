@@ -355,7 +355,7 @@ async fn a_request_over_the_bridge_frame_limit_gets_413_before_it_is_sent() {
 
 #[tokio::test]
 async fn a_1009_close_fails_only_the_request_that_caused_it_and_the_others_resume() {
-    // The peer takes 1 MiB frames but does not say so; bridge-agent believes in 16 MiB.
+    // The peer takes 1 MiB frames but does not say so; bridge-agent believes in 48 MiB.
     let stack = resuming_stack(|a| a, roomy).await;
     stack.peer.limit_frames(1024 * 1024, false);
     stack.peer.drop_connections();

@@ -8,7 +8,7 @@ use fantoccini::Locator;
 use integration_tests::browser::Browser;
 use integration_tests::harness::get;
 use integration_tests::mcp_stack::McpStack;
-use integration_tests::stack::{chat_body, http, Stack, ADMIN, KEY};
+use integration_tests::stack::{chat_body, http, Stack, ADMIN, KEY, MODEL};
 use integration_tests::stdio_agent::StdioAgent;
 use provider_shared::bridge::{BridgeFrame, BridgeReport};
 use serde_json::{json, Value};
@@ -173,6 +173,21 @@ async fn the_page_follows_the_chain_through_real_transitions_in_chromium() {
         "recent errors: {:?}",
         browser.text("errors").await
     );
+    // A refused request is counted on the page, by code.
+    let refused = http()
+        .post(stack.gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "m", "temperature": 7, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    browser
+        .wait_text("refused-codes", "the refusal counted", SEEN, |t| {
+            t == "invalid_request 1"
+        })
+        .await;
+    assert_eq!(browser.text("refused-total").await.as_deref(), Some("1"));
     // The audit writer's figures: its bounded queue, nothing dropped.
     browser
         .wait_text("audit-value", "the audit writer's figures", SEEN, |t| {
@@ -383,15 +398,19 @@ async fn an_mcp_bridge_without_bridge_status_reads_as_unknown_and_one_with_it_is
     )
     .await;
 
-    // A failed request shows among the recent errors, by code, never with its content.
+    // A refused request shows among the recent errors and is counted among the refusals, by
+    // code, never with its content.
     let resp = stack
         .gateway
-        .chat(json!({"model": "nope", "messages": [{"role": "user", "content": PROMPT}]}))
+        .chat(json!({"model": MODEL, "temperature": 7,
+                     "messages": [{"role": "user", "content": PROMPT}]}))
         .await;
     assert_eq!(resp.status(), 400);
     let body = status(&stack).await;
     let errors = body["recent_errors"].as_array().unwrap();
-    assert_eq!(errors[0]["code"], "model_not_found", "{body}");
+    assert_eq!(errors[0]["code"], "invalid_request", "{body}");
     assert_eq!(errors[0]["route"], "/v1/chat/completions");
+    assert_eq!(body["refusals"]["total"], 1, "{body}");
+    assert_eq!(body["refusals"]["by_code"], json!({"invalid_request": 1}));
     assert!(!body.to_string().contains("secret words"));
 }

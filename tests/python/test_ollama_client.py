@@ -48,6 +48,10 @@ def test_list_and_show_need_no_key(keyless, model):
     assert "completion" in shown.capabilities and "tools" in shown.capabilities
     assert any(k.endswith("context_length") for k in shown.modelinfo)
     assert keyless.show(f"{model}:latest").capabilities
+    # `ollama ps`: the model is always loaded, with the gateway's context window.
+    running = keyless.ps().models
+    assert [m.model for m in running] == [model]
+    assert running[0].expires_at is not None and running[0].size_vram == 0
 
 
 def test_chat_not_streamed(keyed, model):
@@ -95,10 +99,15 @@ def test_errors_inside_a_stream_raise(keyed, model):
     assert "scripted failure" in str(err.value)
 
 
-def test_unknown_model_is_a_404(keyed):
+def test_any_model_name_is_served_unless_narrowed(keyed):
+    out = keyed.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
+    assert out.model == "llama3" and out.message.content == "echo: hi"
+    # The small gateway answers only to its own name (LOCAL_PROVIDER_MODEL_ALIASES).
+    small = ollama.Client(host=_env("GW_SMALL_ROOT_URL"), headers={"Authorization": f"Bearer {_env('GW_KEY')}"})
     with pytest.raises(ollama.ResponseError) as err:
-        keyed.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
+        small.chat(model="llama3", messages=[{"role": "user", "content": "hi"}], stream=False)
     assert err.value.status_code == 404
+    assert err.value.error == 'model "llama3" not found, try pulling it first'
 
 
 def test_keyless_generation_is_refused_by_default(keyless, model):

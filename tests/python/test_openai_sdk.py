@@ -100,12 +100,19 @@ def test_wrong_key_raises_authentication_error(client, model):
     assert err.value.code == "invalid_api_key"
 
 
-def test_invalid_request_raises_bad_request_error(client, model):
+def test_invalid_request_raises_bad_request_error(client, small_client, model):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=model, messages=user("hi"), temperature=5)
     assert err.value.param == "temperature"
-    with pytest.raises(openai.NotFoundError):
-        client.models.retrieve("gpt-4o")
+    # Every name is served by default; a gateway narrowed by LOCAL_PROVIDER_MODEL_ALIASES
+    # refuses other names as OpenAI does.
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError) as err:
+        small_client.models.retrieve("gpt-4o")
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as err:
+        small_client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert err.value.param == "model"
 
 
 def test_rate_limit_raises_rate_limit_error_with_retry_after(limited_client, model):

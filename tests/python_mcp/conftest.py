@@ -52,18 +52,22 @@ def void() -> openai.OpenAI:
 
 
 @asynccontextmanager
-async def agent_http(mode: str = "legacy"):
-    """The agent over Streamable HTTP, with the bearer token, as Cursor's `mcp.json` sets it."""
+async def agent_http(mode: str = "legacy", max_event_bytes: int | None = None):
+    """The agent over Streamable HTTP, with the bearer token, as Cursor's `mcp.json` sets it.
+    `max_event_bytes` raises the client's own bound on one SSE event (1 MiB by default): a
+    request handed out whole is one event."""
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {env('MB_MCP_TOKEN')}"})
+    extra = {"max_sse_event_size": max_event_bytes} if max_event_bytes else {}
     async with http:
-        async with Client(streamable_http_client(env("MB_MCP_URL"), http_client=http), mode=mode) as client:
+        transport = streamable_http_client(env("MB_MCP_URL"), http_client=http, **extra)
+        async with Client(transport, mode=mode) as client:
             yield client
 
 
 @asynccontextmanager
 async def agent_stdio(mode: str = "legacy"):
     """The agent launching `mcp-bridge --stdio`, as a client that starts its servers does, with
-    the token's file named as the README's Cursor entry names it (no copy of the secret)."""
+    the token's file named as the Cursor entry in docs/clients.md names it (no copy of the secret)."""
     params = StdioServerParameters(
         command=env("MB_BIN"),
         args=["--stdio"],

@@ -158,20 +158,26 @@ async def test_error_classes(claude, model):
 
     with pytest.raises(anthropic.BadRequestError) as err:
         claude.messages.create(model=model, max_tokens=8, messages=hi(),
-                               tools=[{"type": "web_search_20250305", "name": "web_search"}])
+                               tools=[{"type": "code_execution_20250522", "name": "code_execution"}])
     assert err.value.body["type"] == "error"
     assert err.value.body["error"]["type"] == "invalid_request_error"
     assert "tools[0].type" in err.value.message
 
+    # Every model name is served by default; a gateway narrowed to its own name
+    # (LOCAL_PROVIDER_MODEL_ALIASES) refuses others as Anthropic does.
+    narrow = client_for("GW_NARROW_URL")
     with pytest.raises(anthropic.NotFoundError) as err:
-        claude.messages.create(model="another-model", max_tokens=8, messages=hi())
+        narrow.messages.create(model="another-model", max_tokens=8, messages=hi())
     assert err.value.body["error"]["type"] == "not_found_error"
 
-    # A gateway whose token budget is smaller than the answer asked for.
+    # That gateway allows one failed login a minute: the next request gets a 429.
+    with pytest.raises(anthropic.AuthenticationError):
+        client_for("GW_NARROW_URL", api_key="not-the-key-0123456789abcdef0123456789").messages.create(
+            model=model, max_tokens=8, messages=hi())
     with pytest.raises(anthropic.RateLimitError) as err:
-        client_for("GW_SMALL_BUDGET_URL").messages.create(model=model, max_tokens=1000, messages=hi())
+        narrow.messages.create(model=model, max_tokens=8, messages=hi())
     assert err.value.body["error"]["type"] == "rate_limit_error"
-    assert err.value.response.headers["x-should-retry"] == "false"
+    assert int(err.value.response.headers["retry-after"]) >= 1
 
 
 async def test_overload_is_529_overloaded_error(model):

@@ -140,7 +140,7 @@ async def test_two_conversations_interleaved_on_one_agent_stay_apart(void, model
 
 
 async def test_get_conversation_pages_the_whole_conversation(void, model):
-    big = "0123456789" * 9000          # 90 KB: more than a page, within MAX_CONTENT_BYTES
+    big = "0123456789" * 9000          # 90 KB: more than a page
     messages = [SYSTEM]
     for n in range(4):
         messages += [{"role": "user", "content": f"file {n}: " + "abcdefghij" * 2500},

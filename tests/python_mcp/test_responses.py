@@ -191,6 +191,43 @@ async def test_agents_sdk_runs_an_agent_with_a_function_tool(model):
         assert looked_up == ["Bergen"]
 
 
+async def test_codex_namespace_and_web_search_tools(void, model):
+    """Codex CLI's tools: function tools, a `namespace` of function tools, and the hosted
+    `web_search`. The agent gets the namespace's tools under `<namespace>__<name>` and web search
+    in `hosted_tools`; its call of a namespaced tool comes back with the tool's own `name` and its
+    `namespace`, as Codex routes it."""
+    tools = WEATHER + [
+        {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+            {"type": "function", "name": "spawn_agent", "description": "Starts a sub-agent.", "strict": False,
+             "parameters": {"type": "object", "properties": {"message": {"type": "string"}},
+                            "required": ["message"]}}]},
+        {"type": "web_search", "external_web_access": True},
+    ]
+
+    def client():
+        return list(void.responses.create(model="gpt-5-codex", input="delegate it", tools=tools,
+                                          stream=True, store=False, parallel_tool_calls=False,
+                                          include=["reasoning.encrypted_content"]))
+
+    async with agent_http() as agent:
+        pending = background(client)
+        request = await take(agent)
+        params = request["parameters"]
+        assert params["model"] == "gpt-5-codex"
+        assert [t["function"]["name"] for t in params["tools"]] == ["get_weather", "multi_agent_v1__spawn_agent"]
+        assert params["hosted_tools"] == [{"type": "web_search", "external_web_access": True}]
+        await call(agent, "submit_response", {**ids_of(request), "tool_calls": [
+            {"id": "call_sa", "type": "function",
+             "function": {"name": "multi_agent_v1__spawn_agent", "arguments": {"message": "write hello.py"}}}]})
+        events = answer_of(pending)
+    done = [e for e in events if e.type == "response.output_item.done"][-1].item
+    assert done.type == "function_call" and done.call_id == "call_sa"
+    assert done.name == "spawn_agent"
+    namespace = getattr(done, "namespace", None) or (done.model_extra or {}).get("namespace")
+    assert namespace == "multi_agent_v1"
+    assert json.loads(done.arguments) == {"message": "write hello.py"}
+
+
 async def test_what_cannot_be_honoured_is_refused_by_name(void, model):
     cases = {
         "logprobs": lambda: void.chat.completions.create(model=model, messages=user("x"), logprobs=True),
@@ -198,7 +235,8 @@ async def test_what_cannot_be_honoured_is_refused_by_name(void, model):
         "n": lambda: void.chat.completions.create(model=model, messages=user("x"), n=2),
         "previous_response_id": lambda: void.responses.create(model=model, input="x",
                                                               previous_response_id="resp_123"),
-        "tools[0].type": lambda: void.responses.create(model=model, input="x", tools=[{"type": "web_search"}]),
+        "tools[0].type": lambda: void.responses.create(model=model, input="x", tools=[
+            {"type": "file_search", "vector_store_ids": ["vs_1"]}]),
         "input[0]": lambda: void.responses.create(model=model, input=[{"type": "item_reference", "id": "msg_1"}]),
     }
     for param, make in cases.items():

@@ -1,5 +1,5 @@
 """bridge-agent restarting while requests wait: no request lost, none answered twice, and the
-answers in flight are resumed (README "Resume").
+answers in flight are resumed (docs/operations.md, "Resume").
 
 When bridge-agent is killed, mcp-bridge keeps the requests its connection sent for RESUME_GRACE:
 queued ones stay queued, leased ones stay leased and the agent may keep answering them. The gateway

@@ -1,5 +1,6 @@
 """The Cursor agent serving VoidEditor through mcp-bridge's tools, over Streamable HTTP and stdio."""
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -230,3 +231,13 @@ async def test_fail_request_reaches_the_editor(void, model):
     with pytest.raises(openai.APIStatusError) as err:
         answer_of(pending)
     assert "I cannot answer that here" in str(err.value)
+
+
+async def test_a_disconnecting_agent_logs_nothing(caplog):
+    """The official client ends its HTTP session with a DELETE on the way out, and logs any
+    answer but 200 or 204 as a failure: mcp-bridge answers 204."""
+    with caplog.at_level(logging.DEBUG, logger="mcp"):
+        async with agent_http() as agent:
+            await call(agent, "get_status")
+    complaints = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert complaints == [], complaints

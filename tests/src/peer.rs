@@ -8,6 +8,7 @@
 //! | (none) | stream `"echo: <text>"` as content chunks split after spaces, then an ok result |
 //! | `[[reasoning]]` | first two `reasoning_content` chunks (`"thinking"`, `"…"`) |
 //! | `[[tool]]` | an OpenAI-style `get_weather` tool call (`{"city":"Paris"}`), finish `tool_calls` |
+//! | `[[tool:NAME]]` | the same call, of the tool named `NAME` |
 //! | `[[chunks:N]]` | exactly N content chunks (the text is padded with `" ."` when too short) |
 //! | `[[bulk:N]]` | N content chunks of 4 KiB each (`"x"` repeated), as fast as they go |
 //! | `[[delay:MS]]` / `[[slow:MS]]` | wait before the first chunk / between chunks |
@@ -244,6 +245,23 @@ impl ScriptedPeer {
         self.wait_until(timeout, |r| r.pings.len() >= n && r.ws_pings >= n)
             .await
             .is_some()
+    }
+
+    /// The messages and parameters of the last chat the peer received (a completion's
+    /// parameters, with no messages).
+    pub fn last_asked(&self) -> (Vec<Value>, serde_json::Map<String, Value>) {
+        let invoke = self
+            .record()
+            .invokes
+            .pop()
+            .unwrap_or_else(|| panic!("no request reached the peer"));
+        match invoke.payload {
+            Payload::Chat {
+                messages,
+                parameters,
+            } => (messages, parameters),
+            Payload::Completion { parameters, .. } => (Vec::new(), parameters),
+        }
     }
 
     pub fn invokes(&self) -> Vec<ModelInvoke> {
@@ -643,7 +661,8 @@ fn on_text(
 pub struct Directives {
     pub text: String,
     pub reasoning: bool,
-    pub tool: bool,
+    /// The name of the tool to call, if any.
+    pub tool: Option<String>,
     pub chunks: Option<usize>,
     pub bulk: Option<usize>,
     pub delay: Duration,
@@ -684,7 +703,8 @@ impl Directives {
             let ms = || Duration::from_millis(arg.trim().parse().unwrap_or(0));
             match name.trim() {
                 "reasoning" => d.reasoning = true,
-                "tool" => d.tool = true,
+                "tool" if arg.trim().is_empty() => d.tool = Some("get_weather".into()),
+                "tool" => d.tool = Some(arg.trim().to_owned()),
                 "chunks" => d.chunks = arg.trim().parse().ok(),
                 "bulk" => d.bulk = arg.trim().parse().ok(),
                 "delay" => d.delay = ms(),
@@ -907,14 +927,14 @@ fn answer(d: &Directives) -> (Vec<Delta>, &'static str, Value) {
             });
         }
     }
-    let (finish, mut message) = if d.tool {
+    let (finish, mut message) = if let Some(tool) = &d.tool {
         deltas.push(Delta {
             tool_calls: Some(vec![ToolCallDelta {
                 index: Some(0),
                 id: Some("call_1".into()),
                 kind: Some("function".into()),
                 function: Some(FunctionDelta {
-                    name: Some("get_weather".into()),
+                    name: Some(tool.clone()),
                     arguments: Some(String::new()),
                 }),
             }]),
@@ -938,7 +958,7 @@ fn answer(d: &Directives) -> (Vec<Delta>, &'static str, Value) {
             "content": null,
             "tool_calls": [{
                 "id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}
+                "function": {"name": tool, "arguments": "{\"city\":\"Paris\"}"}
             }]
         });
         ("tool_calls", message)
@@ -998,5 +1018,11 @@ mod tests {
             .collect();
         assert_eq!(args, "{\"city\":\"Paris\"}");
         assert_eq!(message["content"], Value::Null);
+        assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather");
+        let (_, _, message) = answer(&Directives::parse("[[tool:mcp__fs__write]]"));
+        assert_eq!(
+            message["tool_calls"][0]["function"]["name"],
+            "mcp__fs__write"
+        );
     }
 }

@@ -185,6 +185,26 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("session body: {e}"))
     }
 
+    /// `POST path` of `body` with the API key.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post(path, Some(KEY))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `GET path` with the API key, and its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path, Some(KEY))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} body: {e}"))
+    }
+
     /// `POST /v1/chat/completions` with the API key.
     pub async fn chat(&self, body: Value) -> reqwest::Response {
         self.post("/v1/chat/completions", Some(KEY))

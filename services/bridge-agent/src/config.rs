@@ -303,7 +303,7 @@ mod tests {
     fn buffer_frame_and_resume_settings_have_documented_defaults_and_bounds() {
         let c = Config::from_vars(vec![]).unwrap();
         assert_eq!(c.stream_buffer_bytes(), 1024 * 1024);
-        assert_eq!(c.max_frame_bytes.0, 16 * 1024 * 1024);
+        assert_eq!(c.max_frame_bytes.0, 48 * 1024 * 1024);
         assert_eq!(c.resume_grace(), Duration::from_secs(30));
         for (var, bad) in [
             ("STREAM_BUFFER_BYTES", "1000"),

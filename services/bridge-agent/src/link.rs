@@ -146,9 +146,15 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
+    // What `hello` says it accepts is what the socket takes: tungstenite's own default frame
+    // limit (16 MiB) would refuse a larger answer than the bridge was told it may send.
+    let limit = usize::try_from(hub.config.max_frame_bytes.0).unwrap_or(usize::MAX);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(limit))
+        .max_message_size(Some(limit));
     // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
     let (mut ws, _response) =
-        tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
     // `protocol` stays 1, so that a bridge that knows only 1 (and checks it) still answers.
     let hello = BridgeFrame::Hello {
         agent_id: hub.config.agent_id.clone(),

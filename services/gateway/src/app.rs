@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -36,11 +36,7 @@ pub fn router(state: Shared) -> Router {
         .route("/models/{id}", get(health::get_model))
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", delete(sessions::delete))
-        .route("/api/version", get(ollama::version))
-        .route("/api/tags", get(ollama::tags))
-        .route("/api/show", post(ollama::show))
-        .route("/api/chat", post(ollama::chat::chat))
-        .route("/api/generate", post(ollama::generate::generate))
+        .merge(ollama::routes())
         .route("/admin/sessions", get(admin::list_sessions))
         .route("/admin/revoke_all_sessions", post(admin::revoke_all))
         .route("/health", get(health::health))
@@ -75,19 +71,29 @@ pub fn router(state: Shared) -> Router {
     app
 }
 
-async fn not_found(req: Request) -> Error {
-    Error::NotFound {
-        message: format!("no route {} {}", req.method(), req.uri().path()),
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    let err = Error::NotFound {
+        message: format!("no route {} {path}", req.method()),
         code: "unknown_url",
+    };
+    if ollama::owns(path) {
+        let err = Error::NotFound {
+            message: format!("{err}: this gateway answers Ollama's /api/version, /api/tags, /api/ps, /api/show, /api/chat and /api/generate"),
+            code: "unknown_url",
+        };
+        return ollama::OllamaError::from(err).into_response();
     }
+    err.into_response()
 }
 
-async fn method_not_allowed(req: Request) -> Error {
-    Error::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.uri().path()
-    ))
+async fn method_not_allowed(req: Request) -> Response {
+    let path = req.uri().path();
+    let err = Error::MethodNotAllowed(format!("{} is not allowed on {path}", req.method()));
+    if ollama::owns(path) {
+        return ollama::OllamaError::from(err).into_response();
+    }
+    err.into_response()
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {

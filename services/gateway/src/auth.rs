@@ -99,7 +99,6 @@ pub async fn check_throttle(state: &AppState, addr: IpAddr) -> Result<(), Error>
             ),
             retry_after,
             headers: None,
-            retryable: true,
         });
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (README, "Configuration").
+//! The gateway's settings, all from `LOCAL_PROVIDER_*` variables (docs/configuration.md).
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,9 +33,11 @@ pub struct RawConfig {
     pub default_max_tokens: Bounded<1, 1_000_000>,
     pub auth_failure_limit: Bounded<1, 1_000_000>,
     pub model_name: String,
-    pub max_tokens_limit: Bounded<1, 1_000_000>,
+    pub model_aliases: Option<String>,
+    pub max_tokens_limit: Option<Bounded<1, 100_000_000>>,
     pub context_window: Bounded<1, 100_000_000>,
-    pub max_content_bytes: Bounded<1, 1_073_741_824>,
+    /// No longer read: set, it stops start-up with a line naming what replaced it.
+    pub max_content_bytes: Option<String>,
     pub max_body_bytes: Bounded<1024, 1_073_741_824>,
     pub request_timeout: Seconds,
     pub response_timeout: Seconds,
@@ -84,10 +86,11 @@ impl Default for RawConfig {
             default_max_tokens: Bounded(1024),
             auth_failure_limit: Bounded(10),
             model_name: "cursor-agent-local".into(),
-            max_tokens_limit: Bounded(8192),
+            model_aliases: None,
+            max_tokens_limit: None,
             context_window: Bounded(200_000),
-            max_content_bytes: Bounded(100_000),
-            max_body_bytes: Bounded(10 * 1024 * 1024),
+            max_content_bytes: None,
+            max_body_bytes: Bounded(DEFAULT_MAX_BODY_BYTES),
             request_timeout: Seconds::from_secs(30),
             response_timeout: Seconds::from_secs(60),
             max_concurrent_requests: Bounded(50),
@@ -158,6 +161,64 @@ impl<'de> Deserialize<'de> for FailurePolicy {
     }
 }
 
+/// The model names the one agent answers to besides `MODEL_NAME` (`LOCAL_PROVIDER_MODEL_ALIASES`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelAliases {
+    /// Every name (the default, and `*`): single-model servers answer whatever name a client
+    /// asks for, and so does this one.
+    Any,
+    /// Only names matching one of these globs (and `MODEL_NAME`).
+    Only(Vec<glob::Pattern>),
+}
+
+/// At most this many globs, each at most this long (a model name is at most 256 bytes too).
+const MAX_ALIASES: usize = 64;
+const MAX_ALIAS_BYTES: usize = 256;
+
+impl ModelAliases {
+    /// Comma-separated globs: `*` any run of characters, `?` one character, `[abc]` / `[a-z]` /
+    /// `[!abc]` one character of (or not of) a set; everything else is literal and
+    /// case-sensitive. Spaces around entries and empty entries are ignored; unset or empty is
+    /// `*`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ConfigError> {
+        let entries: Vec<&str> = raw
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if entries.is_empty() || entries.contains(&"*") {
+            return Ok(ModelAliases::Any);
+        }
+        let syntax = "expected comma-separated model-name globs (`*` any run of characters, `?` one character, `[abc]` one of a set), e.g. `claude-*,gpt-4o`";
+        if entries.len() > MAX_ALIASES {
+            return Err(ConfigError::new(
+                "MODEL_ALIASES",
+                format!(
+                    "{syntax}; at most {MAX_ALIASES} of them, got {}",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut patterns = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.len() > MAX_ALIAS_BYTES
+                || entry.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "MODEL_ALIASES",
+                    format!("{syntax}, each without spaces and at most {MAX_ALIAS_BYTES} bytes; got {entry:?}"),
+                ));
+            }
+            let pattern = glob::Pattern::new(entry).map_err(|err| {
+                ConfigError::new("MODEL_ALIASES", format!("{syntax}; {entry:?}: {err}"))
+            })?;
+            patterns.push(pattern);
+        }
+        Ok(ModelAliases::Only(patterns))
+    }
+}
+
 /// Where the Redis store lives.
 #[derive(Clone)]
 pub struct RedisSettings {
@@ -197,10 +258,13 @@ pub struct Settings {
     pub default_max_tokens: u64,
     pub auth_failure_limit: u64,
     pub model_name: String,
-    pub max_tokens_limit: u64,
+    /// Which other model names are answered by the one agent (`MODEL_ALIASES`).
+    pub model_aliases: ModelAliases,
+    /// `MAX_TOKENS_LIMIT` when set: the most output a request may ask for. Unset, the context
+    /// window alone bounds it.
+    pub max_tokens_limit: Option<u64>,
     /// Prompt plus output tokens a request may need; more is a 400 `context_length_exceeded`.
     pub context_window: u64,
-    pub max_content_bytes: usize,
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
     pub max_concurrent_requests: usize,
@@ -232,9 +296,16 @@ pub struct Settings {
     pub connections: ConnectionLimits,
 }
 
-/// 1 MiB: 25 times the longest answer `MAX_TOKENS_LIMIT` allows by default, so an agent that
-/// keeps to it never trips the bound, yet one client that stops reading costs at most this much.
+/// 1 MiB: eight times a 32,000-token answer (what Claude Code asks for) at four bytes a token, so
+/// an agent that keeps to what it was asked never trips the bound, yet one client that stops
+/// reading costs at most this much.
 pub const DEFAULT_STREAM_BUFFER_BYTES: u64 = 1024 * 1024;
+
+/// 32 MiB, the request size Anthropic's Messages API takes: whatever Claude Code sends there fits.
+/// A whole 200,000-token context of text is 1–2 MB of JSON; the rest is room for base64 images
+/// and documents. The WebSocket frame (`MAX_FRAME_BYTES`, 48 MiB by default) holds a request of
+/// this size with room for its conversion.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Keys shorter than this are refused: they would be guessable.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -291,14 +362,35 @@ impl Settings {
                 "expected a model name, got \"\"",
             ));
         }
-        if raw.default_max_tokens.0 > raw.max_tokens_limit.0 {
+        if raw
+            .max_content_bytes
+            .as_deref()
+            .is_some_and(|v| !v.trim().is_empty())
+        {
             return Err(ConfigError::new(
-                "DEFAULT_MAX_TOKENS",
-                format!(
-                    "expected at most LOCAL_PROVIDER_MAX_TOKENS_LIMIT ({}), got {}",
-                    raw.max_tokens_limit.0, raw.default_max_tokens.0
-                ),
+                "MAX_CONTENT_BYTES",
+                "is no longer used: a message may be as large as the context window allows (LOCAL_PROVIDER_CONTEXT_WINDOW, in tokens), within the request body cap (LOCAL_PROVIDER_MAX_BODY_BYTES); remove this variable",
             ));
+        }
+        if let Some(limit) = raw.max_tokens_limit {
+            if limit.0 > raw.context_window.0 {
+                return Err(ConfigError::new(
+                    "MAX_TOKENS_LIMIT",
+                    format!(
+                        "expected at most LOCAL_PROVIDER_CONTEXT_WINDOW ({}), or leave it unset to accept up to the window; got {}",
+                        raw.context_window.0, limit.0
+                    ),
+                ));
+            }
+            if raw.default_max_tokens.0 > limit.0 {
+                return Err(ConfigError::new(
+                    "DEFAULT_MAX_TOKENS",
+                    format!(
+                        "expected at most LOCAL_PROVIDER_MAX_TOKENS_LIMIT ({}), got {}",
+                        limit.0, raw.default_max_tokens.0
+                    ),
+                ));
+            }
         }
         if raw.default_max_tokens.0 >= raw.context_window.0 {
             return Err(ConfigError::new(
@@ -355,9 +447,9 @@ impl Settings {
             default_max_tokens: raw.default_max_tokens.0,
             auth_failure_limit: raw.auth_failure_limit.0,
             model_name: raw.model_name.trim().to_owned(),
-            max_tokens_limit: raw.max_tokens_limit.0,
+            model_aliases: ModelAliases::parse(raw.model_aliases.as_deref())?,
+            max_tokens_limit: raw.max_tokens_limit.map(|l| l.0),
             context_window: raw.context_window.0,
-            max_content_bytes: raw.max_content_bytes.0 as usize,
             max_body_bytes: raw.max_body_bytes.0 as usize,
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
@@ -517,7 +609,7 @@ mod tests {
         assert_eq!(s.model_name, "cursor-agent-local");
         assert_eq!(
             s.context_window, 200_000,
-            "what the README's Void override declares"
+            "what the Void override in docs/clients.md declares"
         );
         assert_eq!(s.session_ttl, Duration::from_secs(300));
         assert_eq!(s.audit_log, Some(PathBuf::from("logs/security_audit.log")));
@@ -582,6 +674,57 @@ mod tests {
         assert!(err.message.contains("DEFAULT_MAX_TOKENS"), "{err}");
         let err = with(&[("API_KEY", KEY), ("CONTEXT_WINDOW", "lots")]).unwrap_err();
         assert_eq!(err.var, "LOCAL_PROVIDER_CONTEXT_WINDOW");
+    }
+
+    #[test]
+    fn limits_come_from_the_context_window() {
+        let s = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!(s.max_tokens_limit, None, "the window alone bounds output");
+        assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
+        let s = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "8192")]).unwrap();
+        assert_eq!(s.max_tokens_limit, Some(8192), "a limit set is kept");
+        let err = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "300000")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MAX_TOKENS_LIMIT");
+        assert!(err.message.contains("CONTEXT_WINDOW"), "{err}");
+        let err = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "512")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_DEFAULT_MAX_TOKENS");
+        // The per-message byte cap is gone; setting it says what replaced it.
+        let err = with(&[("API_KEY", KEY), ("MAX_CONTENT_BYTES", "100000")]).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MAX_CONTENT_BYTES");
+        assert!(
+            err.message.contains("LOCAL_PROVIDER_CONTEXT_WINDOW")
+                && err.message.contains("LOCAL_PROVIDER_MAX_BODY_BYTES"),
+            "{err}"
+        );
+        assert!(with(&[("API_KEY", KEY), ("MAX_CONTENT_BYTES", "")]).is_ok());
+    }
+
+    #[test]
+    fn model_aliases_are_globs_and_default_to_every_name() {
+        let any = with(&[("API_KEY", KEY)]).unwrap();
+        assert_eq!(any.model_aliases, ModelAliases::Any);
+        for raw in ["", " ", "*", "claude-*,*", " , "] {
+            assert_eq!(
+                ModelAliases::parse(Some(raw)).unwrap(),
+                ModelAliases::Any,
+                "{raw:?}"
+            );
+        }
+        let ModelAliases::Only(globs) =
+            ModelAliases::parse(Some(" claude-* , gpt-4o,,o[0-9]-mini ")).unwrap()
+        else {
+            panic!("narrowed")
+        };
+        let shown: Vec<&str> = globs.iter().map(glob::Pattern::as_str).collect();
+        assert_eq!(shown, ["claude-*", "gpt-4o", "o[0-9]-mini"]);
+        for bad in ["claude-[", "a b", &"x".repeat(300)] {
+            let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", bad)]).unwrap_err();
+            assert_eq!(err.var, "LOCAL_PROVIDER_MODEL_ALIASES", "{bad}");
+            assert!(err.message.contains("claude-*,gpt-4o"), "{err}");
+        }
+        let many = vec!["m"; 65].join(",");
+        let err = with(&[("API_KEY", KEY), ("MODEL_ALIASES", &many)]).unwrap_err();
+        assert!(err.message.contains("at most 64"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,16 @@ use serde_json::json;
 
 use crate::ratelimit::RateHeaders;
 
-/// The error code of an error answer, left on the response by [`Error`]'s conversion so the
-/// status page's recent-errors list (`status/mod.rs`) can name it without reading the body.
+/// The code and message of an error answer, left on the response by [`Error`]'s conversion so
+/// that the one middleware that logs refusals and lists errors (`status/mod.rs`
+/// `record_errors`) can name them without reading the body, whatever API shaped it. The message
+/// is the one the client gets; it names fields and describes values by kind, never quoting
+/// prompt text (`validate.rs` `describe`).
 #[derive(Debug, Clone)]
-pub struct ErrorCode(pub String);
+pub struct ErrorReport {
+    pub code: String,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +41,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// A model name this gateway does not answer to (`LOCAL_PROVIDER_MODEL_ALIASES`).
+    #[error("model: the model `{requested}` is not served here; use `{served}`")]
+    ModelNotFound { requested: String, served: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{message}")]
@@ -44,8 +53,6 @@ pub enum Error {
         message: String,
         retry_after: Duration,
         headers: Option<RateHeaders>,
-        /// False when waiting cannot help (a request larger than the whole budget).
-        retryable: bool,
     },
     #[error("{message}")]
     SessionLimit {
@@ -94,7 +101,7 @@ impl Error {
             }
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::NotFound { .. } | Error::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded { .. }
@@ -114,6 +121,7 @@ impl Error {
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
+            Error::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             Error::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
@@ -133,6 +141,7 @@ impl Error {
     fn param(&self) -> Option<&str> {
         match self {
             Error::InvalidRequest { param, .. } => param.as_deref(),
+            Error::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
     }
@@ -153,13 +162,10 @@ impl Error {
 
     /// Whether a client retrying the same request could succeed.
     fn retryable(&self) -> bool {
-        match self {
-            Error::RateLimited { retryable, .. } => *retryable,
-            _ => !matches!(
-                self.status().as_u16(),
-                400 | 401 | 403 | 404 | 405 | 413 | 422
-            ),
-        }
+        !matches!(
+            self.status().as_u16(),
+            400 | 401 | 403 | 404 | 405 | 413 | 422
+        )
     }
 
     /// The `{"error": {...}}` object, also used for in-stream errors.
@@ -242,7 +248,10 @@ impl IntoResponse for Error {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         let mut response = (status, headers, self.body().to_string()).into_response();
-        response.extensions_mut().insert(ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorReport {
+            code: self.code(),
+            message: self.to_string(),
+        });
         response
     }
 }

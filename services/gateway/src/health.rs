@@ -82,9 +82,9 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
-fn model_object(state: &AppState) -> Value {
+fn model_object(state: &AppState, id: &str) -> Value {
     json!({
-        "id": state.settings.model_name,
+        "id": id,
         "object": "model",
         "created": state.models_created,
         "owned_by": "mcp-local-provider",
@@ -97,9 +97,13 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    Ok(Json(
-        json!({"object": "list", "data": [model_object(&state)]}),
-    ))
+    let data: Vec<Value> = state
+        .models
+        .listed()
+        .into_iter()
+        .map(|name| model_object(&state, name))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn get_model(
@@ -109,14 +113,7 @@ pub async fn get_model(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Error> {
     auth::authenticate(&state, &headers, peer.ip(), Accept::KeyOrSession).await?;
-    if !crate::validate::model_matches(&id, &state.settings.model_name) {
-        return Err(Error::NotFound {
-            message: format!(
-                "the model `{id}` does not exist; this gateway serves `{}`",
-                state.settings.model_name
-            ),
-            code: "model_not_found",
-        });
-    }
-    Ok(Json(model_object(&state)))
+    // Any name the generating routes would serve is a model here, under the name asked for.
+    state.models.resolve(&id)?;
+    Ok(Json(model_object(&state, &id)))
 }

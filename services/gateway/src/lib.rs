@@ -1,4 +1,4 @@
-//! The gateway: an OpenAI-compatible HTTP front (README, "The HTTP API") for the agent behind bridge-agent.
+//! The gateway: an OpenAI-compatible HTTP front (docs/http-api.md) for the agent behind bridge-agent.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -21,10 +21,12 @@ pub mod error;
 pub mod generate;
 pub mod health;
 pub mod keygen;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod parts;
 pub mod ratelimit;
+pub mod refusals;
 pub mod responses;
 pub mod secrets;
 pub mod sessions;
@@ -91,7 +93,9 @@ pub async fn run(
         grace_over: grace_over.clone(),
         key_client,
         models_created: store::now_ms() / 1000,
+        models: models::Models::of(&settings),
         status: status::board::Board::default(),
+        refusals: refusals::Refusals::default(),
         tasks: tracker.clone(),
         settings,
     });

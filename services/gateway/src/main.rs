@@ -92,7 +92,21 @@ async fn run_service(settings: Settings) -> ExitCode {
         }
     };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-    tracing::info!(addr = %local, model = %settings.model_name, socket = %settings.bridge_socket.display(), "gateway listening");
+    let answers_to = match &settings.model_aliases {
+        gateway::config::ModelAliases::Any => "every model name".to_owned(),
+        gateway::config::ModelAliases::Only(globs) => {
+            let globs: Vec<&str> = globs.iter().map(glob::Pattern::as_str).collect();
+            format!("{} and {}", settings.model_name, globs.join(","))
+        }
+    };
+    tracing::info!(addr = %local, model = %settings.model_name, answers_to, socket = %settings.bridge_socket.display(), "gateway listening");
+    // Claude Code asks for 32000 output tokens on every request.
+    if let Some(limit) = settings.max_tokens_limit.filter(|l| *l < 32_000) {
+        tracing::warn!(
+            limit,
+            "LOCAL_PROVIDER_MAX_TOKENS_LIMIT refuses requests asking for more output than {limit} tokens; Claude Code asks for 32000 on every request. Leave it unset to accept what fits the context window"
+        );
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(provider_shared::shutdown::on_signal(shutdown.clone()));
     match run(settings, listener, shutdown).await {

@@ -1,4 +1,4 @@
-//! Ephemeral session tokens (README, "The HTTP API"): made with the API key, usable as bearers until their
+//! Ephemeral session tokens (docs/http-api.md, "Sessions"): made with the API key, usable as bearers until their
 //! TTL or idle time runs out or they are revoked, at most `MAX_SESSIONS` at once. Only the
 //! token's SHA-256 digest is stored.
 use std::net::SocketAddr;

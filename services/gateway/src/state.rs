@@ -27,8 +27,12 @@ pub struct AppState {
     pub key_client: String,
     /// The `created` time reported for the model: when this gateway started.
     pub models_created: u64,
+    /// Which model names are answered (`MODEL_NAME`, `MODEL_ALIASES`).
+    pub models: crate::models::Models,
     /// Requests in flight, recent errors and history for the status page.
     pub status: crate::status::board::Board,
+    /// Every refusal (4xx) logged, repeats coalesced.
+    pub refusals: crate::refusals::Refusals,
     /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
 }

@@ -113,18 +113,44 @@ pub async fn count_answer(text: String) -> u64 {
         .unwrap_or(0)
 }
 
-/// Every string inside `value` (keys of tool schemas included), counted as text.
+/// What an image counts, whatever its bytes: about what Anthropic's models charge for the
+/// largest image they take whole (1568 pixels on the long side), more than OpenAI's charge for a
+/// high-detail 1024-pixel one. Counted as the text of its base64 data, one screenshot would look
+/// like hundreds of thousands of tokens and no window would hold it.
+pub const IMAGE_TOKENS: u64 = 1_600;
+
+/// A file's data (a PDF, say) counts one token per this many bytes of its base64 text: about a
+/// token per three bytes of the file, what its extracted text and pages cost a model.
+const FILE_BASE64_BYTES_PER_TOKEN: u64 = 4;
+
+/// Every string inside `value` (keys of tool schemas included), counted as text; image and file
+/// content parts (chat's shape, which every API's messages are converted to) by what they cost
+/// a model rather than by their base64 text.
 fn count_value(value: &Value) -> u64 {
     match value {
         Value::String(s) => count_text(s),
         Value::Array(items) => items.iter().map(count_value).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| count_text(k) + count_value(v))
-            .sum(),
+        Value::Object(map) => match map.get("type").and_then(Value::as_str) {
+            Some("image_url") => IMAGE_TOKENS,
+            Some("file") => map.get("file").map_or(0, count_file),
+            _ => map
+                .iter()
+                .map(|(k, v)| count_text(k) + count_value(v))
+                .sum(),
+        },
         Value::Number(n) => count_text(&n.to_string()),
         Value::Bool(_) | Value::Null => 0,
     }
+}
+
+/// A chat `file` part's `{filename?, file_data}`: its name as text, its data by size.
+fn count_file(file: &Value) -> u64 {
+    let name = file.get("filename").map_or(0, count_value);
+    let data = file
+        .get("file_data")
+        .and_then(Value::as_str)
+        .map_or(0, |d| d.len() as u64 / FILE_BASE64_BYTES_PER_TOKEN);
+    name + data
 }
 
 /// Prompt tokens of `messages` and `tools`.
@@ -169,5 +195,25 @@ mod tests {
             Some(&json!([{"type": "function", "function": {"name": "get_weather"}}])),
         );
         assert!(with_tools > one);
+    }
+
+    #[test]
+    fn images_and_files_count_what_they_cost_not_their_base64() {
+        let screenshot = format!("data:image/png;base64,{}", "iVBORw0KGgo".repeat(100_000));
+        let with_image = count_prompt(
+            &[json!({"role": "user", "content": [
+                {"type": "text", "text": "hello world"},
+                {"type": "image_url", "image_url": {"url": screenshot}}]})],
+            None,
+        );
+        let text_only = count_prompt(
+            &[json!({"role": "user", "content": [{"type": "text", "text": "hello world"}]})],
+            None,
+        );
+        assert_eq!(with_image, text_only + IMAGE_TOKENS);
+        let pdf =
+            json!({"type": "file", "file": {"filename": "a.pdf", "file_data": "A".repeat(40_000)}});
+        let counted = count_value(&pdf);
+        assert!((10_000..10_010).contains(&counted), "{counted}");
     }
 }

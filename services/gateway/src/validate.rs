@@ -1,4 +1,4 @@
-//! Checks a chat request against the rules in the README ("The HTTP API"). Content is never altered or truncated: a
+//! Checks a chat request against the rules in docs/http-api.md ("Validation"). Content is never altered or truncated: a
 //! request either passes as sent or gets a 400 naming the field and what it accepts. Unknown
 //! fields pass through to the agent untouched, as OpenAI-compatible servers accept them.
 //!
@@ -11,25 +11,53 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 
-pub struct Limits<'a> {
-    pub model: &'a str,
-    pub max_tokens: u64,
-    pub max_content_bytes: usize,
+/// What the gateway's settings add to the rules. A message's size is not among them: the
+/// context window bounds it, in tokens, once the prompt is counted (`generate/preamble.rs`).
+pub struct Limits {
+    /// `MAX_TOKENS_LIMIT`, when set: the most output a request may ask for. Unset, any whole
+    /// number of at least 1 passes here and the context window decides.
+    pub max_tokens: Option<u64>,
 }
 
-impl<'a> Limits<'a> {
-    pub fn of(settings: &'a crate::config::Settings) -> Self {
+impl Limits {
+    pub fn of(settings: &crate::config::Settings) -> Self {
         Self {
-            model: &settings.model_name,
             max_tokens: settings.max_tokens_limit,
-            max_content_bytes: settings.max_content_bytes,
         }
+    }
+}
+
+/// The answer's token cap named `key`, if given: a whole number of at least 1, at most
+/// `MAX_TOKENS_LIMIT` when that is set.
+pub fn token_cap(
+    obj: &Map<String, Value>,
+    key: &str,
+    limits: &Limits,
+) -> Result<Option<u64>, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && limits.max_tokens.is_none_or(|max| n <= max) => Ok(Some(n)),
+            _ => Err(invalid(
+                key,
+                format!("expected {}, got {}", cap_range(limits), describe(v)),
+            )),
+        },
+    }
+}
+
+fn cap_range(limits: &Limits) -> String {
+    match limits.max_tokens {
+        Some(max) => format!("a whole number from 1 to {max} (LOCAL_PROVIDER_MAX_TOKENS_LIMIT)"),
+        None => "a whole number of at least 1".to_owned(),
     }
 }
 
 /// A chat request that passed validation.
 #[derive(Debug)]
 pub struct ChatRequest {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     pub stream: bool,
     pub include_usage: bool,
@@ -115,16 +143,40 @@ pub fn invalid(param: &str, message: String) -> Error {
     Error::invalid(format!("{param}: {message}"), Some(param.to_owned()))
 }
 
+/// A value a client sent, for a refusal's message. Refusals are logged (`refusals.rs`), so the
+/// description never quotes what could be prompt text: numbers, booleans and null as they are,
+/// a string only when it is one short word (a role, a type, a mode), else its size; objects
+/// and arrays by kind.
 pub fn describe(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() > 40 {
-        let mut end = 40;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
+    match v {
+        Value::String(s) => quoted(s),
+        Value::Array(items) if items.len() == 1 => "an array of 1 item".to_owned(),
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        Value::Object(_) => "an object".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A string a client sent, quoted when it is one short word, else described by its size.
+pub fn quoted(s: &str) -> String {
+    let word = s.len() <= 40 && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if word {
+        format!("{s:?}")
     } else {
-        text
+        format!("a string of {} bytes", s.len())
+    }
+}
+
+/// What kind of value `v` is, for a field that carries the prompt itself (`messages`, a
+/// message, an input item), where not even one word is quoted.
+pub fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "true or false",
+        Value::Null => "null",
     }
 }
 
@@ -174,9 +226,9 @@ pub fn bool_or(obj: &Map<String, Value>, key: &str, default: bool) -> Result<boo
 }
 
 /// Parses and checks a `/v1/chat/completions` body.
-pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
+pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
     let mut obj = object_of(body)?;
-    check_model(&obj, limits.model)?;
+    let model = model_of(&obj)?;
 
     let messages = match obj.remove("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -189,12 +241,12 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
         Some(v) => {
             return Err(invalid(
                 "messages",
-                format!("expected an array of messages, got {}", describe(&v)),
+                format!("expected an array of messages, got {}", kind_of(&v)),
             ))
         }
         None => return Err(invalid("messages", "required".into())),
     };
-    self::messages(&OPENAI, &messages, limits.max_content_bytes)?;
+    self::messages(&OPENAI, &messages)?;
 
     let common = check_common(&obj, limits)?;
     check_no_logprobs(&obj)?;
@@ -214,6 +266,7 @@ pub fn chat(body: &[u8], limits: &Limits<'_>) -> Result<ChatRequest, Error> {
 
     obj.remove("model");
     Ok(ChatRequest {
+        model,
         messages,
         stream: common.stream,
         include_usage: common.include_usage,
@@ -275,6 +328,7 @@ pub fn check_no_logprobs(obj: &Map<String, Value>) -> Result<(), Error> {
 /// A legacy (fill-in-the-middle) completion request that passed validation.
 #[derive(Debug)]
 pub struct CompletionRequest {
+    pub model: String,
     pub prompt: String,
     pub suffix: Option<String>,
     pub stream: bool,
@@ -284,22 +338,22 @@ pub struct CompletionRequest {
     pub parameters: Map<String, Value>,
 }
 
-/// `tools` of another API in chat's shape, each converted by `chat_tool` (given its index): `None`
-/// when absent, null or empty; a 400 naming `tools` when it is not an array.
+/// `tools` of another API in chat's shape, each converted by `chat_tool` (given its index; `None`
+/// leaves it out of the chat tools): `None` when absent, null or nothing is left; a 400 naming
+/// `tools` when it is not an array.
 pub fn tools_as_chat(
     obj: &Map<String, Value>,
-    chat_tool: impl Fn(usize, &Value) -> Result<Value, Error>,
+    mut chat_tool: impl FnMut(usize, &Value) -> Result<Option<Value>, Error>,
 ) -> Result<Option<Value>, Error> {
     match obj.get("tools") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) if items.is_empty() => Ok(None),
-        Some(Value::Array(items)) => Ok(Some(Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| chat_tool(i, t))
-                .collect::<Result<_, _>>()?,
-        ))),
+        Some(Value::Array(items)) => {
+            let mut chat = Vec::with_capacity(items.len());
+            for (i, tool) in items.iter().enumerate() {
+                chat.extend(chat_tool(i, tool)?);
+            }
+            Ok((!chat.is_empty()).then_some(Value::Array(chat)))
+        }
         Some(v) => Err(invalid(
             "tools",
             format!("expected an array, got {}", describe(v)),
@@ -308,9 +362,9 @@ pub fn tools_as_chat(
 }
 
 /// Parses and checks a `/v1/completions` body.
-pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest, Error> {
+pub fn completion(body: &[u8], limits: &Limits) -> Result<CompletionRequest, Error> {
     let mut obj = object_of(body)?;
-    check_model(&obj, limits.model)?;
+    let model = model_of(&obj)?;
     let prompt = match obj.remove("prompt") {
         Some(Value::String(p)) => p,
         Some(Value::Array(mut items)) if items.len() == 1 && items[0].is_string() => {
@@ -343,9 +397,6 @@ pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest,
             ))
         }
     };
-    for (field, text) in [("prompt", Some(&prompt)), ("suffix", suffix.as_ref())] {
-        check_size(field, text.map_or(0, String::len), limits.max_content_bytes)?;
-    }
     let common = check_common(&obj, limits)?;
     if bool_field(&obj, "echo")? {
         return Err(invalid(
@@ -372,6 +423,7 @@ pub fn completion(body: &[u8], limits: &Limits<'_>) -> Result<CompletionRequest,
     }
     obj.remove("model");
     Ok(CompletionRequest {
+        model,
         prompt,
         suffix,
         stream: common.stream,
@@ -400,38 +452,21 @@ pub fn object_of(body: &[u8]) -> Result<Map<String, Value>, Error> {
     }
 }
 
-pub fn check_model(obj: &Map<String, Value>, model: &str) -> Result<(), Error> {
+/// The `model` a body names: a string is required; whether it is served is the preamble's
+/// question (`models.rs`).
+pub fn model_of(obj: &Map<String, Value>) -> Result<String, Error> {
     match obj.get("model") {
-        Some(Value::String(m)) if model_matches(m, model) => Ok(()),
-        Some(Value::String(m)) => Err(Error::InvalidRequest {
-            message: format!("model: the model `{m}` does not exist here; use `{model}`"),
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-        }),
+        Some(Value::String(m)) => Ok(m.clone()),
         Some(v) => Err(invalid(
             "model",
             format!("expected a string, got {}", describe(v)),
         )),
-        None => Err(invalid("model", format!("required; use `{model}`"))),
+        None => Err(invalid("model", "required (a model name)".into())),
     }
-}
-
-/// Refuses a text larger than one message may carry; never cuts it.
-pub fn check_size(param: &str, size: usize, max: usize) -> Result<(), Error> {
-    if size > max {
-        return Err(Error::InvalidRequest {
-            message: format!(
-                "{param}: {size} bytes is more than the {max} bytes one message may carry"
-            ),
-            param: Some(param.to_owned()),
-            code: Some("content_too_large"),
-        });
-    }
-    Ok(())
 }
 
 /// Sampling parameters, `n`, streaming options and `stop`: the same for chat and completions.
-fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common, Error> {
+fn check_common(obj: &Map<String, Value>, limits: &Limits) -> Result<Common, Error> {
     let sampling = sampling(&OPENAI, obj, limits)?;
     if let Some(n) = int_in(obj, "n", 1, u64::MAX)? {
         if n != 1 {
@@ -470,12 +505,12 @@ fn check_common(obj: &Map<String, Value>, limits: &Limits<'_>) -> Result<Common,
 }
 
 /// Checks the sampling parameters in `params` (the request for OpenAI, its `options` for
-/// Ollama): the numeric ranges of [`SAMPLING`], the token cap within `MAX_TOKENS_LIMIT`, and
-/// the stop sequences.
+/// Ollama): the numeric ranges of [`SAMPLING`], the token cap (at least 1, within
+/// `MAX_TOKENS_LIMIT` when set), and the stop sequences.
 pub fn sampling(
     dialect: &Dialect,
     params: &Map<String, Value>,
-    limits: &Limits<'_>,
+    limits: &Limits,
 ) -> Result<Sampling, Error> {
     let name = |key: &str| format!("{}{key}", dialect.options);
     let mut out = Sampling::default();
@@ -493,19 +528,19 @@ pub fn sampling(
             },
         }
     }
-    let limit = limits.max_tokens;
     for key in dialect.max_tokens {
         let cap = match params.get(*key) {
             None | Some(Value::Null) => None,
             Some(v) if v.as_i64().is_some_and(|n| dialect.no_cap.contains(&n)) => None,
             Some(v) => match v.as_u64() {
-                Some(n) if (1..=limit).contains(&n) => Some(n),
+                Some(n) if n >= 1 && limits.max_tokens.is_none_or(|max| n <= max) => Some(n),
                 _ => {
                     let no_cap: String = dialect.no_cap.iter().map(|n| format!("{n}, ")).collect();
                     return Err(invalid(
                         &name(key),
                         format!(
-                            "expected {no_cap}a whole number from 1 to {limit}, got {}",
+                            "expected {no_cap}{}, got {}",
+                            cap_range(limits),
                             describe(v)
                         ),
                     ));
@@ -536,35 +571,22 @@ pub fn sampling(
     Ok(out)
 }
 
-/// The configured name, also as `name:latest` the way Ollama-style clients write it.
-pub fn model_matches(requested: &str, configured: &str) -> bool {
-    requested == configured
-        || requested
-            .strip_suffix(":latest")
-            .is_some_and(|base| base == configured)
-}
-
-/// Checks each message of a chat: an object with a known role, content of the accepted shape
-/// and within `max_content` bytes, a tool result naming its call where the API asks for it, and
-/// tool calls as an array of named functions. The messages are not changed.
-pub fn messages(dialect: &Dialect, messages: &[Value], max_content: usize) -> Result<(), Error> {
+/// Checks each message of a chat: an object with a known role, content of the accepted shape,
+/// a tool result naming its call where the API asks for it, and tool calls as an array of named
+/// functions. The messages are not changed, and their size is the context window's question.
+pub fn messages(dialect: &Dialect, messages: &[Value]) -> Result<(), Error> {
     for (i, message) in messages.iter().enumerate() {
-        check_message(dialect, i, message, max_content)?;
+        check_message(dialect, i, message)?;
     }
     Ok(())
 }
 
-fn check_message(
-    dialect: &Dialect,
-    i: usize,
-    message: &Value,
-    max_content: usize,
-) -> Result<(), Error> {
+fn check_message(dialect: &Dialect, i: usize, message: &Value) -> Result<(), Error> {
     let at = format!("messages[{i}]");
     let Value::Object(m) = message else {
         return Err(invalid(
             &at,
-            format!("expected an object, got {}", describe(message)),
+            format!("expected an object, got {}", kind_of(message)),
         ));
     };
     let role = match m.get("role") {
@@ -582,8 +604,8 @@ fn check_message(
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
     let content_at = format!("{at}.content");
-    let mut size = match m.get("content") {
-        Some(Value::String(s)) => s.len(),
+    match m.get("content") {
+        Some(Value::String(_)) => {}
         Some(Value::Array(parts)) if dialect.content_parts => {
             for (j, part) in parts.iter().enumerate() {
                 if part.get("type").and_then(Value::as_str).is_none() {
@@ -593,15 +615,8 @@ fn check_message(
                     ));
                 }
             }
-            parts
-                .iter()
-                .map(|p| match p.get("text") {
-                    Some(Value::String(t)) => t.len(),
-                    _ => p.to_string().len(),
-                })
-                .sum()
         }
-        None | Some(Value::Null) if dialect.content_optional || role == "assistant" => 0,
+        None | Some(Value::Null) if dialect.content_optional || role == "assistant" => {}
         None | Some(Value::Null) => {
             return Err(invalid(&content_at, "required for this role".into()))
         }
@@ -622,13 +637,12 @@ fn check_message(
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
                 for (j, item) in items.iter().enumerate() {
-                    let Value::String(b64) = item else {
+                    if !item.is_string() {
                         return Err(invalid(
                             &format!("{at}.images[{j}]"),
                             format!("expected a base64 string, got {}", describe(item)),
                         ));
-                    };
-                    size += b64.len();
+                    }
                 }
             }
             Some(v) => {
@@ -639,7 +653,6 @@ fn check_message(
             }
         }
     }
-    check_size(&content_at, size, max_content)?;
     if dialect.tool_call_id
         && role == "tool"
         && !m.get("tool_call_id").is_some_and(Value::is_string)
@@ -674,10 +687,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "cursor-agent-local",
-        max_tokens: 8192,
-        max_content_bytes: 100,
+    /// With `MAX_TOKENS_LIMIT=8192` set.
+    const LIMITS: Limits = Limits {
+        max_tokens: Some(8192),
     };
 
     fn check(body: Value) -> Result<ChatRequest, Error> {
@@ -712,7 +724,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        assert_eq!(param_of(with("model", json!("gpt-4"))), "model");
+        assert_eq!(param_of(with("model", json!(4))), "model");
+        assert_eq!(check(with("model", json!("gpt-4"))).unwrap().model, "gpt-4");
         assert_eq!(param_of(with("messages", json!([]))), "messages");
         assert_eq!(param_of(with("max_tokens", json!(0))), "max_tokens");
         assert_eq!(param_of(with("max_tokens", json!(8193))), "max_tokens");
@@ -738,13 +751,6 @@ mod tests {
         assert_eq!(
             param_of(with("messages", json!([{"role": "robot", "content": "x"}]))),
             "messages[0].role"
-        );
-        assert_eq!(
-            param_of(with(
-                "messages",
-                json!([{"role": "user", "content": "x".repeat(101)}])
-            )),
-            "messages[0].content"
         );
         assert_eq!(
             param_of(with("messages", json!([{"role": "tool", "content": "x"}]))),
@@ -773,10 +779,30 @@ mod tests {
     }
 
     #[test]
-    fn content_at_the_limit_passes_unaltered() {
-        let text = "é".repeat(50);
+    fn a_message_of_any_size_passes_unaltered() {
+        // aider puts whole files in one message; the context window decides, in tokens.
+        let text = "é".repeat(200_000);
         let req = check(with("messages", json!([{"role": "user", "content": text}]))).unwrap();
         assert_eq!(req.messages[0]["content"], json!(text));
+    }
+
+    #[test]
+    fn without_max_tokens_limit_any_token_cap_passes_to_the_context_check() {
+        let open = Limits { max_tokens: None };
+        for n in [1, 32_000, 300_000] {
+            let body = with("max_tokens", json!(n)).to_string();
+            assert_eq!(chat(body.as_bytes(), &open).unwrap().max_tokens, Some(n));
+        }
+        let err = chat(with("max_tokens", json!(0)).to_string().as_bytes(), &open).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens: expected a whole number of at least 1, got 0"
+        );
+        let err = check(with("max_tokens", json!(32_000))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens: expected a whole number from 1 to 8192 (LOCAL_PROVIDER_MAX_TOKENS_LIMIT), got 32000"
+        );
     }
 
     #[test]
@@ -816,7 +842,9 @@ mod tests {
             json!({"model": "cursor-agent-local", "messages": [{"role": "user", "content": "hi"}]}),
             ollama,
         );
-        let olla = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS).map(drop);
+        let olla =
+            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+                .map(drop);
         (param(open), param(olla))
     }
 
@@ -871,17 +899,9 @@ mod tests {
     }
 
     #[test]
-    fn rule_content_size_is_bounded_and_counts_images() {
-        let big = msgs(json!({"role": "user", "content": "x".repeat(101)}));
-        assert_eq!(
-            both(big.clone(), big),
-            pair("messages[0].content", "messages[0].content")
-        );
-        let at_limit = msgs(json!({"role": "user", "content": "x".repeat(100)}));
-        assert_eq!(both(at_limit.clone(), at_limit), pair("", ""));
-        let image =
-            msgs(json!({"role": "user", "content": "x".repeat(60), "images": ["A".repeat(41)]}));
-        assert_eq!(both(json!({}), image).1, "messages[0].content");
+    fn rule_images_are_base64_strings() {
+        let image = msgs(json!({"role": "user", "content": "x", "images": ["A".repeat(400_000)]}));
+        assert_eq!(both(json!({}), image).1, "");
         let bad = msgs(json!({"role": "user", "content": "x", "images": [5]}));
         assert_eq!(both(json!({}), bad).1, "messages[0].images[0]");
     }
@@ -1009,11 +1029,12 @@ mod tests {
             "messages": [{"role": "user", "content": "hi"}],
             "options": {"temperature": 1, "num_predict": 64, "stop": "\n", "seed": 7},
             "tools": [{"type": "function", "function": {"name": "f"}}]});
-        let job = crate::ollama::chat::job(body.as_object().unwrap(), &LIMITS)
-            .unwrap()
-            .unwrap();
-        assert!(!job.stream);
-        assert_eq!(job.max_tokens, Some(64));
+        let job =
+            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+                .unwrap()
+                .unwrap();
+        assert!(!job.ask.stream);
+        assert_eq!(job.ask.max_tokens, Some(64));
         assert_eq!(job.scopes, vec!["chat", "tools"]);
         let provider_shared::bridge::Payload::Chat { parameters, .. } = job.payload else {
             panic!("not a chat")
@@ -1025,10 +1046,69 @@ mod tests {
         assert_eq!(parameters["tools"][0]["function"]["name"], "f");
         let empty = json!({"model": "cursor-agent-local", "messages": []});
         assert!(
-            crate::ollama::chat::job(empty.as_object().unwrap(), &LIMITS)
+            crate::ollama::chat::job("m", empty.as_object().unwrap(), &LIMITS)
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn refusal_messages_never_quote_prompt_text() {
+        // Refusals are logged; whatever a client puts where it does not belong stays out.
+        let secret = "the secret plan for tomorrow";
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let chats = [
+            json!({"model": "m", "messages": secret}),
+            json!({"model": "m", "messages": [secret]}),
+            json!({"model": "m", "messages": ["word"]}),
+            json!({"model": "m", "messages": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": {"text": secret}}]}),
+            json!({"model": "m", "messages": user, "temperature": secret}),
+            json!({"model": "m", "messages": user, "tool_choice": [secret]}),
+            json!({"model": "m", "messages": user, "stop": [secret, 1]}),
+            json!({"model": {"name": secret}, "messages": user}),
+        ];
+        for body in chats {
+            let err = check(body.clone()).unwrap_err().to_string();
+            assert!(
+                !err.contains("secret") && !err.contains("word"),
+                "{body} → {err}"
+            );
+        }
+        let limits = Limits { max_tokens: None };
+        for body in [
+            json!({"model": "m", "input": [secret]}),
+            json!({"model": "m", "input": [{"type": secret}]}),
+            json!({"model": "m", "input": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "input": "x", "instructions": {"a": secret}}),
+            json!({"model": "m", "input": "x", "tools": [{"type": secret}]}),
+        ] {
+            let err = crate::responses::convert::request(body.to_string().as_bytes(), &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret"), "{body} → {err}");
+        }
+        for body in [
+            json!({"model": "m", "max_tokens": 5, "messages": secret}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": secret, "content": "x"}]}),
+            json!({"model": "m", "max_tokens": 5, "system": {"a": secret}, "messages": user}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": secret}]}]}),
+        ] {
+            let err = crate::anthropic::convert::request(
+                body.as_object().unwrap(),
+                &limits,
+                crate::anthropic::convert::Purpose::Generate,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(!err.contains("secret"), "{body} → {err}");
+        }
+        // One word that names a value is quoted, so the message stays useful.
+        assert_eq!(describe(&json!("robot")), "\"robot\"");
+        assert_eq!(describe(&json!("two words")), "a string of 9 bytes");
+        assert_eq!(describe(&json!({"a": 1})), "an object");
+        assert_eq!(describe(&json!([1, 2])), "an array of 2 items");
+        assert_eq!(describe(&json!(7)), "7");
     }
 
     #[test]

@@ -20,7 +20,6 @@ const MAX_TOKENS: u64 = 8192;
 fn settings() -> Settings {
     let vars = [
         ("API_KEY", "k3y-0123456789abcdef0123456789abcdef"),
-        ("MAX_CONTENT_BYTES", "200"),
         ("MAX_TOKENS_LIMIT", "8192"),
     ];
     Settings::resolve(
@@ -230,11 +229,11 @@ fn check_body(body: &[u8], original: Option<&Value>) -> Result<(), TestCaseError
     }
     // Ollama's chat goes through the same rules in its own dialect.
     if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) {
-        match crate::ollama::chat::job(&obj, &limits) {
-            Ok(job) => {
-                prop_assert!(job
-                    .is_none_or(|job| job.max_tokens.is_none_or(|t| (1..=MAX_TOKENS).contains(&t))))
-            }
+        match crate::ollama::chat::job(MODEL, &obj, &limits) {
+            Ok(job) => prop_assert!(job.is_none_or(|job| job
+                .ask
+                .max_tokens
+                .is_none_or(|t| (1..=MAX_TOKENS).contains(&t)))),
             Err(err) => clean_refusal(&err)?,
         }
     }

@@ -46,6 +46,7 @@ pub fn router(app: Arc<App>, mcp_stop: CancellationToken) -> Router {
     );
     let mcp = Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn(session_ended))
         .layer(middleware::from_fn_with_state(app.clone(), mcp_auth));
     Router::new()
         .route("/", get(ws::upgrade))
@@ -63,6 +64,23 @@ fn sessions() -> LocalSessionManager {
     let mut manager = LocalSessionManager::default();
     manager.session_config.keep_alive = Some(SESSION_IDLE);
     manager
+}
+
+/// A client ending its MCP session (`DELETE /mcp` with its `mcp-session-id`) gets `204 No
+/// Content`. rmcp closes the session and answers `202 Accepted`, which it does not let a server
+/// change; the official clients take only 200 or 204 as success and log anything else (the
+/// Python `mcp` client: "Session termination failed: 202") on every disconnect. The session is
+/// closed by then, so 204 says what happened; every other answer passes unchanged.
+async fn session_ended(request: Request, next: Next) -> Response {
+    let deleting = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
 }
 
 /// `MCP_HTTP_TOKEN`, when set, guards `/mcp`; refusals are audited.

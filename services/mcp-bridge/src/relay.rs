@@ -269,8 +269,10 @@ fn error_reply(id: &Value, code: i64, message: &str) -> String {
 
 /// The most bytes of an answer's SSE stream the relay holds without a whole event coming out
 /// of them (one JSON-RPC message: an answer the agent reads); past it the call fails with a clear
-/// error instead of the buffer growing without end.
-const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// error instead of the buffer growing without end. Twice the default WebSocket frame: a request
+/// handed out whole is its `model_invoke` payload written once more as JSON text inside the tool
+/// result, and escaping can double text full of quotes and line breaks.
+const MAX_EVENT_BYTES: usize = 2 * provider_shared::bridge::DEFAULT_MAX_FRAME_BYTES as usize;
 
 /// The `data` of each server-sent event of `body` (parsed by `sse-stream`, as rmcp's own client
 /// does), skipping events without any. The stream's first `Err` is the error to answer the call
@@ -444,15 +446,15 @@ mod tests {
     #[test]
     fn an_event_past_the_bound_is_refused_not_buffered() {
         let line = vec![b'x'; 1024 * 1024];
-        // One data line that never ends: refused once past 16 MiB, having held no more.
+        // One data line that never ends: refused once past 96 MiB, having held no more.
         let endless = std::iter::once(Bytes::from_static(b"data: "))
             .chain(std::iter::repeat_with(|| Bytes::from(line.clone())))
-            .take(40)
+            .take(120)
             .map(Ok);
         let out = collect(futures_util::stream::iter(endless));
         assert_eq!(out.len(), 1);
         assert!(
-            out[0].as_ref().unwrap_err().contains("larger than 16 MiB"),
+            out[0].as_ref().unwrap_err().contains("larger than 96 MiB"),
             "{out:?}"
         );
         // Events that end in time are never refused, however many.

@@ -3,19 +3,17 @@
 //! wrong, or with a job for the agent that reaches it intact on both links.
 use gateway::anthropic::convert::Purpose;
 use gateway::error::Error;
-use gateway::generate::Job;
+use gateway::generate::{Ask, Job};
 use gateway::validate::{self, Limits};
 use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelMeta};
 use serde_json::{Map, Value};
 
 const MODEL: &str = "cursor-agent-local";
 
-/// The gateway's defaults, but for a content bound small inputs can reach.
-fn limits() -> Limits<'static> {
+/// With `MAX_TOKENS_LIMIT` unset (the default) for inputs of even length, set for the others.
+fn limits(data: &[u8]) -> Limits {
     Limits {
-        model: MODEL,
-        max_tokens: 8192,
-        max_content_bytes: 256,
+        max_tokens: (data.len() % 2 == 1).then_some(8192),
     }
 }
 
@@ -41,7 +39,7 @@ fn check_job(job: Job) {
         session_id: None,
         model_meta: ModelMeta {
             provider: "cursor".into(),
-            label: MODEL.into(),
+            label: job.ask.model,
             requested_scopes: job.scopes,
         },
         payload: job.payload,
@@ -72,43 +70,52 @@ fn check(result: Result<Option<Job>, Error>) {
 }
 
 /// `/v1/chat/completions`: besides the above, a request that passes passes again as it would be
-/// sent on (its messages and parameters), unchanged.
+/// sent on (its model, messages and parameters), unchanged.
 pub fn chat(data: &[u8]) {
-    let request = match validate::chat(data, &limits()) {
+    let limits = limits(data);
+    let request = match validate::chat(data, &limits) {
         Ok(request) => request,
         Err(err) => return check_refusal(&err),
     };
     let mut again = request.parameters.clone();
-    again.insert("model".into(), MODEL.into());
+    again.insert("model".into(), Value::String(request.model.clone()));
     again.insert("messages".into(), Value::Array(request.messages.clone()));
     let body = Value::Object(again).to_string();
-    match validate::chat(body.as_bytes(), &limits()) {
+    match validate::chat(body.as_bytes(), &limits) {
         Ok(second) => {
+            assert_eq!(second.model, request.model, "{body}");
             assert_eq!(second.messages, request.messages, "{body}");
             assert_eq!(second.parameters, request.parameters, "{body}");
         }
         Err(err) => panic!("accepted once, refused as passed on: {err}: {body}"),
     }
+    let ask = Ask {
+        model: request.model,
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+    };
     check(Ok(Some(Job::chat(
+        ask,
         request.messages,
         request.parameters,
-        request.tools.is_some(),
-        request.max_tokens,
-        request.stream,
         "chatcmpl-",
     ))));
 }
 
 /// `/v1/completions`.
 pub fn completions(data: &[u8]) {
-    check(validate::completion(data, &limits()).map(|request| {
-        Some(gateway::openai::completions::completion_job(
+    check(validate::completion(data, &limits(data)).map(|request| {
+        let ask = Ask {
+            model: request.model,
+            max_tokens: request.max_tokens,
+            stream: request.stream,
+        };
+        Some(Job::completion(
+            ask,
             request.prompt,
             request.suffix,
             None,
             request.parameters,
-            request.max_tokens,
-            request.stream,
             "cmpl-",
         ))
     }));
@@ -117,15 +124,13 @@ pub fn completions(data: &[u8]) {
 /// `/v1/responses`: validation and conversion to a chat are one step.
 pub fn responses(data: &[u8]) {
     check(
-        gateway::responses::convert::request(data, &limits()).map(|request| {
-            Some(Job::chat(
-                request.messages,
-                request.parameters,
-                request.tools.is_some(),
-                request.max_output_tokens,
-                request.stream,
-                "resp_",
-            ))
+        gateway::responses::convert::request(data, &limits(data)).map(|request| {
+            let ask = Ask {
+                model: request.model,
+                max_tokens: request.max_output_tokens,
+                stream: request.stream,
+            };
+            Some(Job::chat(ask, request.messages, request.parameters, "resp_"))
         }),
     );
 }
@@ -138,15 +143,13 @@ pub fn messages(data: &[u8]) {
     };
     for purpose in [Purpose::Generate, Purpose::CountTokens] {
         check(
-            gateway::anthropic::convert::request(&obj, &limits(), purpose).map(|request| {
-                Some(Job::chat(
-                    request.messages,
-                    request.parameters,
-                    request.tools.is_some(),
-                    request.max_tokens,
-                    request.stream,
-                    "msg_",
-                ))
+            gateway::anthropic::convert::request(&obj, &limits(data), purpose).map(|request| {
+                let ask = Ask {
+                    model: request.model,
+                    max_tokens: request.max_tokens,
+                    stream: request.stream,
+                };
+                Some(Job::chat(ask, request.messages, request.parameters, "msg_"))
             }),
         );
     }
@@ -163,13 +166,13 @@ fn ollama_object(data: &[u8]) -> Option<Map<String, Value>> {
 /// `/api/chat`.
 pub fn ollama_chat(data: &[u8]) {
     if let Some(obj) = ollama_object(data) {
-        check(gateway::ollama::chat::job(&obj, &limits()));
+        check(gateway::ollama::chat::job(MODEL, &obj, &limits(data)));
     }
 }
 
 /// `/api/generate`.
 pub fn ollama_generate(data: &[u8]) {
     if let Some(obj) = ollama_object(data) {
-        check(gateway::ollama::generate::job(&obj, &limits()).map_err(|e| *e.0));
+        check(gateway::ollama::generate::job(MODEL, &obj, &limits(data)).map_err(|e| *e.0));
     }
 }

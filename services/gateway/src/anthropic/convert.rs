@@ -9,6 +9,8 @@ use crate::validate::{self, describe, invalid, Limits};
 
 #[derive(Debug)]
 pub struct Request {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     /// The chat parameters for the agent, with `"api": "messages"`.
     pub parameters: Map<String, Value>,
@@ -38,12 +40,13 @@ const CONSUMED: &[&str] = &[
     "service_tier",
 ];
 
-/// Parses and converts a body whose `model` was already checked.
+/// Parses and converts a body.
 pub fn request(
     obj: &Map<String, Value>,
-    limits: &Limits<'_>,
+    limits: &Limits,
     purpose: Purpose,
 ) -> Result<Request, Error> {
+    let model = validate::model_of(obj)?;
     for key in ["container", "mcp_servers"] {
         if obj.get(key).is_some_and(|v| !v.is_null()) {
             return Err(invalid(
@@ -52,11 +55,11 @@ pub fn request(
             ));
         }
     }
-    let max_tokens = validate::int_in(obj, "max_tokens", 1, limits.max_tokens)?;
+    let max_tokens = validate::token_cap(obj, "max_tokens", limits)?;
     if purpose == Purpose::Generate && max_tokens.is_none() {
         return Err(invalid(
             "max_tokens",
-            format!("required: a whole number from 1 to {}", limits.max_tokens),
+            "required: the most tokens the answer may take, a whole number".into(),
         ));
     }
     let stream = validate::bool_field(obj, "stream")?;
@@ -65,34 +68,8 @@ pub fn request(
     validate::int_in(obj, "top_k", 0, u64::MAX)?;
 
     let mut messages = Vec::new();
-    match obj.get("system") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            validate::check_size("system", s.len(), limits.max_content_bytes)?;
-            messages.push(json!({"role": "system", "content": s}));
-        }
-        Some(Value::Array(blocks)) => {
-            let mut text = String::new();
-            for (i, block) in blocks.iter().enumerate() {
-                match (block.get("type").and_then(Value::as_str), block.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                    _ => {
-                        return Err(invalid(
-                            &format!("system[{i}]"),
-                            "expected a text block {\"type\": \"text\", \"text\": …}".into(),
-                        ))
-                    }
-                }
-            }
-            validate::check_size("system", text.len(), limits.max_content_bytes)?;
-            messages.push(json!({"role": "system", "content": text}));
-        }
-        Some(v) => {
-            return Err(invalid(
-                "system",
-                format!("expected a string or text blocks, got {}", describe(v)),
-            ))
-        }
+    if let Some(system) = obj.get("system").filter(|v| !v.is_null()) {
+        messages.push(json!({"role": "system", "content": system_text("system", system)?}));
     }
     let given = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -105,13 +82,16 @@ pub fn request(
         Some(v) => {
             return Err(invalid(
                 "messages",
-                format!("expected an array of messages, got {}", describe(v)),
+                format!(
+                    "expected an array of messages, got {}",
+                    validate::kind_of(v)
+                ),
             ))
         }
         None => return Err(invalid("messages", "required".into())),
     };
     for (i, message) in given.iter().enumerate() {
-        messages.extend(chat_messages(i, message, limits.max_content_bytes)?);
+        messages.extend(chat_messages(i, message)?);
     }
 
     let mut parameters = Map::new();
@@ -137,9 +117,13 @@ pub fn request(
             ))
         }
     }
-    let tools = validate::tools_as_chat(obj, chat_tool)?;
+    let (tools, hosted) = tools_of(obj)?;
     if let Some(tools) = &tools {
         parameters.insert("tools".into(), tools.clone());
+    }
+    if !hosted.is_empty() {
+        // Tools the agent runs on its own side (docs/PROTOCOL.md): never its tool calls.
+        parameters.insert("hosted_tools".into(), Value::Array(hosted));
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
         let (choice, parallel) = chat_tool_choice(choice)?;
@@ -149,12 +133,28 @@ pub fn request(
         }
     }
     Ok(Request {
+        model,
         messages,
         parameters,
         tools,
         max_tokens,
         stream,
     })
+}
+
+/// `tools`: custom tools as chat function tools, and the server tools the agent can run on its
+/// own side (web search: Claude Code's WebSearch asks for it) as sent.
+fn tools_of(obj: &Map<String, Value>) -> Result<(Option<Value>, Vec<Value>), Error> {
+    let mut hosted = Vec::new();
+    let chat = validate::tools_as_chat(obj, |i, tool| {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("custom");
+        if kind.starts_with("web_search_") {
+            hosted.push(tool.clone());
+            return Ok(None);
+        }
+        chat_tool(i, tool).map(Some)
+    })?;
+    Ok((chat, hosted))
 }
 
 /// A custom tool (`name`, `description`, `input_schema`) as a chat function tool.
@@ -165,7 +165,7 @@ fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.type"),
-                format!("only custom tools (name, description, input_schema) are supported here, got {other:?} (the agent runs no server tools)"),
+                format!("only custom tools (name, description, input_schema) and web search are supported here, got {}: the agent cannot run it, and nothing here runs it for the agent", validate::quoted(other)),
             ))
         }
     }
@@ -214,27 +214,63 @@ fn chat_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), Error> {
     Ok((chat, parallel))
 }
 
+/// A system prompt's text: a string, or text blocks joined (their `cache_control` and other
+/// hints mean nothing here: every request is sent whole).
+fn system_text(at: &str, system: &Value) -> Result<String, Error> {
+    match system {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            for (i, block) in blocks.iter().enumerate() {
+                match (block.get("type").and_then(Value::as_str), block.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    _ => {
+                        return Err(invalid(
+                            &format!("{at}[{i}]"),
+                            "expected a text block {\"type\": \"text\", \"text\": …}".into(),
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        v => Err(invalid(
+            at,
+            format!("expected a string or text blocks, got {}", describe(v)),
+        )),
+    }
+}
+
 /// One Anthropic message as chat messages: a user turn's `tool_result` blocks become `tool`
 /// messages (before the rest of the turn, as chat orders them); an assistant turn's `tool_use`
-/// blocks become its `tool_calls` and its `thinking` its `reasoning_content`.
-fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Value>, Error> {
+/// blocks become its `tool_calls` and its `thinking` its `reasoning_content`. A `system`
+/// message (Claude Code sends its environment so for a model it does not know) stays a system
+/// message, in place.
+fn chat_messages(i: usize, message: &Value) -> Result<Vec<Value>, Error> {
     let at = format!("messages[{i}]");
+    let content_at = format!("{at}.content");
     let role = match message.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "assistant")) => r,
+        Some("system") => {
+            let Some(content) = message.get("content") else {
+                return Err(invalid(&content_at, "required".into()));
+            };
+            let text = system_text(&content_at, content)?;
+            return Ok(vec![json!({"role": "system", "content": text})]);
+        }
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected user or assistant, got {other:?}"),
+                format!(
+                    "expected user, assistant or system, got {}",
+                    validate::quoted(other)
+                ),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
-    let content_at = format!("{at}.content");
     let blocks = match message.get("content") {
-        Some(Value::String(s)) => {
-            validate::check_size(&content_at, s.len(), max_content)?;
-            return Ok(vec![json!({"role": role, "content": s})]);
-        }
+        Some(Value::String(s)) => return Ok(vec![json!({"role": role, "content": s})]),
         Some(Value::Array(blocks)) => blocks,
         Some(v) => {
             return Err(invalid(
@@ -252,26 +288,22 @@ fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Va
     let mut text = String::new();
     let mut thinking = String::new();
     let mut calls = Vec::new();
-    let mut size = 0;
     for (j, block) in blocks.iter().enumerate() {
         let block_at = format!("{content_at}[{j}]");
         let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
         match (role, kind) {
             (_, "text") => {
                 let t = string_of(&block_at, block, "text")?;
-                size += t.len();
                 text.push_str(t);
                 parts.push(json!({"type": "text", "text": t}));
             }
             ("user", "image" | "document") => {
                 let part = media_part(&block_at, block)?;
-                size += part.to_string().len();
                 parts.push(part);
             }
             ("user", "tool_result") => {
                 let id = string_of(&block_at, block, "tool_use_id")?;
                 let content = tool_result_content(&block_at, block)?;
-                size += content.to_string().len();
                 let mut tool = json!({"role": "tool", "tool_call_id": id, "content": content});
                 if block.get("is_error") == Some(&Value::Bool(true)) {
                     tool["is_error"] = json!(true);
@@ -298,12 +330,14 @@ fn chat_messages(i: usize, message: &Value, max_content: usize) -> Result<Vec<Va
                 };
                 return Err(invalid(
                     &format!("{block_at}.type"),
-                    format!("a {role} message takes {accepts} blocks, got {kind:?}"),
+                    format!(
+                        "a {role} message takes {accepts} blocks, got {}",
+                        validate::quoted(kind)
+                    ),
                 ));
             }
         }
     }
-    validate::check_size(&content_at, size, max_content)?;
     if role == "user" {
         if !parts.is_empty() {
             out.push(json!({"role": "user", "content": parts}));
@@ -383,7 +417,10 @@ fn tool_result_content(at: &str, block: &Value) -> Result<Value, Error> {
                     other => {
                         return Err(invalid(
                             &format!("{item_at}.type"),
-                            format!("expected text, image or document, got {other:?}"),
+                            format!(
+                                "expected text, image or document, got {}",
+                                other.map_or("none".to_owned(), validate::quoted)
+                            ),
                         ))
                     }
                 }
@@ -417,10 +454,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "m",
-        max_tokens: 100,
-        max_content_bytes: 1000,
+    const LIMITS: Limits = Limits {
+        max_tokens: Some(100),
     };
 
     fn parse(body: Value, purpose: Purpose) -> Result<Request, Error> {
@@ -491,10 +526,21 @@ mod tests {
         assert_eq!(
             param_of(base(
                 "tools",
-                json!([{"type": "web_search_20250305", "name": "web_search"}])
+                json!([{"type": "code_execution_20250522", "name": "code_execution"}])
             )),
             "tools[0].type"
         );
+        // Web search the agent runs itself: passed on as sent, not as a tool it calls back.
+        let searching = parse(
+            base(
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]),
+            ),
+            Purpose::Generate,
+        )
+        .unwrap();
+        assert_eq!(searching.parameters["hosted_tools"][0]["max_uses"], 5);
+        assert!(searching.parameters.get("tools").is_none());
         assert_eq!(param_of(base("max_tokens", Value::Null)), "max_tokens");
         assert_eq!(param_of(base("temperature", json!(1.5))), "temperature");
         assert_eq!(param_of(base("mcp_servers", json!([{}]))), "mcp_servers");
@@ -510,6 +556,52 @@ mod tests {
             Purpose::CountTokens,
         );
         assert!(count.is_ok(), "count_tokens takes no max_tokens");
+    }
+
+    #[test]
+    fn system_messages_anywhere_stay_in_place_and_hints_are_accepted() {
+        // Claude Code 2.1 for a model it does not know: its environment as a system message.
+        let r = parse(
+            json!({"model": "m", "max_tokens": 32, "system": [
+                {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "thinking": {"type": "adaptive"}, "context_management": {"edits": []},
+            "output_config": {"effort": "high"}, "metadata": {"user_id": "u"},
+            "tools": [{"name": "Bash", "input_schema": {"type": "object"},
+                       "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "system", "content": "<env>Working directory: /w</env>"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "user", "content": "go"}
+            ]}),
+            Purpose::Generate,
+        )
+        .unwrap();
+        let roles: Vec<&str> = r
+            .messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "system", "assistant", "system", "user"]
+        );
+        assert_eq!(r.messages[2]["content"], "<env>Working directory: /w</env>");
+        assert_eq!(r.messages[4]["content"], "ab");
+        assert_eq!(
+            r.messages[1]["content"],
+            json!([{"type": "text", "text": "hi"}])
+        );
+        assert_eq!(r.parameters["thinking"], json!({"type": "adaptive"}));
+        assert!(r.parameters["tools"][0]["function"]
+            .get("cache_control")
+            .is_none());
+        assert_eq!(
+            param_of(json!({"model": "m", "max_tokens": 5, "messages": [
+                {"role": "system", "content": [{"type": "image"}]}]})),
+            "messages[0].content[0]"
+        );
     }
 
     #[test]

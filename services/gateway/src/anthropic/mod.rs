@@ -3,7 +3,6 @@
 //! payload ([`convert`]); and `POST /v1/messages/count_tokens` with the gateway's counter. Errors
 //! in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, also in a stream.
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -11,13 +10,13 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::Error;
-use crate::generate::{self, drive, Job, Piece};
+use crate::generate::{self, drive, Ask, Job, Piece};
 use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
-use crate::state::{AppState, Shared};
+use crate::state::Shared;
 use crate::{tokens, validate};
 
 pub mod convert;
@@ -47,55 +46,31 @@ impl IntoResponse for AnthropicError {
     }
 }
 
-/// The body as an object naming our model; another model is Anthropic's `not_found_error`.
-fn parse(state: &AppState, body: &[u8]) -> Result<Map<String, Value>, Error> {
-    let obj = validate::object_of(body)?;
-    let configured = &state.settings.model_name;
-    match obj.get("model") {
-        Some(Value::String(m)) if validate::model_matches(m, configured) => Ok(obj),
-        Some(Value::String(m)) => Err(Error::NotFound {
-            message: format!("model: the model `{m}` does not exist here; use `{configured}`"),
-            code: "model_not_found",
-        }),
-        Some(v) => Err(validate::invalid(
-            "model",
-            format!("expected a string, got {}", validate::describe(v)),
-        )),
-        None => Err(validate::invalid(
-            "model",
-            format!("required; use `{configured}`"),
-        )),
-    }
-}
-
 pub async fn messages(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AnthropicError> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
-    let obj = parse(&state, &body)?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
+    let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
     let request = convert::request(&obj, &limits, Purpose::Generate)?;
-    let job = Job::chat(
-        request.messages,
-        request.parameters,
-        request.tools.is_some(),
-        request.max_tokens,
-        request.stream,
-        "msg_",
-    );
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let ask = Ask {
+        model: request.model,
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+    };
+    let job = Job::chat(ask.clone(), request.messages, request.parameters, "msg_");
+    let running = caller.start(&state, job).await?;
     let headers = Headers::of(&state, &running);
     let shell = Shell {
         id: running.id.clone(),
-        model: state.settings.model_name.clone(),
+        model: ask.model,
         prompt_tokens: running.prompt_tokens,
     };
     let mut pieces = running.pieces;
-    if !request.stream {
+    if !ask.stream {
         let (answer, finish_reason, usage, overhead) = drive::finish(pieces).await?;
         let headers = headers.with_overhead(overhead);
         let mut parts = Parts::default();
@@ -145,10 +120,11 @@ pub async fn count_tokens(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, AnthropicError> {
-    let (_principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
-    let obj = parse(&state, &body)?;
+    let (_caller, body) = generate::arrive(&state, &headers, peer, body).await?;
+    let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
     let request = convert::request(&obj, &limits, Purpose::CountTokens)?;
+    state.models.resolve(&request.model)?;
     tokens::ready().await;
     let input_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
     Ok(Json(json!({"input_tokens": input_tokens})))

@@ -14,6 +14,8 @@ use crate::state::Shared;
 pub struct Accounting {
     pub state: Shared,
     pub request_id: String,
+    /// The model name the client asked for.
+    pub model: String,
     pub client: String,
     pub session_id: Option<String>,
     pub client_ip: IpAddr,
@@ -107,6 +109,7 @@ impl Accounting {
                 "client_ip": self.client_ip.to_string(),
                 "session_id": self.session_id,
                 "model": self.state.settings.model_name,
+                "requested_model": self.model,
                 "stream": self.stream,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,

@@ -1,9 +1,9 @@
-//! The gateway's own time for one request, `gateway_overhead_seconds` (README, "Metrics"): every
-//! part of the request's path that runs gateway code adds to one meter, and the meter records
-//! the sum when the last part lets go of it, so that time spent after the answer's end (writing
-//! its last events) is in it too. What adds, and where:
+//! The gateway's own time for one request, `gateway_overhead_seconds` (docs/performance.md,
+//! "What `gateway_overhead_seconds` counts"): every part of the request's path that runs gateway
+//! code adds to one meter, and the meter records the sum when the last part lets go of it, so that
+//! time spent after the answer's end (writing its last events) is in it too. What adds, and where:
 //!
-//! - before dispatch (`generate::start`): authentication, body, validation, prompt count, limits,
+//! - before dispatch (`generate/preamble.rs`): authentication, body, validation, limits, prompt count,
 //!   as wall time, less any wait for a bridge-agent connection;
 //! - per IPC frame (`bridge.rs` reader): the poll that reads and decodes the frame, and routing it;
 //! - per frame in the request's task (`drive.rs` `run`): absorbing it, queueing its piece, and at

@@ -18,7 +18,7 @@ use super::{
     wants_stream, OllamaError,
 };
 use crate::error::Error;
-use crate::generate::{self, Job, Piece};
+use crate::generate::{self, Ask, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
 use crate::validate::{self, Limits};
@@ -29,18 +29,19 @@ pub async fn chat(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OllamaError> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
+    let started = caller.started;
     let request = object(&body)?;
-    let model = requested_model(&state, &request)?;
-    let Some(job) = job(&request, &Limits::of(&state.settings))? else {
+    let model = requested_model(&request)?;
+    let Some(job) = job(&model, &request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty chat by loading the model: nothing to ask the agent.
+        state.models.resolve(&model)?;
         return Ok(Json(json!({"model": model, "created_at": created_at(),
             "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
         .into_response());
     };
-    let stream = job.stream;
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let stream = job.ask.stream;
+    let running = caller.start(&state, job).await?;
     let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
     if !stream {
@@ -95,9 +96,13 @@ pub async fn chat(
     Ok(ndjson(lines, &headers))
 }
 
-/// The agent's job for a `/api/chat` body (the model already checked), by the rules every chat
-/// API shares (`validate.rs`); `None` for a chat without messages.
-pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, Error> {
+/// The agent's job for a `/api/chat` body naming `model`, by the rules every chat API shares
+/// (`validate.rs`); `None` for a chat without messages.
+pub fn job(
+    model: &str,
+    request: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<Option<Job>, Error> {
     let stream = wants_stream(request)?;
     let given = match request.get("messages") {
         None | Some(Value::Null) => return Ok(None),
@@ -106,23 +111,24 @@ pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<J
         Some(other) => {
             return Err(validate::invalid(
                 "messages",
-                format!("expected an array, got {}", validate::describe(other)),
+                format!("expected an array, got {}", validate::kind_of(other)),
             ))
         }
     };
-    validate::messages(&validate::OLLAMA, given, limits.max_content_bytes)?;
+    validate::messages(&validate::OLLAMA, given)?;
     let (mut params, max_tokens) = parameters(limits, request, stream)?;
-    let tools = validate::tools(request)?;
-    let has_tools = tools.is_some();
-    if let Some(tools) = tools {
+    if let Some(tools) = validate::tools(request)? {
         params.insert("tools".into(), tools);
     }
-    Ok(Some(Job::chat(
-        convert::messages(given),
-        params,
-        has_tools,
+    let ask = Ask {
+        model: model.to_owned(),
         max_tokens,
         stream,
+    };
+    Ok(Some(Job::chat(
+        ask,
+        convert::messages(given),
+        params,
         "chatcmpl-",
     )))
 }

@@ -15,17 +15,19 @@ use super::{
     counters, created_at, done_reason, invalid, ndjson, ndjson_line, object, parameters,
     requested_model, wants_stream, OllamaError,
 };
-use crate::generate::{self, Job, Piece};
-use crate::openai::completions::completion_job;
+use crate::generate::{self, Ask, Job, Piece};
 use crate::openai::Headers;
 use crate::state::Shared;
-use crate::validate::{check_size, Limits};
+use crate::validate::Limits;
 
 fn text_field(request: &Map<String, Value>, key: &str) -> Result<Option<String>, OllamaError> {
     match request.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!("{key}: expected a string, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "{key}: expected a string, got {}",
+            crate::validate::kind_of(other)
+        ))),
     }
 }
 
@@ -35,20 +37,21 @@ pub async fn generate(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OllamaError> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
+    let started = caller.started;
     let request = object(&body)?;
-    let model = requested_model(&state, &request)?;
-    let Some(job) = job(&request, &Limits::of(&state.settings))? else {
+    let model = requested_model(&request)?;
+    let Some(job) = job(&model, &request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty prompt by loading the model: nothing to ask the agent.
+        state.models.resolve(&model)?;
         return Ok(Json(
             json!({"model": model, "created_at": created_at(), "response": "",
             "done": true, "done_reason": "load"}),
         )
         .into_response());
     };
-    let stream = job.stream;
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let stream = job.ask.stream;
+    let running = caller.start(&state, job).await?;
     let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
     if !stream {
@@ -91,9 +94,12 @@ pub async fn generate(
     Ok(ndjson(lines, &headers))
 }
 
-/// The agent's job for a `/api/generate` body (the model already checked); `None` for an empty
-/// prompt.
-pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<Job>, OllamaError> {
+/// The agent's job for a `/api/generate` body naming `model`; `None` for an empty prompt.
+pub fn job(
+    model: &str,
+    request: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<Option<Job>, OllamaError> {
     let stream = wants_stream(request)?;
     let prompt = text_field(request, "prompt")?.unwrap_or_default();
     let suffix = text_field(request, "suffix")?.filter(|s| !s.is_empty());
@@ -101,16 +107,14 @@ pub fn job(request: &Map<String, Value>, limits: &Limits<'_>) -> Result<Option<J
     if prompt.is_empty() && suffix.is_none() {
         return Ok(None);
     }
-    for (field, text) in [
-        ("prompt", Some(&prompt)),
-        ("suffix", suffix.as_ref()),
-        ("system", system.as_ref()),
-    ] {
-        check_size(field, text.map_or(0, String::len), limits.max_content_bytes)?;
-    }
     let (params, max_tokens) = parameters(limits, request, stream)?;
-    Ok(Some(completion_job(
-        prompt, suffix, system, params, max_tokens, stream, "cmpl-",
+    let ask = Ask {
+        model: model.to_owned(),
+        max_tokens,
+        stream,
+    };
+    Ok(Some(Job::completion(
+        ask, prompt, suffix, system, params, "cmpl-",
     )))
 }
 

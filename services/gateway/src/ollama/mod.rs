@@ -1,5 +1,5 @@
 //! Ollama's API on the same port (root paths), for editors whose "local model" setting speaks
-//! Ollama: metadata (`/api/version`, `/api/tags`, `/api/show`) answered without a key, and
+//! Ollama: metadata (`/api/version`, `/api/tags`, `/api/ps`, `/api/show`) answered without a key, and
 //! generation (`/api/chat`, `/api/generate`) on the same agent path, auth, limits and audit as
 //! the OpenAI routes, streamed as newline-delimited JSON.
 use std::time::{Duration, Instant};
@@ -24,6 +24,25 @@ pub mod generate;
 /// The Ollama version reported: recent enough for clients that refuse older servers.
 pub const OLLAMA_VERSION: &str = "0.12.0";
 
+/// Ollama's routes, under `/api`. Every error on `/api/*` is Ollama-shaped, `{"error": "…"}`,
+/// an unknown path or a wrong method included (`app.rs` `not_found`, `method_not_allowed`):
+/// Ollama clients read that shape.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/api/show", post(show))
+        .route("/api/chat", post(chat::chat))
+        .route("/api/generate", post(generate::generate))
+}
+
+/// Whether `path` is Ollama's, so that its errors are answered in Ollama's shape.
+pub fn owns(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
 /// An error in Ollama's shape, `{"error": "…"}`, with the status and headers of the gateway's
 /// one mapping of errors.
 pub struct OllamaError(pub Box<Error>);
@@ -36,7 +55,13 @@ impl From<Error> for OllamaError {
 
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
-        let message = self.0.to_string();
+        let message = match &*self.0 {
+            // Ollama's own wording, which its clients recognise.
+            Error::ModelNotFound { requested, .. } => {
+                format!("model \"{requested}\" not found, try pulling it first")
+            }
+            other => other.to_string(),
+        };
         let mut response = self.0.into_response();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         *response.body_mut() = Body::from(json!({"error": message}).to_string());
@@ -44,29 +69,19 @@ impl IntoResponse for OllamaError {
     }
 }
 
-fn not_found(model: &str) -> OllamaError {
-    Error::NotFound {
-        message: format!("model \"{model}\" not found, try pulling it first"),
-        code: "model_not_found",
-    }
-    .into()
-}
-
 fn invalid(message: String) -> OllamaError {
     Error::invalid(message, None).into()
 }
 
-/// The model a request names (`model`, or the older `name`), if it is ours.
-fn requested_model(state: &AppState, body: &Map<String, Value>) -> Result<String, OllamaError> {
-    let name = match body.get("model").or_else(|| body.get("name")) {
-        Some(Value::String(m)) => m.clone(),
-        Some(other) => return Err(invalid(format!("model: expected a string, got {other}"))),
-        None => return Err(invalid("model: required".into())),
-    };
-    if validate::model_matches(&name, &state.settings.model_name) {
-        Ok(name)
-    } else {
-        Err(not_found(&name))
+/// The model a request names (`model`, or the older `name`), as sent.
+fn requested_model(body: &Map<String, Value>) -> Result<String, OllamaError> {
+    match body.get("model").or_else(|| body.get("name")) {
+        Some(Value::String(m)) => Ok(m.clone()),
+        Some(other) => Err(invalid(format!(
+            "model: expected a string, got {}",
+            validate::describe(other)
+        ))),
+        None => Err(invalid("model: required".into())),
     }
 }
 
@@ -84,8 +99,8 @@ fn created_at() -> String {
     provider_shared::audit::timestamp()
 }
 
-fn digest(state: &AppState) -> String {
-    provider_shared::digest::sha256_hex(state.settings.model_name.as_bytes())
+fn digest(name: &str) -> String {
+    provider_shared::digest::sha256_hex(name.as_bytes())
 }
 
 fn details() -> Value {
@@ -111,22 +126,61 @@ pub async fn version() -> Json<Value> {
     Json(json!({"version": OLLAMA_VERSION}))
 }
 
+/// The listed models (`MODEL_NAME` and the plain names of `MODEL_ALIASES`), as Ollama lists one.
+fn listing(state: &AppState) -> Vec<Map<String, Value>> {
+    state
+        .models
+        .listed()
+        .into_iter()
+        .map(|name| {
+            let mut model = Map::new();
+            model.insert("name".into(), json!(name));
+            model.insert("model".into(), json!(name));
+            model.insert("size".into(), json!(0));
+            model.insert("digest".into(), json!(digest(name)));
+            model.insert("details".into(), details());
+            model
+        })
+        .collect()
+}
+
 pub async fn tags(State(state): State<Shared>) -> Json<Value> {
-    let name = &state.settings.model_name;
-    Json(json!({"models": [{
-        "name": name,
-        "model": name,
-        "modified_at": modified_at(&state),
-        "size": 0,
-        "digest": digest(&state),
-        "details": details(),
-    }]}))
+    let modified = modified_at(&state);
+    let models: Vec<Value> = listing(&state)
+        .into_iter()
+        .map(|mut model| {
+            model.insert("modified_at".into(), json!(modified));
+            Value::Object(model)
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+/// When a listed model would be unloaded: never, as the agent is not loaded into memory here.
+const NEVER_UNLOADED: &str = "9999-12-31T23:59:59Z";
+
+/// `GET /api/ps`: the models "loaded": the listed ones, always ready, sized 0 (the agent's
+/// memory is not this machine's), with the context length `CONTEXT_WINDOW`.
+pub async fn ps(State(state): State<Shared>) -> Json<Value> {
+    let models: Vec<Value> = listing(&state)
+        .into_iter()
+        .map(|mut model| {
+            model.insert("expires_at".into(), json!(NEVER_UNLOADED));
+            model.insert("size_vram".into(), json!(0));
+            model.insert(
+                "context_length".into(),
+                json!(state.settings.context_window),
+            );
+            Value::Object(model)
+        })
+        .collect();
+    Json(json!({ "models": models }))
 }
 
 pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>, OllamaError> {
     let body = crate::generate::read_body(body, state.settings.max_body_bytes).await?;
     let request = object(&body)?;
-    requested_model(&state, &request)?;
+    state.models.resolve(&requested_model(&request)?)?;
     let window = state.settings.context_window;
     Ok(Json(json!({
         "license": "",
@@ -152,7 +206,7 @@ pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>
 /// the rules the OpenAI routes use (`validate.rs` `sampling`, errors naming `options.…`).
 /// Returns the parameters and the answer's token cap.
 fn parameters(
-    limits: &Limits<'_>,
+    limits: &Limits,
     request: &Map<String, Value>,
     stream: bool,
 ) -> Result<(Map<String, Value>, Option<u64>), Error> {

@@ -1,6 +1,5 @@
-//! `POST /v1/chat/completions`, streamed as strict clients need it (README, "The HTTP API") or whole.
+//! `POST /v1/chat/completions`, streamed as strict clients need it (docs/http-api.md, "Chat") or whole.
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -9,7 +8,7 @@ use axum::response::Response;
 
 use super::reply::{self, Api, Reply};
 use crate::error::Error;
-use crate::generate::{self, Job};
+use crate::generate::{self, Ask, Job};
 use crate::state::Shared;
 use crate::validate;
 
@@ -19,25 +18,27 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let request = validate::chat(&body, &validate::Limits::of(&state.settings))?;
+    let ask = Ask {
+        model: request.model,
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+    };
     let job = Job::chat(
+        ask.clone(),
         request.messages,
         request.parameters,
-        request.tools.is_some(),
-        request.max_tokens,
-        request.stream,
         "chatcmpl-",
     );
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let running = caller.start(&state, job).await?;
     let reply = Reply {
         api: Api::Chat,
         id: running.id.clone(),
         created: running.created,
-        model: state.settings.model_name.clone(),
+        model: ask.model,
     };
-    if request.stream {
+    if ask.stream {
         Ok(reply::stream(&state, running, reply, request.include_usage))
     } else {
         reply::whole(&state, running, reply).await

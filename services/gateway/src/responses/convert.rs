@@ -9,11 +9,13 @@ use crate::validate::{self, describe, invalid, Limits};
 /// A Responses request that passed validation, converted.
 #[derive(Debug)]
 pub struct Request {
+    /// The model name as sent (resolved by the preamble).
+    pub model: String,
     pub messages: Vec<Value>,
     /// The chat parameters for the agent, with `"api": "responses"`.
     pub parameters: Map<String, Value>,
-    /// Chat-shaped tools, for counting the prompt.
-    pub tools: Option<Value>,
+    /// The names the agent knows namespaced tools by (`tools.rs`), to name its calls back.
+    pub tool_names: super::tools::ToolNames,
     pub max_output_tokens: Option<u64>,
     pub stream: bool,
     /// The fields echoed in the response object, as sent.
@@ -51,12 +53,12 @@ const CONSUMED: &[&str] = &[
     "metadata",
 ];
 
-pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
+pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     let obj = validate::object_of(body)?;
-    validate::check_model(&obj, limits.model)?;
+    let model = validate::model_of(&obj)?;
     refuse_unsupported(&obj)?;
     let stream = validate::bool_field(&obj, "stream")?;
-    let max_output_tokens = validate::int_in(&obj, "max_output_tokens", 1, limits.max_tokens)?;
+    let max_output_tokens = validate::token_cap(&obj, "max_output_tokens", limits)?;
     validate::number_in(&obj, "temperature", 0.0, 2.0)?;
     validate::number_in(&obj, "top_p", 0.0, 1.0)?;
     let instructions = match obj.get("instructions") {
@@ -69,9 +71,6 @@ pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
             ))
         }
     };
-    if let Some(text) = &instructions {
-        validate::check_size("instructions", text.len(), limits.max_content_bytes)?;
-    }
     let input = obj
         .get("input")
         .ok_or_else(|| invalid("input", "required: a string or an array of items".into()))?;
@@ -79,7 +78,7 @@ pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
     if let Some(text) = &instructions {
         messages.push(json!({"role": "system", "content": text}));
     }
-    messages.extend(input_messages(input, limits.max_content_bytes)?);
+    messages.extend(input_messages(input)?);
 
     let mut parameters = Map::new();
     parameters.insert("api".into(), json!("responses"));
@@ -92,12 +91,16 @@ pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
     if let Some(n) = max_output_tokens {
         parameters.insert("max_tokens".into(), json!(n));
     }
-    let tools = validate::tools_as_chat(&obj, chat_tool)?;
-    if let Some(tools) = &tools {
-        parameters.insert("tools".into(), tools.clone());
+    let tools = super::tools::tools(&obj)?;
+    if !tools.chat.is_empty() {
+        parameters.insert("tools".into(), Value::Array(tools.chat));
+    }
+    if !tools.hosted.is_empty() {
+        // Tools the agent runs on its own side (docs/PROTOCOL.md): never its tool calls.
+        parameters.insert("hosted_tools".into(), Value::Array(tools.hosted));
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
-        parameters.insert("tool_choice".into(), chat_tool_choice(choice)?);
+        parameters.insert("tool_choice".into(), super::tools::tool_choice(choice)?);
     }
     if let Some(format) = response_format(obj.get("text"))? {
         parameters.insert("response_format".into(), format);
@@ -133,9 +136,10 @@ pub fn request(body: &[u8], limits: &Limits<'_>) -> Result<Request, Error> {
             .unwrap_or_else(|| json!({"effort": null, "summary": null})),
     };
     Ok(Request {
+        model,
         messages,
         parameters,
-        tools,
+        tool_names: tools.names,
         max_output_tokens,
         stream,
         echo,
@@ -196,53 +200,6 @@ fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), Error> {
     Ok(())
 }
 
-/// `{"type": "function", "name", "description", "parameters", "strict"}` as a chat tool.
-fn chat_tool(i: usize, tool: &Value) -> Result<Value, Error> {
-    let at = format!("tools[{i}]");
-    match tool.get("type").and_then(Value::as_str) {
-        Some("function") => {}
-        Some(other) => {
-            return Err(invalid(
-                &format!("{at}.type"),
-                format!("only function tools are supported here, got {other:?} (the agent has no hosted tools)"),
-            ))
-        }
-        None => return Err(invalid(&format!("{at}.type"), "required: \"function\"".into())),
-    }
-    let Some(name) = tool.get("name").and_then(Value::as_str) else {
-        return Err(invalid(&format!("{at}.name"), "required (a string)".into()));
-    };
-    let mut function = Map::new();
-    function.insert("name".into(), json!(name));
-    for key in ["description", "parameters", "strict"] {
-        if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
-            function.insert(key.into(), v.clone());
-        }
-    }
-    Ok(json!({"type": "function", "function": function}))
-}
-
-fn chat_tool_choice(choice: &Value) -> Result<Value, Error> {
-    match choice {
-        Value::String(s) if ["none", "auto", "required"].contains(&s.as_str()) => {
-            Ok(choice.clone())
-        }
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            match o.get("name").and_then(Value::as_str) {
-                Some(name) => Ok(json!({"type": "function", "function": {"name": name}})),
-                None => Err(invalid("tool_choice.name", "required (a string)".into())),
-            }
-        }
-        other => Err(invalid(
-            "tool_choice",
-            format!(
-                "expected \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"name\": …}}, got {}",
-                describe(other)
-            ),
-        )),
-    }
-}
-
 /// `text.format` as the chat `response_format` (None for plain text).
 fn response_format(text: Option<&Value>) -> Result<Option<Value>, Error> {
     let Some(format) = text.and_then(|t| t.get("format")).filter(|v| !v.is_null()) else {
@@ -282,12 +239,9 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, Error> {
 }
 
 /// `input` (a string or items) as chat messages.
-fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error> {
+fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
     let items = match input {
-        Value::String(text) => {
-            validate::check_size("input", text.len(), max_content)?;
-            return Ok(vec![json!({"role": "user", "content": text})]);
-        }
+        Value::String(text) => return Ok(vec![json!({"role": "user", "content": text})]),
         Value::Array(items) if !items.is_empty() => items,
         Value::Array(_) => return Err(invalid("input", "must hold at least one item".into())),
         other => {
@@ -308,7 +262,7 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
         let Value::Object(item) = item else {
             return Err(invalid(
                 &at,
-                format!("expected an item object, got {}", describe(item)),
+                format!("expected an item object, got {}", validate::kind_of(item)),
             ));
         };
         let kind = match item.get("type").and_then(Value::as_str) {
@@ -318,7 +272,7 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
         };
         match kind {
             "message" => {
-                let mut message = message_item(&at, item, max_content)?;
+                let mut message = message_item(&at, item)?;
                 if message["role"] == "assistant" && !reasoning.is_empty() {
                     message["reasoning_content"] = json!(std::mem::take(&mut reasoning));
                 }
@@ -327,6 +281,12 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
             "function_call" => {
                 let call_id = string_field(&at, item, "call_id")?;
                 let name = string_field(&at, item, "name")?;
+                // A namespaced tool's call (Codex sends `namespace` beside `name`), under the
+                // name the agent knows the tool by.
+                let name = match item.get("namespace").and_then(Value::as_str) {
+                    Some(ns) => super::tools::ToolNames::flat(ns, &name),
+                    None => name,
+                };
                 let arguments = match item.get("arguments") {
                     Some(Value::String(s)) => s.clone(),
                     None | Some(Value::Null) => "{}".to_owned(),
@@ -368,7 +328,6 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
                     }
                     None => return Err(invalid(&format!("{at}.output"), "required".into())),
                 };
-                validate::check_size(&format!("{at}.output"), output.len(), max_content)?;
                 out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
             }
             "reasoning" => {
@@ -387,7 +346,7 @@ fn input_messages(input: &Value, max_content: usize) -> Result<Vec<Value>, Error
             other => {
                 return Err(invalid(
                     &format!("{at}.type"),
-                    format!("expected message, function_call, function_call_output or reasoning, got {other:?} (hosted tools are not available here)"),
+                    format!("expected message, function_call, function_call_output or reasoning, got {}", validate::quoted(other)),
                 ))
             }
         }
@@ -417,36 +376,28 @@ fn parts_text(parts: &[Value]) -> String {
 }
 
 /// A `message` item as a chat message: text parts as `text`, images as `image_url`.
-fn message_item(at: &str, item: &Map<String, Value>, max_content: usize) -> Result<Value, Error> {
+fn message_item(at: &str, item: &Map<String, Value>) -> Result<Value, Error> {
     let role = match item.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "system" | "developer" | "assistant")) => r,
         Some(other) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                format!("expected user, system, developer or assistant, got {other:?}"),
+                format!(
+                    "expected user, system, developer or assistant, got {}",
+                    validate::quoted(other)
+                ),
             ))
         }
         None => return Err(invalid(&format!("{at}.role"), "required".into())),
     };
     let content_at = format!("{at}.content");
     let content = match item.get("content") {
-        Some(Value::String(s)) => {
-            validate::check_size(&content_at, s.len(), max_content)?;
-            Value::String(s.clone())
-        }
+        Some(Value::String(s)) => Value::String(s.clone()),
         Some(Value::Array(parts)) => {
             let mut shaped = Vec::with_capacity(parts.len());
-            let mut size = 0;
             for (j, part) in parts.iter().enumerate() {
-                let part_at = format!("{content_at}[{j}]");
-                let chat_part = content_part(&part_at, part)?;
-                size += match chat_part.get("text") {
-                    Some(Value::String(t)) => t.len(),
-                    _ => chat_part.to_string().len(),
-                };
-                shaped.push(chat_part);
+                shaped.push(content_part(&format!("{content_at}[{j}]"), part)?);
             }
-            validate::check_size(&content_at, size, max_content)?;
             if role == "assistant" {
                 // Assistant history is text in chat.
                 Value::String(parts_text(&shaped))
@@ -503,7 +454,10 @@ fn content_part(at: &str, part: &Value) -> Result<Value, Error> {
         },
         other => Err(invalid(
             &format!("{at}.type"),
-            format!("expected input_text, output_text, input_image or input_file, got {other:?}"),
+            format!(
+                "expected input_text, output_text, input_image or input_file, got {}",
+                other.map_or("none".to_owned(), validate::quoted)
+            ),
         )),
     }
 }
@@ -513,10 +467,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const LIMITS: Limits<'static> = Limits {
-        model: "m",
-        max_tokens: 100,
-        max_content_bytes: 1000,
+    const LIMITS: Limits = Limits {
+        max_tokens: Some(100),
     };
 
     fn parse(body: Value) -> Result<Request, Error> {
@@ -564,6 +516,38 @@ mod tests {
     }
 
     #[test]
+    fn codex_namespaces_and_web_search_reach_the_agent_and_its_history_keeps_their_names() {
+        let r = parse(json!({"model": "m", "stream": true, "store": false,
+            "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k",
+            "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "namespace", "name": "multi_agent_v1", "description": "d",
+                 "tools": [{"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}}]},
+                {"type": "web_search", "external_web_access": true}],
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+                {"type": "function_call", "call_id": "c1", "name": "spawn_agent",
+                 "namespace": "multi_agent_v1", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "started"}]}))
+        .unwrap();
+        let tools = r.parameters["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[1]["function"]["name"], "multi_agent_v1__spawn_agent");
+        assert_eq!(
+            r.parameters["hosted_tools"],
+            json!([{"type": "web_search", "external_web_access": true}])
+        );
+        assert_eq!(
+            r.messages[1]["tool_calls"][0]["function"]["name"],
+            "multi_agent_v1__spawn_agent"
+        );
+        assert_eq!(
+            r.tool_names.split("multi_agent_v1__spawn_agent"),
+            Some(("multi_agent_v1", "spawn_agent"))
+        );
+    }
+
+    #[test]
     fn text_format_becomes_response_format() {
         let r = parse(json!({"model": "m", "input": "hi", "text": {"format": {
             "type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": true}}}))
@@ -589,7 +573,7 @@ mod tests {
         );
         assert_eq!(param_of(base("top_logprobs", json!(2))), "top_logprobs");
         assert_eq!(
-            param_of(base("tools", json!([{"type": "web_search"}]))),
+            param_of(base("tools", json!([{"type": "file_search"}]))),
             "tools[0].type"
         );
         assert_eq!(param_of(base("background", json!(true))), "background");

@@ -7,6 +7,7 @@ use provider_shared::bridge::{Delta, Usage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::tools::ToolNames;
 use super::{status_of, Ending, Shell};
 use crate::error::Error;
 use crate::openai::frame;
@@ -22,8 +23,9 @@ pub fn item_id(part: &Part) -> String {
     format!("{prefix}{}", random_hex(12))
 }
 
-/// An output item as it stands, with `status` (`in_progress` or `completed`).
-pub fn item(part: &Part, id: &str, status: &str) -> Value {
+/// An output item as it stands, with `status` (`in_progress` or `completed`). A call of a
+/// namespaced tool carries the tool's own `name` and its `namespace`, as the client sent them.
+pub fn item(part: &Part, id: &str, status: &str, names: &ToolNames) -> Value {
     let done = status == "completed";
     match part.kind {
         Kind::Thinking => {
@@ -43,10 +45,17 @@ pub fn item(part: &Part, id: &str, status: &str) -> Value {
             json!({"type": "message", "id": id, "status": status, "role": "assistant",
                    "content": content})
         }
-        Kind::Call(_) => json!({
-            "type": "function_call", "id": id, "call_id": part.call_id, "name": part.name,
-            "arguments": if done { part.text.as_str() } else { "" }, "status": status,
-        }),
+        Kind::Call(_) => {
+            let mut call = json!({
+                "type": "function_call", "id": id, "call_id": part.call_id, "name": part.name,
+                "arguments": if done { part.text.as_str() } else { "" }, "status": status,
+            });
+            if let Some((namespace, name)) = names.split(&part.name) {
+                call["name"] = json!(name);
+                call["namespace"] = json!(namespace);
+            }
+            call
+        }
     }
 }
 
@@ -147,7 +156,7 @@ impl Render {
             .list
             .iter()
             .zip(&self.ids)
-            .map(|(part, id)| item(part, id, "completed"))
+            .map(|(part, id)| item(part, id, "completed", &self.shell.tool_names))
             .collect()
     }
 
@@ -192,7 +201,7 @@ impl Render {
                 let id = item_id(part);
                 self.ids.push(id.clone());
                 let added = json!({"type": "response.output_item.added", "output_index": at,
-                                   "item": item(part, &id, "in_progress")});
+                                   "item": item(part, &id, "in_progress", &self.shell.tool_names)});
                 match part.kind {
                     Kind::Thinking => vec![
                         added,
@@ -214,7 +223,7 @@ impl Render {
                 let part = &self.parts.list[at];
                 let id = &self.ids[at];
                 let done = json!({"type": "response.output_item.done", "output_index": at,
-                                  "item": item(part, id, "completed")});
+                                  "item": item(part, id, "completed", &self.shell.tool_names)});
                 match part.kind {
                     Kind::Thinking => vec![
                         json!({"type": "response.reasoning_summary_text.done", "item_id": id,
@@ -235,7 +244,7 @@ impl Render {
                     ],
                     Kind::Call(_) => vec![
                         json!({"type": "response.function_call_arguments.done", "item_id": id,
-                               "output_index": at, "name": part.name,
+                               "output_index": at, "name": done["item"]["name"],
                                "arguments": part.text}),
                         done,
                     ],
@@ -261,6 +270,7 @@ mod tests {
             model: "m".into(),
             max_output_tokens: None,
             echo: Echo::default(),
+            tool_names: Default::default(),
         });
         assert_eq!(r.start().len(), 2);
         let delta: Delta =

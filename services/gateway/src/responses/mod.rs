@@ -5,7 +5,6 @@
 //! Stateless: nothing is stored, so `previous_response_id` is refused and `store` is reported
 //! as `false`.
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -17,7 +16,7 @@ use provider_shared::bridge::Usage;
 use serde_json::{json, Value};
 
 use crate::error::Error;
-use crate::generate::{self, drive, Job, Piece, Running};
+use crate::generate::{self, drive, Ask, Job, Piece, Running};
 use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
 use crate::state::Shared;
@@ -25,6 +24,7 @@ use crate::validate;
 
 pub mod convert;
 mod events;
+pub mod tools;
 
 use events::Render;
 
@@ -34,24 +34,22 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let started = Instant::now();
-    let (principal, body) = generate::caller_and_body(&state, &headers, peer, body).await?;
+    let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let request = convert::request(&body, &validate::Limits::of(&state.settings))?;
-    let job = Job::chat(
-        request.messages,
-        request.parameters,
-        request.tools.is_some(),
-        request.max_output_tokens,
-        request.stream,
-        "resp_",
-    );
-    let running = generate::start(&state, &principal, peer, started, job).await?;
+    let ask = Ask {
+        model: request.model,
+        max_tokens: request.max_output_tokens,
+        stream: request.stream,
+    };
+    let job = Job::chat(ask.clone(), request.messages, request.parameters, "resp_");
+    let running = caller.start(&state, job).await?;
     let shell = Shell {
         id: running.id.clone(),
         created_at: running.created,
-        model: state.settings.model_name.clone(),
+        model: ask.model,
         max_output_tokens: request.max_output_tokens,
         echo: request.echo,
+        tool_names: request.tool_names,
     };
     if request.stream {
         Ok(stream(&state, running, shell))
@@ -75,6 +73,8 @@ pub struct Shell {
     model: String,
     max_output_tokens: Option<u64>,
     echo: convert::Echo,
+    /// Namespaced tools, to name the agent's calls of them back as the client knows them.
+    tool_names: tools::ToolNames,
 }
 
 impl Shell {
@@ -185,7 +185,7 @@ async fn whole(state: &Shared, running: Running, shell: Shell) -> Result<Respons
     let output = parts
         .list
         .iter()
-        .map(|part| events::item(part, &events::item_id(part), "completed"))
+        .map(|part| events::item(part, &events::item_id(part), "completed", &shell.tool_names))
         .collect();
     let (status, incomplete) = status_of(&finish_reason);
     let body = shell.object(
@@ -236,12 +236,13 @@ mod tests {
             "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}))
             .unwrap(),
         );
-        let open = events::item(&parts.list[1], "msg_1", "in_progress");
+        let names = tools::ToolNames::default();
+        let open = events::item(&parts.list[1], "msg_1", "in_progress", &names);
         assert_eq!(open["content"], json!([]));
         let done: Vec<Value> = parts
             .list
             .iter()
-            .map(|p| events::item(p, "id", "completed"))
+            .map(|p| events::item(p, "id", "completed", &names))
             .collect();
         assert_eq!(done[0]["summary"][0]["text"], "hm");
         assert_eq!(done[1]["content"][0]["text"], "Hi");

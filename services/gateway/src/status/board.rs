@@ -15,6 +15,8 @@ pub const RECENT_ERRORS: usize = 50;
 /// Requests listed in flight; beyond it they are counted, not listed (the concurrency limit
 /// bounds them anyway).
 pub const IN_FLIGHT_LISTED: usize = 100;
+/// Refusal codes counted one by one; refusals of further codes are counted under `other`.
+pub const REFUSAL_CODES: usize = 64;
 
 /// A request the agent is working on, as the page shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +76,8 @@ struct Inner {
     running: HashMap<String, Running>,
     errors: VecDeque<RecentError>,
     rate_limited: BTreeMap<String, u64>,
+    /// Every 4xx answer, by code.
+    refused: BTreeMap<String, u64>,
     requests_total: u64,
     last_request_ms: Option<u64>,
     now: Accumulating,
@@ -147,6 +151,12 @@ impl Board {
             let kind = code.unwrap_or("rate_limited").to_owned();
             *inner.rate_limited.entry(kind).or_default() += 1;
         }
+        if (400..500).contains(&status) {
+            let code = code.unwrap_or("error");
+            let known = inner.refused.contains_key(code) || inner.refused.len() < REFUSAL_CODES;
+            let key = if known { code } else { "other" };
+            *inner.refused.entry(key.to_owned()).or_default() += 1;
+        }
         push_error(
             &mut inner,
             RecentError {
@@ -199,6 +209,7 @@ impl Board {
             in_flight_total,
             recent_errors: inner.errors.iter().rev().cloned().collect(),
             rate_limited: inner.rate_limited.clone(),
+            refused: inner.refused.clone(),
             requests_total: inner.requests_total,
             last_request_ms: inner.last_request_ms,
             history: inner.history.iter().cloned().collect(),
@@ -223,6 +234,7 @@ pub struct Snapshot {
     pub in_flight_total: usize,
     pub recent_errors: Vec<RecentError>,
     pub rate_limited: BTreeMap<String, u64>,
+    pub refused: BTreeMap<String, u64>,
     pub requests_total: u64,
     pub last_request_ms: Option<u64>,
     pub history: Vec<Point>,
@@ -253,6 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_counted_by_code_within_a_bound() {
+        let board = Board::default();
+        for i in 0..REFUSAL_CODES + 10 {
+            board.http_error("/v1/models", 400, Some(&format!("code_{i}")));
+        }
+        board.http_error("/v1/models", 404, Some("code_0"));
+        board.http_error("/v1/models", 502, Some("bridge_disconnected"));
+        let refused = board.snapshot().refused;
+        assert_eq!(refused.len(), REFUSAL_CODES + 1, "the codes and `other`");
+        assert_eq!(refused["code_0"], 2);
+        assert_eq!(refused["other"], 10);
+        assert!(
+            !refused.contains_key("bridge_disconnected"),
+            "5xx is not a refusal"
+        );
+    }
+
+    #[test]
     fn rings_keep_their_bounds_and_points_average_the_interval() {
         let board = Board::default();
         for _ in 0..RECENT_ERRORS + 7 {
@@ -272,6 +302,10 @@ mod tests {
             (RECENT_ERRORS + 7) as u64
         );
         assert_eq!(snap.history.len(), HISTORY_POINTS);
+        assert_eq!(
+            snap.refused["rate_limit_exceeded"],
+            (RECENT_ERRORS + 7) as u64
+        );
         let board = Board::default();
         board.started("x", "chat", false, "key:abc");
         board.first_chunk("x", Duration::from_millis(100));

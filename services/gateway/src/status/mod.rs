@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorReport};
 use crate::state::Shared;
 
 pub mod board;
@@ -130,6 +130,11 @@ fn snapshot(state: &Shared, sessions: Option<u64>) -> Value {
             "hits_total": board.rate_limited.values().sum::<u64>(),
             "by_code": board.rate_limited,
         },
+        // Every 4xx answer since start (refusals.rs logs them), by code.
+        "refusals": {
+            "total": board.refused.values().sum::<u64>(),
+            "by_code": board.refused,
+        },
         "recent_errors": board.recent_errors,
         "history": {
             "bucket_seconds": board::BUCKET.as_secs(),
@@ -153,10 +158,12 @@ pub async fn sample(state: Shared, stop: CancellationToken) {
         let link = state.agent.link();
         let depth = view::report(&link).map(|r| r.queue_depth);
         state.status.close_point(depth);
+        state.refusals.flush();
     }
 }
 
-/// Notes every error answer (status 400 or more) for the recent-errors list.
+/// Notes every error answer (status 400 or more) for the recent-errors list, and logs and counts
+/// every refusal (4xx, `refusals.rs`).
 pub async fn record_errors(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -166,11 +173,15 @@ pub async fn record_errors(State(state): State<Shared>, req: Request, next: Next
     let response = next.run(req).await;
     let status = response.status().as_u16();
     if status >= 400 {
-        let code = response
-            .extensions()
-            .get::<ErrorCode>()
-            .map(|c| c.0.as_str());
+        let report = response.extensions().get::<ErrorReport>();
+        let code = report.map(|r| r.code.as_str());
         state.status.http_error(&route, status, code);
+        if status < 500 {
+            let message = report.map_or("", |r| r.message.as_str());
+            state
+                .refusals
+                .record(&route, status, code.unwrap_or("error"), message);
+        }
     }
     response
 }

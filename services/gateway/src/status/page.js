@@ -100,6 +100,10 @@
     $("in-flight-count").textContent = String(s.in_flight_total);
     $("sessions").textContent = s.sessions.active === null ? "unknown" : String(s.sessions.active);
     $("rate-limit-hits").textContent = String(s.rate_limits.hits_total);
+    // Every 4xx since start, by code (the gateway's log has each one, repeats counted).
+    $("refused-total").textContent = String(s.refusals.total);
+    $("refused-codes").textContent = Object.entries(s.refusals.by_code)
+      .sort((a, b) => b[1] - a[1]).map(([code, n]) => code + " " + n).join(" · ");
     // The audit writer's figures (its queue, dropped lines, rotations), as `name value` pairs.
     $("audit-value").textContent = s.audit === null || typeof s.audit !== "object" ? "not reported"
       : Object.entries(s.audit).map(([k, v]) => k.replace(/_/g, " ") + " " +

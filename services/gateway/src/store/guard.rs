@@ -1,7 +1,8 @@
 //! The store as the gateway sees it: every operation bounded by `STORE_TIMEOUT`, timed and
-//! counted, and an unreachable store handled by `STORE_FAILURE_POLICY` (README, "Several gateways: the Redis store"):
-//! `closed` answers 503 `store_unavailable`; `open` lets rate limits and auth throttling pass
-//! while sessions, which only the store knows, still fail. Outages are audited once each way.
+//! counted, and an unreachable store handled by `STORE_FAILURE_POLICY` (docs/configuration.md,
+//! "Several gateways: the Redis store"): `closed` answers 503 `store_unavailable`; `open` lets
+//! rate limits and auth throttling pass while sessions, which only the store knows, still fail.
+//! Outages are audited once each way.
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

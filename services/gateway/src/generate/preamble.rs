@@ -1,0 +1,407 @@
+//! The preamble every generating route runs, in one order for all of them (OpenAI chat and
+//! completions, Responses, Messages, Ollama chat and generate):
+//!
+//! 1. [`arrive`]: authenticate the caller (API key, session token, or nobody on a gateway that
+//!    allows keyless generation; failures audited and throttled per address), then read the body
+//!    within `MAX_BODY_BYTES`. Nothing of the body is read for a caller who is refused.
+//! 2. The route parses and checks the body in its own API's terms and builds a [`Job`].
+//! 3. [`Arrival::start`]: the model the job names is resolved (`models.rs`), then admission, which
+//!    costs little and bounds what follows: refused while shutting down, a
+//!    `MAX_CONCURRENT_REQUESTS` permit, one request from the client's request-rate bucket. Only an
+//!    admitted request has its prompt counted (the costly step, run on the blocking pool when
+//!    large), then checked against `CONTEXT_WINDOW`, then its tokens reserved from the client's
+//!    token bucket; then it goes to the agent.
+//!
+//! Refusals along the way are `Error`s, rendered by each API in its own shape and logged and
+//! counted in one place for every route (`status/mod.rs` `record_errors`).
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use provider_shared::bridge::{codes, ModelInvoke, ModelMeta, Payload};
+use serde_json::json;
+
+use super::account::Accounting;
+use super::{drive, overhead, unix_seconds, Job, Running};
+use crate::auth::Principal;
+use crate::error::Error;
+use crate::ratelimit::{RateHeaders, Take};
+use crate::secrets::random_hex;
+use crate::state::{AppState, Shared};
+
+/// An authenticated caller of a generating route, and when its request began.
+pub struct Arrival {
+    pub principal: Principal,
+    pub peer: SocketAddr,
+    pub started: Instant,
+}
+
+/// Step 1: the caller, authenticated before anything else, and the body, read within the cap.
+pub async fn arrive(
+    state: &Shared,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: Body,
+) -> Result<(Arrival, bytes::Bytes), Error> {
+    let started = Instant::now();
+    let principal = crate::auth::authenticate(
+        state,
+        headers,
+        peer.ip(),
+        crate::auth::for_generation(state),
+    )
+    .await?;
+    let body = read_body(body, state.settings.max_body_bytes).await?;
+    Ok((
+        Arrival {
+            principal,
+            peer,
+            started,
+        },
+        body,
+    ))
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        if is_length_limit(&err) {
+            Error::BodyTooLarge { limit }
+        } else {
+            Error::invalid(format!("could not read the request body: {err}"), None)
+        }
+    })
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+impl Arrival {
+    /// Step 3: resolves the job's model, admits it, counts and checks it, reserves its tokens
+    /// and sends it to the agent.
+    pub async fn start(&self, state: &Shared, job: Job) -> Result<Running, Error> {
+        state.models.resolve(&job.ask.model)?;
+        let kind = match &job.payload {
+            Payload::Chat { .. } => "chat",
+            Payload::Completion { .. } => "completion",
+        };
+        // Admission.
+        if state.shutdown.is_cancelled() {
+            return Err(Error::Agent {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                code: codes::SHUTTING_DOWN.into(),
+                message: "the gateway is shutting down; try again shortly".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
+        let permit = state.concurrency.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("gateway_rate_limited_total", "kind" => "concurrency").increment(1);
+            Error::Overloaded {
+                limit: state.settings.max_concurrent_requests,
+            }
+        })?;
+        let client = self.principal.client(state).to_owned();
+        let requests = take_request(state, &client, self.peer).await?;
+
+        // What it costs.
+        let (mut payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
+        let output = job
+            .ask
+            .max_tokens
+            .unwrap_or(state.settings.default_max_tokens);
+        check_context(&state.settings, &payload, prompt_tokens, output)?;
+        let reserved = reservation(prompt_tokens, output, state.settings.tpm);
+        let tokens = reserve_tokens(state, &client, self.peer, reserved, &requests).await?;
+        let rate = headers_of(state, &requests, &tokens);
+
+        let id = format!("{}{}", job.id_prefix, random_hex(12));
+        let session_id = self.principal.session_id().map(str::to_owned);
+        let mut account = Accounting {
+            state: state.clone(),
+            request_id: id.clone(),
+            model: job.ask.model.clone(),
+            client,
+            session_id: session_id.clone(),
+            client_ip: self.peer.ip(),
+            stream: job.ask.stream,
+            prompt_tokens,
+            reserved_tokens: reserved,
+            prompt_sha256: job.prompt_sha256,
+            started: self.started,
+            first_chunk: None,
+            permit: Some(permit),
+            done: true,
+            overhead: overhead::Overhead::new(),
+        }
+        .begin();
+        state
+            .status
+            .started(&id, kind, job.ask.stream, self.principal.client(state));
+        // The agent learns which model the client asked for (docs/PROTOCOL.md).
+        match &mut payload {
+            Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. } => {
+                parameters.insert("model".into(), json!(job.ask.model));
+            }
+        }
+        let invoke = ModelInvoke {
+            id: id.clone(),
+            session_id,
+            model_meta: ModelMeta {
+                provider: "mcp-local-provider".into(),
+                label: state.settings.model_name.clone(),
+                requested_scopes: job.scopes,
+            },
+            payload,
+        };
+        let calling = Instant::now();
+        let call = match state
+            .agent
+            .call(invoke, state.settings.connection_timeout)
+            .await
+        {
+            Ok(call) => call,
+            Err(err) => {
+                account.finish(&err.code(), None, 0);
+                return Err(err);
+            }
+        };
+        // Waiting for bridge-agent to come back is not the gateway's own time.
+        let pre_dispatch = self.started.elapsed().saturating_sub(calling.elapsed());
+        account.overhead.add(pre_dispatch);
+        Ok(Running {
+            id,
+            created: unix_seconds(),
+            rate,
+            pre_dispatch,
+            overhead: account.overhead.clone(),
+            prompt_tokens,
+            pieces: drive::drive(state.clone(), call, account),
+        })
+    }
+}
+
+/// Refuses a request that cannot fit the model's context (`CONTEXT_WINDOW`): its prompt tokens
+/// plus the `output` it asks for (its `max_tokens`, or `DEFAULT_MAX_TOKENS`), with OpenAI's code
+/// and wording, so that clients which trim or fall back on `context_length_exceeded` do so.
+pub fn check_context(
+    settings: &crate::config::Settings,
+    payload: &Payload,
+    prompt_tokens: u64,
+    output: u64,
+) -> Result<(), Error> {
+    let window = settings.context_window;
+    let total = prompt_tokens.saturating_add(output);
+    if total <= window {
+        return Ok(());
+    }
+    metrics::counter!("gateway_context_length_exceeded_total").increment(1);
+    let (param, message) = match payload {
+        Payload::Chat { .. } => (
+            "messages",
+            format!(
+                "This model's maximum context length is {window} tokens. However, your messages resulted in {total} tokens ({prompt_tokens} in the messages, {output} in the completion). Please reduce the length of the messages or completion."
+            ),
+        ),
+        Payload::Completion { .. } => (
+            "prompt",
+            format!(
+                "This model's maximum context length is {window} tokens. However, your prompt resulted in {total} tokens ({prompt_tokens} in your prompt; {output} for the completion). Please reduce your prompt; or completion length."
+            ),
+        ),
+    };
+    Err(Error::InvalidRequest {
+        message,
+        param: Some(param.to_owned()),
+        code: Some("context_length_exceeded"),
+    })
+}
+
+/// What a request reserves from its client's token bucket: its prompt and the output it asks
+/// for, at most the whole bucket. A request larger than the bucket (a long conversation asking
+/// Claude Code's 32000 output tokens, or a `RATE_LIMIT_TPM` below the context window) waits
+/// for a full bucket rather than being refused: only the context window refuses a request for
+/// its size. What it uses beyond the reservation is charged when it ends (`account.rs`), so the
+/// client's next requests wait that much longer.
+pub fn reservation(prompt_tokens: u64, output: u64, tpm: u64) -> u64 {
+    prompt_tokens.saturating_add(output).min(tpm)
+}
+
+/// Takes one request from the client's request-rate bucket, or explains the 429.
+async fn take_request(state: &AppState, client: &str, peer: SocketAddr) -> Result<Take, Error> {
+    let requests = state
+        .store
+        .take(&format!("rpm:{client}"), state.rpm_spec(), 1)
+        .await?;
+    if requests.allowed {
+        return Ok(requests);
+    }
+    let tokens = state
+        .store
+        .peek(&format!("tpm:{client}"), state.tpm_spec())
+        .await?;
+    metrics::counter!("gateway_rate_limited_total", "kind" => "requests").increment(1);
+    audit_limit(
+        state,
+        peer,
+        "requests",
+        state.settings.rpm,
+        state.settings.rpm,
+    );
+    Err(Error::RateLimited {
+        kind: "requests",
+        message: format!(
+            "rate limit reached: {} requests per minute (bursts of {}); try again in {}s",
+            state.settings.rpm,
+            state.settings.burst,
+            crate::error::retry_after_secs(requests.retry_after)
+        ),
+        retry_after: requests.retry_after,
+        headers: Some(headers_of(state, &requests, &tokens)),
+    })
+}
+
+/// Reserves `reserved` tokens from the client's token bucket, or explains the 429. A request
+/// refused here does not count against the request budget: its request is given back.
+async fn reserve_tokens(
+    state: &AppState,
+    client: &str,
+    peer: SocketAddr,
+    reserved: u64,
+    requests: &Take,
+) -> Result<Take, Error> {
+    let (rpm_key, tpm_key) = (format!("rpm:{client}"), format!("tpm:{client}"));
+    let tokens = state
+        .store
+        .take(&tpm_key, state.tpm_spec(), reserved)
+        .await?;
+    if tokens.allowed {
+        return Ok(tokens);
+    }
+    state.store.adjust(&rpm_key, state.rpm_spec(), 1).await?;
+    metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
+    let used = state.settings.tpm.saturating_sub(tokens.remaining);
+    audit_limit(state, peer, "tokens", used, state.settings.tpm);
+    Err(Error::RateLimited {
+        kind: "tokens",
+        message: format!(
+            "rate limit reached: {} tokens per minute; this request reserves {reserved}; try again in {}s",
+            state.settings.tpm,
+            crate::error::retry_after_secs(tokens.retry_after)
+        ),
+        retry_after: tokens.retry_after,
+        headers: Some(headers_of(state, requests, &tokens)),
+    })
+}
+
+fn headers_of(state: &AppState, requests: &Take, tokens: &Take) -> RateHeaders {
+    RateHeaders {
+        limit_requests: state.settings.rpm,
+        remaining_requests: requests.remaining,
+        reset_requests: requests.reset_after,
+        limit_tokens: state.settings.tpm,
+        remaining_tokens: tokens.remaining,
+        reset_tokens: tokens.reset_after,
+    }
+}
+
+fn audit_limit(state: &AppState, peer: SocketAddr, kind: &str, current: u64, limit: u64) {
+    state.audit.record(
+        "rate_limit_exceeded",
+        json!({"client_ip": peer.ip().to_string(), "limit_type": kind, "current": current, "limit": limit}),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{Map, Value};
+
+    fn settings(window: u64) -> crate::config::Settings {
+        let vars = [
+            (
+                "LOCAL_PROVIDER_API_KEY",
+                "k3y-0123456789abcdef0123456789abcdef",
+            ),
+            ("LOCAL_PROVIDER_CONTEXT_WINDOW", &window.to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        crate::config::Settings::resolve(provider_shared::config::from_vars(vars).unwrap()).unwrap()
+    }
+
+    fn chat() -> Payload {
+        Payload::Chat {
+            messages: vec![json!({"role": "user", "content": "hello"})],
+            parameters: Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_that_cannot_fit_gets_openais_error() {
+        let s = settings(2000);
+        assert!(
+            check_context(&s, &chat(), 900, 1100).is_ok(),
+            "exactly the window fits"
+        );
+        let err = check_context(&s, &chat(), 900, 1101).unwrap_err();
+        let body = err.body();
+        assert_eq!(body["error"]["code"], "context_length_exceeded");
+        assert_eq!(body["error"]["param"], "messages");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body["error"]["message"],
+            "This model's maximum context length is 2000 tokens. However, your messages resulted in 2001 tokens (900 in the messages, 1101 in the completion). Please reduce the length of the messages or completion."
+        );
+        let completion = Payload::Completion {
+            prompt: "x".into(),
+            suffix: None,
+            system: None,
+            parameters: Map::new(),
+        };
+        let err = check_context(&s, &completion, 1900, 300).unwrap_err();
+        assert_eq!(err.body()["error"]["param"], "prompt");
+        assert!(err
+            .to_string()
+            .contains("your prompt resulted in 2200 tokens"));
+    }
+
+    #[test]
+    fn a_reservation_is_at_most_the_whole_bucket() {
+        // Claude Code: an 11k prompt asking 32000 out of the default 100000 a minute.
+        assert_eq!(reservation(11_000, 32_000, 100_000), 43_000);
+        // A conversation near the window is never refused for the budget: it takes it all.
+        assert_eq!(reservation(150_000, 32_000, 100_000), 100_000);
+        assert_eq!(reservation(u64::MAX, 1, 100_000), 100_000);
+    }
+
+    #[tokio::test]
+    async fn large_prompts_are_counted_off_the_worker_threads_to_the_same_figure() {
+        // Small prompts are counted inline, large ones on the blocking pool: the same figure.
+        for words in [10, 20_000] {
+            let text = vec!["token"; words].join(" ");
+            let messages: Vec<Value> = vec![json!({"role": "user", "content": text})];
+            let direct = crate::tokens::count_prompt(&messages, None);
+            let (payload, counted) = crate::tokens::count_payload(Payload::Chat {
+                messages: messages.clone(),
+                parameters: Map::new(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(counted, direct);
+            assert!(matches!(payload, Payload::Chat { messages: m, .. } if m == messages));
+        }
+        let answer = "word ".repeat(10_000);
+        let direct = crate::tokens::count_text(&answer);
+        assert!(direct >= 10_000);
+        assert_eq!(crate::tokens::count_answer(answer).await, direct);
+    }
+}
