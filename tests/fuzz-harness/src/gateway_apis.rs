@@ -130,7 +130,12 @@ pub fn responses(data: &[u8]) {
                 max_tokens: request.max_output_tokens,
                 stream: request.stream,
             };
-            Some(Job::chat(ask, request.messages, request.parameters, "resp_"))
+            Some(Job::chat(
+                ask,
+                request.messages,
+                request.parameters,
+                "resp_",
+            ))
         }),
     );
 }
