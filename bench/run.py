@@ -203,7 +203,9 @@ http {{
             "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
             "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / f"audit-{run}.log"),
             "LOCAL_PROVIDER_RATE_LIMIT_RPM": "1000000000", "LOCAL_PROVIDER_RATE_LIMIT_BURST": "1000000000",
-            "LOCAL_PROVIDER_RATE_LIMIT_TPM": "1000000000000", "LOCAL_PROVIDER_MAX_CONCURRENT_REQUESTS": "20000"})
+            "LOCAL_PROVIDER_RATE_LIMIT_TPM": "1000000000000", "LOCAL_PROVIDER_MAX_CONCURRENT_REQUESTS": "20000",
+            # 10,000 held streams and the load generators' connections, within run.sh's raised limit.
+            "LOCAL_PROVIDER_MAX_CONNECTIONS": "12000"})
         wait_http(f"http://127.0.0.1:{gw_port}/health/ready")
         return agent, gateway
 

@@ -10,6 +10,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The file descriptors `pid` has open, from `/proc`.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// An environment variable as a number, or `default`.
 pub fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -94,6 +94,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "STREAM_BUFFER_BYTES",
     "RESUME_GRACE",
     "MAX_FRAME_BYTES",
+    "MAX_CONNECTIONS",
+    "HEADER_TIMEOUT",
 ];
 
 /// A variable with a value its service cannot use.

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod bridge;
 pub mod coalesce;
 pub mod config;
+pub mod connections;
 pub mod digest;
 pub mod frame_summary;
 pub mod http_server;

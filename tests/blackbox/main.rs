@@ -9,6 +9,7 @@ mod chaos;
 mod chat;
 mod clients;
 mod compose;
+mod connections;
 mod containers;
 mod first_contact;
 mod handover;

@@ -18,6 +18,7 @@ pub const MODEL: &str = "cursor-agent-local";
 pub struct GatewayProc {
     envs: BTreeMap<String, String>,
     dir: TempDir,
+    open_files: Option<u64>,
 }
 
 impl GatewayProc {
@@ -27,6 +28,7 @@ impl GatewayProc {
         let mut this = Self {
             envs: BTreeMap::new(),
             dir,
+            open_files: None,
         };
         for (name, value) in [
             ("PORT", free_port().to_string()),
@@ -58,9 +60,28 @@ impl GatewayProc {
         self
     }
 
+    /// Runs the gateway with both its open-file limits at `n` (under util-linux's `prlimit`).
+    pub fn open_file_limit(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
     pub fn spawn(self) -> Gateway {
-        let service = Service::spawn(&bin_path("gateway"), &self.envs, self.dir.path())
-            .unwrap_or_else(|e| panic!("cannot start gateway: {e}"));
+        let gateway = bin_path("gateway");
+        let service = match self.open_files {
+            None => Service::spawn(&gateway, &self.envs, self.dir.path()),
+            Some(n) => Service::spawn_args(
+                Path::new("prlimit"),
+                [
+                    format!("--nofile={n}:{n}").into(),
+                    "--".into(),
+                    gateway.into_os_string(),
+                ],
+                &self.envs,
+                self.dir.path(),
+            ),
+        }
+        .unwrap_or_else(|e| panic!("cannot start gateway: {e}"));
         let port = self.envs["LOCAL_PROVIDER_PORT"].parse().unwrap_or(0);
         let audit = self.envs.get("LOCAL_PROVIDER_AUDIT_LOG").map(PathBuf::from);
         Gateway {

@@ -2,8 +2,8 @@
 //! `stream-probe ttfc URL KEY N`: N streamed chats one after another; time to the first content
 //!   chunk and to the end, p50/p99 in microseconds, and the content chunks each carried.
 //! `stream-probe hold URL KEY STREAMS PIDS`: opens STREAMS concurrent streamed chats against a
-//!   slow agent, waits until every one has its first event, then reports the RSS of each PID
-//!   (comma-separated) and lets them all go.
+//!   slow agent, waits until every one has its first event, then reports the RSS and open file
+//!   descriptors of each PID (comma-separated) and lets them all go.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,7 +115,7 @@ async fn hold(url: &str, key: &str, streams: usize, pids: &[u32]) -> Result<(), 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss: Vec<serde_json::Value> = pids
         .iter()
-        .map(|pid| json!({"pid": pid, "rss_bytes": bench::rss_bytes(*pid)}))
+        .map(|pid| json!({"pid": pid, "rss_bytes": bench::rss_bytes(*pid), "fds": bench::open_fds(*pid)}))
         .collect();
     println!(
         "{}",

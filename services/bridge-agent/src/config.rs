@@ -7,6 +7,7 @@ use provider_shared::config::{
     self as shared, timeouts, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds,
     Secret,
 };
+use provider_shared::connections::ConnectionLimits;
 use provider_shared::web_guard;
 use serde::{Deserialize, Deserializer};
 
@@ -62,6 +63,17 @@ pub struct Config {
     /// How long a request whose WebSocket dropped waits for a new one to resume on.
     #[serde(default = "default_resume_grace")]
     pub resume_grace: Seconds,
+    #[serde(default)]
+    pub max_connections: Option<Bounded<1, 1_000_000>>,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Seconds,
+    /// The health endpoint's bounds, from the two fields above (set by [`Config::from_env`]).
+    #[serde(skip)]
+    pub connections: ConnectionLimits,
+}
+
+fn default_header_timeout() -> Seconds {
+    Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT)
 }
 
 fn default_stream_buffer() -> Bounded<65_536, 1_073_741_824> {
@@ -176,6 +188,12 @@ impl Config {
             "MCP_BRIDGE_TOKEN",
             self.mcp_bridge_token.take(),
             self.mcp_bridge_token_file.as_deref(),
+        )?;
+        self.connections = ConnectionLimits::fit(
+            self.max_connections.map(|n| n.0),
+            0,
+            self.header_timeout.0,
+            provider_shared::connections::HEALTH_PATHS,
         )?;
         Ok(self)
     }

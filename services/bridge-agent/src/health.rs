@@ -39,7 +39,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
 
 /// Serves the health and metrics endpoints until `stop` fires.
 pub async fn serve_health(listener: TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
-    provider_shared::http_server::serve(listener, router(hub), stop).await;
+    let limits = hub.config.connections.clone();
+    provider_shared::http_server::serve(listener, router(hub), limits, stop).await;
 }
 
 async fn health(State(hub): State<Arc<Hub>>) -> Json<Value> {

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Before the configuration is read: the connection cap is fitted to the raised limit.
+    let open_files = provider_shared::connections::raise_open_file_limit();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         }
     };
     provider_shared::telemetry::init_tracing(config.log_level, config.log_format);
+    open_files.log(config.connections.max_connections);
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(%var, "unknown variable ignored (a typo?)");
     }

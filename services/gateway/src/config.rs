@@ -6,6 +6,7 @@ use provider_shared::config::{
     self, is_loopback_host, timeouts, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port,
     Seconds, Secret,
 };
+use provider_shared::connections::{self, ConnectionLimits};
 use serde::Deserialize;
 
 /// The variables as given; [`Settings::resolve`] checks how they fit together.
@@ -60,6 +61,8 @@ pub struct RawConfig {
     pub status_agent_gone_after: Seconds,
     pub stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
     pub resume_grace: Seconds,
+    pub max_connections: Option<Bounded<1, 1_000_000>>,
+    pub header_timeout: Seconds,
 }
 
 impl Default for RawConfig {
@@ -112,6 +115,8 @@ impl Default for RawConfig {
             status_agent_gone_after: Seconds::from_secs(60),
             stream_buffer_bytes: Bounded(DEFAULT_STREAM_BUFFER_BYTES),
             resume_grace: Seconds(timeouts::RESUME_GRACE),
+            max_connections: None,
+            header_timeout: Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT),
         }
     }
 }
@@ -292,6 +297,8 @@ pub struct Settings {
     pub stream_buffer_bytes: usize,
     /// How long a request waits for bridge-agent to come back and resume it.
     pub resume_grace: Duration,
+    /// How many connections are served, and how long one may wait for a request head.
+    pub connections: ConnectionLimits,
 }
 
 /// 1 MiB: eight times a 32,000-token answer (what Claude Code asks for) at four bytes a token, so
@@ -433,6 +440,13 @@ impl Settings {
                 "needs LOCAL_PROVIDER_ADMIN_TOKEN: /metrics, /health detail and /status.json are then served to its holder only",
             ));
         }
+        // The Redis pool's connections are descriptors too.
+        let connections = ConnectionLimits::fit(
+            raw.max_connections.map(|n| n.0),
+            redis.as_ref().map_or(0, |r| r.pool_size as u64),
+            raw.header_timeout.0,
+            connections::HEALTH_PATHS,
+        )?;
         Ok(Self {
             host: raw.host.trim().to_owned(),
             port: raw.port.0 as u16,
@@ -478,6 +492,7 @@ impl Settings {
             status_agent_gone_after: raw.status_agent_gone_after.0,
             stream_buffer_bytes: raw.stream_buffer_bytes.0 as usize,
             resume_grace: raw.resume_grace.0,
+            connections,
         })
     }
 

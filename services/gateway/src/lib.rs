@@ -131,7 +131,8 @@ pub async fn run(
     });
 
     let app = app::router(state.clone());
-    let server = provider_shared::http_server::serve(listener, app, shutdown.clone());
+    let limits = state.settings.connections.clone();
+    let server = provider_shared::http_server::serve(listener, app, limits, shutdown.clone());
     tokio::select! {
         _ = server => {}
         // A client that stops reading must not hold shutdown forever.

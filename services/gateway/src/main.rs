@@ -31,6 +31,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Before the configuration is read: the connection cap is fitted to the raised limit.
+    let open_files = provider_shared::connections::raise_open_file_limit();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(err) => {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         }
     };
     provider_shared::telemetry::init_tracing(settings.log_level, settings.log_format);
+    open_files.log(settings.connections.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

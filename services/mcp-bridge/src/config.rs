@@ -7,6 +7,7 @@ use provider_shared::audit;
 use provider_shared::config::{
     self as shared, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds, Secret,
 };
+use provider_shared::connections::ConnectionLimits;
 use provider_shared::web_guard;
 use serde::Deserialize;
 
@@ -70,6 +71,18 @@ struct Raw {
     resume_grace: Seconds,
     #[serde(default = "default_stream_buffer")]
     stream_buffer_bytes: Bounded<65_536, 1_073_741_824>,
+    #[serde(default)]
+    max_connections: Option<Bounded<1, 1_000_000>>,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: Seconds,
+}
+
+/// Served past the connection cap: bridge-agent's WebSocket (it connects to `/`), so that a
+/// flood of connections cannot keep the editor's requests away, and the health checks.
+const PRIORITY_PATHS: &[&str] = &["/", "/health", "/health/live", "/health/ready", "/metrics"];
+
+fn default_header_timeout() -> Seconds {
+    Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT)
 }
 
 fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
@@ -146,6 +159,8 @@ pub struct Config {
     pub resume_grace: Duration,
     /// Bytes of each request's sent chunks kept for a replay after a resume.
     pub replay_bytes: usize,
+    /// How many connections are served, and how long one may wait for a request head.
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -220,6 +235,12 @@ impl Config {
             max_frame_bytes: raw.max_frame_bytes.0,
             resume_grace: raw.resume_grace.0,
             replay_bytes: usize::try_from(raw.stream_buffer_bytes.0).unwrap_or(usize::MAX),
+            connections: ConnectionLimits::fit(
+                raw.max_connections.map(|n| n.0),
+                0,
+                raw.header_timeout.0,
+                PRIORITY_PATHS,
+            )?,
         })
     }
 

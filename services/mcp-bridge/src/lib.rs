@@ -71,6 +71,7 @@ pub async fn run(
         source,
     })?;
     let grace = config.shutdown_grace;
+    let limits = config.connections.clone();
     let app = Arc::new(state::App {
         bridge_token: auth::Token::new(config.bridge_token.as_ref()),
         http_token: auth::Token::new(config.http_token.as_ref()),
@@ -88,7 +89,7 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let router = app::router(app.clone(), mcp_stop.clone());
     let server = tokio::spawn(
-        provider_shared::http_server::serve(listener, router, http_stop.clone())
+        provider_shared::http_server::serve(listener, router, limits, http_stop.clone())
             .instrument(info_span!("http")),
     );
 

@@ -286,13 +286,23 @@ where
     // Bytes received since the last event: what the parser can be holding.
     let held = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&held);
-    let body = body.map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        if counted.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > MAX_EVENT_BYTES {
-            return Err(std::io::Error::other("an event past the relay's bound"));
-        }
-        Ok(chunk)
-    });
+    // The parser gives up on a whole piece at its first bad line, dropping the events that piece
+    // finished before it: handed one line at a time, it reads the same events whatever pieces
+    // the body came in.
+    let body = body
+        .flat_map(|chunk| {
+            futures_util::stream::iter(match chunk {
+                Ok(chunk) => lines(chunk).into_iter().map(Ok).collect(),
+                Err(err) => vec![Err(std::io::Error::other(err))],
+            })
+        })
+        .map(move |piece| {
+            let piece = piece?;
+            if counted.fetch_add(piece.len(), Ordering::Relaxed) + piece.len() > MAX_EVENT_BYTES {
+                return Err(std::io::Error::other("an event past the relay's bound"));
+            }
+            Ok(piece)
+        });
     SseStream::from_bytes_stream(body).filter_map(move |event| {
         let data = match event {
             Ok(event) => {
@@ -314,6 +324,37 @@ where
     })
 }
 
+/// `chunk` cut after each line end (`\n` or `\r`), without copying.
+fn lines(mut chunk: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while let Some(end) = chunk.iter().position(|b| matches!(b, b'\n' | b'\r')) {
+        out.push(chunk.split_to(end + 1));
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
+/// The data [`sse_data`] gives for an answer's body arriving in `pieces`, up to and including its
+/// first error: the relay's SSE reading without a connection (the fuzz targets in `fuzz/` and the
+/// tests below use it).
+pub fn sse_data_of(pieces: Vec<Bytes>) -> Vec<Result<String, String>> {
+    use futures_util::FutureExt;
+    let body = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    let mut events = std::pin::pin!(sse_data(body));
+    let mut out = Vec::new();
+    // Every piece is there already, so the stream never has to wait.
+    while let Some(Some(data)) = events.next().now_or_never() {
+        let failed = data.is_err();
+        out.push(data);
+        if failed {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,11 +367,11 @@ mod tests {
         at.extend([0, bytes.len()]);
         at.sort_unstable();
         at.dedup();
-        let pieces: Vec<Result<Bytes, std::io::Error>> = at
+        let pieces = at
             .windows(2)
-            .map(|w| Ok(Bytes::copy_from_slice(&bytes[w[0]..w[1]])))
+            .map(|w| Bytes::copy_from_slice(&bytes[w[0]..w[1]]))
             .collect();
-        collect(futures_util::stream::iter(pieces))
+        sse_data_of(pieces)
     }
 
     fn collect(
@@ -363,6 +404,23 @@ mod tests {
                 vec![Ok(r#"{"a":1}"#.to_owned()), Ok("x\ny".to_owned())],
                 "cut at {cut}"
             );
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/relay_sse/`): an event and a bad line after it in one
+    /// piece came out as the error alone, in pieces as the event and then the error.
+    #[test]
+    fn an_event_before_a_bad_line_is_relayed_however_the_body_is_cut() {
+        let wire = b"event: message\ndata: {\"id\":1}\n\n\xa3ata: x\n\n";
+        let whole = events_in_pieces(wire, &[]);
+        assert_eq!(whole[0], Ok(r#"{"id":1}"#.to_owned()), "{whole:?}");
+        assert!(
+            whole[1].as_ref().unwrap_err().contains("not valid SSE"),
+            "{whole:?}"
+        );
+        assert_eq!(whole.len(), 2);
+        for cut in 0..wire.len() {
+            assert_eq!(events_in_pieces(wire, &[cut]), whole, "cut at {cut}");
         }
     }
 

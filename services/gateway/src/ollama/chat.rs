@@ -98,7 +98,7 @@ pub async fn chat(
 
 /// The agent's job for a `/api/chat` body naming `model`, by the rules every chat API shares
 /// (`validate.rs`); `None` for a chat without messages.
-pub(crate) fn job(
+pub fn job(
     model: &str,
     request: &Map<String, Value>,
     limits: &Limits,

@@ -41,11 +41,7 @@ pub async fn generate(
     let started = caller.started;
     let request = object(&body)?;
     let model = requested_model(&request)?;
-    let stream = wants_stream(&request)?;
-    let prompt = text_field(&request, "prompt")?.unwrap_or_default();
-    let suffix = text_field(&request, "suffix")?.filter(|s| !s.is_empty());
-    let system = text_field(&request, "system")?.filter(|s| !s.is_empty());
-    if prompt.is_empty() && suffix.is_none() {
+    let Some(job) = job(&model, &request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty prompt by loading the model: nothing to ask the agent.
         state.models.resolve(&model)?;
         return Ok(Json(
@@ -53,14 +49,8 @@ pub async fn generate(
             "done": true, "done_reason": "load"}),
         )
         .into_response());
-    }
-    let (params, max_tokens) = parameters(&Limits::of(&state.settings), &request, stream)?;
-    let ask = Ask {
-        model: model.clone(),
-        max_tokens,
-        stream,
     };
-    let job = Job::completion(ask, prompt, suffix, system, params, "cmpl-");
+    let stream = job.ask.stream;
     let running = caller.start(&state, job).await?;
     let headers = Headers::of(&state, &running);
     let mut pieces = running.pieces;
@@ -102,6 +92,30 @@ pub async fn generate(
         }
     };
     Ok(ndjson(lines, &headers))
+}
+
+/// The agent's job for a `/api/generate` body naming `model`; `None` for an empty prompt.
+pub fn job(
+    model: &str,
+    request: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<Option<Job>, OllamaError> {
+    let stream = wants_stream(request)?;
+    let prompt = text_field(request, "prompt")?.unwrap_or_default();
+    let suffix = text_field(request, "suffix")?.filter(|s| !s.is_empty());
+    let system = text_field(request, "system")?.filter(|s| !s.is_empty());
+    if prompt.is_empty() && suffix.is_none() {
+        return Ok(None);
+    }
+    let (params, max_tokens) = parameters(limits, request, stream)?;
+    let ask = Ask {
+        model: model.to_owned(),
+        max_tokens,
+        stream,
+    };
+    Ok(Some(Job::completion(
+        ask, prompt, suffix, system, params, "cmpl-",
+    )))
 }
 
 /// A streamed line of the answer, borrowing its text.
