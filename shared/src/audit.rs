@@ -7,15 +7,25 @@
 //! queue holds [`QUEUE_LINES`] lines: past that (the disk stalled for that long), new lines are
 //! dropped rather than making requests wait, counted in `audit_log_lines_dropped_total` and in
 //! [`AuditStats::dropped`] (shown by `/health`), and logged.
+//!
+//! Refusals and throttles are recorded with [`Audit::record_repeated`]: coalesced per kind
+//! (client and reason) into one line and a count per interval ([`repeats`]), so that a flood of
+//! refused requests cannot rotate the history away. Everything else ([`Audit::record`]: a
+//! request served, a session made or ended) is written one line per event.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+pub mod repeats;
+
+use repeats::{Line, Repeats};
 
 /// Lines the writer may fall behind by before new ones are dropped.
 pub const QUEUE_LINES: usize = 10_000;
@@ -74,6 +84,7 @@ pub struct Audit {
     counters: Arc<Counters>,
     /// The service writing, as `source` in every line.
     source: &'static str,
+    repeats: Arc<Repeats>,
 }
 
 /// Ends the writer once every [`Audit`] handle is gone, after the last line is on disk.
@@ -117,25 +128,31 @@ impl Audit {
         rotation: Rotation,
     ) -> std::io::Result<(Audit, AuditWriter)> {
         let counters = Arc::new(Counters::default());
+        let repeats = Arc::new(Repeats::default());
         let Some(path) = path else {
             let audit = Audit {
                 tx: None,
                 counters,
                 source,
+                repeats,
             };
             return Ok((audit, AuditWriter { task: None }));
         };
         let file = LogFile::open(path.to_owned(), rotation).await?;
         let (tx, rx) = mpsc::channel(QUEUE_LINES);
         let span = tracing::info_span!("audit_writer", path = %path.display());
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            write_lines(file, rx, counters.clone()),
-            span,
-        ));
+        let writer = Writer {
+            file,
+            counters: counters.clone(),
+            repeats: repeats.clone(),
+            source,
+        };
+        let task = tokio::spawn(tracing::Instrument::instrument(writer.run(rx), span));
         let audit = Audit {
             tx: Some(tx),
             counters,
             source,
+            repeats,
         };
         Ok((audit, AuditWriter { task: Some(task) }))
     }
@@ -144,14 +161,31 @@ impl Audit {
     /// full the line is dropped and counted.
     pub fn record(&self, event: &str, fields: Value) {
         let Some(tx) = &self.tx else { return };
-        let mut line = Map::new();
-        line.insert("timestamp".into(), json!(timestamp()));
-        line.insert("event_type".into(), json!(event));
-        line.insert("source".into(), json!(self.source));
-        if let Value::Object(fields) = fields {
-            line.extend(fields);
+        let fields = match fields {
+            Value::Object(fields) => fields,
+            _ => Map::new(),
+        };
+        self.send(tx, event, line(self.source, event, fields));
+    }
+
+    /// Records `event` as a refusal or a throttle: coalesced with the others of its kind, named
+    /// by its fields other than `details` (which only the line written whole carries, such as a
+    /// key's fingerprint). The first of a kind in [`repeats::INTERVAL`] is written whole, the
+    /// rest are counted and written as one line (the naming fields, `repeated` and
+    /// `within_seconds`) once the interval is over. Never waits, as [`Audit::record`].
+    pub fn record_repeated(&self, event: &str, fields: Value, details: &[&str]) {
+        let Some(tx) = &self.tx else { return };
+        let fields = match fields {
+            Value::Object(fields) => fields,
+            _ => Map::new(),
+        };
+        for (event, fields) in self.repeats.note(event, fields, details, Instant::now()) {
+            self.send(tx, &event, line(self.source, &event, fields));
         }
-        match tx.try_send(Value::Object(line).to_string()) {
+    }
+
+    fn send(&self, tx: &mpsc::Sender<String>, event: &str, line: String) {
+        match tx.try_send(line) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let before = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +225,16 @@ impl Audit {
             reopens: c.reopens.load(Ordering::Relaxed),
         }
     }
+}
+
+/// One audit line: the time, the event's type, the source, then the event's fields.
+fn line(source: &str, event: &str, fields: Map<String, Value>) -> String {
+    let mut line = Map::new();
+    line.insert("timestamp".into(), json!(timestamp()));
+    line.insert("event_type".into(), json!(event));
+    line.insert("source".into(), json!(source));
+    line.extend(fields);
+    Value::Object(line).to_string()
 }
 
 pub fn timestamp() -> String {
@@ -274,46 +318,76 @@ impl LogFile {
     }
 }
 
-async fn write_lines(mut file: LogFile, mut rx: mpsc::Receiver<String>, counters: Arc<Counters>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGHUP; the audit log is not reopened on it");
-            None
-        }
-    };
-    loop {
-        let first = tokio::select! {
-            line = rx.recv() => match line {
-                Some(line) => line,
-                None => break,
-            },
-            Some(()) = async { hangup.as_mut()?.recv().await } => {
-                match file.reopen().await {
-                    Ok(()) => {
-                        counters.reopens.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(path = %file.path.display(), "SIGHUP: audit log reopened");
-                    }
-                    Err(err) => {
-                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("audit_log_write_errors_total").increment(1);
-                        tracing::error!(path = %file.path.display(), %err, "SIGHUP: cannot reopen the audit log");
-                    }
-                }
-                continue;
+/// The one task that writes: the queued lines, and the counts of repeated events.
+struct Writer {
+    file: LogFile,
+    counters: Arc<Counters>,
+    repeats: Arc<Repeats>,
+    source: &'static str,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<String>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGHUP; the audit log is not reopened on it");
+                None
             }
         };
-        let mut batch = first;
-        batch.push('\n');
-        let mut lines = 1u64;
-        // Batch what is already queued into one write.
-        while let Ok(more) = rx.try_recv() {
-            batch.push_str(&more);
+        let mut flush = tokio::time::interval(repeats::FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                line = rx.recv() => match line {
+                    Some(line) => line,
+                    None => break,
+                },
+                _ = flush.tick() => {
+                    let counts = self.repeats.flush(Instant::now());
+                    self.write_counts(counts).await;
+                    continue;
+                }
+                Some(()) = async { hangup.as_mut()?.recv().await } => {
+                    self.reopen().await;
+                    continue;
+                }
+            };
+            let mut batch = first;
             batch.push('\n');
-            lines += 1;
+            let mut lines = 1u64;
+            // Batch what is already queued into one write.
+            while let Ok(more) = rx.try_recv() {
+                batch.push_str(&more);
+                batch.push('\n');
+                lines += 1;
+            }
+            self.write(&batch, lines).await;
+            metrics::gauge!("audit_log_queue_lines")
+                .set((rx.max_capacity() - rx.capacity()) as f64);
         }
-        match file.write(batch.as_bytes()).await {
+        // Every handle is gone: the counts still held are written before the writer ends.
+        let counts = self.repeats.flush_all();
+        self.write_counts(counts).await;
+    }
+
+    async fn write_counts(&mut self, counts: Vec<Line>) {
+        if counts.is_empty() {
+            return;
+        }
+        let lines = counts.len() as u64;
+        let mut batch = String::new();
+        for (event, fields) in counts {
+            batch.push_str(&line(self.source, &event, fields));
+            batch.push('\n');
+        }
+        self.write(&batch, lines).await;
+    }
+
+    async fn write(&mut self, batch: &str, lines: u64) {
+        let counters = &self.counters;
+        match self.file.write(batch.as_bytes()).await {
             Ok(rotated) => {
                 counters.written.fetch_add(lines, Ordering::Relaxed);
                 if rotated {
@@ -324,10 +398,23 @@ async fn write_lines(mut file: LogFile, mut rx: mpsc::Receiver<String>, counters
             Err(err) => {
                 counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("audit_log_write_errors_total").increment(1);
-                tracing::error!(path = %file.path.display(), %err, "cannot write the audit log");
+                tracing::error!(path = %self.file.path.display(), %err, "cannot write the audit log");
             }
         }
-        metrics::gauge!("audit_log_queue_lines").set((rx.max_capacity() - rx.capacity()) as f64);
+    }
+
+    async fn reopen(&mut self) {
+        match self.file.reopen().await {
+            Ok(()) => {
+                self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(path = %self.file.path.display(), "SIGHUP: audit log reopened");
+            }
+            Err(err) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("audit_log_write_errors_total").increment(1);
+                tracing::error!(path = %self.file.path.display(), %err, "SIGHUP: cannot reopen the audit log");
+            }
+        }
     }
 }
 
@@ -451,6 +538,39 @@ mod tests {
         drop(audit);
         writer.finish().await;
         assert_eq!(lines(&path).len(), QUEUE_LINES);
+    }
+
+    #[tokio::test]
+    async fn repeated_refusals_are_one_line_and_a_count_written_by_the_time_the_writer_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(Some(&path), "test", Rotation::default())
+            .await
+            .unwrap();
+        audit.record("session_created", json!({"session_id": "s1"}));
+        for n in 0..5000 {
+            let fields = json!({"client_ip": "127.0.0.1", "reason": "wrong", "key_fingerprint": format!("{n:012}")});
+            audit.record_repeated("authentication", fields, &["key_fingerprint"]);
+        }
+        audit.record("session_created", json!({"session_id": "s2"}));
+        drop(audit);
+        writer.finish().await;
+        let written = lines(&path);
+        assert_eq!(written.len(), 4, "{written:?}");
+        assert_eq!(written[0]["session_id"], "s1");
+        assert_eq!(written[1]["key_fingerprint"], "000000000000");
+        assert_eq!(
+            written[2]["session_id"], "s2",
+            "served events are never held back"
+        );
+        let count = &written[3];
+        assert_eq!(count["event_type"], "authentication");
+        assert_eq!(count["source"], "test");
+        assert_eq!(count["client_ip"], "127.0.0.1");
+        assert_eq!(count["reason"], "wrong");
+        assert_eq!(count["repeated"], 4999);
+        assert_eq!(count["within_seconds"], 60);
+        assert!(count.get("key_fingerprint").is_none(), "{count}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! counted, and the count is written once the interval is over (by [`Coalescer::flush`], called
 //! on a timer, or with the key's next occurrence). The gateway logs its refusals this way, one
 //! key per (route, status, code); any other repeated line (audit lines per client and reason,
-//! say) uses the same mechanism with its own key.
+//! in `audit/repeats.rs`) use the same mechanism with their own key.
 //!
 //! Bounded: at most `max_keys` keys are tracked at once. A new key that finds the table full
 //! (after expired keys with nothing held back are dropped) is counted in one overflow figure,
@@ -102,11 +102,20 @@ impl<K: Eq + Hash + Clone> Coalescer<K> {
     /// of the overflow; those keys are forgotten (their next occurrence is written), and so are
     /// the expired keys with nothing held back.
     pub fn flush(&self, now: Instant) -> Flushed<K> {
-        let interval = self.interval;
+        self.flush_where(|e| now.saturating_duration_since(e.written) >= self.interval)
+    }
+
+    /// The counts of every key, whatever its interval, and of the overflow; the table is left
+    /// empty (for a service that is stopping).
+    pub fn drain(&self) -> Flushed<K> {
+        self.flush_where(|_| true)
+    }
+
+    fn flush_where(&self, over: impl Fn(&Entry) -> bool) -> Flushed<K> {
         let mut table = self.table();
         let mut held_back = Vec::new();
         table.entries.retain(|key, e| {
-            if now.saturating_duration_since(e.written) < interval {
+            if !over(e) {
                 return true;
             }
             if e.held_back > 0 {
@@ -169,6 +178,18 @@ mod tests {
             Verdict::Write { held_back: 2 }
         );
         assert_eq!(c.note(&1, t0 + 31 * SECOND), Verdict::Hold);
+    }
+
+    #[test]
+    fn a_drain_reports_every_count_whatever_its_interval() {
+        let c = Coalescer::new(10 * SECOND, 8);
+        let t0 = Instant::now();
+        c.note(&"a", t0);
+        c.note(&"a", t0);
+        c.note(&"b", t0);
+        let drained = c.drain();
+        assert_eq!(drained.held_back, vec![("a", 1)]);
+        assert!(c.is_empty());
     }
 
     #[test]

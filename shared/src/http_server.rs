@@ -236,9 +236,10 @@ async fn refuse_foreign(
         method = %req.method(), path = %req.uri().path(), "request refused by the web guard");
     metrics::counter!(refusals.counter, "reason" => refusal.code()).increment(1);
     if let Some(audit) = &refusals.audit {
-        audit.record(
+        audit.record_repeated(
             "security_violation",
             json!({"client_ip": peer, "violation_type": refusal.code(), "details": presented}),
+            &["details"],
         );
     }
     let kind = if refusal.status() == http::StatusCode::FORBIDDEN {

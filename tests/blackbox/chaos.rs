@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use integration_tests::harness::{wait_for, BridgeAgentProc};
+use integration_tests::observe::rss_mib;
 use integration_tests::stack::{chat_body, Gateway, Sse, Stack, KEY};
 
 use crate::SOON;
@@ -16,17 +17,6 @@ const STALLED_TEXT: &str = "[[delay:1000]] [[bulk:2500]]";
 
 fn text(k: usize) -> String {
     format!("[[chunks:60]] [[slow:150]] chat number {k}")
-}
-
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: Option<u32>) -> f64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", pid.unwrap_or(0))).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn errors(sse: &Sse) -> Vec<String> {

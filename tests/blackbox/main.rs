@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod admission;
 mod agent;
 mod api_shapes;
 mod audit_log;
@@ -27,6 +28,7 @@ mod responses_api;
 mod resume;
 mod status_page;
 mod store_scripts;
+mod telemetry;
 mod web_pages;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ pub mod containers;
 pub mod harness;
 pub mod ipc_client;
 pub mod mcp_stack;
+pub mod observe;
 pub mod peer;
 pub mod redis;
 pub mod relay;

@@ -119,7 +119,7 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("gateway_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
@@ -127,6 +127,26 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: one of the methods HTTP defines, else `other`, so that invented methods
+/// cannot add series (every label of every metric comes from a closed set, docs/operations.md).
+fn method_label(method: &Method) -> &'static str {
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
 }
 
 fn cors(patterns: &[String]) -> CorsLayer {

@@ -39,6 +39,7 @@ pub struct RawConfig {
     /// No longer read: set, it stops start-up with a line naming what replaced it.
     pub max_content_bytes: Option<String>,
     pub max_body_bytes: Bounded<1024, 1_073_741_824>,
+    pub max_body_bytes_in_flight: Option<Bounded<1024, 4_398_046_511_104>>,
     pub request_timeout: Seconds,
     pub response_timeout: Seconds,
     pub max_concurrent_requests: Bounded<1, 1_000_000>,
@@ -93,6 +94,7 @@ impl Default for RawConfig {
             context_window: Bounded(200_000),
             max_content_bytes: None,
             max_body_bytes: Bounded(DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes_in_flight: None,
             request_timeout: Seconds(timeouts::REQUEST_TIMEOUT),
             response_timeout: Seconds(timeouts::RESPONSE_TIMEOUT),
             max_concurrent_requests: Bounded(50),
@@ -267,6 +269,9 @@ pub struct Settings {
     /// Prompt plus output tokens a request may need; more is a 400 `context_length_exceeded`.
     pub context_window: u64,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies read and held at once on the authenticated routes, from before
+    /// each is read until its request is with bridge-agent or refused.
+    pub max_body_bytes_in_flight: u64,
     pub response_timeout: Duration,
     pub max_concurrent_requests: usize,
     /// Generating routes serve callers without a key (loopback only).
@@ -311,6 +316,10 @@ pub const DEFAULT_STREAM_BUFFER_BYTES: u64 = 1024 * 1024;
 /// and documents. The WebSocket frame (`MAX_FRAME_BYTES`, 48 MiB by default) holds a request of
 /// this size with room for its conversion.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `MAX_BODY_BYTES_IN_FLIGHT`'s default, in bodies of `MAX_BODY_BYTES`: 128 MiB at the default
+/// cap, while a typical request (an editor's conversation) is tens to hundreds of KiB.
+pub const BODIES_IN_FLIGHT: u64 = 4;
 
 /// Keys shorter than this are refused: they would be guessable.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -406,6 +415,19 @@ impl Settings {
                 ),
             ));
         }
+        let max_body_bytes_in_flight = match raw.max_body_bytes_in_flight {
+            None => raw.max_body_bytes.0.saturating_mul(BODIES_IN_FLIGHT),
+            Some(bytes) if bytes.0 < raw.max_body_bytes.0 => {
+                return Err(ConfigError::new(
+                    "MAX_BODY_BYTES_IN_FLIGHT",
+                    format!(
+                        "expected at least LOCAL_PROVIDER_MAX_BODY_BYTES ({}), or a body of that size could never be read; got {}",
+                        raw.max_body_bytes.0, bytes.0
+                    ),
+                ));
+            }
+            Some(bytes) => bytes.0,
+        };
         let redis = redis_settings(&raw)?;
         if raw.store_timeout.0 > Duration::from_secs(10) {
             return Err(ConfigError::new(
@@ -467,6 +489,7 @@ impl Settings {
             max_tokens_limit: raw.max_tokens_limit.map(|l| l.0),
             context_window: raw.context_window.0,
             max_body_bytes: raw.max_body_bytes.0 as usize,
+            max_body_bytes_in_flight,
             response_timeout: raw.response_timeout.0.max(raw.request_timeout.0),
             max_concurrent_requests: raw.max_concurrent_requests.0 as usize,
             allow_keyless_generation: raw.allow_keyless_generation.0,
@@ -712,6 +735,17 @@ mod tests {
         let s = with(&[("API_KEY", KEY)]).unwrap();
         assert_eq!(s.max_tokens_limit, None, "the window alone bounds output");
         assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.max_body_bytes_in_flight, 128 * 1024 * 1024, "four bodies");
+        let s = with(&[("API_KEY", KEY), ("MAX_BODY_BYTES", "1048576")]).unwrap();
+        assert_eq!(s.max_body_bytes_in_flight, 4 << 20, "four of the cap set");
+        let err = with(&[
+            ("API_KEY", KEY),
+            ("MAX_BODY_BYTES", "1048576"),
+            ("MAX_BODY_BYTES_IN_FLIGHT", "1048575"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_MAX_BODY_BYTES_IN_FLIGHT");
+        assert!(err.message.contains("MAX_BODY_BYTES (1048576)"), "{err}");
         let s = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "8192")]).unwrap();
         assert_eq!(s.max_tokens_limit, Some(8192), "a limit set is kept");
         let err = with(&[("API_KEY", KEY), ("MAX_TOKENS_LIMIT", "300000")]).unwrap_err();

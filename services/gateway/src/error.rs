@@ -33,6 +33,11 @@ pub enum Error {
     },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive whole within {}s of the gateway starting to read it; send it at once", after.as_secs())]
+    BodyTimeout { after: Duration },
+    /// The budget for request bodies being read and handled at once is taken.
+    #[error("the gateway holds {limit} bytes of request bodies already (LOCAL_PROVIDER_MAX_BODY_BYTES_IN_FLIGHT); try again shortly")]
+    BodiesInFlight { limit: u64 },
     #[error("this request is {size} bytes once encoded for the MCP bridge, more than the {limit} bytes the bridge accepts in one frame (LOCAL_PROVIDER_MAX_FRAME_BYTES); shorten the conversation or its attachments")]
     RequestTooLarge { size: u64, limit: u64 },
     #[error("{0}")]
@@ -99,12 +104,14 @@ impl Error {
             Error::BodyTooLarge { .. } | Error::RequestTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound { .. } | Error::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited { .. } | Error::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded { .. }
+            | Error::BodiesInFlight { .. }
             | Error::BridgeAgentUnavailable(_)
             | Error::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Agent { status, .. } => *status,
@@ -118,6 +125,7 @@ impl Error {
             Error::BodyTooLarge { .. } | Error::RequestTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
+            Error::BodyTimeout { .. } => ("invalid_request_error", Some("body_timeout")),
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::Forbidden(_) => ("permission_error", Some("forbidden")),
             Error::NotFound { code, .. } => ("invalid_request_error", Some(code)),
@@ -125,7 +133,9 @@ impl Error {
             Error::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Error::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Error::SessionLimit { .. } => ("sessions", Some("session_limit_reached")),
-            Error::Overloaded { .. } => ("server_error", Some("server_overloaded")),
+            Error::Overloaded { .. } | Error::BodiesInFlight { .. } => {
+                ("server_error", Some("server_overloaded"))
+            }
             Error::BridgeAgentUnavailable(_) => ("server_error", Some("bridge_agent_unavailable")),
             Error::StoreUnavailable { .. } => ("server_error", Some("store_unavailable")),
             Error::Agent { code, status, .. } if status.is_client_error() => {
@@ -151,9 +161,9 @@ impl Error {
             Error::RateLimited { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Error::Overloaded { .. } | Error::StoreUnavailable { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            Error::Overloaded { .. }
+            | Error::BodiesInFlight { .. }
+            | Error::StoreUnavailable { .. } => Some(Duration::from_secs(1)),
             Error::BridgeAgentUnavailable(_) => Some(Duration::from_secs(5)),
             Error::Agent { retry_after, .. } => *retry_after,
             _ => None,
@@ -184,7 +194,7 @@ impl Error {
     /// clients know to retry; other statuses stay as they are.
     pub fn anthropic(&self) -> (StatusCode, serde_json::Value) {
         let status = match self {
-            Error::Overloaded { .. } => {
+            Error::Overloaded { .. } | Error::BodiesInFlight { .. } => {
                 StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             _ => self.status(),

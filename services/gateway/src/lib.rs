@@ -85,6 +85,7 @@ pub async fn run(
     let key_client = format!("key:{}", hex::encode(&settings.api_key_digest[..6]));
     let state = Arc::new(state::AppState {
         concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+        bodies: generate::body::Budget::new(settings.max_body_bytes_in_flight),
         store,
         agent,
         audit,
@@ -152,7 +153,7 @@ fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "gateway_http_requests_total",
-        "HTTP requests by route, method and status"
+        "HTTP requests by matched route (unmatched for none), method (other for any HTTP does not define) and status"
     );
     describe_histogram!(
         "gateway_http_request_duration_seconds",
@@ -173,6 +174,16 @@ fn describe_metrics() {
         "gateway_chat_requests_total",
         "Chat requests by stream and outcome"
     );
+    describe_gauge!(
+        "gateway_body_bytes_in_flight",
+        "Bytes of MAX_BODY_BYTES_IN_FLIGHT held by request bodies being read or handled (to the KiB)"
+    );
+    metrics::gauge!("gateway_body_bytes_in_flight").set(0.0);
+    describe_histogram!(
+        "gateway_prompt_count_seconds",
+        Unit::Seconds,
+        "Time counting one prompt's tokens (admitted requests and count_tokens)"
+    );
     describe_histogram!(
         "gateway_overhead_seconds",
         Unit::Seconds,
@@ -180,7 +191,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "gateway_rate_limited_total",
-        "Requests refused by a limit, by kind"
+        "Requests refused by a limit, by kind: auth, concurrency, requests, counts, tokens, bodies"
     );
     describe_counter!(
         "gateway_context_length_exceeded_total",

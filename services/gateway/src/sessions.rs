@@ -41,10 +41,11 @@ pub async fn create(
     {
         Created::Yes => {}
         Created::LimitReached { retry_after } => {
-            state.audit.record(
+            state.audit.record_repeated(
                 "security_violation",
                 json!({"client_ip": peer.ip().to_string(), "violation_type": "session_limit",
                        "details": format!("{} sessions already live", state.settings.max_sessions)}),
+                &["details"],
             );
             return Err(Error::SessionLimit {
                 message: format!(

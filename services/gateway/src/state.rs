@@ -18,6 +18,8 @@ pub struct AppState {
     pub agent: AgentClient,
     pub audit: Audit,
     pub concurrency: Arc<Semaphore>,
+    /// Bytes of request bodies in flight (`MAX_BODY_BYTES_IN_FLIGHT`, `generate/body.rs`).
+    pub bodies: crate::generate::body::Budget,
     pub started: Instant,
     /// Fires when shutdown begins: stop taking new work.
     pub shutdown: CancellationToken,

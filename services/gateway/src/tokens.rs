@@ -46,9 +46,16 @@ fn text_bytes(value: &Value) -> usize {
 
 /// Prompt tokens of a request for the agent: a chat's messages and tools, or a completion's
 /// prompt, suffix and system text. Large prompts are counted on the blocking pool; the payload
-/// is handed back unchanged.
+/// is handed back unchanged. Each count is timed in `gateway_prompt_count_seconds`.
 pub async fn count_payload(payload: Payload) -> Result<(Payload, u64), crate::error::Error> {
     ready().await;
+    let started = std::time::Instant::now();
+    let counted = count_where_it_fits(payload).await;
+    metrics::histogram!("gateway_prompt_count_seconds").record(started.elapsed().as_secs_f64());
+    counted
+}
+
+async fn count_where_it_fits(payload: Payload) -> Result<(Payload, u64), crate::error::Error> {
     let bytes = match &payload {
         Payload::Chat {
             messages,

@@ -111,11 +111,12 @@ async fn mcp_auth(
         Ok(()) => next.run(request).await,
         Err((why, fingerprint)) => {
             metrics::auth_failed("mcp");
-            app.broker.audit.record(
+            app.broker.audit.record_repeated(
                 "authentication",
                 json!({"client_ip": addr.ip().to_string(), "endpoint": "mcp",
                        "credential": "mcp_http_token", "key_fingerprint": fingerprint,
                        "success": false, "reason": why.as_str()}),
+                &["key_fingerprint"],
             );
             let body = json!({"error": {
                 "message": format!("/mcp: {}", why.message("MCP_HTTP_TOKEN")),

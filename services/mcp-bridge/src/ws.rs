@@ -48,11 +48,12 @@ pub async fn upgrade(
     if let Err((why, fingerprint)) = app.bridge_token.check(&headers, addr.ip()) {
         metrics::auth_failed("ws");
         tracing::warn!(%addr, reason = why.as_str(), "bridge-agent connection refused");
-        broker.audit.record(
+        broker.audit.record_repeated(
             "authentication",
             json!({"client_ip": addr.ip().to_string(), "endpoint": "bridge_ws",
                    "credential": "mcp_bridge_token", "key_fingerprint": fingerprint,
                    "success": false, "reason": why.as_str()}),
+            &["key_fingerprint"],
         );
         let body = json!({"error": {"message": why.message("MCP_BRIDGE_TOKEN"),
                                      "type": "authentication_error", "code": "invalid_bridge_token"}});

@@ -17,7 +17,8 @@ use crate::generate::{self, drive, Ask, Job, Piece};
 use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
 use crate::state::Shared;
-use crate::{tokens, validate};
+use crate::validate;
+use provider_shared::bridge::Payload;
 
 pub mod convert;
 mod events;
@@ -112,21 +113,31 @@ pub async fn messages(
     ))
 }
 
-/// `{"input_tokens": n}`, counted the way requests are counted for the token budget. Counting
-/// takes nothing from the rate limits.
+/// `{"input_tokens": n}`, counted the way requests are counted for the token budget. The key or
+/// a session only (counting reaches no agent, so keyless callers have no use for it); the body
+/// within the same bounds as a generating request's; admitted like one (a concurrency permit,
+/// one request from a bucket of its own at `RATE_LIMIT_RPM`) before anything is counted.
 pub async fn count_tokens(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, AnthropicError> {
-    let (_caller, body) = generate::arrive(&state, &headers, peer, body).await?;
+    let accept = crate::auth::Accept::KeyOrSession;
+    let (caller, body) = generate::arrive_as(&state, &headers, peer, body, accept).await?;
     let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
     let request = convert::request(&obj, &limits, Purpose::CountTokens)?;
     state.models.resolve(&request.model)?;
-    tokens::ready().await;
-    let input_tokens = tokens::count_prompt(&request.messages, request.tools.as_ref());
+    let mut parameters = serde_json::Map::new();
+    if let Some(tools) = request.tools {
+        parameters.insert("tools".into(), tools);
+    }
+    let payload = Payload::Chat {
+        messages: request.messages,
+        parameters,
+    };
+    let input_tokens = caller.count(&state, payload).await?;
     Ok(Json(json!({"input_tokens": input_tokens})))
 }
 

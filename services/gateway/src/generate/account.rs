@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use provider_shared::bridge::Usage;
+use provider_shared::bridge::{codes, Usage};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -84,7 +84,7 @@ impl Accounting {
         metrics::histogram!("gateway_chat_duration_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("gateway_chat_requests_total",
             "stream" => if self.stream { "true" } else { "false" },
-            "outcome" => outcome.to_owned())
+            "outcome" => outcome_label(outcome))
         .increment(1);
         metrics::counter!("gateway_tokens_total", "kind" => "prompt")
             .increment(usage.prompt_tokens);
@@ -158,6 +158,28 @@ impl Drop for Accounting {
     }
 }
 
+/// The `outcome` label of `gateway_chat_requests_total`: `ok`, and the codes the gateway, the
+/// transport and mcp-bridge give, as they are; any other code (one the agent chose in
+/// `fail_request`) is `other`, so that the agent cannot add series. The audit log and the status
+/// page keep the code itself.
+pub fn outcome_label(outcome: &str) -> &'static str {
+    const OWN: &[&str] = &[
+        "ok",
+        "agent_error",
+        "agent_timeout",
+        "sampling_failed",
+        "invalid_request",
+        "bridge_agent_disconnected",
+        "bridge_agent_unavailable",
+        "internal_error",
+    ];
+    OWN.iter()
+        .chain(codes::TRANSPORT)
+        .find(|code| **code == outcome)
+        .copied()
+        .unwrap_or("other")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +195,21 @@ mod tests {
         let modest = usage(100, 30);
         assert_eq!(clamp(modest, 120, 64), modest);
         assert_eq!(usage(u64::MAX, 1).total_tokens, u64::MAX);
+    }
+
+    #[test]
+    fn outcomes_the_agent_invents_are_one_label() {
+        for known in [
+            "ok",
+            "cancelled",
+            "slow_client",
+            "agent_error",
+            "response_timeout",
+        ] {
+            assert_eq!(outcome_label(known), known);
+        }
+        for invented in ["my_code_1", "my_code_2", "x"] {
+            assert_eq!(outcome_label(invented), "other");
+        }
     }
 }

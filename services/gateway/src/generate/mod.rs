@@ -12,13 +12,15 @@ use crate::error::Error;
 use crate::ratelimit::RateHeaders;
 
 mod account;
+pub mod body;
 pub mod drive;
 mod outbox;
 pub mod overhead;
 mod preamble;
 
+pub use body::{read_body, SMALL_BODY_BYTES};
 pub use drive::{Piece, Pieces};
-pub use preamble::{arrive, check_context, read_body, Arrival};
+pub use preamble::{arrive, arrive_as, check_context, Arrival};
 
 /// What every request asks for, whatever its API calls the fields.
 #[derive(Debug, Clone)]

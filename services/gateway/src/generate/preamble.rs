@@ -3,14 +3,20 @@
 //!
 //! 1. [`arrive`]: authenticate the caller (API key, session token, or nobody on a gateway that
 //!    allows keyless generation; failures audited and throttled per address), then read the body
-//!    within `MAX_BODY_BYTES`. Nothing of the body is read for a caller who is refused.
+//!    within `MAX_BODY_BYTES` and the budget for bodies in flight (`body.rs`). Nothing of the
+//!    body is read for a caller who is refused, nor of a body declared larger than the cap.
 //! 2. The route parses and checks the body in its own API's terms and builds a [`Job`].
 //! 3. [`Arrival::start`]: the model the job names is resolved (`models.rs`), then admission, which
 //!    costs little and bounds what follows: refused while shutting down, a
 //!    `MAX_CONCURRENT_REQUESTS` permit, one request from the client's request-rate bucket. Only an
 //!    admitted request has its prompt counted (the costly step, run on the blocking pool when
 //!    large), then checked against `CONTEXT_WINDOW`, then its tokens reserved from the client's
-//!    token bucket; then it goes to the agent.
+//!    token bucket; then it goes to the agent. The body's room in the budget is given back once
+//!    the request is with bridge-agent or refused.
+//!
+//! `count_tokens` runs the same steps with [`Arrival::count`]: the key or a session (never
+//! keyless), the body within the same bounds, the same admission (from a bucket of its own),
+//! then the count.
 //!
 //! Refusals along the way are `Error`s, rendered by each API in its own shape and logged and
 //! counted in one place for every route (`status/mod.rs` `record_errors`).
@@ -23,78 +29,90 @@ use provider_shared::bridge::{codes, ModelInvoke, ModelMeta, Payload};
 use serde_json::json;
 
 use super::account::Accounting;
+use super::body::{read_within_budget, Reservation};
 use super::{drive, overhead, unix_seconds, Job, Running};
-use crate::auth::Principal;
+use crate::auth::{Accept, Principal};
 use crate::error::Error;
 use crate::ratelimit::{RateHeaders, Take};
 use crate::secrets::random_hex;
 use crate::state::{AppState, Shared};
 
-/// An authenticated caller of a generating route, and when its request began.
+/// An authenticated caller, when its request began, and its body's room in the budget.
 pub struct Arrival {
     pub principal: Principal,
     pub peer: SocketAddr,
     pub started: Instant,
+    _body: Reservation,
 }
 
-/// Step 1: the caller, authenticated before anything else, and the body, read within the cap.
+/// Step 1 of a generating route: the caller, authenticated before anything else, and the body,
+/// read within the cap and the budget.
 pub async fn arrive(
     state: &Shared,
     headers: &HeaderMap,
     peer: SocketAddr,
     body: Body,
 ) -> Result<(Arrival, bytes::Bytes), Error> {
+    let accept = crate::auth::for_generation(state);
+    arrive_as(state, headers, peer, body, accept).await
+}
+
+/// Step 1 for callers `accept` names.
+pub async fn arrive_as(
+    state: &Shared,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: Body,
+    accept: Accept,
+) -> Result<(Arrival, bytes::Bytes), Error> {
     let started = Instant::now();
-    let principal = crate::auth::authenticate(
-        state,
-        headers,
-        peer.ip(),
-        crate::auth::for_generation(state),
-    )
-    .await?;
-    let body = read_body(body, state.settings.max_body_bytes).await?;
+    let principal = crate::auth::authenticate(state, headers, peer.ip(), accept).await?;
+    let (body, room) =
+        read_within_budget(body, state.settings.max_body_bytes, &state.bodies).await?;
     Ok((
         Arrival {
             principal,
             peer,
             started,
+            _body: room,
         },
         body,
     ))
 }
 
-/// Reads a request body up to `limit` bytes.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        if is_length_limit(&err) {
-            Error::BodyTooLarge { limit }
-        } else {
-            Error::invalid(format!("could not read the request body: {err}"), None)
-        }
-    })
+/// The rate-limit bucket a request takes one from at admission.
+#[derive(Debug, Clone, Copy)]
+pub enum Bucket {
+    /// Generating requests (`RATE_LIMIT_RPM`).
+    Requests,
+    /// `count_tokens`, with the same rate in a bucket of its own.
+    Counts,
 }
 
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
+impl Bucket {
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::Requests => "requests",
+            Bucket::Counts => "counts",
         }
-        source = e.source();
     }
-    false
+
+    fn key(self, client: &str) -> String {
+        match self {
+            Bucket::Requests => format!("rpm:{client}"),
+            Bucket::Counts => format!("count:{client}"),
+        }
+    }
 }
 
 impl Arrival {
-    /// Step 3: resolves the job's model, admits it, counts and checks it, reserves its tokens
-    /// and sends it to the agent.
-    pub async fn start(&self, state: &Shared, job: Job) -> Result<Running, Error> {
-        state.models.resolve(&job.ask.model)?;
-        let kind = match &job.payload {
-            Payload::Chat { .. } => "chat",
-            Payload::Completion { .. } => "completion",
-        };
-        // Admission.
+    /// Admission, which costs little and bounds what follows: refused while shutting down, a
+    /// `MAX_CONCURRENT_REQUESTS` permit, one request from the client's `bucket`.
+    async fn admit(
+        &self,
+        state: &Shared,
+        bucket: Bucket,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Take), Error> {
         if state.shutdown.is_cancelled() {
             return Err(Error::Agent {
                 status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -109,8 +127,29 @@ impl Arrival {
                 limit: state.settings.max_concurrent_requests,
             }
         })?;
+        let client = self.principal.client(state);
+        let requests = take_request(state, client, self.peer, bucket).await?;
+        Ok((permit, requests))
+    }
+
+    /// `count_tokens`' step 3: admitted like a generating request (from its own bucket), then
+    /// the prompt counted.
+    pub async fn count(self, state: &Shared, payload: Payload) -> Result<u64, Error> {
+        let (_permit, _) = self.admit(state, Bucket::Counts).await?;
+        let (_, tokens) = crate::tokens::count_payload(payload).await?;
+        Ok(tokens)
+    }
+
+    /// Step 3: resolves the job's model, admits it, counts and checks it, reserves its tokens
+    /// and sends it to the agent.
+    pub async fn start(self, state: &Shared, job: Job) -> Result<Running, Error> {
+        state.models.resolve(&job.ask.model)?;
+        let kind = match &job.payload {
+            Payload::Chat { .. } => "chat",
+            Payload::Completion { .. } => "completion",
+        };
+        let (permit, requests) = self.admit(state, Bucket::Requests).await?;
         let client = self.principal.client(state).to_owned();
-        let requests = take_request(state, &client, self.peer).await?;
 
         // What it costs.
         let (mut payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
@@ -241,11 +280,16 @@ pub fn reservation(prompt_tokens: u64, output: u64, tpm: u64) -> u64 {
     prompt_tokens.saturating_add(output).min(tpm)
 }
 
-/// Takes one request from the client's request-rate bucket, or explains the 429.
-async fn take_request(state: &AppState, client: &str, peer: SocketAddr) -> Result<Take, Error> {
+/// Takes one request from the client's `bucket` (at `RATE_LIMIT_RPM`), or explains the 429.
+async fn take_request(
+    state: &AppState,
+    client: &str,
+    peer: SocketAddr,
+    bucket: Bucket,
+) -> Result<Take, Error> {
     let requests = state
         .store
-        .take(&format!("rpm:{client}"), state.rpm_spec(), 1)
+        .take(&bucket.key(client), state.rpm_spec(), 1)
         .await?;
     if requests.allowed {
         return Ok(requests);
@@ -254,11 +298,11 @@ async fn take_request(state: &AppState, client: &str, peer: SocketAddr) -> Resul
         .store
         .peek(&format!("tpm:{client}"), state.tpm_spec())
         .await?;
-    metrics::counter!("gateway_rate_limited_total", "kind" => "requests").increment(1);
+    metrics::counter!("gateway_rate_limited_total", "kind" => bucket.name()).increment(1);
     audit_limit(
         state,
         peer,
-        "requests",
+        bucket.name(),
         state.settings.rpm,
         state.settings.rpm,
     );
@@ -320,9 +364,10 @@ fn headers_of(state: &AppState, requests: &Take, tokens: &Take) -> RateHeaders {
 }
 
 fn audit_limit(state: &AppState, peer: SocketAddr, kind: &str, current: u64, limit: u64) {
-    state.audit.record(
+    state.audit.record_repeated(
         "rate_limit_exceeded",
         json!({"client_ip": peer.ip().to_string(), "limit_type": kind, "current": current, "limit": limit}),
+        &["current", "limit"],
     );
 }
 

@@ -177,8 +177,9 @@ pub async fn ps(State(state): State<Shared>) -> Json<Value> {
     Json(json!({ "models": models }))
 }
 
+/// Answered without a key, so its body is read within `SMALL_BODY_BYTES` only.
 pub async fn show(State(state): State<Shared>, body: Body) -> Result<Json<Value>, OllamaError> {
-    let body = crate::generate::read_body(body, state.settings.max_body_bytes).await?;
+    let body = crate::generate::read_body(body, crate::generate::SMALL_BODY_BYTES).await?;
     let request = object(&body)?;
     state.models.resolve(&requested_model(&request)?)?;
     let window = state.settings.context_window;
