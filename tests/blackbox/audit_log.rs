@@ -44,9 +44,11 @@ async fn the_audit_log_rotates_by_size_and_reopens_on_sighup() {
     let path = gw.audit_path().unwrap().to_owned();
     // Sessions made and ended: events written one line each (refusals would be coalesced).
     let sessions = 20;
+    let mut last = String::new();
     for _ in 0..sessions {
         let session = gw.create_session().await;
         let id = session["session_id"].as_str().unwrap();
+        last = id.to_owned();
         let resp = gw
             .delete(&format!("/v1/sessions/{id}"), Some(KEY))
             .send()
@@ -54,6 +56,19 @@ async fn the_audit_log_rotates_by_size_and_reopens_on_sighup() {
             .unwrap();
         assert_eq!(resp.status(), 200);
     }
+    // The last line written means every rotation before it is complete (the counters below
+    // can be read while the writer is still moving files for a later line).
+    wait_for(
+        SOON,
+        "the last session's revocation in the file",
+        || async {
+            records(&path)
+                .iter()
+                .any(|r| r["event_type"] == "session_revoked" && r["session_id"] == last.as_str())
+                .then_some(())
+        },
+    )
+    .await;
     let health = gw.url("/health");
     let audit = audit_health(&health, "40 lines written, rotated", |a| {
         a["written"].as_u64() >= Some(2 * sessions) && a["rotations"].as_u64() >= Some(3)
