@@ -211,6 +211,21 @@ async fn claude_code_writes_a_file_through_the_whole_chain() {
     assert!(handled
         .iter()
         .any(|h| h["roles"].as_array().unwrap().last().unwrap() == "tool"));
+    // With the default token budget (100,000 a minute) a request asking 128,000 output tokens
+    // reserves the whole bucket, so a turn that follows another within the minute may be
+    // refused for tokens once; Claude Code waits the Retry-After and tries again (it finished
+    // above). Nothing else is refused.
+    let limited: Vec<_> = stack
+        .gateway
+        .audit()
+        .into_iter()
+        .filter(|v| v["event_type"] == "rate_limit_exceeded")
+        .collect();
+    println!("rate-limit refusals: {}", limited.len());
+    assert!(
+        limited.iter().all(|v| v["limit_type"] == "tokens"),
+        "{limited:?}"
+    );
 }
 
 #[tokio::test]
