@@ -193,10 +193,10 @@ fn responses_roles(b: &Value) -> Vec<String> {
                     });
                 match kind {
                     "message" => roles.push(item["role"].as_str().unwrap_or("").to_owned()),
-                    "function_call" | "custom_tool_call" => {
-                        if roles.last().map(String::as_str) != Some("assistant") {
-                            roles.push("assistant".into());
-                        }
+                    "function_call" | "custom_tool_call"
+                        if roles.last().map(String::as_str) != Some("assistant") =>
+                    {
+                        roles.push("assistant".into());
                     }
                     "function_call_output" | "custom_tool_call_output" => roles.push("tool".into()),
                     _ => {}
