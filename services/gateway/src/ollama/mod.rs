@@ -36,6 +36,13 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/show", post(show))
         .route("/api/chat", post(chat::chat))
         .route("/api/generate", post(generate::generate))
+        .route("/api/hello", get(hello))
+}
+
+/// `HEAD /api/hello`, without a key: Claude Code's connectivity check at start (it sends it to
+/// its base URL before its first request). Answered so that it is not logged as a refusal.
+pub async fn hello() -> Json<Value> {
+    Json(json!({"message": "hello"}))
 }
 
 /// Whether `path` is Ollama's, so that its errors are answered in Ollama's shape.

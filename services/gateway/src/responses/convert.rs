@@ -278,7 +278,7 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
                 }
                 out.push(message);
             }
-            "function_call" => {
+            "function_call" | "custom_tool_call" => {
                 let call_id = string_field(&at, item, "call_id")?;
                 let name = string_field(&at, item, "name")?;
                 // A namespaced tool's call (Codex sends `namespace` beside `name`), under the
@@ -287,10 +287,15 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
                     Some(ns) => super::tools::ToolNames::flat(ns, &name),
                     None => name,
                 };
-                let arguments = match item.get("arguments") {
-                    Some(Value::String(s)) => s.clone(),
-                    None | Some(Value::Null) => "{}".to_owned(),
-                    Some(other) => other.to_string(),
+                let arguments = if kind == "custom_tool_call" {
+                    // A free-form tool's input, as the agent was offered the tool: one string.
+                    json!({"input": string_field(&at, item, "input")?}).to_string()
+                } else {
+                    match item.get("arguments") {
+                        Some(Value::String(s)) => s.clone(),
+                        None | Some(Value::Null) => "{}".to_owned(),
+                        Some(other) => other.to_string(),
+                    }
                 };
                 let call = json!({"id": call_id, "type": "function",
                                   "function": {"name": name, "arguments": arguments}});
@@ -312,7 +317,7 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
                     }
                 }
             }
-            "function_call_output" => {
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = string_field(&at, item, "call_id")?;
                 let output = match item.get("output") {
                     Some(Value::String(s)) => s.clone(),
@@ -330,6 +335,8 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
                 };
                 out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
             }
+            // Its tools are read with `tools` (tools.rs).
+            "additional_tools" => {}
             "reasoning" => {
                 for key in ["summary", "content"] {
                     if let Some(Value::Array(parts)) = item.get(key) {
@@ -346,7 +353,7 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, Error> {
             other => {
                 return Err(invalid(
                     &format!("{at}.type"),
-                    format!("expected message, function_call, function_call_output or reasoning, got {}", validate::quoted(other)),
+                    format!("expected message, function_call, function_call_output, custom_tool_call, custom_tool_call_output, additional_tools or reasoning, got {}", validate::quoted(other)),
                 ))
             }
         }
@@ -544,6 +551,47 @@ mod tests {
         assert_eq!(
             r.tool_names.split("multi_agent_v1__spawn_agent"),
             Some(("multi_agent_v1", "spawn_agent"))
+        );
+    }
+
+    #[test]
+    fn codex_free_form_calls_and_their_outputs_are_a_tool_round_trip_for_the_agent() {
+        let r = parse(json!({"model": "m", "stream": true,
+            "input": [
+                {"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [
+                    {"type": "namespace", "name": "functions", "description": "", "tools": [
+                        {"type": "custom", "name": "exec", "description": "Runs JavaScript.",
+                         "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}]}]},
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write it"}]},
+                {"type": "custom_tool_call", "id": "ctc_1", "status": "completed", "call_id": "c1",
+                 "name": "exec", "namespace": "functions", "input": "await tools.apply_patch(\"…\")"},
+                {"type": "custom_tool_call_output", "id": "ctco_1", "call_id": "c1",
+                 "output": [{"type": "input_text", "text": "Script completed"}, {"type": "input_text", "text": "{}"}]}]}))
+        .unwrap();
+        let roles: Vec<&str> = r
+            .messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["developer", "user", "assistant", "tool"]);
+        let call = &r.messages[2]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "functions__exec");
+        assert_eq!(
+            call["function"]["arguments"],
+            json!({"input": "await tools.apply_patch(\"…\")"}).to_string()
+        );
+        assert_eq!(r.messages[3]["tool_call_id"], "c1");
+        assert_eq!(r.messages[3]["content"], "Script completed{}");
+        assert_eq!(
+            r.parameters["tools"][0]["function"]["name"],
+            "functions__exec"
+        );
+        assert!(r.tool_names.is_free_form("functions__exec"));
+        assert_eq!(
+            param_of(json!({"model": "m", "input": [
+                {"type": "custom_tool_call", "call_id": "c", "name": "exec"}]})),
+            "input[0].input"
         );
     }
 

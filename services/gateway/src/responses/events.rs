@@ -1,23 +1,26 @@
 //! The Responses API's typed stream: every event carries its `type` (also as the SSE `event:`
 //! name) and a `sequence_number` counting from 0. Each part of the answer is one output item:
 //! thinking a `reasoning` item (its text as a summary), text a `message` with one `output_text`
-//! part, each tool call a `function_call`.
+//! part, each tool call a `function_call`, or a `custom_tool_call` for a free-form tool (its
+//! input as one text: `response.custom_tool_call_input.delta` and `.done` when the call is
+//! whole, since the agent's arguments are JSON until then).
 use bytes::Bytes;
 use provider_shared::bridge::{Delta, Usage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::tools::ToolNames;
+use super::tools::{free_form_input, ToolNames};
 use super::{status_of, Ending, Shell};
 use crate::error::Error;
 use crate::openai::frame;
 use crate::parts::{Kind, Part, Parts, Step};
 use crate::secrets::random_hex;
 
-pub fn item_id(part: &Part) -> String {
+pub fn item_id(part: &Part, names: &ToolNames) -> String {
     let prefix = match part.kind {
         Kind::Thinking => "rs_",
         Kind::Text => "msg_",
+        Kind::Call(_) if names.is_free_form(&part.name) => "ctc_",
         Kind::Call(_) => "fc_",
     };
     format!("{prefix}{}", random_hex(12))
@@ -44,6 +47,22 @@ pub fn item(part: &Part, id: &str, status: &str, names: &ToolNames) -> Value {
             };
             json!({"type": "message", "id": id, "status": status, "role": "assistant",
                    "content": content})
+        }
+        Kind::Call(_) if names.is_free_form(&part.name) => {
+            let input = if done {
+                free_form_input(&part.text)
+            } else {
+                String::new()
+            };
+            let mut call = json!({
+                "type": "custom_tool_call", "id": id, "call_id": part.call_id, "name": part.name,
+                "input": input, "status": status,
+            });
+            if let Some((namespace, name)) = names.split(&part.name) {
+                call["name"] = json!(name);
+                call["namespace"] = json!(namespace);
+            }
+            call
         }
         Kind::Call(_) => {
             let mut call = json!({
@@ -164,7 +183,7 @@ impl Render {
         let mut out = Vec::new();
         for step in steps {
             if let Step::Append(at, range) = &step {
-                out.push(self.append(*at, range));
+                out.extend(self.append(*at, range));
                 continue;
             }
             for value in self.step(step) {
@@ -174,8 +193,14 @@ impl Render {
         out
     }
 
-    fn append(&mut self, at: usize, range: &std::ops::Range<usize>) -> Bytes {
-        let (kind, summary_index, content_index, logprobs) = match self.parts.list[at].kind {
+    /// The event for appended text; none for a free-form call, whose input is whole only once
+    /// its JSON arguments are.
+    fn append(&mut self, at: usize, range: &std::ops::Range<usize>) -> Option<Bytes> {
+        let part = &self.parts.list[at];
+        if matches!(part.kind, Kind::Call(_)) && self.shell.tool_names.is_free_form(&part.name) {
+            return None;
+        }
+        let (kind, summary_index, content_index, logprobs) = match part.kind {
             Kind::Thinking => ("response.reasoning_summary_text.delta", Some(0), None, None),
             Kind::Text => ("response.output_text.delta", None, Some(0), Some([])),
             Kind::Call(_) => ("response.function_call_arguments.delta", None, None, None),
@@ -191,14 +216,14 @@ impl Render {
             sequence_number: self.sequence,
         };
         self.sequence += 1;
-        frame(Some(kind), &event)
+        Some(frame(Some(kind), &event))
     }
 
     fn step(&mut self, step: Step) -> Vec<Value> {
         match step {
             Step::Open(at) => {
                 let part = &self.parts.list[at];
-                let id = item_id(part);
+                let id = item_id(part, &self.shell.tool_names);
                 self.ids.push(id.clone());
                 let added = json!({"type": "response.output_item.added", "output_index": at,
                                    "item": item(part, &id, "in_progress", &self.shell.tool_names)});
@@ -242,6 +267,16 @@ impl Render {
                                "part": output_text(&part.text)}),
                         done,
                     ],
+                    Kind::Call(_) if self.shell.tool_names.is_free_form(&part.name) => {
+                        let input = &done["item"]["input"];
+                        vec![
+                            json!({"type": "response.custom_tool_call_input.delta", "item_id": id,
+                                   "output_index": at, "delta": input}),
+                            json!({"type": "response.custom_tool_call_input.done", "item_id": id,
+                                   "output_index": at, "input": input}),
+                            done,
+                        ]
+                    }
                     Kind::Call(_) => vec![
                         json!({"type": "response.function_call_arguments.done", "item_id": id,
                                "output_index": at, "name": done["item"]["name"],
@@ -298,5 +333,71 @@ mod tests {
                 "content_index": 0, "delta": "Hi", "logprobs": [],
                 "sequence_number": events.len() + 1})
         );
+    }
+
+    #[test]
+    fn a_free_form_call_streams_as_a_custom_tool_call_with_its_input_whole() {
+        let obj = json!({"tools": [{"type": "namespace", "name": "functions", "tools": [
+            {"type": "custom", "name": "exec"}]}]});
+        let names = crate::responses::tools::tools(obj.as_object().unwrap())
+            .unwrap()
+            .names;
+        let mut r = Render::new(Shell {
+            id: "resp_1".into(),
+            created_at: 1,
+            model: "m".into(),
+            max_output_tokens: None,
+            echo: Echo::default(),
+            tool_names: names,
+        });
+        r.start();
+        let mut events: Vec<(String, Value)> = Vec::new();
+        for piece in [r#"{"inp"#, r#"ut": "text(1)"}"#] {
+            let delta: Delta = serde_json::from_value(json!({"tool_calls": [{"index": 0,
+                "id": "call_1", "type": "function",
+                "function": {"name": "functions__exec", "arguments": piece}}]}))
+            .unwrap();
+            events.extend(r.delta(&delta).iter().map(parse));
+        }
+        let usage = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            total_tokens: 2,
+        };
+        events.extend(r.done("tool_calls", &usage).iter().map(parse));
+        let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.output_item.added",
+                "response.custom_tool_call_input.delta",
+                "response.custom_tool_call_input.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let added = &events[0].1["item"];
+        assert_eq!(
+            (
+                &added["type"],
+                &added["input"],
+                &added["name"],
+                &added["namespace"]
+            ),
+            (
+                &json!("custom_tool_call"),
+                &json!(""),
+                &json!("exec"),
+                &json!("functions")
+            )
+        );
+        assert!(added["id"].as_str().unwrap().starts_with("ctc_"));
+        assert_eq!(events[2].1["input"], "text(1)");
+        let done = &events[3].1["item"];
+        assert_eq!(
+            (&done["input"], &done["call_id"], &done["status"]),
+            (&json!("text(1)"), &json!("call_1"), &json!("completed"))
+        );
+        assert_eq!(events[4].1["response"]["output"][0], *done);
     }
 }

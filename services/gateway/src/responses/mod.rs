@@ -185,7 +185,10 @@ async fn whole(state: &Shared, running: Running, shell: Shell) -> Result<Respons
     let output = parts
         .list
         .iter()
-        .map(|part| events::item(part, &events::item_id(part), "completed", &shell.tool_names))
+        .map(|part| {
+            let id = events::item_id(part, &shell.tool_names);
+            events::item(part, &id, "completed", &shell.tool_names)
+        })
         .collect();
     let (status, incomplete) = status_of(&finish_reason);
     let body = shell.object(
