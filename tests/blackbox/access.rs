@@ -255,6 +255,35 @@ pub async fn tokens_per_minute_reserve_max_tokens_until_the_answer_on(store: Bac
 }
 
 #[tokio::test]
+async fn a_large_output_cap_reserves_only_the_output_reservation() {
+    let stack = Stack::start_with(|a| a, |g| g.env("RATE_LIMIT_TPM", 20_000)).await;
+    let gw = &stack.gateway;
+    let remaining = |r: &reqwest::Response| -> u64 {
+        r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Claude Code's cap: held while the answer runs, it takes the prompt and 8192 (the
+    // default RATE_LIMIT_OUTPUT_RESERVATION), not the whole budget.
+    let mut claude = chat_body("[[hang]] one turn", true);
+    claude["max_tokens"] = json!(128_000);
+    let held = gw.chat(claude.clone()).await;
+    assert_eq!(held.status(), 200);
+    let cost = 20_000 - remaining(&held);
+    assert!((8192..8300).contains(&cost), "{cost}");
+    // So a second turn fits beside it.
+    let second = gw.chat(claude).await;
+    assert_eq!(second.status(), 200);
+    assert!(
+        remaining(&second) < 20_000 - 2 * 8192,
+        "{}",
+        remaining(&second)
+    );
+}
+
+#[tokio::test]
 async fn past_the_concurrency_cap_a_503_with_retry_after() {
     let stack = Stack::start_with(|a| a, |g| g.env("MAX_CONCURRENT_REQUESTS", 1)).await;
     let held = stack.gateway.chat(chat_body("[[hang]] busy", true)).await;

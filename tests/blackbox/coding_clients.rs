@@ -212,9 +212,8 @@ async fn claude_code_writes_a_file_through_the_whole_chain() {
         .iter()
         .any(|h| h["roles"].as_array().unwrap().last().unwrap() == "tool"));
     // With the default token budget (100,000 a minute) a request asking 128,000 output tokens
-    // reserves the whole bucket, so a turn that follows another within the minute may be
-    // refused for tokens once; Claude Code waits the Retry-After and tries again (it finished
-    // above). Nothing else is refused.
+    // reserves its prompt and RATE_LIMIT_OUTPUT_RESERVATION (8192) of output, so the turns of a
+    // task follow each other without a 429.
     let limited: Vec<_> = stack
         .gateway
         .audit()
@@ -222,10 +221,7 @@ async fn claude_code_writes_a_file_through_the_whole_chain() {
         .filter(|v| v["event_type"] == "rate_limit_exceeded")
         .collect();
     println!("rate-limit refusals: {}", limited.len());
-    assert!(
-        limited.iter().all(|v| v["limit_type"] == "tokens"),
-        "{limited:?}"
-    );
+    assert!(limited.is_empty(), "{limited:?}");
 }
 
 #[tokio::test]

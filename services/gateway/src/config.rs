@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub rate_limit_burst: Bounded<1, 1_000_000_000>,
     pub rate_limit_tpm: Bounded<1, 1_000_000_000_000>,
     pub default_max_tokens: Bounded<1, 1_000_000>,
+    pub rate_limit_output_reservation: Bounded<0, 100_000_000>,
     pub auth_failure_limit: Bounded<1, 1_000_000>,
     pub model_name: String,
     pub model_aliases: Option<String>,
@@ -87,6 +88,7 @@ impl Default for RawConfig {
             rate_limit_burst: Bounded(10),
             rate_limit_tpm: Bounded(100_000),
             default_max_tokens: Bounded(1024),
+            rate_limit_output_reservation: Bounded(8192),
             auth_failure_limit: Bounded(10),
             model_name: "cursor-agent-local".into(),
             model_aliases: None,
@@ -259,6 +261,8 @@ pub struct Settings {
     pub burst: u64,
     pub tpm: u64,
     pub default_max_tokens: u64,
+    /// The most of a request's output cap its token reservation holds (`RATE_LIMIT_OUTPUT_RESERVATION`).
+    pub output_reservation: u64,
     pub auth_failure_limit: u64,
     pub model_name: String,
     /// Which other model names are answered by the one agent (`MODEL_ALIASES`).
@@ -483,6 +487,7 @@ impl Settings {
             burst: raw.rate_limit_burst.0,
             tpm: raw.rate_limit_tpm.0,
             default_max_tokens: raw.default_max_tokens.0,
+            output_reservation: raw.rate_limit_output_reservation.0,
             auth_failure_limit: raw.auth_failure_limit.0,
             model_name: raw.model_name.trim().to_owned(),
             model_aliases: ModelAliases::parse(raw.model_aliases.as_deref())?,

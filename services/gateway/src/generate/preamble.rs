@@ -158,7 +158,12 @@ impl Arrival {
             .max_tokens
             .unwrap_or(state.settings.default_max_tokens);
         check_context(&state.settings, &payload, prompt_tokens, output)?;
-        let reserved = reservation(prompt_tokens, output, state.settings.tpm);
+        let reserved = reservation(
+            prompt_tokens,
+            output,
+            state.settings.output_reservation,
+            state.settings.tpm,
+        );
         // The most an answer can hold, against which the agent's usage is held.
         let output_cap = job
             .ask
@@ -270,14 +275,17 @@ pub fn check_context(
     })
 }
 
-/// What a request reserves from its client's token bucket: its prompt and the output it asks
-/// for, at most the whole bucket. A request larger than the bucket (a long conversation asking
-/// Claude Code's 32000 output tokens, or a `RATE_LIMIT_TPM` below the context window) waits
-/// for a full bucket rather than being refused: only the context window refuses a request for
-/// its size. What it uses beyond the reservation is charged when it ends (`account.rs`), so the
-/// client's next requests wait that much longer.
-pub fn reservation(prompt_tokens: u64, output: u64, tpm: u64) -> u64 {
-    prompt_tokens.saturating_add(output).min(tpm)
+/// What a request reserves from its client's token bucket: its prompt and the output it may
+/// use (its cap, at most `output_reservation`, `RATE_LIMIT_OUTPUT_RESERVATION`: coding clients ask for
+/// 32,000 to 128,000 output tokens on every request and use a few hundred), at most the whole
+/// bucket. A request larger than the bucket (a long conversation, or a `RATE_LIMIT_TPM` below the
+/// context window) waits for a full bucket rather than being refused: only the context window
+/// refuses a request for its size. What it uses beyond the reservation is charged when it ends
+/// (`account.rs`), so the client's next requests wait that much longer.
+pub fn reservation(prompt_tokens: u64, output: u64, output_reservation: u64, tpm: u64) -> u64 {
+    prompt_tokens
+        .saturating_add(output.min(output_reservation))
+        .min(tpm)
 }
 
 /// Takes one request from the client's `bucket` (at `RATE_LIMIT_RPM`), or explains the 429.
@@ -427,11 +435,15 @@ mod tests {
 
     #[test]
     fn a_reservation_is_at_most_the_whole_bucket() {
-        // Claude Code: an 11k prompt asking 32000 out of the default 100000 a minute.
-        assert_eq!(reservation(11_000, 32_000, 100_000), 43_000);
+        // Claude Code: an 11k prompt asking 128000 out of the default 100000 a minute holds the
+        // prompt and the default 8192 of output; without the output bound, prompt and cap.
+        assert_eq!(reservation(11_000, 128_000, 8192, 100_000), 19_192);
+        assert_eq!(reservation(11_000, 32_000, u64::MAX, 100_000), 43_000);
+        // A small cap is reserved whole.
+        assert_eq!(reservation(11_000, 500, 8192, 100_000), 11_500);
         // A conversation near the window is never refused for the budget: it takes it all.
-        assert_eq!(reservation(150_000, 32_000, 100_000), 100_000);
-        assert_eq!(reservation(u64::MAX, 1, 100_000), 100_000);
+        assert_eq!(reservation(150_000, 32_000, 8192, 100_000), 100_000);
+        assert_eq!(reservation(u64::MAX, 1, 8192, 100_000), 100_000);
     }
 
     #[tokio::test]
