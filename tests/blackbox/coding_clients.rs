@@ -141,6 +141,44 @@ fn bare(cmd: &mut Command, home: &Path) {
         .env("LANG", "C.UTF-8");
 }
 
+/// The chain and an agent that answers by writing `hello.txt` in `work` with the client's tool.
+struct HelloTask {
+    stack: McpStack,
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+    content: &'static str,
+    agent: Agent,
+}
+
+impl HelloTask {
+    async fn start(python: &Path) -> Self {
+        let stack = McpStack::start().await;
+        let home = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let content = "hello from the agent\n";
+        let agent = Agent::spawn(
+            python,
+            &stack,
+            home.path().join("agent.log"),
+            &[
+                "--dir",
+                work.path().to_str().unwrap(),
+                "--name",
+                "hello.txt",
+                "--content",
+                content,
+            ],
+        );
+        HelloTask {
+            stack,
+            home,
+            work,
+            content,
+            agent,
+        }
+    }
+}
+
 fn assert_written(path: &Path, content: &str, agent: &Agent, out: &std::process::Output) {
     let written = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
@@ -165,23 +203,13 @@ async fn claude_code_writes_a_file_through_the_whole_chain() {
     ) else {
         return;
     };
-    let stack = McpStack::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let content = "hello from the agent\n";
-    let mut agent = Agent::spawn(
-        &python,
-        &stack,
-        home.path().join("agent.log"),
-        &[
-            "--dir",
-            work.path().to_str().unwrap(),
-            "--name",
-            "hello.txt",
-            "--content",
-            content,
-        ],
-    );
+    let HelloTask {
+        stack,
+        home,
+        work,
+        content,
+        mut agent,
+    } = HelloTask::start(&python).await;
     let mut cmd = Command::new(&claude);
     bare(&mut cmd, home.path());
     cmd.current_dir(work.path())
@@ -236,23 +264,13 @@ async fn codex_writes_a_file_through_the_whole_chain() {
     ) else {
         return;
     };
-    let stack = McpStack::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let content = "hello from the agent\n";
-    let mut agent = Agent::spawn(
-        &python,
-        &stack,
-        home.path().join("agent.log"),
-        &[
-            "--dir",
-            work.path().to_str().unwrap(),
-            "--name",
-            "hello.txt",
-            "--content",
-            content,
-        ],
-    );
+    let HelloTask {
+        stack,
+        home,
+        work,
+        content,
+        mut agent,
+    } = HelloTask::start(&python).await;
     // The provider block of docs/clients.md, nothing else.
     let codex_home = home.path().join(".codex");
     std::fs::create_dir_all(&codex_home).unwrap();
