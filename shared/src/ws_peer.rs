@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-pub use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// How long a Close waits for the peer's answering Close.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);

@@ -2,6 +2,7 @@
 //! SIGTERM and restarted once, its WebSocket is dropped once, and five clients stop reading. Every chat either gets exactly the answer a
 //! fault-free run gives (no chunk lost or repeated, one `[DONE]`) or, for the five, exactly one
 //! `slow_client` error; none outlives the gateway's deadline; both services' memory stays bounded.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -13,7 +14,9 @@ use crate::SOON;
 
 const STREAMS: usize = 45;
 const STALLED: usize = 5;
-const STALLED_TEXT: &str = "[[delay:1000]] [[bulk:2500]]";
+/// Held at the peer after a first chunk until the first fault has come and gone
+/// (`ScriptedPeer::hold`).
+const STALLED_TEXT: &str = "[[held]] [[bulk:2500]]";
 
 fn text(k: usize) -> String {
     format!("[[chunks:60]] [[slow:150]] chat number {k}")
@@ -92,9 +95,10 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
     let gateway_before = rss_mib(gateway.service.pid());
 
     // Five clients that stop reading: their responses are held, unread, until the end. Their
-    // 10 MiB answers, far past the buffer, begin a second in, after the first fault (700 ms), so
-    // that the readers are cut off while the faults come. Their own client: the shared one gives
-    // up on a request after 30 s, and these wait longer.
+    // 10 MiB answers, far past the buffer, are held back at the peer until the first fault is
+    // over, so that the readers are cut off while the later faults come. Their own client: the
+    // shared one gives up on a request after 30 s, and these wait longer.
+    peer.hold(true);
     let patient = reqwest::Client::builder().no_proxy().build().unwrap();
     let stalled = join_all((0..STALLED).map(|_| {
         patient
@@ -103,7 +107,15 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
             .json(&chat_body(STALLED_TEXT, true))
             .send()
     }));
-    let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
+    let ended = AtomicUsize::new(0);
+    let chats = join_all((0..STREAMS).map(|k| {
+        let (ended, gateway) = (&ended, &gateway);
+        async move {
+            let done = stream(gateway, text(k)).await;
+            ended.fetch_add(1, Ordering::SeqCst);
+            done
+        }
+    }));
     let socket = agent.socket.clone();
     let port = agent.port;
     let url = peer.url();
@@ -113,9 +125,17 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
     let mut replaced = Vec::new();
     let (peer, gateway) = (&peer, &gateway);
     let mut peak = (0.0_f64, 0.0_f64);
+    let ended = &ended;
     let faults = async {
+        // Every chat and stalled reader in flight at the peer before the first fault.
+        let all_in = peer
+            .wait_until(Duration::from_secs(30), |r| {
+                r.invokes.len() >= 2 * STREAMS + STALLED
+            })
+            .await;
+        assert!(all_in.is_some(), "not every request reached the peer");
         for round in 0..4 {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            let before = peer.record();
             if round == 1 {
                 peer.drop_connections();
             } else {
@@ -138,6 +158,19 @@ async fn fifty_streams_through_two_kills_a_sigterm_restart_a_drop_and_five_stall
             gateway
                 .wait_health("healthy", Duration::from_secs(30))
                 .await;
+            // The next fault once this one's streams were resumed and are moving again (a
+            // chunk for each chat since), unless every chat has ended already.
+            let what = format!("round {round}: streams resumed and moving again");
+            wait_for(Duration::from_secs(30), &what, || async {
+                let r = peer.record();
+                let moving = r.resumes.len() > before.resumes.len()
+                    && r.chunks_sent >= before.chunks_sent + STREAMS;
+                (moving || ended.load(Ordering::SeqCst) == STREAMS).then_some(())
+            })
+            .await;
+            if round == 0 {
+                peer.hold(false);
+            }
             peak.0 = peak.0.max(rss_mib(gateway.service.pid()));
             peak.1 = peak.1.max(rss_mib(agent.service.pid()));
         }

@@ -3,6 +3,7 @@
 //! connection to bridge-agent cut while bridge-agent stays up resumes every stream on the new
 //! connection; a stalled bridge-agent is noticed within seconds; the socket belongs to one
 //! bridge-agent at a time.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -68,13 +69,35 @@ async fn twenty_streams_survive_two_sigterm_restarts_of_bridge_agent_whole_and_o
     // Replaced bridge-agents are kept until the end: the first one's temporary directory holds
     // the socket every later one binds.
     let mut replaced = Vec::new();
-    let chats = join_all((0..STREAMS).map(|k| stream(gateway, text(k))));
+    let ended = AtomicUsize::new(0);
+    let chats = join_all((0..STREAMS).map(|k| {
+        let ended = &ended;
+        async move {
+            let body = stream(gateway, text(k)).await;
+            ended.fetch_add(1, Ordering::SeqCst);
+            body
+        }
+    }));
+    let ended = &ended;
     let restarts = async {
+        let mut resumes_before = peer.record().resumes.len();
         for round in 0..2 {
-            peer.wait_until(SOON, |r| r.invokes.len() >= invokes_before + STREAMS)
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // The streams under way (in the second round, resumed and moving again): a few
+            // chunks of each sent since; on a slow machine they may all have ended by then.
+            let sent_before = peer.record().chunks_sent;
+            wait_for(
+                SOON,
+                &format!("round {round}: streams under way"),
+                || async {
+                    let r = peer.record();
+                    let moving = r.invokes.len() >= invokes_before + STREAMS
+                        && r.resumes.len() >= resumes_before + round.min(1)
+                        && r.chunks_sent >= sent_before + 3 * STREAMS;
+                    (moving || ended.load(Ordering::SeqCst) == STREAMS).then_some(())
+                },
+            )
+            .await;
+            resumes_before = peer.record().resumes.len();
             agent.service.terminate().unwrap();
             if round == 0 {
                 // As a supervisor restarts it: the new one once the old one has exited.
@@ -132,11 +155,16 @@ async fn a_cut_gateway_connection_resumes_every_stream_while_bridge_agent_stays_
     let reference = references(&gateway).await;
     let invokes_before = peer.record().invokes.len();
     let chats = join_all((0..STREAMS).map(|k| stream(&gateway, text(k))));
+    let sent_before = peer.record().chunks_sent;
     let cut = async {
-        peer.wait_until(SOON, |r| r.invokes.len() >= invokes_before + STREAMS)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every stream under way: a few chunks of each sent.
+        let under_way = peer
+            .wait_until(SOON, |r| {
+                r.invokes.len() >= invokes_before + STREAMS
+                    && r.chunks_sent >= sent_before + 3 * STREAMS
+            })
+            .await;
+        assert!(under_way.is_some(), "streams not under way");
         relay.cut();
     };
     let (bodies, ()) = tokio::join!(chats, cut);

@@ -73,14 +73,15 @@ async fn every_chunk_arrives_once_in_order_across_a_websocket_drop() {
     let stack = resuming_stack(|a| a, |g| g).await;
     let text = "[[chunks:40]] [[slow:25]] in order please";
     let want = fault_free(&stack, text).await;
+    let sent_before = stack.peer.record().chunks_sent;
     let resp = stack.gateway.chat(chat_body(text, true)).await;
     let reader = tokio::spawn(async move { resp.text().await.unwrap() });
-    stack
+    // A quarter of the way in: chunks behind it and ahead of it.
+    let under_way = stack
         .peer
-        .wait_until(SOON, |r| !r.invokes.is_empty())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        .wait_until(SOON, |r| r.chunks_sent >= sent_before + 10)
+        .await;
+    assert!(under_way.is_some(), "the stream did not get under way");
     stack.peer.drop_connections();
     let body = tokio::time::timeout(SOON, reader).await.unwrap().unwrap();
     let sse = Sse::parse(&body);
@@ -239,9 +240,23 @@ async fn a_request_the_bridge_never_got_is_sent_afresh_once_and_answered() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
-    let stack = Stack::start_with(|a| a, |g| g.env("STREAM_BUFFER_BYTES", 262_144)).await;
-    // 40 MiB: far more than the socket buffers between the gateway and a client hold.
-    let stalled = stack.gateway.chat(chat_body("[[bulk:10000]]", true)).await;
+    // bridge-agent holds the whole answer for the gateway: the bound under test is the gateway's
+    // towards its client, not bridge-agent's towards a gateway slowed by a busy machine.
+    let stack = Stack::start_with(
+        |a| a.env("STREAM_BUFFER_BYTES", 64 * 1024 * 1024),
+        |g| g.env("STREAM_BUFFER_BYTES", 262_144),
+    )
+    .await;
+    // 40 MiB: far more than the socket buffers between the gateway and a client hold. A client
+    // of its own with no overall timeout: the body is read only once the gateway gave up on it.
+    let stalled = patient()
+        .post(stack.gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat_body("[[bulk:10000]]", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
     let invoke = stack
         .peer
         .wait_until(SOON, |r| !r.invokes.is_empty())
@@ -276,32 +291,40 @@ async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
         .await;
     assert_eq!(audit["request_id"], invoke);
     // What the client reads when it comes back: part of the answer, then one clear error.
-    let body = tokio::time::timeout(SOON, stalled.text())
+    let body = tokio::time::timeout(Duration::from_secs(60), stalled.text())
         .await
-        .unwrap()
+        .expect("the stalled response ends within 60 s once read")
         .unwrap();
     let sse = Sse::parse(&body);
     assert_eq!(only_error_code(&sse).as_deref(), Some("slow_client"));
     assert!(body.contains("STREAM_BUFFER_BYTES"));
     assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
     assert!(sse.content().len() < 40 * 1024 * 1024);
-    let metrics = stack
-        .gateway
-        .get("/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The request leaves the in-flight gauge when its handler lets go, just after the body ends.
+    let metrics = wait_for_metrics(&stack, "gateway_requests_in_flight 0 on /metrics", |m| {
+        m.contains("gateway_requests_in_flight 0")
+    })
+    .await;
     assert!(
         metrics.contains("gateway_slow_clients_total 1"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("gateway_requests_in_flight 0"),
-        "{metrics}"
-    );
+}
+
+/// A client without the shared one's 30 s overall timeout, for responses read long after they
+/// began; each test bounds its reads itself.
+fn patient() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The gateway's `/metrics` text once `pred` holds for it, polled for up to [`SOON`].
+async fn wait_for_metrics(stack: &Stack, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    wait_for(SOON, what, || async {
+        let resp = stack.gateway.get("/metrics", None).send().await.ok()?;
+        let text = resp.text().await.ok()?;
+        pred(&text).then_some(text)
+    })
+    .await
 }
 
 /// A conversation of about 1.2 MB: over a 1 MiB frame, within every other limit.
@@ -355,8 +378,14 @@ async fn a_request_over_the_bridge_frame_limit_gets_413_before_it_is_sent() {
 
 #[tokio::test]
 async fn a_1009_close_fails_only_the_request_that_caused_it_and_the_others_resume() {
-    // The peer takes 1 MiB frames but does not say so; bridge-agent believes in 48 MiB.
-    let stack = resuming_stack(|a| a, roomy).await;
+    // The peer takes 1 MiB frames but does not say so; bridge-agent believes in 48 MiB. Its
+    // timeouts leave room for the big request's validation on a busy machine while the
+    // bystander is held.
+    let stack = resuming_stack(
+        |a| a.env("REQUEST_TIMEOUT", 60).env("RESPONSE_TIMEOUT", 90),
+        roomy,
+    )
+    .await;
     stack.peer.limit_frames(1024 * 1024, false);
     stack.peer.drop_connections();
     wait_for(SOON, "the limit in force", || async {
@@ -367,28 +396,35 @@ async fn a_1009_close_fails_only_the_request_that_caused_it_and_the_others_resum
         .gateway
         .wait_health("healthy", Duration::from_secs(10))
         .await;
-    // Long enough to be in flight while the big request is validated and counted.
-    let text = "[[chunks:60]] [[slow:100]] bystander";
+    // Held at the peer after its first chunk until the big request has been refused, so that it
+    // is in flight when the 1009 comes however long the big one takes to be validated and
+    // counted.
+    let text = "[[held]] [[chunks:20]] [[slow:20]] bystander";
     let want = fault_free(&stack, text).await;
-    let bystander = stack
-        .gateway
-        .post("/v1/chat/completions", Some(KEY))
+    stack.peer.hold(true);
+    let bystander = patient()
+        .post(stack.gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
         .json(&chat_body(text, true));
     let bystander =
         tokio::spawn(async move { bystander.send().await.unwrap().text().await.unwrap() });
-    stack
-        .peer
-        .wait_until(SOON, |r| r.invokes.len() == 2)
+    let in_flight = stack.peer.wait_until(SOON, |r| r.invokes.len() == 2).await;
+    assert!(in_flight.is_some(), "the bystander never reached the peer");
+    let resp = patient()
+        .post(stack.gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&big_chat(false))
+        .send()
         .await
         .unwrap();
-    let resp = stack.gateway.chat(big_chat(false)).await;
     assert_eq!(resp.status(), 413);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "request_too_large");
     assert!(body["error"]["message"].as_str().unwrap().contains("1009"));
+    stack.peer.hold(false);
     let body = tokio::time::timeout(Duration::from_secs(30), bystander)
         .await
-        .unwrap()
+        .expect("the bystander's stream ends within 30 s of its release")
         .unwrap();
     let sse = Sse::parse(&body);
     assert_eq!(only_error_code(&sse), None, "{body}");

@@ -8,7 +8,10 @@ use futures_util::future::join_all;
 use gateway::config::RedisSettings;
 use gateway::ratelimit::BucketSpec;
 use gateway::store::{now_ms, Created, MemoryStore, RedisStore, Session, Store};
+use integration_tests::harness::wait_for;
 use integration_tests::redis::RedisServer;
+
+use crate::SOON;
 
 fn store(redis: &RedisServer, prefix: &str) -> RedisStore {
     let settings = RedisSettings {
@@ -148,7 +151,24 @@ async fn ended_sessions_are_swept_once_and_expire_in_redis() {
     assert!((1..=100).contains(&pttl), "token expiry {pttl}");
     let pttl: i64 = redis.query(&["PTTL", &format!("sweep:token:{}", hex(9))]);
     assert!(pttl > 50_000, "long session's token {pttl}");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Past their end: Redis has dropped every short session's token (what the scripts judge by
+    // is the same clock, Redis's).
+    let short_tokens: Vec<String> = (0..5)
+        .map(|i| format!("sweep:token:{}", hex(i)))
+        .chain([format!("elsewhere:token:{}", hex(10))])
+        .collect();
+    wait_for(
+        SOON,
+        "Redis to expire the short sessions' tokens",
+        || async {
+            let left: i64 = short_tokens
+                .iter()
+                .map(|key| redis.query::<i64>(&["EXISTS", key]))
+                .sum();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
     assert!(a.use_session(&[0; 32]).await.unwrap().is_none());
     assert!(b.get_session("short1").await.unwrap().is_none());
     // Two gateways sweeping at once: each ended session comes back (to be audited) once.
@@ -180,21 +200,35 @@ async fn use_moves_the_idle_end_and_its_redis_expiry() {
         return;
     };
     let s = store(&redis, "idle:");
-    s.create_session(session("i", 3, 60_000, 400), 10)
+    s.create_session(session("i", 3, 60_000, 1_000), 10)
         .await
         .unwrap();
     let key = format!("idle:token:{}", hex(3));
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    // Three times: once half of the idle second has run out (as Redis's expiry on the token
+    // shows), a use gives it a whole second again. Together longer than the idle limit.
+    for round in 0..3 {
+        let what = format!("round {round}: half the idle time gone");
+        wait_for(SOON, &what, || async {
+            let pttl: i64 = redis.query(&["PTTL", &key]);
+            assert!(
+                pttl > 0,
+                "round {round}: the token expired while in use ({pttl})"
+            );
+            (pttl < 500).then_some(())
+        })
+        .await;
         let used = s.use_session(&[3; 32]).await.unwrap().unwrap();
         assert_eq!(used.id, "i");
         let pttl: i64 = redis.query(&["PTTL", &key]);
-        assert!(pttl > 300, "expiry refreshed on use: {pttl}");
+        assert!(pttl > 750, "expiry refreshed on use: {pttl}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Left alone, Redis drops the token at the idle end, and the session is over.
+    wait_for(SOON, "Redis to drop the idle session's token", || async {
+        let exists: i64 = redis.query(&["EXISTS", &key]);
+        (exists == 0).then_some(())
+    })
+    .await;
     assert!(s.use_session(&[3; 32]).await.unwrap().is_none(), "idle");
-    let exists: i64 = redis.query(&["EXISTS", &key]);
-    assert_eq!(exists, 0, "Redis dropped the token");
     // Buckets carry an expiry too: an idle client costs nothing for long.
     s.take("rpm:key:y", BucketSpec::per_minute(60, 10), 3)
         .await

@@ -17,6 +17,7 @@
 //! | `[[drop]]` | one chunk, then the whole connection is dropped |
 //! | `[[hang]]` | never answer (a `model_cancel` ends it quietly) |
 //! | `[[silent]]` | the peer goes silent from now on (see [`ScriptedPeer::set_silent`]) |
+//! | `[[held]]` | after its first chunk (unstreamed: before its result), wait while the peer holds (see [`ScriptedPeer::hold`]) |
 //!
 //! Directives are removed and the rest trimmed to make `<text>`. Requests whose
 //! `parameters.stream` is not `true` get no chunks, only the result.
@@ -71,6 +72,9 @@ pub struct Record {
     pub resumes: Vec<(String, Option<u64>)>,
     /// Connections closed with 1009 because a frame was over the limit.
     pub too_big: usize,
+    /// `model_stream_chunk` frames written to a connection (replays included): how far the
+    /// streams have got, for a test that waits for them to be under way.
+    pub chunks_sent: usize,
 }
 
 struct Conn {
@@ -81,11 +85,25 @@ struct Conn {
 struct Outgoing {
     msg: Message,
     sent: Option<oneshot::Sender<()>>,
+    /// A `model_stream_chunk`: counted in [`Record::chunks_sent`] once written.
+    chunk: bool,
+}
+
+impl Outgoing {
+    fn frame(frame: &BridgeFrame, sent: Option<oneshot::Sender<()>>) -> Self {
+        Self {
+            msg: Message::text(frame.to_text()),
+            sent,
+            chunk: matches!(frame, BridgeFrame::ModelStreamChunk(_)),
+        }
+    }
 }
 
 struct Shared {
     record: watch::Sender<Record>,
     silent: watch::Sender<bool>,
+    /// While true, scripts of `[[held]]` requests wait before their first frame.
+    held: watch::Sender<bool>,
     refuse: AtomicBool,
     expected_token: Mutex<Option<String>>,
     welcome_protocol: AtomicU32,
@@ -125,6 +143,7 @@ impl Shared {
             let _ = conn.out.send(Outgoing {
                 msg: msg.clone(),
                 sent: None,
+                chunk: false,
             });
         }
     }
@@ -162,6 +181,7 @@ impl ScriptedPeer {
         let shared = Arc::new(Shared {
             record: watch::Sender::new(Record::default()),
             silent: watch::Sender::new(false),
+            held: watch::Sender::new(false),
             refuse: AtomicBool::new(false),
             expected_token: Mutex::new(None),
             welcome_protocol: AtomicU32::new(1),
@@ -291,6 +311,14 @@ impl ScriptedPeer {
     /// pings go unanswered too) and new connections get no welcome.
     pub fn set_silent(&self, silent: bool) {
         self.shared.silent.send_replace(silent);
+    }
+
+    /// While held, a request whose text says `[[held]]` waits after its first chunk (it is in
+    /// flight and under way), whatever happens to its connection; releasing lets every such
+    /// script go on. A test uses it to have a request in flight exactly while
+    /// a fault happens, however slow the machine.
+    pub fn hold(&self, held: bool) {
+        self.shared.held.send_replace(held);
     }
 
     /// While refusing, new connections are closed right after the upgrade, before any welcome.
@@ -440,18 +468,24 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
     let (mut sink, mut stream) = ws.split();
     let writer_kill = kill.clone();
     let silent_for_writer = shared.silent.subscribe();
+    let writer_shared = shared.clone();
     let writer = tokio::spawn(async move {
         loop {
             let next = tokio::select! {
                 _ = writer_kill.cancelled() => break,
                 next = out_rx.recv() => next,
             };
-            let Some(Outgoing { msg, sent }) = next else {
+            let Some(Outgoing { msg, sent, chunk }) = next else {
                 break;
             };
             // A silent peer sends nothing at all; what it would have sent is lost.
-            if !*silent_for_writer.borrow() && sink.send(msg).await.is_err() {
-                break;
+            if !*silent_for_writer.borrow() {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+                if chunk {
+                    writer_shared.note(|r| r.chunks_sent += 1);
+                }
             }
             if let Some(sent) = sent {
                 let _ = sent.send(());
@@ -486,6 +520,7 @@ async fn connection(tcp: TcpStream, conn_id: u64, shared: Arc<Shared>, kill: Can
                 let _ = out.send(Outgoing {
                     msg: Message::Close(Some(close)),
                     sent: Some(tx),
+                    chunk: false,
                 });
                 let _ = rx.await;
                 shared.note(|r| r.too_big += 1);
@@ -542,10 +577,7 @@ fn on_text(
     let (out, kill) = (at.out, at.kill);
     let resumable = shared.welcome_protocol.load(Ordering::SeqCst) >= 2;
     let reply = |frame: BridgeFrame| {
-        let _ = out.send(Outgoing {
-            msg: Message::text(frame.to_text()),
-            sent: None,
-        });
+        let _ = out.send(Outgoing::frame(&frame, None));
     };
     match BridgeFrame::parse(text) {
         Ok(BridgeFrame::Hello { .. }) => {
@@ -672,6 +704,7 @@ pub struct Directives {
     pub drop: bool,
     pub hang: bool,
     pub silent: bool,
+    pub held: bool,
 }
 
 impl Directives {
@@ -714,6 +747,7 @@ impl Directives {
                 "drop" => d.drop = true,
                 "hang" => d.hang = true,
                 "silent" => d.silent = true,
+                "held" => d.held = true,
                 // Not ours: keep it as text.
                 _ => rest.push_str(&tail[start..start + len + 2]),
             }
@@ -773,10 +807,7 @@ impl Target {
     /// Sends `frame`; the receiver hears when it was written (never, when nobody is attached).
     fn send(&self, frame: BridgeFrame) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let outgoing = |frame: &BridgeFrame| Outgoing {
-            msg: Message::text(frame.to_text()),
-            sent: Some(tx),
-        };
+        let outgoing = |frame: &BridgeFrame| Outgoing::frame(frame, Some(tx));
         match self {
             Target::Conn(out) => {
                 let _ = out.send(outgoing(&frame));
@@ -832,14 +863,23 @@ async fn play(invoke: ModelInvoke, target: &Target, shared: &Shared, kill: &Canc
         return;
     }
 
+    let (held, release) = (d.held, &shared.held);
+    let hold = move || async move {
+        if held {
+            let _ = release.subscribe().wait_for(|h| !*h).await;
+        }
+    };
     if let (Some(n), true) = (d.bulk, streamed) {
-        bulk(&id, n, &send).await;
+        bulk(&id, n, &send, hold).await;
         return;
     }
     let (deltas, finish, message) = answer(&d);
     if streamed {
         let last = deltas.len().saturating_sub(1);
         for (i, delta) in deltas.into_iter().enumerate() {
+            if i == 1 {
+                hold().await;
+            }
             if i > 0 {
                 tokio::time::sleep(d.slow).await;
             }
@@ -858,6 +898,8 @@ async fn play(invoke: ModelInvoke, target: &Target, shared: &Shared, kill: &Canc
     } else if d.drop {
         kill.cancel();
         return;
+    } else {
+        hold().await;
     }
     let result = ModelResult {
         id,
@@ -882,9 +924,17 @@ async fn play(invoke: ModelInvoke, target: &Target, shared: &Shared, kill: &Canc
 }
 
 /// `n` chunks of 4 KiB, then a result without the text (it would not fit in one frame).
-async fn bulk(id: &str, n: usize, send: &impl Fn(BridgeFrame) -> oneshot::Receiver<()>) {
+async fn bulk<H: std::future::Future<Output = ()>>(
+    id: &str,
+    n: usize,
+    send: &impl Fn(BridgeFrame) -> oneshot::Receiver<()>,
+    hold: impl Fn() -> H,
+) {
     let piece = "x".repeat(4096);
     for i in 0..n {
+        if i == 1 {
+            hold().await;
+        }
         let sent = send(BridgeFrame::ModelStreamChunk(StreamChunk {
             id: id.to_owned(),
             chunk_index: i as u64,

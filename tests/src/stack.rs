@@ -153,7 +153,7 @@ impl Gateway {
 
     /// Waits for an audit record matching `pred`.
     pub async fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(Duration::from_secs(5), what, || {
+        wait_for(Duration::from_secs(10), what, || {
             let found = self.audit().into_iter().find(|v| pred(v));
             async move { found }
         })

@@ -30,7 +30,37 @@ pub fn count_text(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
+    #[cfg(test)]
+    counted_on::note();
     bpe().encode_ordinary(text).len() as u64
+}
+
+/// Which threads tokenized text, by name: lets unit tests see where counting ran.
+#[cfg(test)]
+pub(crate) mod counted_on {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, PoisonError};
+
+    static BY_THREAD: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+    pub(super) fn note() {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        *BY_THREAD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name)
+            .or_default() += 1;
+    }
+
+    /// How many texts threads named `name` have tokenized so far.
+    pub(crate) fn texts(name: &str) -> u64 {
+        BY_THREAD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// Bytes of text inside `value`: what decides where it is counted.

@@ -18,7 +18,7 @@ use provider_shared::bridge::{
     RESUME_PROTOCOL_VERSION,
 };
 use provider_shared::frame_summary::FrameSummary;
-use provider_shared::ws_peer::{self, CloseCode, CloseFrame, Message, Outbound};
+use provider_shared::ws_peer::{self, Bytes, CloseCode, CloseFrame, Message, Outbound, Utf8Bytes};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 use tracing::Instrument;
@@ -340,7 +340,10 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
 }
 
 /// axum's WebSocket, speaking the shared loop's [`Message`]: axum upgrades the connection (and
-/// checks the handshake); the loop is the same as bridge-agent's.
+/// checks the handshake); the loop is the same as bridge-agent's. axum wraps the same tungstenite
+/// (the workspace follows axum's version) in message types of its own whose conversions are
+/// private, so each frame's payload is handed across as the `Bytes` it already is: moved, not
+/// copied.
 struct Socket(WebSocket);
 
 impl Stream for Socket {
@@ -375,28 +378,71 @@ impl Sink<Message> for Socket {
 
 fn from_axum(msg: axum_ws::Message) -> Message {
     match msg {
-        axum_ws::Message::Text(text) => Message::text(text.as_str()),
+        axum_ws::Message::Text(text) => Message::Text(utf8(Bytes::from(text))),
         axum_ws::Message::Binary(bytes) => Message::Binary(bytes),
         axum_ws::Message::Ping(bytes) => Message::Ping(bytes),
         axum_ws::Message::Pong(bytes) => Message::Pong(bytes),
         axum_ws::Message::Close(frame) => Message::Close(frame.map(|f| CloseFrame {
             code: CloseCode::from(f.code),
-            reason: f.reason.as_str().into(),
+            reason: utf8(Bytes::from(f.reason)),
         })),
     }
 }
 
 fn to_axum(msg: Message) -> axum_ws::Message {
     match msg {
-        Message::Text(text) => axum_ws::Message::Text(text.as_str().into()),
+        Message::Text(text) => axum_ws::Message::Text(axum_utf8(Bytes::from(text))),
         Message::Binary(bytes) => axum_ws::Message::Binary(bytes),
         Message::Ping(bytes) => axum_ws::Message::Ping(bytes),
         Message::Pong(bytes) => axum_ws::Message::Pong(bytes),
         Message::Close(frame) => axum_ws::Message::Close(frame.map(|f| axum_ws::CloseFrame {
             code: f.code.into(),
-            reason: f.reason.as_str().into(),
+            reason: axum_utf8(Bytes::from(f.reason)),
         })),
         // Raw frames are tungstenite's own; the loop never sends one.
         Message::Frame(frame) => axum_ws::Message::Binary(frame.into_payload()),
+    }
+}
+
+/// Text that was UTF-8 on the other side, as tungstenite's text, without a copy (the check
+/// cannot fail; were it to, the text would be lost rather than the process).
+fn utf8(bytes: Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(bytes).unwrap_or_default()
+}
+
+/// The same towards axum's text type.
+fn axum_utf8(bytes: Bytes) -> axum_ws::Utf8Bytes {
+    axum_ws::Utf8Bytes::try_from(bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_cross_to_axum_and_back_without_a_copy() {
+        let text = Message::text("{\"type\":\"model_stream_chunk\"}".repeat(100));
+        let Message::Text(ours) = &text else {
+            unreachable!("built as text")
+        };
+        let at = ours.as_str().as_ptr();
+        let axum_ws::Message::Text(theirs) = to_axum(text.clone()) else {
+            panic!("text stays text")
+        };
+        assert_eq!(theirs.as_str().as_ptr(), at, "the same bytes, not a copy");
+        let back = from_axum(axum_ws::Message::Text(theirs));
+        assert_eq!(back, text);
+        let Message::Text(back) = back else {
+            panic!("text stays text")
+        };
+        assert_eq!(back.as_str().as_ptr(), at, "the same bytes, not a copy");
+
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Size,
+            reason: "message too big".into(),
+        }));
+        assert_eq!(from_axum(to_axum(close.clone())), close);
+        let ping = Message::Ping(Bytes::from_static(b"p"));
+        assert_eq!(from_axum(to_axum(ping.clone())), ping);
     }
 }

@@ -446,25 +446,65 @@ mod tests {
         assert_eq!(reservation(u64::MAX, 1, 8192, 100_000), 100_000);
     }
 
-    #[tokio::test]
-    async fn large_prompts_are_counted_off_the_worker_threads_to_the_same_figure() {
-        // Small prompts are counted inline, large ones on the blocking pool: the same figure.
-        for words in [10, 20_000] {
+    #[test]
+    fn large_prompts_are_counted_off_the_worker_threads_to_the_same_figure() {
+        // The async code runs on a thread of its own (a current-thread runtime) and the runtime's
+        // blocking pool has a name of its own, so the tokenizer hook in `tokens` tells them apart
+        // from every other test's threads.
+        const WORKER: &str = "preamble-test-async-worker";
+        const POOL: &str = "preamble-test-blocking-pool";
+        let run = || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .thread_name(POOL)
+                .build()
+                .unwrap();
+            runtime.block_on(counted_where_expected(WORKER, POOL));
+        };
+        std::thread::Builder::new()
+            .name(WORKER.into())
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Small prompts and answers are counted inline (on `worker`), large ones on the blocking
+    /// pool (`pool`), never on the worker: the same figure either way.
+    async fn counted_where_expected(worker: &str, pool: &str) {
+        use crate::tokens::counted_on::texts;
+        let on = || (texts(worker), texts(pool));
+        for (words, inline) in [(10, true), (20_000, false)] {
             let text = vec!["token"; words].join(" ");
             let messages: Vec<Value> = vec![json!({"role": "user", "content": text})];
             let direct = crate::tokens::count_prompt(&messages, None);
+            let before = on();
             let (payload, counted) = crate::tokens::count_payload(Payload::Chat {
                 messages: messages.clone(),
                 parameters: Map::new(),
             })
             .await
             .unwrap();
+            let after = on();
             assert_eq!(counted, direct);
             assert!(matches!(payload, Payload::Chat { messages: m, .. } if m == messages));
+            if inline {
+                assert!(after.0 > before.0, "{words} words counted inline");
+                assert_eq!(after.1, before.1, "{words} words not sent to the pool");
+            } else {
+                assert_eq!(after.0, before.0, "{words} words not counted on the worker");
+                assert!(after.1 > before.1, "{words} words counted on the pool");
+            }
         }
         let answer = "word ".repeat(10_000);
         let direct = crate::tokens::count_text(&answer);
         assert!(direct >= 10_000);
+        let before = on();
         assert_eq!(crate::tokens::count_answer(answer).await, direct);
+        let after = on();
+        assert_eq!(
+            after.0, before.0,
+            "a large answer is not counted on the worker"
+        );
+        assert!(after.1 > before.1, "a large answer is counted on the pool");
     }
 }
