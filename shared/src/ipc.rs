@@ -157,6 +157,18 @@ pub struct IpcCodec {
     inner: LengthDelimitedCodec,
 }
 
+impl IpcFrame {
+    /// Roughly what this frame takes on the wire, for the bound of a batched write
+    /// (`crate::batch`): a chunk by its text, anything else a small fixed allowance (a request is
+    /// one frame, however large, and ends a batch no later than the frame bound does).
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            IpcFrame::Chunk(chunk) => chunk.approx_bytes(),
+            _ => 256,
+        }
+    }
+}
+
 impl Default for IpcCodec {
     fn default() -> Self {
         Self {

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod audit;
 pub mod backoff;
+pub mod batch;
 pub mod bridge;
 pub mod coalesce;
 pub mod config;

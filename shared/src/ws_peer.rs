@@ -29,7 +29,8 @@ pub struct Settings {
     pub tick: Duration,
     /// When it first runs, from the start of the loop.
     pub first_tick: Duration,
-    /// A send that takes longer means the peer stopped reading: the connection ends.
+    /// A send (or one batch of the frames queued, `crate::batch`) that takes longer means the
+    /// peer stopped reading: the connection ends.
     pub send_timeout: Duration,
     /// The Close sent at shutdown, after the queued frames.
     pub goodbye: (CloseCode, String),
@@ -205,9 +206,14 @@ where
                 None => return Ended::Gone,
             },
             Some(item) = outbound.recv() => {
-                let frame = handler.encode(item);
-                if let Err(ended) = send(ws, frame, limit).await {
-                    return ended;
+                // What else is queued already goes in the same write (crate::batch).
+                let first = handler.encode(item);
+                let more = || outbound.try_recv().ok().map(|item| handler.encode(item));
+                let batch = crate::batch::write_queued(ws, first, more, Message::len);
+                match timeout(limit, batch).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return Ended::SendFailed(err.to_string()),
+                    Err(_) => return Ended::SendBlocked(limit),
                 }
             }
             _ = ticks.tick() => {
@@ -372,6 +378,36 @@ mod tests {
         let ended = run(&mut ours, &mut echo, &mut rx, &settings(), &closing).await;
         assert!(matches!(ended, Ended::PeerClosed(None)), "{ended}");
         assert_eq!(echo.seen, ["echo:hi", "plain"]);
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_together_in_order_and_a_lone_one_at_once() {
+        let (mut ours, mut theirs) = pair(256 * 1024).await;
+        let (tx, mut rx) = queue::<String>(16);
+        for i in 0..10 {
+            tx.send(format!("queued {i}")).await.unwrap();
+        }
+        let closing = CancellationToken::new();
+        let peer = tokio::spawn(async move {
+            for i in 0..10 {
+                assert_eq!(next_text(&mut theirs).await, format!("queued {i}"));
+            }
+            // Nothing behind it: it is not held back waiting for company.
+            tx.send("lone".into()).await.unwrap();
+            let lone = timeout(Duration::from_secs(2), next_text(&mut theirs)).await;
+            assert_eq!(lone.expect("the lone frame arrives at once"), "lone");
+            theirs.close(None).await.unwrap();
+        });
+        let ended = run(
+            &mut ours,
+            &mut Echo::default(),
+            &mut rx,
+            &settings(),
+            &closing,
+        )
+        .await;
+        assert!(matches!(ended, Ended::PeerClosed(None)), "{ended}");
         peer.await.unwrap();
     }
 

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.anyio
 CHATS = 20
 PARTS = [f"part {n} " for n in range(15)]
 pool = ThreadPoolExecutor(max_workers=CHATS)
+# Parts the agents have submitted so far: how far the answers have got.
+parts_sent = [0]
 
 
 def ask_streamed(void, model, text):
@@ -41,6 +43,7 @@ async def serve(stop: anyio.Event):
                 await call(agent, "submit_response", {
                     "request_id": got["request_id"], "lease_id": got["lease_id"], "content": text,
                     "done": i == len(PARTS) - 1})
+                parts_sent[0] += 1
 
 
 def health_up() -> bool:
@@ -67,7 +70,8 @@ async def until(what: str, pred, within: float = 20.0) -> None:
 async def streaming(watcher) -> None:
     """Waits until agents are answering several of the chats, part by part."""
     await status_until(watcher, lambda s: s["leased"] >= 3)
-    await anyio.sleep(0.5)
+    since = parts_sent[0]
+    await until("answers streaming", lambda: parts_sent[0] >= since + 6)
 
 
 async def answered(agent) -> int:

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
+use provider_shared::batch;
 use provider_shared::bridge::{codes, ModelResult};
 use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{
@@ -35,7 +36,6 @@ const CONNECTION_QUEUE: usize = 512;
 /// How long a gateway may take to read its last frames once bridge-agent is closing.
 const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
-type Sink = SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
 type Source = SplitStream<Framed<UnixStream, IpcCodec>>;
 
 /// Accepts gateway connections until shutdown begins; then gives the socket up at once.
@@ -267,14 +267,18 @@ async fn on_request(
 }
 
 /// Sends queued frames, and the bridge status whenever it changes, to one gateway. A write that
-/// fails or takes longer than `WRITE_TIMEOUT` ends the connection (`broken`).
-async fn writer(
-    mut sink: Sink,
+/// fails or takes longer than `WRITE_TIMEOUT` ends the connection (`broken`). Each write carries
+/// what is queued already, in one flush (`provider_shared::batch`).
+async fn writer<S>(
+    mut sink: S,
     mut frames: mpsc::Receiver<IpcFrame>,
     mut status: tokio::sync::watch::Receiver<provider_shared::ipc::BridgeStatus>,
     closing: CancellationToken,
     broken: CancellationToken,
-) {
+) where
+    S: futures_util::Sink<IpcFrame> + Unpin,
+    S::Error: std::fmt::Display,
+{
     // Once closing, a gateway that does not read gets a moment to, then is dropped.
     let gave_up = async {
         closing.cancelled().await;
@@ -297,9 +301,11 @@ async fn writer(
                 }
             },
         };
+        let more = || frames.try_recv().ok();
+        let batch = batch::write_queued(&mut sink, frame, more, IpcFrame::approx_bytes);
         tokio::select! {
-            sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)) => match sent {
-                Ok(Ok(())) => {}
+            sent = tokio::time::timeout(WRITE_TIMEOUT, batch) => match sent {
+                Ok(Ok(_)) => {}
                 Ok(Err(err)) => {
                     tracing::debug!(%err, "gateway write failed");
                     break;
@@ -320,5 +326,42 @@ async fn writer(
     tokio::select! {
         _ = sink.close() => {}
         () = &mut gave_up => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use provider_shared::ipc::BridgeStatus;
+
+    fn cancel(id: &str) -> IpcFrame {
+        IpcFrame::Cancel { id: id.into() }
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_what_is_queued_intact_in_order_and_a_lone_frame_at_once() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (sink, _source) = Framed::new(ours, IpcCodec::default()).split();
+        let mut gateway = Framed::new(theirs, IpcCodec::default());
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        // More than one batch holds, queued before the writer starts.
+        for i in 0..150 {
+            tx.send(cancel(&format!("r{i}"))).await.unwrap();
+        }
+        let (_status_tx, status_rx) = tokio::sync::watch::channel(BridgeStatus::disconnected());
+        let (closing, broken) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(writer(sink, rx, status_rx, closing.clone(), broken.clone()));
+        for i in 0..150 {
+            let frame = gateway.next().await.unwrap().unwrap();
+            assert_eq!(frame, cancel(&format!("r{i}")));
+        }
+        tx.send(cancel("lone")).await.unwrap();
+        let lone = tokio::time::timeout(Duration::from_secs(2), gateway.next()).await;
+        let lone = lone.expect("a lone frame goes at once").unwrap().unwrap();
+        assert_eq!(lone, cancel("lone"));
+        drop(tx);
+        task.await.unwrap();
+        assert!(broken.is_cancelled());
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::backoff::Backoff;
+use provider_shared::batch;
 use provider_shared::bridge::{ModelInvoke, ModelResult, StreamChunk};
 use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::{
@@ -492,18 +493,31 @@ async fn run_connection(
     conn.table.close(|| Timed::untimed(CallEvent::Lost));
 }
 
-type Sink = futures_util::stream::SplitSink<Framed<UnixStream, IpcCodec>, IpcFrame>;
-
 /// Writes queued frames until a write fails or takes longer than `WRITE_TIMEOUT` (says why), or
 /// `stop` fires: then what is queued goes out within `CLOSING_FLUSH` and the connection closes.
-async fn write_frames(
-    mut sink: Sink,
+/// Each write carries what is queued already, in one flush (`provider_shared::batch`).
+async fn write_frames<S>(
+    mut sink: S,
     mut rx: mpsc::Receiver<IpcFrame>,
     stop: CancellationToken,
-) -> String {
-    async fn write(sink: &mut Sink, frame: IpcFrame) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
+) -> String
+where
+    S: futures_util::Sink<IpcFrame> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    async fn write<S>(
+        sink: &mut S,
+        frame: IpcFrame,
+        rx: &mut mpsc::Receiver<IpcFrame>,
+    ) -> Result<(), String>
+    where
+        S: futures_util::Sink<IpcFrame> + Unpin,
+        S::Error: std::fmt::Display,
+    {
+        let more = || rx.try_recv().ok();
+        let batch = batch::write_queued(sink, frame, more, IpcFrame::approx_bytes);
+        match tokio::time::timeout(WRITE_TIMEOUT, batch).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(format!("writing to bridge-agent failed: {err}")),
             Err(_) => Err(format!(
                 "bridge-agent read nothing for {WRITE_TIMEOUT:?} (a write did not finish)"
@@ -519,13 +533,13 @@ async fn write_frames(
             },
             _ = stop.cancelled() => break,
         };
-        if let Err(why) = write(&mut sink, frame).await {
+        if let Err(why) = write(&mut sink, frame, &mut rx).await {
             return why;
         }
     }
     let _ = tokio::time::timeout(CLOSING_FLUSH, async {
         while let Ok(frame) = rx.try_recv() {
-            if write(&mut sink, frame).await.is_err() {
+            if write(&mut sink, frame, &mut rx).await.is_err() {
                 return;
             }
         }
@@ -573,6 +587,31 @@ fn set_bridge(link_tx: &watch::Sender<LinkStatus>, agent_connected: bool, bridge
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn the_writer_sends_what_is_queued_intact_in_order_and_a_lone_frame_at_once() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (sink, _source) = Framed::new(ours, IpcCodec::default()).split();
+        let mut agent = Framed::new(theirs, IpcCodec::default());
+        let cancel = |id: &str| IpcFrame::Cancel { id: id.into() };
+        let (tx, rx) = mpsc::channel(256);
+        // More than one batch holds, queued before the writer starts.
+        for i in 0..150 {
+            tx.send(cancel(&format!("r{i}"))).await.unwrap();
+        }
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(write_frames(sink, rx, stop.clone()));
+        for i in 0..150 {
+            let frame = agent.next().await.unwrap().unwrap();
+            assert_eq!(frame, cancel(&format!("r{i}")));
+        }
+        tx.send(cancel("lone")).await.unwrap();
+        let lone = tokio::time::timeout(Duration::from_secs(2), agent.next()).await;
+        let lone = lone.expect("a lone frame goes at once").unwrap().unwrap();
+        assert_eq!(lone, cancel("lone"));
+        stop.cancel();
+        assert_eq!(writer.await.unwrap(), "stopped");
+    }
 
     fn chunk(id: &str, text: &str) -> CallEvent {
         CallEvent::Chunk(StreamChunk {
