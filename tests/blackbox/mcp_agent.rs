@@ -197,7 +197,6 @@ async fn chaos_half_through_mcp_bridge_kills_a_sigterm_restart_a_drop_vanished_a
     let gateway = GatewayProc::new(&recipe.socket())
         .env("CONNECTION_TIMEOUT", 20)
         .env("STREAM_BUFFER_BYTES", 65_536)
-        .env("RATE_LIMIT_TPM", 1_000_000_000)
         .spawn();
     gateway
         .wait_health("healthy", std::time::Duration::from_secs(30))
@@ -423,8 +422,11 @@ async fn a_request_near_the_body_cap_reaches_the_agent_whole() {
             .insert(format!("LOCAL_PROVIDER_{name}"), value.to_owned());
     }
     let agent = agent_recipe.spawn();
+    // Each of the two requests is ~57k tokens: under the default budget (100,000 a minute) the
+    // second would wait for the first's tokens to come back, which is not what this test is about.
     let gateway = GatewayProc::new(&agent_recipe.socket())
         .env("LOG_LEVEL", "info")
+        .env("RATE_LIMIT_TPM", 1_000_000_000)
         .spawn();
     gateway
         .wait_health("healthy", std::time::Duration::from_secs(30))
