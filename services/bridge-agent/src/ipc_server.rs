@@ -30,7 +30,7 @@ use crate::Hub;
 /// Which gateway connection a request came from.
 pub type ConnId = u64;
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const GATEWAY_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued for one gateway before its request tasks wait.
 const CONNECTION_QUEUE: usize = 512;
 /// How long a gateway may take to read its last frames once bridge-agent is closing.
@@ -199,7 +199,7 @@ fn taken_up(
 
 /// The gateway's hello; gives its capabilities.
 async fn handshake(source: &mut Source) -> Result<Vec<String>, String> {
-    match tokio::time::timeout(HELLO_TIMEOUT, source.next()).await {
+    match tokio::time::timeout(GATEWAY_HELLO_TIMEOUT, source.next()).await {
         Ok(Some(Ok(IpcFrame::Hello {
             protocol,
             version,
@@ -214,7 +214,7 @@ async fn handshake(source: &mut Source) -> Result<Vec<String>, String> {
         Ok(Some(Ok(_))) => Err("the first frame must be hello".into()),
         Ok(Some(Err(err))) => Err(format!("unreadable hello: {err}")),
         Ok(None) => Err("closed before hello".into()),
-        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+        Err(_) => Err(format!("no hello within {GATEWAY_HELLO_TIMEOUT:?}")),
     }
 }
 
@@ -234,7 +234,7 @@ async fn on_request(
         return;
     }
     if hub.draining.is_cancelled() {
-        crate::metrics::count_request(crate::metrics::Outcome::Error);
+        crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
         let _ = out
             .send(refuse(
                 codes::SHUTTING_DOWN,
@@ -247,7 +247,7 @@ async fn on_request(
         Ok(registered) => registered,
         Err(why) => {
             tracing::warn!(%id, ?why, "request refused");
-            crate::metrics::count_request(crate::metrics::Outcome::Error);
+            crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
             let refusal = match why {
                 Refused::Duplicate => refuse(
                     codes::DUPLICATE_ID,

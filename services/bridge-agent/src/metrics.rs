@@ -68,7 +68,7 @@ pub fn describe() {
     metrics::counter!(WS_CONNECT_FAILURES).absolute(0);
     metrics::counter!(RESUMED).absolute(0);
     metrics::counter!(REATTACHED).absolute(0);
-    for outcome in Outcome::ALL {
+    for outcome in OutcomeLabel::ALL {
         metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).absolute(0);
     }
     for reason in DROP_REASONS {
@@ -89,7 +89,7 @@ pub const DROP_REASONS: &[&str] = &[
 
 /// How a request ended, as the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum OutcomeLabel {
     Ok,
     Error,
     Cancelled,
@@ -100,31 +100,31 @@ pub enum Outcome {
     HandedOver,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Ok,
-        Outcome::Error,
-        Outcome::Cancelled,
-        Outcome::Timeout,
-        Outcome::Unavailable,
-        Outcome::Disconnected,
-        Outcome::HandedOver,
+impl OutcomeLabel {
+    pub const ALL: [OutcomeLabel; 7] = [
+        OutcomeLabel::Ok,
+        OutcomeLabel::Error,
+        OutcomeLabel::Cancelled,
+        OutcomeLabel::Timeout,
+        OutcomeLabel::Unavailable,
+        OutcomeLabel::Disconnected,
+        OutcomeLabel::HandedOver,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Timeout => "timeout",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Disconnected => "disconnected",
-            Outcome::HandedOver => "handed_over",
+            OutcomeLabel::Ok => "ok",
+            OutcomeLabel::Error => "error",
+            OutcomeLabel::Cancelled => "cancelled",
+            OutcomeLabel::Timeout => "timeout",
+            OutcomeLabel::Unavailable => "unavailable",
+            OutcomeLabel::Disconnected => "disconnected",
+            OutcomeLabel::HandedOver => "handed_over",
         }
     }
 }
 
-pub fn count_request(outcome: Outcome) {
+pub fn count_request(outcome: OutcomeLabel) {
     metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).increment(1);
 }
 

@@ -27,7 +27,7 @@ pub struct Part {
 /// What changed, by position in [`Parts::list`]. An append names the bytes of the part's text
 /// it added, so the text is not copied again to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum PartChange {
     Open(usize),
     Append(usize, Range<usize>),
     Close(usize),
@@ -41,7 +41,7 @@ pub struct Parts {
 
 impl Parts {
     /// Records one delta (`reasoning_content`, `content`, `tool_calls`, in that order).
-    pub fn absorb(&mut self, delta: &Delta) -> Vec<Step> {
+    pub fn absorb(&mut self, delta: &Delta) -> Vec<PartChange> {
         let mut steps = Vec::new();
         if let Some(text) = &delta.reasoning_content {
             self.grow(Kind::Thinking, text, &mut steps);
@@ -70,7 +70,7 @@ impl Parts {
         steps
     }
 
-    /// The text an [`Step::Append`] added.
+    /// The text an [`PartChange::Append`] added.
     pub fn appended(&self, at: usize, range: &Range<usize>) -> &str {
         self.list
             .get(at)
@@ -78,22 +78,26 @@ impl Parts {
             .unwrap_or_default()
     }
 
-    fn append(&mut self, at: usize, text: &str, steps: &mut Vec<Step>) {
+    fn append(&mut self, at: usize, text: &str, steps: &mut Vec<PartChange>) {
         if text.is_empty() {
             return;
         }
         let part = &mut self.list[at];
         let start = part.text.len();
         part.text.push_str(text);
-        steps.push(Step::Append(at, start..part.text.len()));
+        steps.push(PartChange::Append(at, start..part.text.len()));
     }
 
     /// Closes the open part, if any: the answer is complete.
-    pub fn close(&mut self) -> Vec<Step> {
-        self.open.take().map(Step::Close).into_iter().collect()
+    pub fn close(&mut self) -> Vec<PartChange> {
+        self.open
+            .take()
+            .map(PartChange::Close)
+            .into_iter()
+            .collect()
     }
 
-    fn grow(&mut self, kind: Kind, text: &str, steps: &mut Vec<Step>) {
+    fn grow(&mut self, kind: Kind, text: &str, steps: &mut Vec<PartChange>) {
         if text.is_empty() {
             return;
         }
@@ -104,7 +108,7 @@ impl Parts {
         self.append(at, text, steps);
     }
 
-    fn open_part(&mut self, kind: Kind, steps: &mut Vec<Step>) -> usize {
+    fn open_part(&mut self, kind: Kind, steps: &mut Vec<PartChange>) -> usize {
         steps.extend(self.close());
         self.list.push(Part {
             kind,
@@ -114,7 +118,7 @@ impl Parts {
         });
         let at = self.list.len() - 1;
         self.open = Some(at);
-        steps.push(Step::Open(at));
+        steps.push(PartChange::Open(at));
         at
     }
 }
@@ -136,26 +140,30 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step::Open(0),
-                Step::Append(0, 0..2),
-                Step::Close(0),
-                Step::Open(1),
-                Step::Append(1, 0..2),
+                PartChange::Open(0),
+                PartChange::Append(0, 0..2),
+                PartChange::Close(0),
+                PartChange::Open(1),
+                PartChange::Append(1, 0..2),
             ]
         );
         let steps = p.absorb(&delta(json!({"content": " there"})));
-        assert_eq!(steps, vec![Step::Append(1, 2..8)]);
+        assert_eq!(steps, vec![PartChange::Append(1, 2..8)]);
         assert_eq!(p.appended(1, &(2..8)), " there");
         let steps = p.absorb(&delta(json!({"tool_calls": [{"index": 0, "id": "c1",
             "function": {"name": "f", "arguments": "{\"a\""}}]})));
         assert_eq!(
             steps,
-            vec![Step::Close(1), Step::Open(2), Step::Append(2, 0..4)]
+            vec![
+                PartChange::Close(1),
+                PartChange::Open(2),
+                PartChange::Append(2, 0..4)
+            ]
         );
         p.absorb(&delta(
             json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
         ));
-        assert_eq!(p.close(), vec![Step::Close(2)]);
+        assert_eq!(p.close(), vec![PartChange::Close(2)]);
         assert!(p.close().is_empty());
         assert_eq!(p.list[1].text, "Hi there");
         assert_eq!(

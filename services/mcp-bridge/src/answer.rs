@@ -147,7 +147,7 @@ pub struct Submission {
 
 /// What one part produced: frames for bridge-agent, and whether the answer is complete.
 #[derive(Debug)]
-pub struct Step {
+pub struct PartOutput {
     pub frames: Vec<BridgeFrame>,
     pub done: bool,
 }
@@ -161,7 +161,7 @@ impl Submission {
 
     /// Checks `part` against the request's shape and turns it into frames. On error nothing
     /// changed, so the agent can correct the part and send it again.
-    pub fn apply(&mut self, id: &str, shape: &Shape, part: Part) -> Result<Step, String> {
+    pub fn apply(&mut self, id: &str, shape: &Shape, part: Part) -> Result<PartOutput, String> {
         let calls = self.check_calls(shape, part.tool_calls.unwrap_or_default())?;
         let done = part.done.unwrap_or(true);
         let content = part.content.filter(|c| !c.is_empty());
@@ -223,7 +223,7 @@ impl Submission {
                 self.result(id, finish, part.usage, lean),
             ));
         }
-        Ok(Step { frames, done })
+        Ok(PartOutput { frames, done })
     }
 
     fn chunk(&mut self, id: &str, delta: Delta, finish: Option<String>) -> BridgeFrame {

@@ -29,7 +29,7 @@ use crate::queue::Owner;
 use crate::state::App;
 
 /// bridge-agent sends `hello` right after connecting.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const BRIDGE_AGENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A send that blocks this long means the peer stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the queue and the polls are looked at for a `bridge_status` that changed.
@@ -81,7 +81,7 @@ pub async fn upgrade(
 async fn agent_connection(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
     let mut socket = Socket(socket);
     let (agent_id, protocol, result_after_chunks) =
-        match timeout(HELLO_TIMEOUT, hello(&mut socket)).await {
+        match timeout(BRIDGE_AGENT_HELLO_TIMEOUT, hello(&mut socket)).await {
             Ok(Ok(agreed)) => agreed,
             Ok(Err(why)) => {
                 tracing::warn!(%why, "bridge-agent handshake failed");
@@ -89,7 +89,7 @@ async fn agent_connection(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
                 return;
             }
             Err(_) => {
-                tracing::warn!("no hello within {HELLO_TIMEOUT:?}");
+                tracing::warn!("no hello within {BRIDGE_AGENT_HELLO_TIMEOUT:?}");
                 ws_peer::close(&mut socket, CloseCode::Protocol, "no hello").await;
                 return;
             }

@@ -3,13 +3,13 @@
 use std::time::Instant;
 
 use provider_shared::bridge::{
-    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status, RESUME_PROTOCOL_VERSION,
+    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome, RESUME_PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout_at;
 
 use super::{Ending, Inbox, Reattach, RequestEvent};
-use crate::metrics::{self, Outcome};
+use crate::metrics::{self, OutcomeLabel};
 use crate::{CurrentWebSocket, Hub};
 
 /// The WebSocket a request is on.
@@ -29,7 +29,7 @@ pub(super) fn unknown_to_bridge(
     match &result.outcome {
         // `withdrawn`: the bridge had it and dropped it (its early chunks were gone), so sending
         // it afresh would start the answer over under an id the editor already saw fail.
-        Status::Error { error }
+        Outcome::Error { error }
             if error.code == codes::BRIDGE_DISCONNECTED
                 && !error
                     .details
@@ -110,7 +110,7 @@ pub(super) fn first_chunk(sent: Instant) {
 pub(super) fn disconnected(id: &str) -> Ending {
     Ending::error(
         id,
-        Outcome::Disconnected,
+        OutcomeLabel::Disconnected,
         codes::BRIDGE_DISCONNECTED,
         "the MCP bridge connection dropped while the request was in flight",
     )
@@ -119,7 +119,7 @@ pub(super) fn disconnected(id: &str) -> Ending {
 pub(super) fn not_resumable(id: &str, protocol: u32) -> Ending {
     Ending::error(
         id,
-        Outcome::Disconnected,
+        OutcomeLabel::Disconnected,
         codes::BRIDGE_DISCONNECTED,
         format!("the connection to the agent broke mid-answer, and the MCP bridge speaks protocol {protocol}, which cannot resume a request"),
     )
@@ -128,7 +128,7 @@ pub(super) fn not_resumable(id: &str, protocol: u32) -> Ending {
 pub(super) fn too_large(id: &str, size: u64, limit: u64) -> Ending {
     Ending::error(
         id,
-        Outcome::Error,
+        OutcomeLabel::Error,
         codes::REQUEST_TOO_LARGE,
         format!("this request is {size} bytes once encoded for the MCP bridge, more than the {limit} bytes the bridge accepts in one frame (LOCAL_PROVIDER_MAX_FRAME_BYTES); shorten the conversation or its attachments"),
     )
@@ -182,11 +182,11 @@ pub(super) async fn wait_for_link(
             }
             event = inbox.recv() => match event {
                 Some(RequestEvent::Cancel) => {
-                    return Err(Waited::Ended(Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
+                    return Err(Waited::Ended(Ending::error(id, OutcomeLabel::Cancelled, codes::CANCELLED,
                         "cancelled by the gateway")));
                 }
                 Some(RequestEvent::GatewayGone) | None => {
-                    return Err(Waited::Ended(Ending::silent(Outcome::Cancelled)));
+                    return Err(Waited::Ended(Ending::silent(OutcomeLabel::Cancelled)));
                 }
                 Some(RequestEvent::Reattach(again)) => *pending = Some(again),
                 // Nothing is being answered on a link that is down, so these are not ours.
@@ -195,11 +195,11 @@ pub(super) async fn wait_for_link(
                 }
             },
             () = &mut handing_over => {
-                return Err(Waited::Ended(Ending::silent(Outcome::HandedOver)));
+                return Err(Waited::Ended(Ending::silent(OutcomeLabel::HandedOver)));
             }
             () = &mut stopped => {
                 let (code, message) = hub.stop_reason();
-                return Err(Waited::Ended(Ending::error(id, Outcome::Error, code, message)));
+                return Err(Waited::Ended(Ending::error(id, OutcomeLabel::Error, code, message)));
             }
         }
     }
@@ -208,7 +208,7 @@ pub(super) async fn wait_for_link(
 pub(super) fn unavailable(hub: &Hub, id: &str) -> Ending {
     Ending::error(
         id,
-        Outcome::Unavailable,
+        OutcomeLabel::Unavailable,
         codes::AGENT_UNAVAILABLE,
         format!(
             "not connected to the MCP bridge at {} (waited {}s); bridge-agent is reconnecting",

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use provider_shared::bridge::{
-    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome as Status, StreamChunk,
-    RESUME_PROTOCOL_VERSION,
+    codes, BridgeFrame, ModelInvoke, ModelResult, Outcome, StreamChunk, RESUME_PROTOCOL_VERSION,
 };
 use provider_shared::ipc::IpcFrame;
 use provider_shared::routes::{Routed, Ticket};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use crate::metrics::{self, Outcome};
+use crate::metrics::{self, OutcomeLabel};
 use crate::Hub;
 
 mod bridge;
@@ -67,18 +66,18 @@ impl Routed for RequestEvent {
 /// How a request ended: what to tell the gateway (if it is still there) and the metric label.
 struct Ending {
     result: Option<ModelResult>,
-    outcome: Outcome,
+    outcome: OutcomeLabel,
 }
 
 impl Ending {
-    fn error(id: &str, outcome: Outcome, code: &str, message: impl Into<String>) -> Self {
+    fn error(id: &str, outcome: OutcomeLabel, code: &str, message: impl Into<String>) -> Self {
         Ending {
             result: Some(ModelResult::error(id, code, message)),
             outcome,
         }
     }
 
-    fn silent(outcome: Outcome) -> Self {
+    fn silent(outcome: OutcomeLabel) -> Self {
         Ending {
             result: None,
             outcome,
@@ -233,7 +232,7 @@ async fn relay(
                         Sent::Stopped => {
                             cancel_at_peer(&link, id).await;
                             let (code, message) = hub.stop_reason();
-                            return Ending::error(id, Outcome::Error, code, message);
+                            return Ending::error(id, OutcomeLabel::Error, code, message);
                         }
                     }
                 }
@@ -250,7 +249,7 @@ async fn relay(
                         }
                         continue;
                     }
-                    let ok = matches!(result.outcome, Status::Ok { .. });
+                    let ok = matches!(result.outcome, Outcome::Ok { .. });
                     if resync.as_ref().is_some_and(|sorting| !sorting.take_result(ok)) {
                         // The result that came live ahead of the replay; the replay repeats it.
                         metrics::frame_dropped("replayed");
@@ -259,12 +258,12 @@ async fn relay(
                     if !first_seen {
                         first_chunk(sent);
                     }
-                    let outcome = if ok { Outcome::Ok } else { Outcome::Error };
+                    let outcome = if ok { OutcomeLabel::Ok } else { OutcomeLabel::Error };
                     return Ending { result: Some(result), outcome };
                 }
                 Some(RequestEvent::Cancel) => {
                     cancel_at_peer(&link, id).await;
-                    return Ending::error(id, Outcome::Cancelled, codes::CANCELLED,
+                    return Ending::error(id, OutcomeLabel::Cancelled, codes::CANCELLED,
                         "cancelled by the gateway");
                 }
                 Some(RequestEvent::GatewayGone) => gateway_gone = true,
@@ -278,11 +277,11 @@ async fn relay(
                 }
                 None => {
                     cancel_at_peer(&link, id).await;
-                    return Ending::silent(Outcome::Cancelled);
+                    return Ending::silent(OutcomeLabel::Cancelled);
                 }
                 Some(RequestEvent::Overflow) => {
                     cancel_at_peer(&link, id).await;
-                    return Ending::error(id, Outcome::Error, codes::SLOW_CLIENT, format!(
+                    return Ending::error(id, OutcomeLabel::Error, codes::SLOW_CLIENT, format!(
                         "the gateway fell more than {} bytes (LOCAL_PROVIDER_STREAM_BUFFER_BYTES) behind this answer",
                         hub.config.stream_buffer_bytes()));
                 }
@@ -308,24 +307,24 @@ async fn relay(
             () = &mut first_timeout, if !first_seen => {
                 cancel_at_peer(&link, id).await;
                 let secs = hub.config.request_timeout().as_secs_f64();
-                return Ending::error(id, Outcome::Timeout, codes::REQUEST_TIMEOUT,
+                return Ending::error(id, OutcomeLabel::Timeout, codes::REQUEST_TIMEOUT,
                     format!("the agent did not start answering within {secs}s"));
             }
             () = &mut last_timeout => {
                 cancel_at_peer(&link, id).await;
                 let secs = hub.config.response_timeout().as_secs_f64();
-                return Ending::error(id, Outcome::Timeout, codes::RESPONSE_TIMEOUT,
+                return Ending::error(id, OutcomeLabel::Timeout, codes::RESPONSE_TIMEOUT,
                     format!("the agent did not finish answering within {secs}s"));
             }
             () = &mut handing_over => {
                 // An orderly stop: the gateway resumes this at the next bridge-agent, and
                 // mcp-bridge keeps it for that; nothing is cancelled.
-                return Ending::silent(Outcome::HandedOver);
+                return Ending::silent(OutcomeLabel::HandedOver);
             }
             () = &mut stopped => {
                 cancel_at_peer(&link, id).await;
                 let (code, message) = hub.stop_reason();
-                return Ending::error(id, Outcome::Error, code, message);
+                return Ending::error(id, OutcomeLabel::Error, code, message);
             }
         }
         if gateway_gone {
@@ -337,10 +336,10 @@ async fn relay(
                     }
                     asked_resume = true;
                 }
-                gateway::Orphan::HandedOver => return Ending::silent(Outcome::HandedOver),
+                gateway::Orphan::HandedOver => return Ending::silent(OutcomeLabel::HandedOver),
                 gateway::Orphan::Abandoned => {
                     cancel_at_peer(&link, id).await;
-                    return Ending::silent(Outcome::Cancelled);
+                    return Ending::silent(OutcomeLabel::Cancelled);
                 }
             }
         }

@@ -30,7 +30,7 @@ fn a_resume_of_a_request_the_bridge_never_got_sends_it_afresh_once() {
 #[test]
 fn a_resume_the_bridge_withdrew_is_not_sent_afresh() {
     let mut refused = ModelResult::error("r1", codes::BRIDGE_DISCONNECTED, "no longer held");
-    if let Status::Error { error } = &mut refused.outcome {
+    if let Outcome::Error { error } = &mut refused.outcome {
         error.details = Some(serde_json::json!({ "withdrawn": true }));
     }
     let mut fallback = Some(invoke());

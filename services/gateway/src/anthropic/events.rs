@@ -11,7 +11,7 @@ use super::convert::input_of;
 use super::Shell;
 use crate::error::Error;
 use crate::openai::frame;
-use crate::parts::{Kind, Part, Parts, Step};
+use crate::parts::{Kind, Part, PartChange, Parts};
 
 /// A whole content block.
 pub fn block(part: &Part) -> Value {
@@ -176,16 +176,16 @@ impl Render {
         vec![frame(Some("error"), &body)]
     }
 
-    fn render(&self, steps: Vec<Step>) -> Vec<Bytes> {
+    fn render(&self, steps: Vec<PartChange>) -> Vec<Bytes> {
         steps
             .into_iter()
             .map(|step| match step {
-                Step::Open(at) => StreamEvent::ContentBlockStart {
+                PartChange::Open(at) => StreamEvent::ContentBlockStart {
                     index: at,
                     content_block: opening(&self.parts.list[at]),
                 }
                 .frame(),
-                Step::Append(at, range) => {
+                PartChange::Append(at, range) => {
                     let text = self.parts.appended(at, &range);
                     let delta = match self.parts.list[at].kind {
                         Kind::Thinking => BlockDelta::Thinking { thinking: text },
@@ -194,7 +194,7 @@ impl Render {
                     };
                     StreamEvent::ContentBlockDelta { index: at, delta }.frame()
                 }
-                Step::Close(at) => StreamEvent::ContentBlockStop { index: at }.frame(),
+                PartChange::Close(at) => StreamEvent::ContentBlockStop { index: at }.frame(),
             })
             .collect()
     }

@@ -13,7 +13,7 @@ use super::tools::{free_form_input, ToolNames};
 use super::{status_of, Ending, Shell};
 use crate::error::Error;
 use crate::openai::frame;
-use crate::parts::{Kind, Part, Parts, Step};
+use crate::parts::{Kind, Part, PartChange, Parts};
 use crate::secrets::random_hex;
 
 pub fn item_id(part: &Part, names: &ToolNames) -> String {
@@ -179,10 +179,10 @@ impl Render {
             .collect()
     }
 
-    fn render(&mut self, steps: Vec<Step>) -> Vec<Bytes> {
+    fn render(&mut self, steps: Vec<PartChange>) -> Vec<Bytes> {
         let mut out = Vec::new();
         for step in steps {
-            if let Step::Append(at, range) = &step {
+            if let PartChange::Append(at, range) = &step {
                 out.extend(self.append(*at, range));
                 continue;
             }
@@ -219,9 +219,9 @@ impl Render {
         Some(frame(Some(kind), &event))
     }
 
-    fn step(&mut self, step: Step) -> Vec<Value> {
+    fn step(&mut self, step: PartChange) -> Vec<Value> {
         match step {
-            Step::Open(at) => {
+            PartChange::Open(at) => {
                 let part = &self.parts.list[at];
                 let id = item_id(part, &self.shell.tool_names);
                 self.ids.push(id.clone());
@@ -243,8 +243,8 @@ impl Render {
                 }
             }
             // Rendered by `append`, borrowing the text.
-            Step::Append(..) => Vec::new(),
-            Step::Close(at) => {
+            PartChange::Append(..) => Vec::new(),
+            PartChange::Close(at) => {
                 let part = &self.parts.list[at];
                 let id = &self.ids[at];
                 let done = json!({"type": "response.output_item.done", "output_index": at,
