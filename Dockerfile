@@ -1,7 +1,8 @@
-# Images of mcp-local-provider: one build, two targets.
+# Images of mcp-local-provider: one build, three targets.
 #   docker build --target gateway      -t mcp-local-provider/gateway:local .
 #   docker build --target bridge-agent -t mcp-local-provider/bridge-agent:local .
-# (`docker compose build` builds both, with the tags compose.yaml runs.)
+#   docker build --target mcp-bridge   -t mcp-local-provider/mcp-bridge:local .
+# (`docker compose build` builds them, with the tags compose.yaml runs.)
 #
 # The runtime images are FROM scratch: the one binary, the shared libraries it loads (collected
 # with ldd by deploy/docker/rootfs.sh), /etc/passwd naming the unprivileged user 10001, and
@@ -14,8 +15,9 @@ ARG RUST_IMAGE=rust:1-slim-bookworm
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p gateway -p bridge-agent \
-    && deploy/docker/rootfs.sh /out target/release/gateway target/release/bridge-agent
+RUN cargo build --release --locked -p gateway -p bridge-agent -p mcp-bridge \
+    && deploy/docker/rootfs.sh /out target/release/gateway target/release/bridge-agent \
+        target/release/mcp-bridge
 
 # ---- runtime stages ----
 # scripts/build-test-images.sh builds everything from this line on, unchanged, after a `builder`
@@ -51,3 +53,15 @@ EXPOSE 8788
 HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/gateway", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/gateway"]
+
+# The Cursor-facing peer, for the compose profile `team` (the request queue on Redis, several
+# mcp-bridges); a single user runs it on the host beside Cursor instead (docs/operations.md).
+FROM runtime AS mcp-bridge
+COPY --from=builder /out/bin/mcp-bridge /usr/local/bin/mcp-bridge
+ENV LOCAL_PROVIDER_MCP_BRIDGE_HOST=0.0.0.0 \
+    LOCAL_PROVIDER_MCP_BRIDGE_PORT=8787 \
+    LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG=/var/log/mcp-local-provider/mcp_bridge_audit.log
+EXPOSE 8787
+HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/mcp-bridge", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/mcp-bridge"]

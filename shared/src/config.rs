@@ -31,6 +31,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "HOST",
     "PORT",
     "ALLOW_NON_LOOPBACK",
+    "QUEUE",
     "ALLOW_KEYLESS_GENERATION",
     "OVERHEAD_HEADER",
     "API_KEY",

@@ -9,7 +9,8 @@ use integration_tests::containers::compose::Project;
 use integration_tests::containers::scene::wait_health;
 use integration_tests::containers::{docker, output, Docker};
 use integration_tests::harness::{free_port, wait_for};
-use integration_tests::mcp_stack::BRIDGE_TOKEN;
+use integration_tests::mcp_stack::{test_python, BRIDGE_TOKEN, MCP_TOKEN};
+use integration_tests::shared_queue::QueueAgent;
 use integration_tests::skip::missing_dependency;
 use integration_tests::stack::{Sse, KEY};
 use serde_json::Value;
@@ -65,6 +66,11 @@ fn compose_env(docker: &Docker, key_file: &std::path::Path) -> Vec<(String, Stri
         "BRIDGE_TOKEN_SECRET_FILE".into(),
         bridge_token.display().to_string(),
     ));
+    let mcp_token = secret_file(key_file.parent().unwrap(), "mcp_http_token", MCP_TOKEN);
+    env.push((
+        "MCP_TOKEN_SECRET_FILE".into(),
+        mcp_token.display().to_string(),
+    ));
     env
 }
 
@@ -107,10 +113,18 @@ async fn compose_yaml_is_accepted_and_publishes_nothing_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let env = compose_env(docker, &write_key(dir.path()));
     let project = Project::new(docker, &[], &env);
-    let config = compose_config(&project, &["redis", "monitoring"]);
+    let config = compose_config(&project, &["redis", "monitoring", "team"]);
     let services = config["services"].as_object().expect("services");
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
-    for expected in ["gateway", "bridge-agent", "redis", "prometheus"] {
+    for expected in [
+        "gateway",
+        "bridge-agent",
+        "redis",
+        "prometheus",
+        "mcp-bridge-1",
+        "mcp-bridge-2",
+        "queue-redis",
+    ] {
         assert!(
             names.contains(&expected),
             "{expected} missing from {names:?}"
@@ -161,6 +175,26 @@ async fn compose_yaml_is_accepted_and_publishes_nothing_beyond_loopback() {
     assert!(
         agent_env.get("LOCAL_PROVIDER_MCP_BRIDGE_TOKEN").is_none(),
         "{agent_env}"
+    );
+    // The team profile: both mcp-bridges answer to one name, on a Redis that syncs every write.
+    for name in ["mcp-bridge-1", "mcp-bridge-2"] {
+        let service = &services[name];
+        let aliases = &service["networks"]["default"]["aliases"];
+        assert_eq!(aliases, &serde_json::json!(["mcp-bridge"]), "{name}");
+        assert_eq!(
+            service["environment"]["LOCAL_PROVIDER_QUEUE"], "redis",
+            "{name}"
+        );
+        assert_eq!(
+            service["environment"]["LOCAL_PROVIDER_MCP_HTTP_TOKEN_FILE"],
+            "/run/secrets/mcp_http_token",
+            "{name}"
+        );
+    }
+    let redis_command = services["queue-redis"]["command"].to_string();
+    assert!(
+        redis_command.contains("appendfsync") && redis_command.contains("always"),
+        "{redis_command}"
     );
     // The stop grace outlasts the services' 10 s SHUTDOWN_GRACE, so streams can drain.
     for name in ["gateway", "bridge-agent"] {
@@ -291,4 +325,71 @@ async fn the_compose_stack_comes_up_with_the_local_images_and_chats() {
         serving.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// `/health` of a published mcp-bridge.
+async fn bridge_health(port: u16) -> Value {
+    integration_tests::harness::get(&format!("http://127.0.0.1:{port}/health"))
+        .await
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_team_profile_serves_one_queue_from_two_mcp_bridges_behind_one_name() {
+    let Some(docker) = docker("compose::team").await else {
+        return;
+    };
+    if !compose_available(docker, "compose::team") {
+        return;
+    }
+    let Some(python) = test_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (port, one, two) = (free_port(), free_port(), free_port());
+    let mut env = compose_env(docker, &write_key(dir.path()));
+    env.extend([
+        ("GATEWAY_PUBLISHED_PORT".into(), port.to_string()),
+        ("MCP_BRIDGE_PUBLISHED_PORT".into(), one.to_string()),
+        ("MCP_BRIDGE_2_PUBLISHED_PORT".into(), two.to_string()),
+        (
+            "LOCAL_PROVIDER_MCP_BRIDGE_URL".into(),
+            "ws://mcp-bridge:8787".into(),
+        ),
+        ("LOCAL_PROVIDER_RECONNECT_DELAY".into(), "0.2".into()),
+        ("LOCAL_PROVIDER_LEASE_TIMEOUT".into(), "2".into()),
+    ]);
+    let project = Project::new(docker, &[], &env);
+    project
+        .run(&["--profile", "team", "up", "--detach", "--no-build"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_health(&base, "healthy", Duration::from_secs(90)).await;
+    // The one bridge-agent reached one of the two through the shared name.
+    let (holding, other) = wait_for(
+        Duration::from_secs(30),
+        "bridge-agent on an mcp-bridge",
+        || async {
+            let on_one = bridge_health(one).await["bridge_agents"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1);
+            let on_two = bridge_health(two).await["bridge_agents"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1);
+            match (on_one, on_two) {
+                (true, false) => Some(("mcp-bridge-1", two)),
+                (false, true) => Some(("mcp-bridge-2", one)),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    // An agent on the other one answers.
+    let agent = QueueAgent::spawn_at(&python, &format!("http://127.0.0.1:{other}/mcp"), "T", &[]);
+    agent.wait_event("connected", |_| true).await;
+    assert_eq!(chat_content(&base, "through the team").await, "T:1 ");
+    // The mcp-bridge holding bridge-agent's connection dies; bridge-agent reaches the name again.
+    output("docker", &["kill", &project.container(holding)]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(chat_content(&base, "after a kill").await, "T:1 ");
 }

@@ -28,6 +28,7 @@ mod refusals;
 mod resilience;
 mod responses_api;
 mod resume;
+mod shared_queue;
 mod status_page;
 mod store_scripts;
 mod telemetry;

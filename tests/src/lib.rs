@@ -14,6 +14,7 @@ pub mod observe;
 pub mod peer;
 pub mod redis;
 pub mod relay;
+pub mod shared_queue;
 pub mod skip;
 pub mod stack;
 pub mod stdio_agent;

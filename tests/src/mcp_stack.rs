@@ -110,6 +110,14 @@ impl McpBridge {
             .unwrap_or_else(|e| panic!("cannot start mcp-bridge again: {e}"));
     }
 
+    /// Kills it (SIGKILL: nothing is handed back) and starts it again on the same port with the
+    /// same settings.
+    pub async fn kill_and_restart(&mut self) {
+        self.service.kill().await.unwrap();
+        self.service = Service::spawn(&bin_path("mcp-bridge"), &self.envs, self.dir.path())
+            .unwrap_or_else(|e| panic!("cannot start mcp-bridge again: {e}"));
+    }
+
     /// The file holding the MCP token (what Cursor's stdio entry names).
     pub fn mcp_token_file(&self) -> PathBuf {
         self.dir.path().join("mcp_http_token")

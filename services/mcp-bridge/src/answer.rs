@@ -33,6 +33,9 @@ pub struct Part {
     /// Token counts, when known; otherwise the gateway counts them.
     #[serde(default)]
     pub usage: Option<UsageArg>,
+    /// The part's number (1, 2, …), when the agent numbers its parts: a repeat is not applied.
+    #[serde(default)]
+    pub number: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -143,6 +146,8 @@ impl Shape {
 pub struct Submission {
     chunk_index: u64,
     answer: AnswerAccumulator,
+    /// The highest part number taken.
+    parts_taken: u64,
 }
 
 /// What one part produced: frames for bridge-agent, and whether the answer is complete.
@@ -162,6 +167,23 @@ impl Submission {
     /// Checks `part` against the request's shape and turns it into frames. On error nothing
     /// changed, so the agent can correct the part and send it again.
     pub fn apply(&mut self, id: &str, shape: &Shape, part: Part) -> Result<PartOutput, String> {
+        match part.number {
+            // Taken already: its reply was lost on the way to the agent.
+            Some(n) if n >= 1 && n <= self.parts_taken => {
+                return Ok(PartOutput {
+                    frames: Vec::new(),
+                    done: false,
+                })
+            }
+            Some(n) if n != self.parts_taken + 1 => {
+                return Err(format!(
+                    "part {n} is out of order: the next part of this answer is {}",
+                    self.parts_taken + 1
+                ))
+            }
+            _ => {}
+        }
+        let number = part.number;
         let calls = self.check_calls(shape, part.tool_calls.unwrap_or_default())?;
         let done = part.done.unwrap_or(true);
         let content = part.content.filter(|c| !c.is_empty());
@@ -215,6 +237,9 @@ impl Submission {
                 frames.push(self.chunk(id, Delta::default(), finish_text))
             }
             _ => {}
+        }
+        if let Some(n) = number {
+            self.parts_taken = n;
         }
         if done {
             // Chunks carried the answer already, and the receiver asked not to get it twice.
@@ -360,6 +385,38 @@ mod tests {
             .iter()
             .map(|f| serde_json::from_str(&f.to_text()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_numbered_part_sent_again_is_not_applied_twice() {
+        let mut a = Submission::default();
+        let s = shape(true, false);
+        let first = json!({"content": "Hel", "done": false, "number": 1});
+        assert_eq!(
+            a.apply("r1", &s, part(first.clone())).unwrap().frames.len(),
+            1
+        );
+        // Its reply was lost; the agent sends it again.
+        let again = a.apply("r1", &s, part(first)).unwrap();
+        assert!(again.frames.is_empty() && !again.done);
+        let err = a
+            .apply(
+                "r1",
+                &s,
+                part(json!({"content": "x", "done": false, "number": 3})),
+            )
+            .unwrap_err();
+        assert!(err.contains("next part of this answer is 2"), "{err}");
+        let last = a
+            .apply("r1", &s, part(json!({"content": "lo", "number": 2})))
+            .unwrap();
+        assert!(last.done);
+        let texts: Vec<Value> = to_json(&last.frames);
+        assert_eq!(texts[0]["delta"]["content"], "lo");
+        assert_eq!(
+            texts[1]["result"]["choices"][0]["message"]["content"],
+            "Hello"
+        );
     }
 
     #[test]

@@ -21,14 +21,19 @@ use crate::conversation::Conversations;
 use crate::metrics;
 use crate::queue::{Ended, Entry, Owner, Queue, QueueFull, Refusal};
 use crate::resume::Resumes;
+use crate::shared_queue::{Command, SharedQueue};
 use provider_shared::audit::Audit;
 
 mod handout;
 
 /// The agent's lease lapsed after part of the answer went out.
-const AGENT_TIMEOUT: &str = "agent_timeout";
+pub(crate) const AGENT_TIMEOUT: &str = "agent_timeout";
 /// The agent's MCP session left after part of the answer went out.
 const AGENT_GONE: &str = "agent_gone";
+
+/// The owner of the requests read from the Redis queue: their bridge-agent connection may be on
+/// another mcp-bridge (connections count from 1).
+pub const SHARED: Owner = 0;
 
 /// A connected bridge-agent.
 #[derive(Debug, Clone)]
@@ -63,6 +68,9 @@ pub struct Broker {
     pub resumes: std::sync::Arc<Resumes>,
     /// Which MCP sessions keep a standalone stream open (`caller.rs`).
     pub presence: Presence,
+    /// The request queue on Redis (`QUEUE=redis`): requests from bridge-agent go there, and the
+    /// local queue holds what this mcp-bridge read from it for its agents.
+    pub shared: Option<Arc<SharedQueue>>,
     counts: Counts,
 }
 
@@ -82,7 +90,7 @@ pub struct Submitted {
 }
 
 impl Broker {
-    pub fn new(config: Config, audit: Audit) -> Self {
+    pub fn new(config: Config, audit: Audit, shared: Option<Arc<SharedQueue>>) -> Self {
         // Request forwarding tasks share the tracker shutdown waits on.
         let samplers = TaskTracker::new();
         let resumes = Resumes::new(config.replay_bytes, config.resume_grace, samplers.clone());
@@ -102,6 +110,7 @@ impl Broker {
             samplers,
             stopping: CancellationToken::new(),
             presence: Presence::default(),
+            shared,
             counts: Counts::default(),
         }
     }
@@ -131,6 +140,12 @@ impl Broker {
     /// failed them towards the editor (`bridge_disconnected`), and a reconnecting bridge-agent
     /// cannot resume them, so handing them out would only produce answers nobody reads.
     pub fn agent_disconnected(&self, owner: Owner) {
+        if let Some(shared) = &self.shared {
+            shared.command(Command::Left {
+                owner,
+                resumable: false,
+            });
+        }
         let n = {
             let mut agents = self.agents();
             agents.remove(&owner);
@@ -148,6 +163,12 @@ impl Broker {
     /// keeps answering them) until one of the same `agent_id` resumes them, or for
     /// `RESUME_GRACE`, after which the rest are withdrawn.
     pub fn agent_vanished(self: &std::sync::Arc<Self>, owner: Owner) {
+        if let Some(shared) = &self.shared {
+            shared.command(Command::Left {
+                owner,
+                resumable: true,
+            });
+        }
         let n = {
             let mut agents = self.agents();
             agents.remove(&owner);
@@ -211,6 +232,21 @@ impl Broker {
         to_owner: Outbound<BridgeFrame>,
         result_after_chunks: bool,
     ) {
+        if let Some(shared) = &self.shared {
+            let agent_id = self
+                .agents()
+                .get(&owner)
+                .map(|a| a.agent_id.clone())
+                .unwrap_or_default();
+            shared.command(Command::Invoke {
+                owner,
+                agent_id,
+                invoke,
+                to: to_owner,
+                result_after_chunks,
+            });
+            return;
+        }
         let pushed = self.queue().push(
             invoke,
             owner,
@@ -233,6 +269,13 @@ impl Broker {
 
     /// `model_cancel` from `owner`.
     pub fn cancel(&self, owner: Owner, id: &str) {
+        if let Some(shared) = &self.shared {
+            shared.command(Command::Cancel {
+                owner,
+                id: id.to_owned(),
+            });
+            return;
+        }
         let entry = self.queue().cancel(owner, id);
         match entry {
             Some(entry) => {
@@ -355,20 +398,87 @@ impl Broker {
     }
 
     /// Shutdown, first step: queued requests end now (nobody will take them), long-polls return.
-    pub fn begin_shutdown(&self) {
+    /// On the Redis queue they are given back instead, for another mcp-bridge's agents.
+    pub async fn begin_shutdown(&self) {
         self.stopping.cancel();
         let queued = self.queue().drain_queued();
-        self.end_all(queued);
+        match &self.shared {
+            None => self.end_all(queued),
+            Some(shared) => {
+                let ids = queued.into_iter().map(|e| e.invoke.id).collect();
+                shared.hand_back(self, ids).await;
+            }
+        }
     }
 
     pub fn leased_count(&self) -> usize {
         self.queue().leased_count()
     }
 
-    /// Shutdown, last step: whatever is still leased ends with `shutting_down`.
-    pub fn end_leased(&self) {
+    /// Shutdown, last step: whatever is still leased ends with `shutting_down`. On the Redis
+    /// queue, a request whose answer has not begun is given back instead.
+    pub async fn end_leased(&self) {
         let rest = self.queue().drain_all();
-        self.end_all(rest);
+        let Some(shared) = &self.shared else {
+            return self.end_all(rest);
+        };
+        let (begun, unanswered): (Vec<Entry>, Vec<Entry>) =
+            rest.into_iter().partition(|e| e.answer.started());
+        self.end_all(begun);
+        let ids = unanswered.into_iter().map(|e| e.invoke.id).collect();
+        shared.hand_back(self, ids).await;
+    }
+
+    /// Polls waiting here for which no local request is queued: how many requests to read
+    /// from the Redis queue.
+    pub fn demand(&self) -> usize {
+        if self.stopping.is_cancelled() {
+            return 0;
+        }
+        let q = self.queue();
+        q.waiting_polls().saturating_sub(q.queued())
+    }
+
+    pub fn waiting_polls(&self) -> usize {
+        self.pollers.load(Ordering::Relaxed)
+    }
+
+    /// A request read from the Redis queue, after `waited` in it, joins the local one (handed
+    /// at once to the poll that has waited longest); its frames go to `sink`. False when its
+    /// id is live here.
+    pub fn take_in(
+        &self,
+        invoke: ModelInvoke,
+        sink: Outbound<BridgeFrame>,
+        result_after_chunks: bool,
+        waited: std::time::Duration,
+    ) -> bool {
+        let pushed = self.queue().push_waited(
+            invoke,
+            SHARED,
+            sink,
+            Instant::now(),
+            waited,
+            result_after_chunks,
+        );
+        self.gauges();
+        pushed.is_ok()
+    }
+
+    /// A request read from the Redis queue ended elsewhere, or went back to it: it leaves the
+    /// local queue without a result (its result, if any, is not ours to send).
+    pub fn drop_shared(&self, id: &str) {
+        let mut queue = self.queue();
+        if queue.get(id).is_some_and(|e| e.owner == SHARED) {
+            queue.end(id, Ended::Withdrawn);
+        }
+        drop(queue);
+        self.gauges();
+    }
+
+    /// Whether the request read from Redis `id` is leased here now; `None` once it is gone.
+    pub fn held_leased(&self, id: &str) -> Option<bool> {
+        self.queue().get(id).map(|e| e.lease.is_some())
     }
 
     fn end_all(&self, entries: Vec<Entry>) {
@@ -442,12 +552,30 @@ impl Broker {
             })
             .collect();
         let c = &self.counts;
+        let (queued, leased, polls, connected) = match &self.shared {
+            None => (
+                q.queued() as u64,
+                q.leased_count() as u64,
+                self.pollers.load(Ordering::Relaxed) as u64,
+                agents.len() as u64,
+            ),
+            // Every mcp-bridge on the queue reports the same figures.
+            Some(shared) => {
+                let v = shared.view();
+                (v.queued, v.leased, v.waiting_polls, v.bridge_agents)
+            }
+        };
+        let queue = match &self.shared {
+            None => json!({"kind": "memory"}),
+            Some(shared) => shared.view().to_json(shared.address()),
+        };
         json!({
-            "queue_depth": q.queued(),
-            "leased": q.leased_count(),
-            "waiting_polls": self.pollers.load(Ordering::Relaxed),
+            "queue": queue,
+            "queue_depth": queued,
+            "leased": leased,
+            "waiting_polls": polls,
             "sampling_clients": self.sampling_clients.load(Ordering::Relaxed),
-            "connected_bridge_agents": agents.len(),
+            "connected_bridge_agents": connected,
             "bridge_agents": agents,
             "answered": c.answered.load(Ordering::Relaxed),
             "failed": c.failed.load(Ordering::Relaxed),
@@ -472,7 +600,7 @@ impl Broker {
 
 /// Why a part that found bridge-agent's queue full ended its request (`config.rs`
 /// `OUTBOUND_QUEUE`): this request ends with `slow_client`, the connection goes on for the others.
-fn overflow_reason() -> String {
+pub(crate) fn overflow_reason() -> String {
     format!(
         "bridge-agent is {} frames behind on this request (mcp-bridge's outbound queue is full); the request ends so that the others on its connection go on",
         crate::config::OUTBOUND_QUEUE

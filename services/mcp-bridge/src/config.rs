@@ -75,6 +75,14 @@ struct Raw {
     max_connections: Option<Bounded<1, 1_000_000>>,
     #[serde(default = "default_header_timeout")]
     header_timeout: Seconds,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    redis_url: Option<Secret>,
+    #[serde(default = "default_redis_prefix")]
+    redis_prefix: String,
+    #[serde(default = "default_store_timeout")]
+    store_timeout: Seconds,
 }
 
 /// Served past the connection cap: bridge-agent's WebSocket (it connects to `/`), so that a
@@ -83,6 +91,13 @@ const PRIORITY_PATHS: &[&str] = &["/", "/health", "/health/live", "/health/ready
 
 fn default_header_timeout() -> Seconds {
     Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT)
+}
+
+fn default_redis_prefix() -> String {
+    "mcp-local-provider:".into()
+}
+fn default_store_timeout() -> Seconds {
+    Seconds(Duration::from_millis(250))
 }
 
 fn default_max_frame() -> Bounded<1024, 1_073_741_824> {
@@ -161,6 +176,30 @@ pub struct Config {
     pub replay_bytes: usize,
     /// How many connections are served, and how long one may wait for a request head.
     pub connections: ConnectionLimits,
+    /// Where the request queue lives (`QUEUE`): this process's memory, or Redis, shared by every
+    /// mcp-bridge on it.
+    pub queue: QueueKind,
+}
+
+/// `LOCAL_PROVIDER_QUEUE`.
+#[derive(Debug, Clone)]
+pub enum QueueKind {
+    Memory,
+    Redis(RedisSettings),
+}
+
+/// The Redis queue's settings (docs/configuration.md, "The request queue on Redis").
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `REDIS_URL`; may hold a password, so it is never logged.
+    pub url: Secret,
+    /// Host and port (or socket path), for logs and `/health`.
+    pub address: String,
+    /// `REDIS_PREFIX`: every key of the queue starts with it and `queue:`.
+    pub prefix: String,
+    /// `STORE_TIMEOUT`: the longest wait for one Redis reply (a blocking read waits longer, on
+    /// a connection of its own).
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -177,6 +216,7 @@ impl Config {
     }
 
     fn check(raw: Raw) -> Result<Self, ConfigError> {
+        let queue = queue_kind(&raw)?;
         if !shared::is_loopback_host(&raw.mcp_bridge_host) && !raw.allow_non_loopback.0 {
             return Err(ConfigError::new(
                 "MCP_BRIDGE_HOST",
@@ -212,6 +252,7 @@ impl Config {
             Some(path) => Some(PathBuf::from(path)),
         };
         Ok(Config {
+            queue,
             allowed_hosts: web_guard::allowed_hosts(&raw.allowed_hosts.0)?,
             allowed_origins: web_guard::allowed_origins(&raw.allowed_origins.0)?,
             host: raw.mcp_bridge_host,
@@ -289,6 +330,64 @@ impl Config {
             _ => self.poll_default,
         }
     }
+}
+
+fn queue_kind(raw: &Raw) -> Result<QueueKind, ConfigError> {
+    match raw.queue.as_deref().map(str::trim) {
+        None | Some("" | "memory") => {
+            if raw.redis_url.is_some() {
+                tracing::warn!("LOCAL_PROVIDER_REDIS_URL is set but the request queue is in memory (set LOCAL_PROVIDER_QUEUE=redis)");
+            }
+            return Ok(QueueKind::Memory);
+        }
+        Some("redis") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                "QUEUE",
+                format!("expected memory or redis, got {other:?}"),
+            ))
+        }
+    }
+    let Some(url) = raw.redis_url.as_ref().map(|u| u.0.trim().to_owned()) else {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            "required with LOCAL_PROVIDER_QUEUE=redis, e.g. redis://127.0.0.1:6379/0",
+        ));
+    };
+    use redis::IntoConnectionInfo;
+    // The URL is not echoed: it may carry a password.
+    let info = url.as_str().into_connection_info().map_err(|e| {
+        ConfigError::new(
+            "REDIS_URL",
+            format!("expected a redis://[user:password@]host[:port][/db] or unix:// URL: {e}"),
+        )
+    })?;
+    let prefix = raw.redis_prefix.trim().to_owned();
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            "REDIS_PREFIX",
+            format!(
+                "expected a non-empty key prefix without spaces, got {:?}",
+                raw.redis_prefix
+            ),
+        ));
+    }
+    let timeout = raw.store_timeout.0;
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        return Err(ConfigError::new(
+            "STORE_TIMEOUT",
+            format!(
+                "expected more than 0 and at most 10 seconds, got {}",
+                timeout.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(QueueKind::Redis(RedisSettings {
+        address: info.addr().to_string(),
+        url: Secret(url),
+        prefix,
+        timeout,
+    }))
 }
 
 #[cfg(test)]
@@ -396,5 +495,41 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.binds_non_loopback() && c.bridge_token.is_none() && c.audit_log.is_none());
+    }
+
+    #[test]
+    fn the_queue_is_in_memory_unless_redis_is_asked_for_with_a_url() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert!(matches!(c.queue, QueueKind::Memory));
+        let err = Config::from_vars(vars(&[("QUEUE", "kafka")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_QUEUE");
+        assert!(err.message.contains("memory or redis"), "{err}");
+        let err = Config::from_vars(vars(&[("QUEUE", "redis")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_REDIS_URL");
+        let err =
+            Config::from_vars(vars(&[("QUEUE", "redis"), ("REDIS_URL", "http://x")])).unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_REDIS_URL");
+        assert!(
+            !err.message.contains("http://x"),
+            "the URL is not echoed: {err}"
+        );
+        let err = Config::from_vars(vars(&[
+            ("QUEUE", "redis"),
+            ("REDIS_URL", "redis://127.0.0.1:6390/2"),
+            ("STORE_TIMEOUT", "0"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "LOCAL_PROVIDER_STORE_TIMEOUT");
+        let c = Config::from_vars(vars(&[
+            ("QUEUE", "redis"),
+            ("REDIS_URL", "redis://:pw@127.0.0.1:6390/2"),
+        ]))
+        .unwrap();
+        let QueueKind::Redis(r) = c.queue else {
+            panic!("expected the Redis queue")
+        };
+        assert_eq!(r.address, "127.0.0.1:6390");
+        assert_eq!(r.prefix, "mcp-local-provider:");
+        assert_eq!(r.timeout, Duration::from_millis(250));
     }
 }

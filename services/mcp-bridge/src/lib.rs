@@ -17,6 +17,7 @@ mod queue;
 pub mod relay;
 mod resume;
 mod sampling;
+mod shared_queue;
 mod state;
 mod ws;
 
@@ -48,6 +49,8 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("stdio relay: {0}")]
     Relay(String),
+    #[error("the request queue on Redis ({address}): {message}")]
+    Queue { address: String, message: String },
 }
 
 /// Serves on `listener` until `shutdown`. Queued requests then end at once with
@@ -72,15 +75,28 @@ pub async fn run(
     })?;
     let grace = config.shutdown_grace;
     let limits = config.connections.clone();
+    let shared = match &config.queue {
+        config::QueueKind::Memory => None,
+        config::QueueKind::Redis(settings) => {
+            let queue = shared_queue::SharedQueue::new(
+                settings.clone(),
+                config.lease_timeout,
+                config.resume_grace,
+            )?;
+            tracing::info!(redis = %queue.address(), consumer = %queue.instance, "the request queue is on Redis");
+            Some(Arc::new(queue))
+        }
+    };
     let app = Arc::new(state::App {
         bridge_token: auth::Token::new(config.bridge_token.as_ref()),
         http_token: auth::Token::new(config.http_token.as_ref()),
-        broker: Arc::new(broker::Broker::new(config, audit)),
+        broker: Arc::new(broker::Broker::new(config, audit, shared.clone())),
         bridge_id: format!("mcp-bridge/{}", provider_shared::VERSION),
         tasks: TaskTracker::new(),
         closing: CancellationToken::new(),
     });
     let broker = app.broker.clone();
+    let queue_tasks = shared.as_ref().map(|q| q.start(&broker));
     let sweeper = tokio::spawn({
         let broker = broker.clone();
         async move { broker.sweep_leases().await }.instrument(info_span!("leases"))
@@ -100,7 +116,7 @@ pub async fn run(
         ?grace,
         "shutting down"
     );
-    broker.begin_shutdown();
+    broker.begin_shutdown().await;
     let deadline = tokio::time::Instant::now() + grace;
     while broker.leased_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -111,13 +127,17 @@ pub async fn run(
             "grace period over; ending requests"
         );
     }
-    broker.end_leased();
+    broker.end_leased().await;
     // Sampling loops see `stopping` and end; a call still waiting on its client is dropped.
     broker.samplers.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), broker.samplers.wait()).await;
     app.closing.cancel();
     app.tasks.close();
     app.tasks.wait().await;
+    if let Some(running) = queue_tasks {
+        // The last results and the closed connections' requests reach Redis.
+        running.finish(Duration::from_secs(3)).await;
+    }
     mcp_stop.cancel();
     http_stop.cancel();
     let served = server.await;

@@ -6,11 +6,13 @@ use mcp_bridge::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: mcp-bridge [--stdio]
+const USAGE: &str = "usage: mcp-bridge [--stdio | healthcheck]
   (no argument)  serve bridge-agent's WebSocket, MCP at /mcp, /health and /metrics on
                  LOCAL_PROVIDER_MCP_BRIDGE_HOST:PORT (127.0.0.1:8787)
   --stdio        speak MCP on stdin/stdout, relayed to that running mcp-bridge's /mcp
-                 (for MCP clients that launch their servers)";
+                 (for MCP clients that launch their servers)
+  healthcheck    exit 0 when the mcp-bridge configured by the same variables answers
+                 /health/live (for container HEALTHCHECKs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     {
         [] => false,
         ["--stdio"] => true,
+        ["healthcheck"] => return healthcheck(),
         ["-h" | "--help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -98,6 +101,24 @@ async fn run_service(config: Config) -> ExitCode {
     match mcp_bridge::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
+    }
+}
+
+/// Probes the address the same `LOCAL_PROVIDER_*` variables make mcp-bridge listen on (the
+/// image has no shell or curl).
+fn healthcheck() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("mcp-bridge healthcheck: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    if provider_shared::probe::run("mcp-bridge", &config.host, config.port, timeout) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

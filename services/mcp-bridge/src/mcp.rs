@@ -85,6 +85,10 @@ pub struct SubmitArgs {
     /// Token counts, when known.
     #[serde(default)]
     pub usage: Option<UsageArg>,
+    /// This part's number: 1 for the first, then 2, 3, …. A part sent again with a number
+    /// already taken (its reply was lost) is acknowledged and not applied twice.
+    #[serde(default)]
+    pub part: Option<u64>,
     /// After the last part, wait for the next request and return it in `next`.
     #[serde(default)]
     pub wait_for_next: Option<bool>,
@@ -359,6 +363,7 @@ impl McpServer {
             done: args.done,
             finish_reason: args.finish_reason,
             usage: args.usage,
+            number: args.part,
         };
         let submitted = match self.broker.submit(&args.request_id, &args.lease_id, part) {
             Ok(s) => s,

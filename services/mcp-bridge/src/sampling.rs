@@ -251,6 +251,7 @@ fn answer_of(result: CreateMessageResult) -> Result<Part, String> {
         done: Some(true),
         finish_reason: Some(finish),
         usage: None,
+        number: None,
     })
 }
 

@@ -126,7 +126,10 @@ async fn agent_connection(app: Arc<App>, socket: WebSocket, addr: SocketAddr) {
         result_after_chunks,
     };
     let why = run(&app, &mut socket, &peer).await;
-    if peer.resumable && !app.closing.is_cancelled() {
+    // On the Redis queue a closing mcp-bridge leaves its requests to the next one bridge-agent
+    // reaches, as a vanished connection does.
+    let stays = !app.closing.is_cancelled() || broker.shared.is_some();
+    if peer.resumable && stays {
         broker.agent_vanished(owner);
     } else {
         broker.agent_disconnected(owner);
@@ -262,7 +265,7 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
     match BridgeFrame::parse(text) {
         Ok(BridgeFrame::ModelInvoke(invoke)) => {
             tracing::info!(id = %invoke.id, session = ?invoke.session_id, "request queued");
-            let to_owner = if peer.resumable {
+            let to_owner = if peer.resumable && app.broker.shared.is_none() {
                 let routed = app
                     .broker
                     .resumes
@@ -279,6 +282,16 @@ fn on_text(app: &App, peer: &Peer, tx: &Outbound<BridgeFrame>, text: &str) -> Ve
             id,
             after_chunk_index,
         }) if peer.resumable => {
+            if let Some(shared) = &app.broker.shared {
+                shared.command(crate::shared_queue::Command::Resume {
+                    owner,
+                    agent_id: peer.agent_id.clone(),
+                    id,
+                    after_chunk_index,
+                    to: tx.clone(),
+                });
+                return Vec::new();
+            }
             let resumed = app.broker.resumes.resume(
                 &id,
                 &peer.agent_id,

@@ -156,6 +156,47 @@ impl Scene {
         Running::start(&name, request).await
     }
 
+    /// Redis published on 127.0.0.1:`host_port` (a port of the test's choosing, kept when the
+    /// container restarts), every write appended to its AOF and synced before it is answered,
+    /// on a volume of its own: what the compose file's `shared-queue` profile runs.
+    pub async fn durable_redis(&self, host_port: u16) -> Running {
+        let name = unique("redis");
+        let data = self.volume("redis-data", "/data");
+        let request = hardened(
+            image(
+                self.docker.image("REDIS_IMAGE"),
+                "Ready to accept connections",
+            ),
+            &self.network,
+            &name,
+            &[],
+        )
+        .with_user("999:999")
+        .with_mount(data)
+        .with_host_config_modifier(
+            move |host: &mut testcontainers::bollard::models::HostConfig| {
+                let binding = testcontainers::bollard::models::PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(host_port.to_string()),
+                };
+                host.publish_all_ports = Some(false);
+                host.port_bindings = Some([("6379/tcp".to_owned(), Some(vec![binding]))].into());
+            },
+        )
+        .with_cmd([
+            "redis-server",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]);
+        Running::start(&name, request).await
+    }
+
     /// Peer, bridge-agent and one gateway, waited on until the gateway reports `healthy`.
     pub async fn pair(&self) -> Pair {
         let peer = self.peer().await;

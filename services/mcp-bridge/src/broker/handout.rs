@@ -57,6 +57,9 @@ impl Broker {
             }
             Taken::Waiting { serial, handout } => (serial, handout),
         };
+        if let Some(shared) = &self.shared {
+            shared.wanted();
+        }
         // Dropped on every way out, this future's too: a hand-out that came meanwhile and is
         // not returned goes back to the front.
         let mut line = InLine {

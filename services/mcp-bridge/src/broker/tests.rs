@@ -14,7 +14,7 @@ async fn broker() -> Arc<Broker> {
     let (audit, _writer) = Audit::open(None, "mcp-bridge", Default::default())
         .await
         .unwrap();
-    Arc::new(Broker::new(config, audit))
+    Arc::new(Broker::new(config, audit, None))
 }
 
 /// A request for a caller that stays, taken at once.

@@ -168,6 +168,27 @@ impl Queue {
         now: Instant,
         result_after_chunks: bool,
     ) -> Result<(), String> {
+        self.push_waited(
+            invoke,
+            owner,
+            to_owner,
+            now,
+            Duration::ZERO,
+            result_after_chunks,
+        )
+    }
+
+    /// [`Queue::push`] of a request that already `waited` elsewhere (in the Redis queue): its
+    /// time in the queue counts from then.
+    pub fn push_waited(
+        &mut self,
+        invoke: ModelInvoke,
+        owner: Owner,
+        to_owner: Outbound<BridgeFrame>,
+        now: Instant,
+        waited: Duration,
+        result_after_chunks: bool,
+    ) -> Result<(), String> {
         if self.entries.contains_key(&invoke.id) {
             return Err(invoke.id);
         }
@@ -185,7 +206,7 @@ impl Queue {
                 to_owner,
                 payload,
                 shape,
-                enqueued: now,
+                enqueued: now.checked_sub(waited).unwrap_or(now),
                 attempts: 0,
                 first_handed: None,
                 lease: None,

@@ -94,7 +94,6 @@ impl Queue {
         }
     }
 
-    #[cfg(test)]
     pub fn waiting_polls(&self) -> usize {
         self.waiters.waiting.len()
     }
