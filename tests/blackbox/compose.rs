@@ -1,7 +1,7 @@
-//! compose.yaml itself: `docker-compose config` accepts it with both profiles and it keeps its
+//! compose.yaml itself: `docker-compose config` accepts it with every profile and it keeps its
 //! promises (hardening, loopback-only ports, health checks, stop grace); and the stack comes up
 //! from the locally built images (`scripts/build-test-images.sh`) and chats, with the scripted
-//! peer laid over it as the MCP bridge. Without a Docker engine these tests skip, or fail under
+//! peer laid over it as the MCP bridge, or (profile `team`) with two real mcp-bridges on Redis. Without a Docker engine these tests skip, or fail under
 //! CI.
 use std::time::{Duration, Instant};
 
@@ -358,6 +358,8 @@ async fn the_team_profile_serves_one_queue_from_two_mcp_bridges_behind_one_name(
             "ws://mcp-bridge:8787".into(),
         ),
         ("LOCAL_PROVIDER_RECONNECT_DELAY".into(), "0.2".into()),
+        // bridge-agent may start before either mcp-bridge answers to the name (docs/operations.md).
+        ("LOCAL_PROVIDER_RECONNECT_ATTEMPTS".into(), "1000".into()),
         ("LOCAL_PROVIDER_LEASE_TIMEOUT".into(), "2".into()),
     ]);
     let project = Project::new(docker, &[], &env);
