@@ -63,7 +63,6 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// `max_completion_tokens`, else `max_tokens`, when given.
     pub max_tokens: Option<u64>,
-    pub tools: Option<Value>,
     /// Every field but `model` and `messages`, exactly as sent.
     pub parameters: Map<String, Value>,
 }
@@ -250,7 +249,7 @@ pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
 
     let common = check_common(&obj, limits)?;
     check_no_logprobs(&obj)?;
-    let tools = tools(&obj)?;
+    tools(&obj)?;
     match obj.get("tool_choice") {
         None | Some(Value::Null | Value::String(_) | Value::Object(_)) => {}
         Some(v) => {
@@ -271,16 +270,16 @@ pub fn chat(body: &[u8], limits: &Limits) -> Result<ChatRequest, Error> {
         stream: common.stream,
         include_usage: common.include_usage,
         max_tokens: common.max_tokens,
-        tools,
         parameters: obj,
     })
 }
 
 /// Checks `tools`: an array of `{"type": "function", "function": {"name": …}}`, the shape both
-/// OpenAI's and Ollama's chats use. `None` when absent or null.
-pub fn tools(obj: &Map<String, Value>) -> Result<Option<Value>, Error> {
+/// OpenAI's and Ollama's chats use; true when given (false when absent or null). The tools stay
+/// where they are: nothing is copied to check them.
+pub fn tools(obj: &Map<String, Value>) -> Result<bool, Error> {
     match obj.get("tools") {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Value::Null) => Ok(false),
         Some(Value::Array(tools)) => {
             for (i, tool) in tools.iter().enumerate() {
                 let name = tool.pointer("/function/name").and_then(Value::as_str);
@@ -291,7 +290,7 @@ pub fn tools(obj: &Map<String, Value>) -> Result<Option<Value>, Error> {
                     ));
                 }
             }
-            Ok(Some(Value::Array(tools.clone())))
+            Ok(true)
         }
         Some(v) => Err(invalid(
             "tools",
@@ -838,12 +837,12 @@ mod tests {
             Err(other) => panic!("unexpected {other:?}"),
         };
         let open = check(merge(base(), openai)).map(drop);
-        let body = merge(
+        let mut body = merge(
             json!({"model": "cursor-agent-local", "messages": [{"role": "user", "content": "hi"}]}),
             ollama,
         );
         let olla =
-            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+            crate::ollama::chat::job("cursor-agent-local", body.as_object_mut().unwrap(), &LIMITS)
                 .map(drop);
         (param(open), param(olla))
     }
@@ -1025,12 +1024,12 @@ mod tests {
 
     #[test]
     fn ollama_parameters_reach_the_agent_by_openai_names() {
-        let body = json!({"model": "cursor-agent-local", "stream": false,
+        let mut body = json!({"model": "cursor-agent-local", "stream": false,
             "messages": [{"role": "user", "content": "hi"}],
             "options": {"temperature": 1, "num_predict": 64, "stop": "\n", "seed": 7},
             "tools": [{"type": "function", "function": {"name": "f"}}]});
         let job =
-            crate::ollama::chat::job("cursor-agent-local", body.as_object().unwrap(), &LIMITS)
+            crate::ollama::chat::job("cursor-agent-local", body.as_object_mut().unwrap(), &LIMITS)
                 .unwrap()
                 .unwrap();
         assert!(!job.ask.stream);
@@ -1044,9 +1043,9 @@ mod tests {
         assert_eq!(parameters["stop"], json!(["\n"]));
         assert_eq!(parameters["seed"], 7);
         assert_eq!(parameters["tools"][0]["function"]["name"], "f");
-        let empty = json!({"model": "cursor-agent-local", "messages": []});
+        let mut empty = json!({"model": "cursor-agent-local", "messages": []});
         assert!(
-            crate::ollama::chat::job("m", empty.as_object().unwrap(), &LIMITS)
+            crate::ollama::chat::job("m", empty.as_object_mut().unwrap(), &LIMITS)
                 .unwrap()
                 .is_none()
         );

@@ -228,8 +228,8 @@ fn check_body(body: &[u8], original: Option<&Value>) -> Result<(), TestCaseError
         Err(err) => clean_refusal(&err)?,
     }
     // Ollama's chat goes through the same rules in its own dialect.
-    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) {
-        match crate::ollama::chat::job(MODEL, &obj, &limits) {
+    if let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) {
+        match crate::ollama::chat::job(MODEL, &mut obj, &limits) {
             Ok(job) => prop_assert!(job.is_none_or(|job| job
                 .ask
                 .max_tokens

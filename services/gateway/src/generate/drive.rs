@@ -173,10 +173,20 @@ async fn run(
                         // The ending follows at once, so this one piece is not held back.
                         let _ = outbox.push(Piece::Delta(delta), 0);
                     }
-                    // Boxed: the count runs once per request, and inline its future would
-                    // enlarge every waiting request's task.
-                    let completion = Box::pin(tokens::count_answer(answer.completion_text())).await;
-                    let usage = account.finish("ok", result.usage, completion);
+                    let usage = match result.usage.filter(Usage::is_reported) {
+                        // The agent's figure, held to what is possible, is what the client
+                        // sees: the answer is not tokenized for a figure nobody reads.
+                        Some(reported) => {
+                            account.finish_reported("ok", reported, estimate_tokens(&answer))
+                        }
+                        None => {
+                            // Boxed: the count runs once per request, and inline its future
+                            // would enlarge every waiting request's task.
+                            let completion =
+                                Box::pin(tokens::count_answer(answer.completion_text())).await;
+                            account.finish("ok", completion)
+                        }
+                    };
                     let finish_reason = answer.finish_reason();
                     account.overhead.add_since(busy_since);
                     let done = Piece::Done {
@@ -213,7 +223,7 @@ async fn run(
             Next::ReaderGone => {
                 // Dropping the call cancels the request at bridge-agent.
                 drop(call);
-                account.finish("cancelled", None, estimate_tokens(&answer));
+                account.finish("cancelled", estimate_tokens(&answer));
                 outbox.close();
                 return;
             }
@@ -222,13 +232,15 @@ async fn run(
     // Cancel at bridge-agent first (a no-op when its result already came).
     drop(call);
     let slow = failure.code() == codes::SLOW_CLIENT;
-    account.finish(&failure.code(), None, estimate_tokens(&answer));
+    account.finish(&failure.code(), estimate_tokens(&answer));
     outbox.end(Piece::Failed(failure), slow);
 }
 
 /// The tokens of an answer that ended early, for the budget: about four bytes each. Counting
 /// exactly costs a tokenizer pass over all of it (seconds and many megabytes for a long run of
-/// one character), which a failed request must not cost.
+/// one character), which a failed request must not cost. An answer whose usage the agent reported
+/// is charged this too (`Accounting::finish_reported`): the tokenizer would run only for the
+/// budget.
 fn estimate_tokens(answer: &AnswerAccumulator) -> u64 {
     (answer.text_bytes() as u64).div_ceil(4)
 }

@@ -57,9 +57,8 @@ impl Job {
         if parameters.get("tools").is_some_and(|t| !t.is_null()) {
             scopes.push("tools".to_owned());
         }
-        let prompt = serde_json::to_string(&messages).unwrap_or_default();
         Self {
-            prompt_sha256: digest::sha256_hex(prompt.as_bytes()),
+            prompt_sha256: digest::sha256_hex_json(&messages),
             payload: Payload::Chat {
                 messages,
                 parameters,

@@ -36,6 +36,7 @@ use crate::error::Error;
 use crate::ratelimit::{RateHeaders, Take};
 use crate::secrets::random_hex;
 use crate::state::{AppState, Shared};
+use crate::store::BucketKey;
 
 /// An authenticated caller, when its request began, and its body's room in the budget.
 pub struct Arrival {
@@ -220,7 +221,7 @@ impl Arrival {
         {
             Ok(call) => call,
             Err(err) => {
-                account.finish(&err.code(), None, 0);
+                account.finish(&err.code(), 0);
                 return Err(err);
             }
         };
@@ -288,24 +289,36 @@ pub fn reservation(prompt_tokens: u64, output: u64, output_reservation: u64, tpm
         .min(tpm)
 }
 
-/// Takes one request from the client's `bucket` (at `RATE_LIMIT_RPM`), or explains the 429.
+/// The client's token bucket (`RATE_LIMIT_TPM`).
+pub(super) fn token_bucket(client: &str) -> String {
+    format!("tpm:{client}")
+}
+
+/// Takes one request from the client's `bucket` (at `RATE_LIMIT_RPM`), or explains the 429. One
+/// store call: the token bucket's level, which a refusal's headers report, comes with it.
 async fn take_request(
     state: &AppState,
     client: &str,
     peer: SocketAddr,
     bucket: Bucket,
 ) -> Result<Take, Error> {
-    let requests = state
+    let (request_key, token_key) = (bucket.key(client), token_bucket(client));
+    let (requests, tokens) = state
         .store
-        .take(&bucket.key(client), state.rpm_spec(), 1)
+        .take_request(
+            BucketKey {
+                key: &request_key,
+                spec: state.rpm_spec(),
+            },
+            BucketKey {
+                key: &token_key,
+                spec: state.tpm_spec(),
+            },
+        )
         .await?;
     if requests.allowed {
         return Ok(requests);
     }
-    let tokens = state
-        .store
-        .peek(&format!("tpm:{client}"), state.tpm_spec())
-        .await?;
     metrics::counter!("gateway_rate_limited_total", "kind" => bucket.name()).increment(1);
     audit_limit(
         state,
@@ -328,7 +341,8 @@ async fn take_request(
 }
 
 /// Reserves `reserved` tokens from the client's token bucket, or explains the 429. A request
-/// refused here does not count against the request budget: its request is given back.
+/// refused here does not count against the request budget: the same store call gives its
+/// request back.
 async fn reserve_tokens(
     state: &AppState,
     client: &str,
@@ -336,15 +350,24 @@ async fn reserve_tokens(
     reserved: u64,
     requests: &Take,
 ) -> Result<Take, Error> {
-    let (rpm_key, tpm_key) = (format!("rpm:{client}"), format!("tpm:{client}"));
+    let (request_key, token_key) = (Bucket::Requests.key(client), token_bucket(client));
     let tokens = state
         .store
-        .take(&tpm_key, state.tpm_spec(), reserved)
+        .reserve_tokens(
+            BucketKey {
+                key: &token_key,
+                spec: state.tpm_spec(),
+            },
+            reserved,
+            BucketKey {
+                key: &request_key,
+                spec: state.rpm_spec(),
+            },
+        )
         .await?;
     if tokens.allowed {
         return Ok(tokens);
     }
-    state.store.adjust(&rpm_key, state.rpm_spec(), 1).await?;
     metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
     let used = state.settings.tpm.saturating_sub(tokens.remaining);
     audit_limit(state, peer, "tokens", used, state.settings.tpm);
