@@ -36,8 +36,9 @@ const CAPABILITIES: &[&str] = &[
     "reasoning",
     CAP_RESULT_AFTER_CHUNKS,
 ];
-/// Frames waiting to go out on the WebSocket; request tasks wait when it is full.
-const OUTBOUND_QUEUE: usize = 256;
+/// Frames waiting to go out on the WebSocket; request tasks wait when it is full. Not the bound
+/// of mcp-bridge's `OUTBOUND_QUEUE`, the other way, where a full queue ends the request.
+const WEBSOCKET_QUEUE: usize = 256;
 
 /// What one read from the WebSocket takes at most. tungstenite zero-fills this much before every
 /// read, and its default (128 KiB) cost that on each read of a chunk frame of a few hundred
@@ -215,7 +216,7 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         protocol,
         max_frame_bytes,
     } = welcomed;
-    let (tx, mut rx) = mpsc::channel::<BridgeFrame>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<BridgeFrame>(WEBSOCKET_QUEUE);
     hub.link.send_replace(CurrentWebSocket::Up {
         generation,
         tx,

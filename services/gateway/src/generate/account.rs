@@ -103,7 +103,7 @@ impl Accounting {
         if delta != 0 {
             let store = self.state.store.clone();
             let spec = self.state.tpm_spec();
-            let key = super::preamble::token_bucket(&self.client);
+            let key = super::admission::token_bucket(&self.client);
             let span = tracing::info_span!("reconcile_tokens", request_id = %self.request_id);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use provider_shared::answer::AnswerAccumulator;
-use provider_shared::bridge::{codes, Delta, Outcome, Usage};
+use provider_shared::bridge::{codes, Delta, ErrorBody, Outcome, Usage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::account::Accounting;
-use super::agent_error;
 use super::outbox::Outbox;
 use crate::agent_client::{Call, CallEvent};
 use crate::error::Error;
@@ -44,6 +43,30 @@ enum Next {
     Backstop,
     GraceOver,
     ReaderGone,
+}
+
+/// Maps a failed result from bridge-agent or the agent to the client's error.
+pub fn agent_error(err: &ErrorBody) -> Error {
+    use axum::http::StatusCode;
+    let (status, retry_after) = match err.code.as_str() {
+        codes::AGENT_UNAVAILABLE => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(5)),
+        ),
+        codes::SHUTTING_DOWN => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(1)),
+        ),
+        codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
+        codes::REQUEST_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        _ => (StatusCode::BAD_GATEWAY, None),
+    };
+    Error::Agent {
+        status,
+        code: err.code.clone(),
+        message: err.message.clone(),
+        retry_after,
+    }
 }
 
 /// How long the gateway waits for bridge-agent's own timeouts before it gives up by itself.

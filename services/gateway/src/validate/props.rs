@@ -1,4 +1,4 @@
-//! Property tests of request validation (`validate.rs`, through OpenAI's chat and completions and
+//! Property tests of request validation (`validate/`, through OpenAI's chat and completions and
 //! Ollama's chat): any body, bytes or request-like JSON, passes unchanged or gets a clean 400
 //! naming what is wrong, never a panic. `PROPTEST_CASES` sets
 //! the number of cases (256 by default, as in CI); `scripts/proptest-long.sh` runs them longer.
