@@ -37,6 +37,9 @@ pub struct Accounting {
     pub started: Instant,
     pub first_chunk: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The bytes of answer relayed so far: what a request dropped before its end is charged
+    /// for (about four a token).
+    pub relayed_bytes: usize,
     pub done: bool,
     /// The gateway's own time for this request; recorded when its last holder lets go.
     pub overhead: Arc<Overhead>,
@@ -159,7 +162,8 @@ pub fn clamp(reported: Usage, prompt_tokens: u64, output_cap: u64) -> Usage {
 impl Drop for Accounting {
     fn drop(&mut self) {
         if !self.done {
-            self.finish("cancelled", 0);
+            let estimated = (self.relayed_bytes as u64).div_ceil(4);
+            self.finish("cancelled", estimated);
         }
     }
 }

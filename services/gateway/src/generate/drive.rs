@@ -3,11 +3,12 @@
 //! its cancellation and a lost bridge-agent are handled whether or not the client reads; what
 //! the client has not read yet waits in a bounded [`Outbox`]. Dropping the pieces before their
 //! end cancels the request all the way to the agent and closes its books.
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use provider_shared::answer::AnswerAccumulator;
 use provider_shared::bridge::{codes, Delta, ErrorBody, Outcome, Usage};
 use tokio_util::sync::CancellationToken;
@@ -118,22 +119,53 @@ fn slow_client_error(limit: usize) -> Error {
     }
 }
 
-/// Starts the request's own task and returns what it produces.
+/// Starts the request and returns what it produces. A streamed answer runs in a task of its own,
+/// so its deadline, its cancellation and a lost bridge-agent are handled whether or not the
+/// client reads. A whole answer runs in the task that waits for it ([`inline`]).
 pub fn drive(state: Shared, call: Call, account: Accounting) -> Pieces {
     let outbox = Outbox::new(state.settings.stream_buffer_bytes);
     let reader_gone = CancellationToken::new();
     let span = tracing::info_span!("request", request_id = %call.id);
-    state.tasks.spawn(
-        run(
-            state.clone(),
-            call,
-            account,
-            outbox.clone(),
-            reader_gone.clone(),
-        )
-        .instrument(span),
-    );
-    Box::pin(outbox.reader(reader_gone))
+    let streamed = account.stream;
+    let request = run(
+        state.clone(),
+        call,
+        account,
+        outbox.clone(),
+        reader_gone.clone(),
+    )
+    .instrument(span);
+    let pieces = outbox.reader(reader_gone);
+    if streamed {
+        state.tasks.spawn(request);
+        Box::pin(pieces)
+    } else {
+        Box::pin(inline(request, pieces))
+    }
+}
+
+/// A whole answer's request, run by whoever reads its pieces: each frame wakes the handler
+/// waiting for the answer, not a task of the request's own that would wake it in turn. The
+/// request is polled whenever no piece is ready, so its deltas never pile up in the outbox.
+/// Dropped before its end (the client went away, or the server stopped), the request is cancelled
+/// at bridge-agent (`Call`'s drop) and its books closed with what was relayed (`Accounting`'s
+/// drop), as a streamed request is when its reader goes.
+fn inline(
+    request: impl Future<Output = ()> + Send + 'static,
+    pieces: impl Stream<Item = Piece> + Send + 'static,
+) -> impl Stream<Item = Piece> + Send {
+    let state = (Box::pin(request), Box::pin(pieces), false);
+    futures_util::stream::unfold(state, |(mut request, mut pieces, mut ended)| async move {
+        loop {
+            tokio::select! {
+                biased;
+                piece = pieces.next() => {
+                    return piece.map(|piece| (piece, (request, pieces, ended)));
+                }
+                () = &mut request, if !ended => ended = true,
+            }
+        }
+    })
 }
 
 async fn run(
@@ -178,6 +210,7 @@ async fn run(
                 account.mark_first_chunk();
                 let bytes = c.approx_bytes();
                 let delta = answer.absorb(c.delta);
+                account.relayed_bytes = answer.text_bytes();
                 if c.finish_reason.is_some() {
                     answer.finish_reason = c.finish_reason;
                 }
@@ -192,7 +225,9 @@ async fn run(
                 Outcome::Ok { result } => {
                     account.mark_first_chunk();
                     // No chunk carried output: the result's message is the answer.
-                    if let Some(delta) = answer.absorb_result(&result) {
+                    let delta = answer.absorb_result(&result);
+                    account.relayed_bytes = answer.text_bytes();
+                    if let Some(delta) = delta {
                         // The ending follows at once, so this one piece is not held back.
                         let _ = outbox.push(Piece::Delta(delta), 0);
                     }
@@ -281,7 +316,6 @@ fn slow_client(state: &AppState, account: &Accounting) -> Error {
 pub async fn finish(
     mut pieces: Pieces,
 ) -> Result<(AnswerAccumulator, String, Usage, Duration), Error> {
-    use futures_util::StreamExt;
     while let Some(piece) = pieces.next().await {
         match piece {
             Piece::Delta(_) => {}

@@ -165,6 +165,7 @@ impl Arrival {
             started: self.started,
             first_chunk: None,
             permit: Some(permit),
+            relayed_bytes: 0,
             done: true,
             overhead: overhead::Overhead::new(),
         }
