@@ -11,7 +11,7 @@ use crate::bridge::{Delta, FunctionDelta, ResultBody, ToolCallDelta};
 
 /// One tool call so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ToolCall {
+pub struct ToolCallSoFar {
     pub id: String,
     pub name: String,
     /// The arguments' JSON text so far.
@@ -24,7 +24,7 @@ pub struct AnswerAccumulator {
     pub content: String,
     pub reasoning: String,
     /// Tool calls by the index the deltas gave them.
-    pub tool_calls: BTreeMap<u64, ToolCall>,
+    pub tool_calls: BTreeMap<u64, ToolCallSoFar>,
     pub finish_reason: Option<String>,
 }
 

@@ -340,6 +340,13 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// Whether it says anything: all zeros is what an agent sends that counted nothing.
+    pub fn is_reported(&self) -> bool {
+        self.prompt_tokens.saturating_add(self.completion_tokens) > 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,

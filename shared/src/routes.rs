@@ -30,7 +30,7 @@ pub trait Routed {
 
 /// Why [`RouteTable::insert`] refused an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum InsertRefused {
     /// A request with this id is in the table.
     Duplicate,
     /// The table was closed ([`RouteTable::close`]): its connection has ended.
@@ -114,13 +114,13 @@ impl<T: Routed, M> RouteTable<T, M> {
     }
 
     /// Registers `id`; its task reads the returned inbox.
-    pub fn insert(&self, id: &str, meta: M) -> Result<(Ticket, Inbox<T>), Refused> {
+    pub fn insert(&self, id: &str, meta: M) -> Result<(Ticket, Inbox<T>), InsertRefused> {
         let mut inner = lock(&self.inner);
         if !inner.open {
-            return Err(Refused::Closed);
+            return Err(InsertRefused::Closed);
         }
         if inner.entries.contains_key(id) {
-            return Err(Refused::Duplicate);
+            return Err(InsertRefused::Duplicate);
         }
         inner.next_serial += 1;
         let serial = inner.next_serial;
@@ -399,7 +399,7 @@ mod tests {
     fn duplicate_ids_are_refused_until_removed_and_a_stale_ticket_removes_nothing() {
         let table = RouteTable::<Item, u8>::new(1000);
         let (old, _inbox) = table.insert("a", 1).unwrap();
-        assert_eq!(table.insert("a", 2).err(), Some(Refused::Duplicate));
+        assert_eq!(table.insert("a", 2).err(), Some(InsertRefused::Duplicate));
         assert!(table.remove("a", old));
         let (_new, _inbox) = table.insert("a", 2).unwrap();
         assert!(!table.remove("a", old));
@@ -523,7 +523,7 @@ mod tests {
         table.route("a", Item::Chunk(5)).unwrap();
         assert_eq!(table.close(|| Item::Gone), 2);
         assert!(table.is_empty());
-        assert_eq!(table.insert("c", ()).err(), Some(Refused::Closed));
+        assert_eq!(table.insert("c", ()).err(), Some(InsertRefused::Closed));
         assert_eq!(a.recv().await, Some(Item::Chunk(5)));
         assert_eq!(a.recv().await, Some(Item::Gone));
         assert_eq!(a.recv().await, None);

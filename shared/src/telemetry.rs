@@ -21,8 +21,57 @@ fn filter_for(level: LogLevel) -> String {
     directives
 }
 
-/// Logs to stdout at `level` (a `RUST_LOG` filter, when set, wins), as text or JSON lines.
+/// Log lines that may wait for the log writer thread. Past that, the thread logging waits for
+/// room (lines are never dropped): stdout is then not being read, and a synchronous write would
+/// have waited as long. The queue's slots are allocated up front (about 32 bytes each, 128 KiB),
+/// the lines themselves only while they wait; at 4096 a burst of some thousands of requests'
+/// lines fits while the writer catches up.
+pub const LOG_QUEUE_LINES: usize = 4096;
+
+/// The log writer's buffer: the lines it takes from the queue in one go are written together
+/// up to this many bytes (a line longer than this is written alone).
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
+/// Keeps the log writer thread of [`init_logging`] for the life of the process: dropping it
+/// writes out what is still queued (waiting up to a second), so it is held by `main` and
+/// dropped last.
+#[must_use = "dropping the guard stops the log writer: hold it until the process ends"]
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// Logs to stdout at `level` (a `RUST_LOG` filter, when set, wins), as text or JSON lines,
+/// written by a thread of their own: a request's thread formats its line and queues it
+/// ([`LOG_QUEUE_LINES`]), and never does the `write` to stdout itself.
+pub fn init_logging(level: LogLevel, format: LogFormat) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .thread_name("log-writer")
+        // The writer takes every queued line, then flushes: a burst becomes one `write`.
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BYTES,
+            std::io::stdout(),
+        ));
+    // A second initialisation (several services in one test process) keeps the first, and
+    // this writer, which nothing uses, stops at once.
+    let installed = install(level, format, writer);
+    LogGuard {
+        _writer: installed.then_some(guard),
+    }
+}
+
+/// Logs to stdout at `level` as [`init_logging`] does, each line written by the thread that
+/// logs it (mcp-bridge's, until it holds a [`LogGuard`] in its `main`).
 pub fn init_tracing(level: LogLevel, format: LogFormat) {
+    install(level, format, std::io::stdout);
+}
+
+/// Installs the subscriber writing to `writer`; false when one was installed already.
+fn install<W>(level: LogLevel, format: LogFormat, writer: W) -> bool
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(filter_for(level)));
     // Colour only for a person at a terminal: supervisors and log files get plain text.
@@ -31,12 +80,11 @@ pub fn init_tracing(level: LogLevel, format: LogFormat) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stdout);
-    // A second initialisation (several services in one test process) keeps the first.
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init().is_ok(),
+        LogFormat::Text => builder.try_init().is_ok(),
+    }
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where the gateway's own overhead lives,

@@ -348,4 +348,12 @@ async fn a_non_streaming_client_that_leaves_cancels_too() {
             .wait_for_cancel(&id, Duration::from_secs(5))
             .await
     );
+    // Its books are closed as a streamed request's are.
+    let record = stack
+        .gateway
+        .wait_audit("model_request cancelled", |v| {
+            v["event_type"] == "model_request" && v["request_id"] == id.as_str()
+        })
+        .await;
+    assert_eq!(record["outcome"], "cancelled");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use gateway::config::RedisSettings;
 use gateway::ratelimit::BucketSpec;
-use gateway::store::{now_ms, Created, MemoryStore, RedisStore, Session, Store};
+use gateway::store::{now_ms, BucketKey, Created, MemoryStore, RedisStore, Session, Store};
 use integration_tests::harness::wait_for;
 use integration_tests::redis::RedisServer;
 
@@ -91,6 +91,56 @@ async fn buckets_answer_as_the_memory_store_does() {
                 "step {i}: {m:?} / {s:?}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn admission_steps_answer_as_the_memory_store_does() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let shared = store(&redis, "admit:");
+    shared.ping().await.unwrap();
+    let memory = MemoryStore::new();
+    // A minute per unit: no refill between steps changes a whole unit.
+    let requests = BucketKey {
+        key: "rpm:c",
+        spec: BucketSpec::per_minute(1, 3),
+    };
+    let tokens = BucketKey {
+        key: "tpm:c",
+        spec: BucketSpec::per_minute(1, 100),
+    };
+    for s in [&memory as &dyn Store, &shared] {
+        // Admitted, then 60 tokens reserved: 2 requests and 40 tokens left.
+        let (took, seen) = s.take_request(requests, tokens).await.unwrap();
+        assert!(took.allowed);
+        assert_eq!((took.remaining, seen.remaining), (2, 100));
+        let reserved = s.reserve_tokens(tokens, 60, requests).await.unwrap();
+        assert!(reserved.allowed);
+        assert_eq!(reserved.remaining, 40);
+        // Admitted, but 60 more tokens do not fit: the request is given back in the same step.
+        let (took, seen) = s.take_request(requests, tokens).await.unwrap();
+        assert_eq!(
+            (took.allowed, took.remaining, seen.remaining),
+            (true, 1, 40)
+        );
+        let refused = s.reserve_tokens(tokens, 60, requests).await.unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 40);
+        assert!(refused.retry_after > Duration::from_secs(60 * 19));
+        assert_eq!(
+            s.peek(requests.key, requests.spec).await.unwrap().remaining,
+            2
+        );
+        // Two more requests empty the bucket; the next is refused, with the tokens' level.
+        for left in [1, 0] {
+            let (took, _) = s.take_request(requests, tokens).await.unwrap();
+            assert_eq!((took.allowed, took.remaining), (true, left));
+        }
+        let (took, seen) = s.take_request(requests, tokens).await.unwrap();
+        assert!(!took.allowed);
+        assert_eq!(seen.remaining, 40);
     }
 }
 

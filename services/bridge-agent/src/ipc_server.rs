@@ -15,7 +15,7 @@ use provider_shared::ipc::{
     IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION, SILENCE_LIMIT,
     WRITE_TIMEOUT,
 };
-use provider_shared::routes::{Rebind, Refused};
+use provider_shared::routes::{InsertRefused, Rebind};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -249,11 +249,13 @@ async fn on_request(
             tracing::warn!(%id, ?why, "request refused");
             crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
             let refusal = match why {
-                Refused::Duplicate => refuse(
+                InsertRefused::Duplicate => refuse(
                     codes::DUPLICATE_ID,
                     "a request with this id is already in flight",
                 ),
-                Refused::Closed => refuse(codes::SHUTTING_DOWN, "bridge-agent is shutting down"),
+                InsertRefused::Closed => {
+                    refuse(codes::SHUTTING_DOWN, "bridge-agent is shutting down")
+                }
             };
             let _ = out.send(refusal).await;
             return;

@@ -36,8 +36,16 @@ const CAPABILITIES: &[&str] = &[
     "reasoning",
     CAP_RESULT_AFTER_CHUNKS,
 ];
-/// Frames waiting to go out on the WebSocket; request tasks wait when it is full.
-const OUTBOUND_QUEUE: usize = 256;
+/// Frames waiting to go out on the WebSocket; request tasks wait when it is full. Not the bound
+/// of mcp-bridge's `OUTBOUND_QUEUE`, the other way, where a full queue ends the request.
+const WEBSOCKET_QUEUE: usize = 256;
+
+/// What one read from the WebSocket takes at most. tungstenite zero-fills this much before every
+/// read, and its default (128 KiB) cost that on each read of a chunk frame of a few hundred
+/// bytes. 8 KiB holds a burst of a few dozen chunk frames; a larger frame is not limited by it
+/// (tungstenite reserves a frame's whole length once its header is read, then reads it in pieces
+/// of this size).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The reconnect delay's ceiling never grows past this, unless `RECONNECT_DELAY` itself is longer.
 const MAX_RECONNECT_CEILING: Duration = Duration::from_secs(60);
@@ -152,7 +160,8 @@ async fn handshake(hub: &Hub) -> Result<Welcomed, ConnectError> {
     let limit = usize::try_from(hub.config.max_frame_bytes.0).unwrap_or(usize::MAX);
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_frame_size(Some(limit))
-        .max_message_size(Some(limit));
+        .max_message_size(Some(limit))
+        .read_buffer_size(READ_BUFFER_BYTES);
     // Small frames go out at once: Nagle's delay would hold chunks back by tens of milliseconds.
     let (mut ws, _response) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
@@ -207,7 +216,7 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         protocol,
         max_frame_bytes,
     } = welcomed;
-    let (tx, mut rx) = mpsc::channel::<BridgeFrame>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<BridgeFrame>(WEBSOCKET_QUEUE);
     hub.link.send_replace(CurrentWebSocket::Up {
         generation,
         tx,

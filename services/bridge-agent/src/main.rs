@@ -37,7 +37,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    provider_shared::telemetry::init_tracing(config.log_level, config.log_format);
+    // Held to the end of `main`, after the runtime: the last lines are written out before exit.
+    let _logs = provider_shared::telemetry::init_logging(config.log_level, config.log_format);
     open_files.log(config.connections.max_connections);
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(%var, "unknown variable ignored (a typo?)");

@@ -21,7 +21,7 @@ use provider_shared::ipc::{
     BridgeStatus, IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, HEARTBEAT_EVERY, IPC_PROTOCOL,
     IPC_VERSION, SILENCE_LIMIT, WRITE_TIMEOUT,
 };
-use provider_shared::routes::{Delivered, Inbox, Refused, RouteTable, Routed, Ticket};
+use provider_shared::routes::{Delivered, Inbox, InsertRefused, RouteTable, Routed, Ticket};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
@@ -52,12 +52,12 @@ pub enum CallEvent {
 
 /// An event as routed: with the connection reader's time for its frame (read, decode, route),
 /// which counts as the request's own gateway time.
-struct Timed {
+struct TimedEvent {
     event: CallEvent,
     took: Duration,
 }
 
-impl Timed {
+impl TimedEvent {
     fn untimed(event: CallEvent) -> Self {
         Self {
             event,
@@ -66,7 +66,7 @@ impl Timed {
     }
 }
 
-impl Routed for Timed {
+impl Routed for TimedEvent {
     fn cost(&self) -> usize {
         match &self.event {
             CallEvent::Chunk(chunk) => chunk.approx_bytes(),
@@ -98,7 +98,7 @@ pub struct LinkStatus {
 #[derive(Clone)]
 struct Conn {
     tx: mpsc::Sender<IpcFrame>,
-    table: Arc<RouteTable<Timed>>,
+    table: Arc<RouteTable<TimedEvent>>,
     /// This bridge-agent takes `resume`.
     resume: bool,
 }
@@ -159,8 +159,8 @@ impl AgentClient {
             let (ticket, inbox) = match conn.table.insert(&id, ()) {
                 Ok(registered) => registered,
                 // That connection just ended; the next one is on its way.
-                Err(Refused::Closed) => continue,
-                Err(Refused::Duplicate) => {
+                Err(InsertRefused::Closed) => continue,
+                Err(InsertRefused::Duplicate) => {
                     return Err(Error::Internal(format!(
                         "request id {id} is already in flight to bridge-agent"
                     )))
@@ -197,7 +197,7 @@ impl AgentClient {
     async fn next_conn(
         &self,
         deadline: tokio::time::Instant,
-        not: Option<&Arc<RouteTable<Timed>>>,
+        not: Option<&Arc<RouteTable<TimedEvent>>>,
     ) -> Option<Conn> {
         let mut conn_rx = self.conn.clone();
         let fresh = |c: &Option<Conn>| {
@@ -217,7 +217,7 @@ pub struct Call {
     pub id: String,
     /// Kept until the first chunk, for a resume to send afresh if the bridge never got it.
     invoke: Option<ModelInvoke>,
-    inbox: Inbox<Timed>,
+    inbox: Inbox<TimedEvent>,
     /// Its registration in `conn`'s table.
     ticket: Ticket,
     conn: Conn,
@@ -231,11 +231,11 @@ impl Call {
     /// The next event; after a `Result`, `Lost` or `Overflow` there are none (until a resume).
     pub async fn next(&mut self) -> CallEvent {
         // The table drains every entry with `Lost` before it lets go of the inbox.
-        let Timed { event, took } = self
+        let TimedEvent { event, took } = self
             .inbox
             .recv()
             .await
-            .unwrap_or(Timed::untimed(CallEvent::Lost));
+            .unwrap_or(TimedEvent::untimed(CallEvent::Lost));
         self.ipc_time += took;
         match &event {
             CallEvent::Chunk(_) => self.invoke = None,
@@ -490,7 +490,7 @@ async fn run_connection(
     // Unpublish first, so a request refused by the closed table waits for the next connection.
     conn_tx.send_replace(None);
     set_bridge(link_tx, false, BridgeStatus::disconnected());
-    conn.table.close(|| Timed::untimed(CallEvent::Lost));
+    conn.table.close(|| TimedEvent::untimed(CallEvent::Lost));
 }
 
 /// Writes queued frames until a write fails or takes longer than `WRITE_TIMEOUT` (says why), or
@@ -561,7 +561,7 @@ fn unix_millis() -> u64 {
 /// The time since `began` (the frame's read and decode) goes with it to the request.
 fn route(conn: &Conn, id: &str, event: CallEvent, began: Instant) {
     let took = began.elapsed();
-    match conn.table.route(id, Timed { event, took }) {
+    match conn.table.route(id, TimedEvent { event, took }) {
         Ok(Delivered::Queued) => {}
         Ok(Delivered::Overflowed) => {
             let _ = conn.tx.try_send(IpcFrame::Cancel { id: id.to_owned() });

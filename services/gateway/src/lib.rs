@@ -35,8 +35,6 @@ pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod validate;
-#[cfg(test)]
-mod validate_props;
 
 pub use config::Settings;
 pub use error::Error;
@@ -96,7 +94,7 @@ pub async fn run(
         models_created: store::now_ms() / 1000,
         models: models::Models::of(&settings),
         status: status::board::Board::default(),
-        refusals: refusals::Refusals::default(),
+        refusals: refusals::RefusalLog::default(),
         tasks: tracker.clone(),
         settings,
     });

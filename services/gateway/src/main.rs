@@ -40,7 +40,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    provider_shared::telemetry::init_tracing(settings.log_level, settings.log_format);
+    // Held to the end of `main`, after the runtime: the last lines are written out before exit.
+    let _logs = provider_shared::telemetry::init_logging(settings.log_level, settings.log_format);
     open_files.log(settings.connections.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

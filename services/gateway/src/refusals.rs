@@ -16,11 +16,11 @@ pub const MAX_KINDS: usize = 256;
 
 type Kind = (String, u16, String);
 
-pub struct Refusals {
+pub struct RefusalLog {
     lines: Coalescer<Kind>,
 }
 
-impl Default for Refusals {
+impl Default for RefusalLog {
     fn default() -> Self {
         Self {
             lines: Coalescer::new(INTERVAL, MAX_KINDS),
@@ -28,7 +28,7 @@ impl Default for Refusals {
     }
 }
 
-impl Refusals {
+impl RefusalLog {
     /// Logs one refusal, unless its kind was logged within [`INTERVAL`].
     pub fn record(&self, route: &str, status: u16, code: &str, message: &str) {
         let kind = (route.to_owned(), status, code.to_owned());

@@ -34,7 +34,7 @@ pub struct AppState {
     /// Requests in flight, recent errors and history for the status page.
     pub status: crate::status::board::Board,
     /// Every refusal (4xx) logged, repeats coalesced.
-    pub refusals: crate::refusals::Refusals,
+    pub refusals: crate::refusals::RefusalLog,
     /// Each generating request's own task (see `generate::drive`), so shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
 }

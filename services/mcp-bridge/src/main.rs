@@ -43,13 +43,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if stdio {
+    // Held to the end of `main`, after the runtime: the last lines are written before exit.
+    let _logs = if stdio {
         // stdout carries the protocol: logs go to stderr.
         mcp_bridge::relay::init_stderr_tracing(config.log_level);
+        None
     } else {
-        provider_shared::telemetry::init_tracing(config.log_level, config.log_format);
+        let logs = provider_shared::telemetry::init_logging(config.log_level, config.log_format);
         open_files.log(config.connections.max_connections);
-    }
+        Some(logs)
+    };
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(%var, "unknown variable ignored (a typo?)");
     }

@@ -170,8 +170,8 @@ fn ollama_object(data: &[u8]) -> Option<Map<String, Value>> {
 
 /// `/api/chat`.
 pub fn ollama_chat(data: &[u8]) {
-    if let Some(obj) = ollama_object(data) {
-        check(gateway::ollama::chat::job(MODEL, &obj, &limits(data)));
+    if let Some(mut obj) = ollama_object(data) {
+        check(gateway::ollama::chat::job(MODEL, &mut obj, &limits(data)));
     }
 }
 

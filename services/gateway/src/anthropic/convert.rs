@@ -12,10 +12,9 @@ pub struct Request {
     /// The model name as sent (resolved by the preamble).
     pub model: String,
     pub messages: Vec<Value>,
-    /// The chat parameters for the agent, with `"api": "messages"`.
+    /// The chat parameters for the agent, with `"api": "messages"` (and the tools in chat's
+    /// shape, which count_tokens counts from here).
     pub parameters: Map<String, Value>,
-    /// Chat-shaped tools, for counting the prompt.
-    pub tools: Option<Value>,
     pub max_tokens: Option<u64>,
     pub stream: bool,
 }
@@ -118,8 +117,8 @@ pub fn request(
         }
     }
     let (tools, hosted) = tools_of(obj)?;
-    if let Some(tools) = &tools {
-        parameters.insert("tools".into(), tools.clone());
+    if let Some(tools) = tools {
+        parameters.insert("tools".into(), tools);
     }
     if !hosted.is_empty() {
         // Tools the agent runs on its own side (docs/PROTOCOL.md): never its tool calls.
@@ -136,7 +135,6 @@ pub fn request(
         model,
         messages,
         parameters,
-        tools,
         max_tokens,
         stream,
     })

@@ -127,10 +127,10 @@ pub async fn count_tokens(
     let (caller, body) = generate::arrive_as(&state, &headers, peer, body, accept).await?;
     let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
-    let request = convert::request(&obj, &limits, Purpose::CountTokens)?;
+    let mut request = convert::request(&obj, &limits, Purpose::CountTokens)?;
     state.models.resolve(&request.model)?;
     let mut parameters = serde_json::Map::new();
-    if let Some(tools) = request.tools {
+    if let Some(tools) = request.parameters.remove("tools") {
         parameters.insert("tools".into(), tools);
     }
     let payload = Payload::Chat {

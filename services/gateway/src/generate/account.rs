@@ -3,7 +3,10 @@
 //!
 //! The agent's usage figures are advisory: it reads prompt text anyone can write, so what it
 //! reports is shown to the client only within what is possible ([`clamp`]), and the budget is
-//! charged what the gateway counted itself (the prompt it tokenized, the answer it relayed).
+//! charged what the gateway measured itself: the prompt it tokenized, and the answer it relayed,
+//! tokenized when the agent reported no usage, else estimated from its length (four bytes a
+//! token), so that an answer is not tokenized only to charge the budget while the client is shown
+//! the agent's figure.
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +37,9 @@ pub struct Accounting {
     pub started: Instant,
     pub first_chunk: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The bytes of answer relayed so far: what a request dropped before its end is charged
+    /// for (about four a token).
+    pub relayed_bytes: usize,
     pub done: bool,
     /// The gateway's own time for this request; recorded when its last holder lets go.
     pub overhead: Arc<Overhead>,
@@ -56,22 +62,25 @@ impl Accounting {
         }
     }
 
-    /// Closes the books and returns the usage the client is shown: the agent's figures within
-    /// what is possible when it gave any, else the gateway's own count. The budget is charged
-    /// the gateway's own count either way.
-    pub fn finish(
-        &mut self,
-        outcome: &str,
-        agent_usage: Option<Usage>,
-        completion_tokens: u64,
-    ) -> Usage {
+    /// Closes the books of a request whose answer the gateway measured itself
+    /// (`completion_tokens`: counted, or estimated for an answer that ended early), and returns
+    /// the usage the client is shown. The budget is charged the same.
+    pub fn finish(&mut self, outcome: &str, completion_tokens: u64) -> Usage {
         let counted = usage(self.prompt_tokens, completion_tokens);
-        let usage = match agent_usage {
-            Some(u) if u.prompt_tokens.saturating_add(u.completion_tokens) > 0 => {
-                clamp(u, self.prompt_tokens, self.output_cap)
-            }
-            _ => counted,
-        };
+        self.close(outcome, counted, counted)
+    }
+
+    /// Closes the books of an answer whose usage the agent `reported`: the client is shown it
+    /// within what is possible; the budget is charged the prompt as counted and the answer's
+    /// `estimated` tokens (from its length), never the agent's figures.
+    pub fn finish_reported(&mut self, outcome: &str, reported: Usage, estimated: u64) -> Usage {
+        let shown = clamp(reported, self.prompt_tokens, self.output_cap);
+        let charged = usage(self.prompt_tokens, estimated);
+        self.close(outcome, shown, charged)
+    }
+
+    /// Closes the books once: the client is shown `usage`, the budget is charged `charged`.
+    fn close(&mut self, outcome: &str, usage: Usage, charged: Usage) -> Usage {
         if self.done {
             return usage;
         }
@@ -92,12 +101,12 @@ impl Accounting {
             .increment(usage.completion_tokens);
 
         // Give back what was reserved but not used (or charge what was used beyond it).
-        let delta = i128::from(self.reserved_tokens) - i128::from(counted.total_tokens);
+        let delta = i128::from(self.reserved_tokens) - i128::from(charged.total_tokens);
         let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
         if delta != 0 {
             let store = self.state.store.clone();
             let spec = self.state.tpm_spec();
-            let key = format!("tpm:{}", self.client);
+            let key = super::admission::token_bucket(&self.client);
             let span = tracing::info_span!("reconcile_tokens", request_id = %self.request_id);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
@@ -153,7 +162,8 @@ pub fn clamp(reported: Usage, prompt_tokens: u64, output_cap: u64) -> Usage {
 impl Drop for Accounting {
     fn drop(&mut self) {
         if !self.done {
-            self.finish("cancelled", None, 0);
+            let estimated = (self.relayed_bytes as u64).div_ceil(4);
+            self.finish("cancelled", estimated);
         }
     }
 }

@@ -3,18 +3,18 @@
 //! its cancellation and a lost bridge-agent are handled whether or not the client reads; what
 //! the client has not read yet waits in a bounded [`Outbox`]. Dropping the pieces before their
 //! end cancels the request all the way to the agent and closes its books.
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use provider_shared::answer::AnswerAccumulator;
-use provider_shared::bridge::{codes, Delta, Outcome, Usage};
+use provider_shared::bridge::{codes, Delta, ErrorBody, Outcome, Usage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::account::Accounting;
-use super::agent_error;
 use super::outbox::Outbox;
 use crate::agent_client::{Call, CallEvent};
 use crate::error::Error;
@@ -44,6 +44,30 @@ enum Next {
     Backstop,
     GraceOver,
     ReaderGone,
+}
+
+/// Maps a failed result from bridge-agent or the agent to the client's error.
+pub fn agent_error(err: &ErrorBody) -> Error {
+    use axum::http::StatusCode;
+    let (status, retry_after) = match err.code.as_str() {
+        codes::AGENT_UNAVAILABLE => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(5)),
+        ),
+        codes::SHUTTING_DOWN => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(1)),
+        ),
+        codes::REQUEST_TIMEOUT | codes::RESPONSE_TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, None),
+        codes::REQUEST_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        _ => (StatusCode::BAD_GATEWAY, None),
+    };
+    Error::Agent {
+        status,
+        code: err.code.clone(),
+        message: err.message.clone(),
+        retry_after,
+    }
 }
 
 /// How long the gateway waits for bridge-agent's own timeouts before it gives up by itself.
@@ -95,22 +119,53 @@ fn slow_client_error(limit: usize) -> Error {
     }
 }
 
-/// Starts the request's own task and returns what it produces.
+/// Starts the request and returns what it produces. A streamed answer runs in a task of its own,
+/// so its deadline, its cancellation and a lost bridge-agent are handled whether or not the
+/// client reads. A whole answer runs in the task that waits for it ([`inline`]).
 pub fn drive(state: Shared, call: Call, account: Accounting) -> Pieces {
     let outbox = Outbox::new(state.settings.stream_buffer_bytes);
     let reader_gone = CancellationToken::new();
     let span = tracing::info_span!("request", request_id = %call.id);
-    state.tasks.spawn(
-        run(
-            state.clone(),
-            call,
-            account,
-            outbox.clone(),
-            reader_gone.clone(),
-        )
-        .instrument(span),
-    );
-    Box::pin(outbox.reader(reader_gone))
+    let streamed = account.stream;
+    let request = run(
+        state.clone(),
+        call,
+        account,
+        outbox.clone(),
+        reader_gone.clone(),
+    )
+    .instrument(span);
+    let pieces = outbox.reader(reader_gone);
+    if streamed {
+        state.tasks.spawn(request);
+        Box::pin(pieces)
+    } else {
+        Box::pin(inline(request, pieces))
+    }
+}
+
+/// A whole answer's request, run by whoever reads its pieces: each frame wakes the handler
+/// waiting for the answer, not a task of the request's own that would wake it in turn. The
+/// request is polled whenever no piece is ready, so its deltas never pile up in the outbox.
+/// Dropped before its end (the client went away, or the server stopped), the request is cancelled
+/// at bridge-agent (`Call`'s drop) and its books closed with what was relayed (`Accounting`'s
+/// drop), as a streamed request is when its reader goes.
+fn inline(
+    request: impl Future<Output = ()> + Send + 'static,
+    pieces: impl Stream<Item = Piece> + Send + 'static,
+) -> impl Stream<Item = Piece> + Send {
+    let state = (Box::pin(request), Box::pin(pieces), false);
+    futures_util::stream::unfold(state, |(mut request, mut pieces, mut ended)| async move {
+        loop {
+            tokio::select! {
+                biased;
+                piece = pieces.next() => {
+                    return piece.map(|piece| (piece, (request, pieces, ended)));
+                }
+                () = &mut request, if !ended => ended = true,
+            }
+        }
+    })
 }
 
 async fn run(
@@ -155,6 +210,7 @@ async fn run(
                 account.mark_first_chunk();
                 let bytes = c.approx_bytes();
                 let delta = answer.absorb(c.delta);
+                account.relayed_bytes = answer.text_bytes();
                 if c.finish_reason.is_some() {
                     answer.finish_reason = c.finish_reason;
                 }
@@ -169,14 +225,26 @@ async fn run(
                 Outcome::Ok { result } => {
                     account.mark_first_chunk();
                     // No chunk carried output: the result's message is the answer.
-                    if let Some(delta) = answer.absorb_result(&result) {
+                    let delta = answer.absorb_result(&result);
+                    account.relayed_bytes = answer.text_bytes();
+                    if let Some(delta) = delta {
                         // The ending follows at once, so this one piece is not held back.
                         let _ = outbox.push(Piece::Delta(delta), 0);
                     }
-                    // Boxed: the count runs once per request, and inline its future would
-                    // enlarge every waiting request's task.
-                    let completion = Box::pin(tokens::count_answer(answer.completion_text())).await;
-                    let usage = account.finish("ok", result.usage, completion);
+                    let usage = match result.usage.filter(Usage::is_reported) {
+                        // The agent's figure, held to what is possible, is what the client
+                        // sees: the answer is not tokenized for a figure nobody reads.
+                        Some(reported) => {
+                            account.finish_reported("ok", reported, estimate_tokens(&answer))
+                        }
+                        None => {
+                            // Boxed: the count runs once per request, and inline its future
+                            // would enlarge every waiting request's task.
+                            let completion =
+                                Box::pin(tokens::count_answer(answer.completion_text())).await;
+                            account.finish("ok", completion)
+                        }
+                    };
                     let finish_reason = answer.finish_reason();
                     account.overhead.add_since(busy_since);
                     let done = Piece::Done {
@@ -213,7 +281,7 @@ async fn run(
             Next::ReaderGone => {
                 // Dropping the call cancels the request at bridge-agent.
                 drop(call);
-                account.finish("cancelled", None, estimate_tokens(&answer));
+                account.finish("cancelled", estimate_tokens(&answer));
                 outbox.close();
                 return;
             }
@@ -222,13 +290,15 @@ async fn run(
     // Cancel at bridge-agent first (a no-op when its result already came).
     drop(call);
     let slow = failure.code() == codes::SLOW_CLIENT;
-    account.finish(&failure.code(), None, estimate_tokens(&answer));
+    account.finish(&failure.code(), estimate_tokens(&answer));
     outbox.end(Piece::Failed(failure), slow);
 }
 
 /// The tokens of an answer that ended early, for the budget: about four bytes each. Counting
 /// exactly costs a tokenizer pass over all of it (seconds and many megabytes for a long run of
-/// one character), which a failed request must not cost.
+/// one character), which a failed request must not cost. An answer whose usage the agent reported
+/// is charged this too (`Accounting::finish_reported`): the tokenizer would run only for the
+/// budget.
 fn estimate_tokens(answer: &AnswerAccumulator) -> u64 {
     (answer.text_bytes() as u64).div_ceil(4)
 }
@@ -246,7 +316,6 @@ fn slow_client(state: &AppState, account: &Accounting) -> Error {
 pub async fn finish(
     mut pieces: Pieces,
 ) -> Result<(AnswerAccumulator, String, Usage, Duration), Error> {
-    use futures_util::StreamExt;
     while let Some(piece) = pieces.next().await {
         match piece {
             Piece::Delta(_) => {}

@@ -57,15 +57,15 @@ impl Drop for Overhead {
 
 /// `response` with each poll of its body that yields data added to `overhead`.
 pub fn timed(response: Response, overhead: Arc<Overhead>) -> Response {
-    response.map(|inner| Body::new(Timed { inner, overhead }))
+    response.map(|inner| Body::new(TimedBody { inner, overhead }))
 }
 
-struct Timed {
+struct TimedBody {
     inner: Body,
     overhead: Arc<Overhead>,
 }
 
-impl HttpBody for Timed {
+impl HttpBody for TimedBody {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -29,13 +29,14 @@ use provider_shared::bridge::{codes, ModelInvoke, ModelMeta, Payload};
 use serde_json::json;
 
 use super::account::Accounting;
+use super::admission::{headers_of, reservation, reserve_tokens, take_request, Bucket};
 use super::body::{read_within_budget, Reservation};
 use super::{drive, overhead, unix_seconds, Job, Running};
 use crate::auth::{Accept, Principal};
 use crate::error::Error;
-use crate::ratelimit::{RateHeaders, Take};
+use crate::ratelimit::Take;
 use crate::secrets::random_hex;
-use crate::state::{AppState, Shared};
+use crate::state::Shared;
 
 /// An authenticated caller, when its request began, and its body's room in the budget.
 pub struct Arrival {
@@ -78,31 +79,6 @@ pub async fn arrive_as(
         },
         body,
     ))
-}
-
-/// The rate-limit bucket a request takes one from at admission.
-#[derive(Debug, Clone, Copy)]
-pub enum Bucket {
-    /// Generating requests (`RATE_LIMIT_RPM`).
-    Requests,
-    /// `count_tokens`, with the same rate in a bucket of its own.
-    Counts,
-}
-
-impl Bucket {
-    fn name(self) -> &'static str {
-        match self {
-            Bucket::Requests => "requests",
-            Bucket::Counts => "counts",
-        }
-    }
-
-    fn key(self, client: &str) -> String {
-        match self {
-            Bucket::Requests => format!("rpm:{client}"),
-            Bucket::Counts => format!("count:{client}"),
-        }
-    }
 }
 
 impl Arrival {
@@ -189,6 +165,7 @@ impl Arrival {
             started: self.started,
             first_chunk: None,
             permit: Some(permit),
+            relayed_bytes: 0,
             done: true,
             overhead: overhead::Overhead::new(),
         }
@@ -220,7 +197,7 @@ impl Arrival {
         {
             Ok(call) => call,
             Err(err) => {
-                account.finish(&err.code(), None, 0);
+                account.finish(&err.code(), 0);
                 return Err(err);
             }
         };
@@ -275,110 +252,6 @@ pub fn check_context(
     })
 }
 
-/// What a request reserves from its client's token bucket: its prompt and the output it may
-/// use (its cap, at most `output_reservation`, `RATE_LIMIT_OUTPUT_RESERVATION`: coding clients ask for
-/// 32,000 to 128,000 output tokens on every request and use a few hundred), at most the whole
-/// bucket. A request larger than the bucket (a long conversation, or a `RATE_LIMIT_TPM` below the
-/// context window) waits for a full bucket rather than being refused: only the context window
-/// refuses a request for its size. What it uses beyond the reservation is charged when it ends
-/// (`account.rs`), so the client's next requests wait that much longer.
-pub fn reservation(prompt_tokens: u64, output: u64, output_reservation: u64, tpm: u64) -> u64 {
-    prompt_tokens
-        .saturating_add(output.min(output_reservation))
-        .min(tpm)
-}
-
-/// Takes one request from the client's `bucket` (at `RATE_LIMIT_RPM`), or explains the 429.
-async fn take_request(
-    state: &AppState,
-    client: &str,
-    peer: SocketAddr,
-    bucket: Bucket,
-) -> Result<Take, Error> {
-    let requests = state
-        .store
-        .take(&bucket.key(client), state.rpm_spec(), 1)
-        .await?;
-    if requests.allowed {
-        return Ok(requests);
-    }
-    let tokens = state
-        .store
-        .peek(&format!("tpm:{client}"), state.tpm_spec())
-        .await?;
-    metrics::counter!("gateway_rate_limited_total", "kind" => bucket.name()).increment(1);
-    audit_limit(
-        state,
-        peer,
-        bucket.name(),
-        state.settings.rpm,
-        state.settings.rpm,
-    );
-    Err(Error::RateLimited {
-        kind: "requests",
-        message: format!(
-            "rate limit reached: {} requests per minute (bursts of {}); try again in {}s",
-            state.settings.rpm,
-            state.settings.burst,
-            crate::error::retry_after_secs(requests.retry_after)
-        ),
-        retry_after: requests.retry_after,
-        headers: Some(headers_of(state, &requests, &tokens)),
-    })
-}
-
-/// Reserves `reserved` tokens from the client's token bucket, or explains the 429. A request
-/// refused here does not count against the request budget: its request is given back.
-async fn reserve_tokens(
-    state: &AppState,
-    client: &str,
-    peer: SocketAddr,
-    reserved: u64,
-    requests: &Take,
-) -> Result<Take, Error> {
-    let (rpm_key, tpm_key) = (format!("rpm:{client}"), format!("tpm:{client}"));
-    let tokens = state
-        .store
-        .take(&tpm_key, state.tpm_spec(), reserved)
-        .await?;
-    if tokens.allowed {
-        return Ok(tokens);
-    }
-    state.store.adjust(&rpm_key, state.rpm_spec(), 1).await?;
-    metrics::counter!("gateway_rate_limited_total", "kind" => "tokens").increment(1);
-    let used = state.settings.tpm.saturating_sub(tokens.remaining);
-    audit_limit(state, peer, "tokens", used, state.settings.tpm);
-    Err(Error::RateLimited {
-        kind: "tokens",
-        message: format!(
-            "rate limit reached: {} tokens per minute; this request reserves {reserved}; try again in {}s",
-            state.settings.tpm,
-            crate::error::retry_after_secs(tokens.retry_after)
-        ),
-        retry_after: tokens.retry_after,
-        headers: Some(headers_of(state, requests, &tokens)),
-    })
-}
-
-fn headers_of(state: &AppState, requests: &Take, tokens: &Take) -> RateHeaders {
-    RateHeaders {
-        limit_requests: state.settings.rpm,
-        remaining_requests: requests.remaining,
-        reset_requests: requests.reset_after,
-        limit_tokens: state.settings.tpm,
-        remaining_tokens: tokens.remaining,
-        reset_tokens: tokens.reset_after,
-    }
-}
-
-fn audit_limit(state: &AppState, peer: SocketAddr, kind: &str, current: u64, limit: u64) {
-    state.audit.record_repeated(
-        "rate_limit_exceeded",
-        json!({"client_ip": peer.ip().to_string(), "limit_type": kind, "current": current, "limit": limit}),
-        &["current", "limit"],
-    );
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -431,19 +304,6 @@ mod tests {
         assert!(err
             .to_string()
             .contains("your prompt resulted in 2200 tokens"));
-    }
-
-    #[test]
-    fn a_reservation_is_at_most_the_whole_bucket() {
-        // Claude Code: an 11k prompt asking 128000 out of the default 100000 a minute holds the
-        // prompt and the default 8192 of output; without the output bound, prompt and cap.
-        assert_eq!(reservation(11_000, 128_000, 8192, 100_000), 19_192);
-        assert_eq!(reservation(11_000, 32_000, u64::MAX, 100_000), 43_000);
-        // A small cap is reserved whole.
-        assert_eq!(reservation(11_000, 500, 8192, 100_000), 11_500);
-        // A conversation near the window is never refused for the budget: it takes it all.
-        assert_eq!(reservation(150_000, 32_000, 8192, 100_000), 100_000);
-        assert_eq!(reservation(u64::MAX, 1, 8192, 100_000), 100_000);
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub async fn chat(
 ) -> Result<Response, OllamaError> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let started = caller.started;
-    let request = object(&body)?;
+    let mut request = object(&body)?;
     let model = requested_model(&request)?;
-    let Some(job) = job(&model, &request, &Limits::of(&state.settings))? else {
+    let Some(job) = job(&model, &mut request, &Limits::of(&state.settings))? else {
         // Ollama answers an empty chat by loading the model: nothing to ask the agent.
         state.models.resolve(&model)?;
         return Ok(Json(json!({"model": model, "created_at": created_at(),
@@ -100,7 +100,7 @@ pub async fn chat(
 /// (`validate.rs`); `None` for a chat without messages.
 pub fn job(
     model: &str,
-    request: &Map<String, Value>,
+    request: &mut Map<String, Value>,
     limits: &Limits,
 ) -> Result<Option<Job>, Error> {
     let stream = wants_stream(request)?;
@@ -116,21 +116,20 @@ pub fn job(
         }
     };
     validate::messages(&validate::OLLAMA, given)?;
+    let messages = convert::messages(given);
     let (mut params, max_tokens) = parameters(limits, request, stream)?;
-    if let Some(tools) = validate::tools(request)? {
-        params.insert("tools".into(), tools);
+    if validate::tools(request)? {
+        // Moved, not copied: the request is done with once its job is built.
+        if let Some(tools) = request.remove("tools") {
+            params.insert("tools".into(), tools);
+        }
     }
     let ask = Ask {
         model: model.to_owned(),
         max_tokens,
         stream,
     };
-    Ok(Some(Job::chat(
-        ask,
-        convert::messages(given),
-        params,
-        "chatcmpl-",
-    )))
+    Ok(Some(Job::chat(ask, messages, params, "chatcmpl-")))
 }
 
 /// A streamed line of the answer, borrowing its text.

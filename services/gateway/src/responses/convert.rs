@@ -54,7 +54,7 @@ const CONSUMED: &[&str] = &[
 ];
 
 pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
-    let obj = validate::object_of(body)?;
+    let mut obj = validate::object_of(body)?;
     let model = validate::model_of(&obj)?;
     refuse_unsupported(&obj)?;
     let stream = validate::bool_field(&obj, "stream")?;
@@ -112,16 +112,13 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
     {
         parameters.insert("reasoning_effort".into(), effort.clone());
     }
+    // Converted above: what the response object echoes is moved out, not copied.
     let echo = Echo {
         instructions: instructions.map_or(Value::Null, Value::String),
-        tools: obj.get("tools").cloned().unwrap_or_else(|| json!([])),
-        tool_choice: obj
-            .get("tool_choice")
-            .cloned()
-            .unwrap_or_else(|| json!("auto")),
+        tools: obj.remove("tools").unwrap_or_else(|| json!([])),
+        tool_choice: obj.remove("tool_choice").unwrap_or_else(|| json!("auto")),
         text: obj
-            .get("text")
-            .cloned()
+            .remove("text")
             .unwrap_or_else(|| json!({"format": {"type": "text"}})),
         temperature: obj.get("temperature").cloned().unwrap_or(Value::Null),
         top_p: obj.get("top_p").cloned().unwrap_or(Value::Null),
@@ -129,10 +126,9 @@ pub fn request(body: &[u8], limits: &Limits) -> Result<Request, Error> {
             .get("parallel_tool_calls")
             .cloned()
             .unwrap_or(Value::Bool(true)),
-        metadata: obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        metadata: obj.remove("metadata").unwrap_or_else(|| json!({})),
         reasoning: obj
-            .get("reasoning")
-            .cloned()
+            .remove("reasoning")
             .unwrap_or_else(|| json!({"effort": null, "summary": null})),
     };
     Ok(Request {

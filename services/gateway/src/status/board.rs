@@ -55,7 +55,8 @@ pub struct Point {
     pub in_flight: u64,
 }
 
-struct Running {
+/// A request in flight, as the page lists it.
+struct Listed {
     started: Instant,
     kind: &'static str,
     stream: bool,
@@ -73,7 +74,7 @@ struct Accumulating {
 
 #[derive(Default)]
 struct Inner {
-    running: HashMap<String, Running>,
+    running: HashMap<String, Listed>,
     errors: VecDeque<RecentError>,
     rate_limited: BTreeMap<String, u64>,
     /// Every 4xx answer, by code.
@@ -102,7 +103,7 @@ impl Board {
         inner.now.requests += 1;
         inner.running.insert(
             id.to_owned(),
-            Running {
+            Listed {
                 started: Instant::now(),
                 kind,
                 stream,

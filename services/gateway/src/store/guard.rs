@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{Created, Session, Store};
+use super::{BucketKey, Created, Session, Store};
 use crate::config::FailurePolicy;
 use crate::error::Error;
 use crate::ratelimit::{BucketSpec, Take};
@@ -196,6 +196,33 @@ impl Guarded {
     pub async fn peek(&self, key: &str, spec: BucketSpec) -> Result<Take, Error> {
         let result = self.call("peek", self.inner.peek(key, spec)).await;
         self.fail_open("peek", result, unlimited(spec))
+    }
+
+    pub async fn take_request(
+        &self,
+        requests: BucketKey<'_>,
+        tokens: BucketKey<'_>,
+    ) -> Result<(Take, Take), Error> {
+        let result = self
+            .call("take_request", self.inner.take_request(requests, tokens))
+            .await;
+        let open = (unlimited(requests.spec), unlimited(tokens.spec));
+        self.fail_open("take_request", result, open)
+    }
+
+    pub async fn reserve_tokens(
+        &self,
+        tokens: BucketKey<'_>,
+        cost: u64,
+        requests: BucketKey<'_>,
+    ) -> Result<Take, Error> {
+        let result = self
+            .call(
+                "reserve_tokens",
+                self.inner.reserve_tokens(tokens, cost, requests),
+            )
+            .await;
+        self.fail_open("reserve_tokens", result, unlimited(tokens.spec))
     }
 
     pub async fn create_session(&self, session: Session, max: u64) -> Result<Created, Error> {

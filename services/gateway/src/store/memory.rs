@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{now_ms, Created, Session, Store};
+use super::{now_ms, BucketKey, Created, Session, Store};
 use crate::error::Error;
 use crate::ratelimit::{self, BucketSpec, BucketState, Take};
 
 #[derive(Default)]
 pub struct MemoryStore {
-    buckets: Mutex<HashMap<String, (BucketState, BucketSpec)>>,
+    buckets: Mutex<Buckets>,
     sessions: Mutex<Sessions>,
 }
 
@@ -39,6 +39,18 @@ impl Sessions {
     }
 }
 
+type Buckets = HashMap<String, (BucketState, BucketSpec)>;
+
+/// Stores a bucket's new state; the key is copied only for a bucket not held yet.
+fn set(buckets: &mut Buckets, key: &str, state: BucketState, spec: BucketSpec) {
+    match buckets.get_mut(key) {
+        Some(held) => *held = (state, spec),
+        None => {
+            buckets.insert(key.to_owned(), (state, spec));
+        }
+    }
+}
+
 fn poisoned() -> Error {
     Error::Internal("memory store lock poisoned".into())
 }
@@ -55,7 +67,7 @@ impl Store for MemoryStore {
         let mut buckets = self.buckets.lock().map_err(|_| poisoned())?;
         let state = buckets.get(key).map(|(s, _)| *s);
         let (next, take) = ratelimit::take(state, spec, cost as f64, now_ms());
-        buckets.insert(key.to_owned(), (next, spec));
+        set(&mut buckets, key, next, spec);
         Ok(take)
     }
 
@@ -63,7 +75,7 @@ impl Store for MemoryStore {
         let mut buckets = self.buckets.lock().map_err(|_| poisoned())?;
         let state = buckets.get(key).map(|(s, _)| *s);
         let next = ratelimit::adjust(state, spec, delta as f64, now_ms());
-        buckets.insert(key.to_owned(), (next, spec));
+        set(&mut buckets, key, next, spec);
         Ok(())
     }
 
@@ -71,6 +83,40 @@ impl Store for MemoryStore {
         let buckets = self.buckets.lock().map_err(|_| poisoned())?;
         let state = buckets.get(key).map(|(s, _)| *s);
         Ok(ratelimit::take(state, spec, 0.0, now_ms()).1)
+    }
+
+    async fn take_request(
+        &self,
+        requests: BucketKey<'_>,
+        tokens: BucketKey<'_>,
+    ) -> Result<(Take, Take), Error> {
+        let now = now_ms();
+        let mut buckets = self.buckets.lock().map_err(|_| poisoned())?;
+        let state = buckets.get(requests.key).map(|(s, _)| *s);
+        let (next, took) = ratelimit::take(state, requests.spec, 1.0, now);
+        set(&mut buckets, requests.key, next, requests.spec);
+        let state = buckets.get(tokens.key).map(|(s, _)| *s);
+        let (_, seen) = ratelimit::take(state, tokens.spec, 0.0, now);
+        Ok((took, seen))
+    }
+
+    async fn reserve_tokens(
+        &self,
+        tokens: BucketKey<'_>,
+        cost: u64,
+        requests: BucketKey<'_>,
+    ) -> Result<Take, Error> {
+        let now = now_ms();
+        let mut buckets = self.buckets.lock().map_err(|_| poisoned())?;
+        let state = buckets.get(tokens.key).map(|(s, _)| *s);
+        let (next, took) = ratelimit::take(state, tokens.spec, cost as f64, now);
+        set(&mut buckets, tokens.key, next, tokens.spec);
+        if !took.allowed {
+            let state = buckets.get(requests.key).map(|(s, _)| *s);
+            let next = ratelimit::adjust(state, requests.spec, 1.0, now);
+            set(&mut buckets, requests.key, next, requests.spec);
+        }
+        Ok(took)
     }
 
     async fn create_session(&self, session: Session, max: u64) -> Result<Created, Error> {

@@ -53,6 +53,13 @@ pub enum Created {
     },
 }
 
+/// A rate-limit bucket as an operation names it: its key and its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketKey<'a> {
+    pub key: &'a str,
+    pub spec: BucketSpec,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Atomically takes `cost` from the bucket `key` if it fits.
@@ -61,6 +68,21 @@ pub trait Store: Send + Sync + 'static {
     async fn adjust(&self, key: &str, spec: BucketSpec, delta: i64) -> Result<(), Error>;
     /// Looks at the bucket `key` without taking anything.
     async fn peek(&self, key: &str, spec: BucketSpec) -> Result<Take, Error>;
+    /// Admission's first step, in one atomic step: takes one from `requests`, and looks at
+    /// `tokens` (whose level a refusal's rate headers report).
+    async fn take_request(
+        &self,
+        requests: BucketKey<'_>,
+        tokens: BucketKey<'_>,
+    ) -> Result<(Take, Take), Error>;
+    /// Admission's last step, in one atomic step: takes `cost` from `tokens`; when it does not
+    /// fit, gives back to `requests` the request [`Store::take_request`] took.
+    async fn reserve_tokens(
+        &self,
+        tokens: BucketKey<'_>,
+        cost: u64,
+        requests: BucketKey<'_>,
+    ) -> Result<Take, Error>;
 
     /// Adds `session` unless `max` live sessions exist already.
     async fn create_session(&self, session: Session, max: u64) -> Result<Created, Error>;

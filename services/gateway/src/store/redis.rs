@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Script};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 
-use super::{Created, PoolStatus, Session, Store};
+use super::{BucketKey, Created, PoolStatus, Session, Store};
 use crate::config::RedisSettings;
 use crate::error::Error;
 use crate::ratelimit::{self, BucketSpec, BucketState, Take};
@@ -22,8 +22,21 @@ macro_rules! script {
     };
 }
 
+/// A bucket script: the prelude, the one bucket operation they share, then `$file`.
+macro_rules! bucket_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!("lua/bucket_op.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
 struct Scripts {
     bucket: Script,
+    take_request: Script,
+    reserve_tokens: Script,
     create: Script,
     use_: Script,
     get: Script,
@@ -37,7 +50,9 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            bucket: script!("bucket.lua"),
+            bucket: bucket_script!("bucket.lua"),
+            take_request: bucket_script!("take_request.lua"),
+            reserve_tokens: bucket_script!("reserve_tokens.lua"),
             create: script!("session_create.lua"),
             use_: script!("session_use.lua"),
             get: script!("session_get.lua"),
@@ -104,6 +119,8 @@ impl RedisStore {
         let s = &self.scripts;
         for script in [
             &s.bucket,
+            &s.take_request,
+            &s.reserve_tokens,
             &s.create,
             &s.use_,
             &s.get,
@@ -182,6 +199,14 @@ impl RedisStore {
     }
 }
 
+/// A bucket's level as the script reported it, on the script's clock.
+fn state_of(level: &str, at_ms: u64) -> Result<BucketState, Error> {
+    Ok(BucketState {
+        level: level.parse().map_err(|_| bad_reply("bucket level"))?,
+        at_ms,
+    })
+}
+
 /// The answer `ratelimit::take` gives for `cost` on a bucket that stood at `seen` (already
 /// refilled to the script's clock): the same pure function the memory store uses.
 fn answer(seen: BucketState, spec: BucketSpec, cost: f64, allowed: bool) -> Take {
@@ -204,6 +229,58 @@ impl Store for RedisStore {
     async fn peek(&self, key: &str, spec: BucketSpec) -> Result<Take, Error> {
         let (_, seen) = self.bucket(key, "peek", spec, 0.0).await?;
         Ok(ratelimit::take(Some(seen), spec, 0.0, seen.at_ms).1)
+    }
+
+    async fn take_request(
+        &self,
+        requests: BucketKey<'_>,
+        tokens: BucketKey<'_>,
+    ) -> Result<(Take, Take), Error> {
+        let (allowed, request_level, token_level, now): (u8, String, String, String) = self
+            .run(
+                &self.scripts.take_request,
+                &[
+                    requests.key,
+                    &requests.spec.capacity.to_string(),
+                    &requests.spec.per_second.to_string(),
+                    tokens.key,
+                    &tokens.spec.capacity.to_string(),
+                    &tokens.spec.per_second.to_string(),
+                ],
+            )
+            .await?;
+        let at_ms = now.parse().map_err(|_| bad_reply("bucket time"))?;
+        let requests_seen = state_of(&request_level, at_ms)?;
+        let tokens_seen = state_of(&token_level, at_ms)?;
+        Ok((
+            answer(requests_seen, requests.spec, 1.0, allowed == 1),
+            ratelimit::take(Some(tokens_seen), tokens.spec, 0.0, at_ms).1,
+        ))
+    }
+
+    async fn reserve_tokens(
+        &self,
+        tokens: BucketKey<'_>,
+        cost: u64,
+        requests: BucketKey<'_>,
+    ) -> Result<Take, Error> {
+        let (allowed, level, now): (u8, String, String) = self
+            .run(
+                &self.scripts.reserve_tokens,
+                &[
+                    tokens.key,
+                    &tokens.spec.capacity.to_string(),
+                    &tokens.spec.per_second.to_string(),
+                    &(cost as f64).to_string(),
+                    requests.key,
+                    &requests.spec.capacity.to_string(),
+                    &requests.spec.per_second.to_string(),
+                ],
+            )
+            .await?;
+        let at_ms = now.parse().map_err(|_| bad_reply("bucket time"))?;
+        let seen = state_of(&level, at_ms)?;
+        Ok(answer(seen, tokens.spec, cost as f64, allowed == 1))
     }
 
     async fn create_session(&self, session: Session, max: u64) -> Result<Created, Error> {

@@ -1,29 +1,4 @@
--- One check-and-consume on a token bucket, the arithmetic of ratelimit.rs step for step (the
--- same doubles in the same order). ARGV: prefix, bucket, op (take|adjust|peek), capacity,
--- per_second, amount. Returns {allowed, level before the op (refilled), now}.
-local key = p .. 'bucket:' .. ARGV[2]
-local op, cap, rate, amount = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local level = cap
-local s = redis.call('HMGET', key, 'level', 'at')
-if s[1] then
-  local elapsed = math.max(now - tonumber(s[2]), 0) / 1000
-  level = math.min(tonumber(s[1]) + elapsed * rate, cap)
-end
-local allowed, after = 1, level
-if op == 'take' then
-  if level >= amount then after = level - amount else allowed = 0 end
-elseif op == 'adjust' then
-  -- Saturates at minus the capacity, as ratelimit.rs does: no charge leaves a longer debt.
-  after = math.max(math.min(level + amount, cap), -cap)
-end
-if op ~= 'peek' then
-  if after >= cap then
-    -- A full bucket carries no information: a missing one reads as full.
-    redis.call('DEL', key)
-  else
-    redis.call('HSET', key, 'level', string.format('%.17g', after), 'at', int(now))
-    -- Gone once it would have refilled anyway, so idle clients cost no memory.
-    redis.call('PEXPIRE', key, int(math.ceil((cap - after) / rate * 1000) + 1000))
-  end
-end
-return {allowed, string.format('%.17g', level), int(now)}
+-- One op on one bucket. ARGV: prefix, bucket, op (take|adjust|peek), capacity, per_second,
+-- amount. Returns {allowed, level before the op (refilled), now}.
+local allowed, level = bucket_op(ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+return {allowed, level_of(level), int(now)}

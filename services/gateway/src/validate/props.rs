@@ -1,4 +1,4 @@
-//! Property tests of request validation (`validate.rs`, through OpenAI's chat and completions and
+//! Property tests of request validation (`validate/`, through OpenAI's chat and completions and
 //! Ollama's chat): any body, bytes or request-like JSON, passes unchanged or gets a clean 400
 //! naming what is wrong, never a panic. `PROPTEST_CASES` sets
 //! the number of cases (256 by default, as in CI); `scripts/proptest-long.sh` runs them longer.
@@ -228,8 +228,8 @@ fn check_body(body: &[u8], original: Option<&Value>) -> Result<(), TestCaseError
         Err(err) => clean_refusal(&err)?,
     }
     // Ollama's chat goes through the same rules in its own dialect.
-    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) {
-        match crate::ollama::chat::job(MODEL, &obj, &limits) {
+    if let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) {
+        match crate::ollama::chat::job(MODEL, &mut obj, &limits) {
             Ok(job) => prop_assert!(job.is_none_or(|job| job
                 .ask
                 .max_tokens
