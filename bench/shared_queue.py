@@ -49,7 +49,7 @@ def wait(what: str, check, timeout: float = 30.0):
             got = check()
             if got:
                 return got
-        except (httpx.HTTPError, OSError, ValueError):
+        except (httpx.HTTPError, OSError, ValueError, subprocess.CalledProcessError):
             pass
         time.sleep(0.05)
     sys.exit(f"shared_queue: timed out waiting for {what}")
