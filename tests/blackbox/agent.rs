@@ -643,7 +643,12 @@ async fn a_welcome_with_another_protocol_is_a_failed_attempt() {
         !metrics.contains("bridge_agent_ws_connect_failures_total 0"),
         "{metrics}"
     );
-    assert!(agent.service.logs().contains("protocol 3"));
+    // Log lines are written by a thread of their own: wait for this one.
+    wait_for(SOON, "the protocol refusal in the log", || {
+        let found = agent.service.logs().contains("protocol 3");
+        async move { found.then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]

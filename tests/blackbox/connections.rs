@@ -142,9 +142,13 @@ async fn more_idle_connections_than_open_files_leave_health_checks_answering() {
         (resp.status() == 200).then_some(())
     })
     .await;
-    let logs = stack.gateway.service.logs();
+    // Log lines are written by a thread of their own: wait for this one.
+    let logs = wait_for(SOON, "the connection-limit log line", || {
+        let logs = stack.gateway.service.logs();
+        async move { logs.contains("at the connection limit").then_some(logs) }
+    })
+    .await;
     assert!(!logs.contains("Too many open files"), "{logs}");
-    assert!(logs.contains("at the connection limit"), "{logs}");
 }
 
 #[tokio::test]

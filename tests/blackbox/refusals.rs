@@ -65,7 +65,15 @@ async fn every_refusal_is_logged_once_per_interval_and_counted() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 
-    let refused = lines(&stack, "request refused");
+    // Log lines are written by a thread of their own: wait for the last refusal's.
+    let refused = wait_for(crate::SOON, "the last refusal's log line", || {
+        let refused = lines(&stack, "request refused");
+        let last = refused
+            .iter()
+            .any(|l| l["route"] == "/v1/messages" && l["status"] == 400);
+        async move { last.then_some(refused) }
+    })
+    .await;
     let of = |route: &str, status: u16| {
         refused
             .iter()
