@@ -57,6 +57,7 @@ QUEUE = sys.argv[sys.argv.index("--queue") + 1] if "--queue" in sys.argv else "m
 MCP_BRIDGE_ENV = dict(sys.argv[i + 1].split("=", 1) for i, a in enumerate(sys.argv) if a == "--mcp-bridge-env")
 CHAIN_AGENTS = (1, 2, 4)
 CHAIN_CONCURRENCY = (1, 16, 64)
+CHAIN_PROCESSES = ("gateway", "bridge-agent", "mcp-bridge", "mcp-agent")
 BRIDGE_TOKEN = "bench-bridge-0123456789abcdef0123456789abcdef"
 MCP_TOKEN = "bench-mcp-0123456789abcdef0123456789abcdef"
 DURATION = "3s" if QUICK else "10s"
@@ -364,12 +365,19 @@ def start_chain(tmp: Path, procs: Procs, name: str, build: Path, start_pair) -> 
     elif QUEUE != "memory":
         raise SystemExit(f"run.py: --queue takes memory or redis, not {QUEUE!r}")
     env.update(MCP_BRIDGE_ENV)
-    procs.start(f"mcp-bridge-{name}", [str(build / "mcp-bridge")], env)
+    bridge = procs.start(f"mcp-bridge-{name}", [str(build / "mcp-bridge")], env)
     wait_http(f"http://127.0.0.1:{port}/health/live")
     ports = (free_port(), free_port())
-    start_pair(f"chain-{name}", build=build, ports=ports, bridge=(f"ws://127.0.0.1:{port}", BRIDGE_TOKEN))
+    agent, gateway = start_pair(f"chain-{name}", build=build, ports=ports, bridge=(f"ws://127.0.0.1:{port}", BRIDGE_TOKEN))
     return {"gateway": f"http://127.0.0.1:{ports[1]}/v1/chat/completions", "mcp": f"http://127.0.0.1:{port}/mcp",
-            "health": f"http://127.0.0.1:{port}/health", "mcp_bridge_env": {k: v for k, v in env.items() if "TOKEN" not in k}}
+            "health": f"http://127.0.0.1:{port}/health", "mcp_bridge_env": {k: v for k, v in env.items() if "TOKEN" not in k},
+            "pids": {"gateway": gateway.pid, "bridge-agent": agent.pid, "mcp-bridge": bridge.pid}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time `pid` has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Agents:
@@ -426,7 +434,12 @@ def chain(tmp: Path, procs: Procs, out: dict, direct: str, chains: dict) -> None
                                               "answer_us": done["total_us"]}
         for c in CHAIN_CONCURRENCY:
             for name, ch in chains.items():
-                row[name][f"c={c}"] = oha(ch["gateway"], concurrency=c)
+                # CPU time per answered request of each process of the chain, over the cell.
+                pids = {**ch["pids"], "mcp-agent": agents[name].proc.pid}
+                before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                row[name][f"c={c}"] = cell = oha(ch["gateway"], concurrency=c)
+                cell["cpu_us_per_request"] = {k: round((cpu_seconds(pid) - before[k]) * 1e6 / max(cell["ok"], 1))
+                                              for k, pid in pids.items()}
         for a in agents.values():
             a.stop()
         out["agents"][n] = row
@@ -453,6 +466,12 @@ def render_chain(r: dict) -> str:
             lines.append(f"| {n} | {name} | {us(x['handoff_c1'])} | {us(x['handoff_c16'])} | {ms(one)} | "
                          f"{one['p50_ms'] - d['p50_ms']:.3f} / {one['p99_ms'] - d['p99_ms']:.3f} | "
                          + " | ".join(f"{x[f'c={c}']['rps']:,}" for c in CHAIN_CONCURRENCY) + f" | {errors} |")
+    lines += ["", "CPU time per answered request at c=64 (µs; user + system, from /proc):", "",
+              "| agents | build | " + " | ".join(CHAIN_PROCESSES) + " |", "|---|---|" + "---|" * len(CHAIN_PROCESSES)]
+    for n, row in r["agents"].items():
+        for name in builds:
+            cpu = row[name]["c=64"]["cpu_us_per_request"]
+            lines.append(f"| {n} | {name} | " + " | ".join(f"{cpu[p]:,}" for p in CHAIN_PROCESSES) + " |")
     lines += ["", "Beside it, the same oha cells without mcp-bridge (requests/s; latency ms p50 / p99):", "",
               "| c | zero-peer | LiteLLM |", "|---|---|---|"]
     for c in CHAIN_CONCURRENCY:
