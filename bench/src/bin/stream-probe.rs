@@ -82,7 +82,7 @@ async fn handoff(url: &str, key: &str, n: usize, concurrency: usize) -> Result<(
         editors.spawn(async move {
             let (mut total, mut failed) = (Vec::new(), 0usize);
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                // Serialised first: the stamp is taken as the request goes out.
+                // Stamped just before the body is built and sent: those few µs count as hand-off.
                 let prompt = format!("benchmark {}{}", bench::SENT_AT, bench::unix_ns());
                 let body = json!({"model": "cursor-agent-local",
                                   "messages": [{"role": "user", "content": prompt}]});
