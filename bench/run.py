@@ -7,6 +7,9 @@ Three paths to the same zero-delay answer, driven by the same load generator (oh
   litellm - oha -> LiteLLM proxy -> the same nginx responder
 Auth, rate limiting (limits set high enough not to trigger) and the audit log stay on for ours.
 
+The chain through mcp-bridge (also alone with --chain, see BENCHMARKS.md): oha -> gateway ->
+bridge-agent -> mcp-bridge -> MCP agents (bench's mcp-agent, 1, 2 and 4 sessions answering `ok`).
+
 --allocs and --profile measure ours alone instead (see BENCHMARKS.md, "Allocations and profile"):
 calls to the allocator per chat and per streamed chunk (heaptrack), and where the gateway's and
 bridge-agent's CPU time goes at c=64 (perf); --quick shortens both.
@@ -45,6 +48,18 @@ ONLY_LEAK = "--only-leak" in sys.argv
 # --compare DIR: ours as built now against the release binaries in DIR (an earlier commit's), both
 # pairs running side by side and measured cell by cell in turn, beside direct; no LiteLLM.
 COMPARE = Path(sys.argv[sys.argv.index("--compare") + 1]).resolve() if "--compare" in sys.argv else None
+# --chain: only the figures through mcp-bridge, beside direct and zero-peer (with --compare: for
+# both builds). --queue redis: each mcp-bridge keeps its queue in a redis-server of its own, on a
+# free port, without persistence. --mcp-bridge-env KEY=VALUE (repeatable): more of mcp-bridge's
+# environment, given to it alone.
+CHAIN = "--chain" in sys.argv
+QUEUE = sys.argv[sys.argv.index("--queue") + 1] if "--queue" in sys.argv else "memory"
+MCP_BRIDGE_ENV = dict(sys.argv[i + 1].split("=", 1) for i, a in enumerate(sys.argv) if a == "--mcp-bridge-env")
+CHAIN_AGENTS = (1, 2, 4)
+CHAIN_CONCURRENCY = (1, 16, 64)
+CHAIN_PROCESSES = ("gateway", "bridge-agent", "mcp-bridge", "mcp-agent")
+BRIDGE_TOKEN = "bench-bridge-0123456789abcdef0123456789abcdef"
+MCP_TOKEN = "bench-mcp-0123456789abcdef0123456789abcdef"
 DURATION = "3s" if QUICK else "10s"
 OUT_DIR = REPO / "bench/results"
 STAMP = time.strftime("%Y%m%d-%H%M%S")
@@ -190,15 +205,18 @@ http {{
     peer_port, agent_port, gw_port = free_port(), free_port(), free_port()
     peer = procs.start("zero-peer", [str(BUILD / "zero-peer")], {"BENCH_PEER_ADDR": f"127.0.0.1:{peer_port}"})
 
-    def start_pair(run: str, wrap=lambda service: [], build=BUILD, ports=(agent_port, gw_port)):
+    def start_pair(run: str, wrap=lambda service: [], build=BUILD, ports=(agent_port, gw_port), bridge=None):
         """Starts bridge-agent and the gateway from `build`, each behind `wrap(service)` (a tool's argv
-        or none), on `ports` (bridge-agent's health port, the gateway's)."""
+        or none), on `ports` (bridge-agent's health port, the gateway's); bridge-agent links to
+        `bridge` (an mcp-bridge's WebSocket URL and token), else to zero-peer."""
         agent_port, gw_port = ports
+        bridge_url, bridge_token = bridge or (f"ws://127.0.0.1:{peer_port}", None)
         common = {"LOCAL_PROVIDER_BRIDGE_SOCKET": str(tmp / f"bridge-{run}.sock"),
                   "LOCAL_PROVIDER_LOG_LEVEL": "warning",
                   "LOCAL_PROVIDER_RESPONSE_TIMEOUT": "900", "LOCAL_PROVIDER_REQUEST_TIMEOUT": "900"}
         agent = procs.start(f"bridge-agent-{run}", wrap("bridge-agent") + [str(build / "bridge-agent")], {**common,
-            "LOCAL_PROVIDER_MCP_BRIDGE_URL": f"ws://127.0.0.1:{peer_port}", "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port)})
+            "LOCAL_PROVIDER_MCP_BRIDGE_URL": bridge_url, "LOCAL_PROVIDER_BRIDGE_AGENT_PORT": str(agent_port),
+            **({"LOCAL_PROVIDER_MCP_BRIDGE_TOKEN": bridge_token} if bridge_token else {})})
         gateway = procs.start(f"gateway-{run}", wrap("gateway") + [str(build / "gateway")], {**common,
             "LOCAL_PROVIDER_PORT": str(gw_port), "LOCAL_PROVIDER_API_KEY": KEY,
             "LOCAL_PROVIDER_AUDIT_LOG": str(tmp / f"audit-{run}.log"),
@@ -218,6 +236,14 @@ http {{
     if PROFILE:
         profile(tmp, results, ours, start_pair)
     if ALLOCS or PROFILE:
+        return
+    if CHAIN:
+        builds = {"now": BUILD, **({"before": COMPARE} if COMPARE else {})}
+        chains = {name: start_chain(tmp, procs, name, build, start_pair) for name, build in builds.items()}
+        start_pair("main")
+        oha(ours, concurrency=8, duration="2s")  # warm-up: connections, tokenizer
+        results["chain"] = {"zero_peer": {c: oha(ours, concurrency=c) for c in CHAIN_CONCURRENCY}}
+        chain(tmp, procs, results["chain"], direct, chains)
         return
     if COMPARE:
         compare(results, direct, nginx_port, peer, start_pair)
@@ -247,7 +273,7 @@ general_settings:
   disable_spend_logs: true
   proxy_batch_write_at: 60
 """)
-    procs.start("litellm", [str(REPO / "bench/.venv/bin/litellm"), "--config", str(tmp / "litellm.yaml"),
+    litellm_proc = procs.start("litellm", [str(REPO / "bench/.venv/bin/litellm"), "--config", str(tmp / "litellm.yaml"),
                             "--host", "127.0.0.1", "--port", str(litellm_port), "--num_workers", "2"],
                 {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION"})
     wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=180)
@@ -280,6 +306,12 @@ general_settings:
     }
     print(f"stream: {json.dumps(results['stream'])}", flush=True)
 
+    # --- the chain through mcp-bridge, with LiteLLM stopped (its workers keep a core busy) --------
+    os.killpg(litellm_proc.pid, signal.SIGTERM)
+    results["chain"] = {"zero_peer": {c: results["concurrency"][c]["ours"] for c in CHAIN_CONCURRENCY},
+                        "litellm": {c: results["concurrency"][c]["litellm"] for c in CHAIN_CONCURRENCY}}
+    chain(tmp, procs, results["chain"], direct, {"now": start_chain(tmp, procs, "now", BUILD, start_pair)})
+
     # --- concurrent open streams, each answering slowly ----------------------------------------
     results["held_streams"] = {}
     pids = f"{gateway.pid},{agent.pid},{peer.pid}"
@@ -295,6 +327,160 @@ general_settings:
         p.terminate()
         p.wait(timeout=30)
     leak(results, ours, *start_pair("leak"))
+
+
+# --- the chain through mcp-bridge ------------------------------------------------------------------
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+def wait_until(pred, what: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            raise SystemExit(f"run.py: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_chain(tmp: Path, procs: Procs, name: str, build: Path, start_pair) -> dict:
+    """mcp-bridge from `build` (its queue as --queue and --mcp-bridge-env say, both tokens set, its
+    audit log on), and bridge-agent and the gateway from `build` linked to it."""
+    port = free_port()
+    env = {"LOCAL_PROVIDER_MCP_BRIDGE_PORT": str(port), "LOCAL_PROVIDER_MCP_BRIDGE_TOKEN": BRIDGE_TOKEN,
+           "LOCAL_PROVIDER_MCP_HTTP_TOKEN": MCP_TOKEN, "LOCAL_PROVIDER_LOG_LEVEL": "warning",
+           "LOCAL_PROVIDER_MCP_BRIDGE_AUDIT_LOG": str(tmp / f"mcp-audit-{name}.log")}
+    if QUEUE == "redis":
+        # One server per mcp-bridge: two bridges on one queue would take each other's requests.
+        redis_port = free_port()
+        procs.start(f"redis-{name}", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"])
+        wait_until(lambda: listening(redis_port), "redis-server")
+        env.update({"LOCAL_PROVIDER_QUEUE": "redis", "LOCAL_PROVIDER_REDIS_URL": f"redis://127.0.0.1:{redis_port}"})
+    elif QUEUE != "memory":
+        raise SystemExit(f"run.py: --queue takes memory or redis, not {QUEUE!r}")
+    env.update(MCP_BRIDGE_ENV)
+    bridge = procs.start(f"mcp-bridge-{name}", [str(build / "mcp-bridge")], env)
+    wait_http(f"http://127.0.0.1:{port}/health/live")
+    ports = (free_port(), free_port())
+    agent, gateway = start_pair(f"chain-{name}", build=build, ports=ports, bridge=(f"ws://127.0.0.1:{port}", BRIDGE_TOKEN))
+    return {"gateway": f"http://127.0.0.1:{ports[1]}/v1/chat/completions", "mcp": f"http://127.0.0.1:{port}/mcp",
+            "health": f"http://127.0.0.1:{port}/health", "mcp_bridge_env": {k: v for k, v in env.items() if "TOKEN" not in k},
+            "pids": {"gateway": gateway.pid, "bridge-agent": agent.pid, "mcp-bridge": bridge.pid}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time `pid` has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Agents:
+    """`mcp-agent --agents n` (today's build) serving one chain; it logs a `handoff_us` line for each
+    stamped chat it holds (`stream-probe handoff`)."""
+
+    def __init__(self, tmp: Path, procs: Procs, name: str, chain: dict, n: int):
+        self.chain, self.n, self.log = chain, n, tmp / f"mcp-agent-{name}-{n}.log"
+        self.proc = procs.start(f"mcp-agent-{name}-{n}", [str(BUILD / "mcp-agent"), chain["mcp"], "--agents", str(n)],
+                                {"LOCAL_PROVIDER_MCP_HTTP_TOKEN": MCP_TOKEN})
+
+    def polls(self) -> int:
+        return get_json(self.chain["health"])["waiting_polls"]
+
+    def wait_polling(self) -> None:
+        wait_until(lambda: self.proc.poll() is None and self.polls() == self.n, f"{self.n} agents polling")
+
+    def handoffs(self) -> list:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"run.py: mcp-agent ended: see {self.log}")
+        return [float(line.split()[1]) for line in self.log.read_text().splitlines() if line.startswith("handoff_us ")]
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=15)
+        wait_until(lambda: self.polls() == 0, "the agents' polls dropped")
+
+
+def percentiles(values: list) -> dict:
+    ordered = sorted(values)
+    at = lambda p: round(ordered[min(round(p / 100 * (len(ordered) - 1)), len(ordered) - 1)], 1) if ordered else None
+    return {"n": len(ordered), "p50_us": at(50), "p99_us": at(99)}
+
+
+def chain(tmp: Path, procs: Procs, out: dict, direct: str, chains: dict) -> None:
+    """For 1, 2 and 4 agents on each chain: hand-off at c=1 and c=16 (stamped chats), then oha at
+    c=1, 16 and 64; cell by cell, each chain in turn, beside direct at c=1 (the floor)."""
+    probe = str(BUILD / "stream-probe")
+    stamped = {1: 200 if QUICK else 1000, 16: 800 if QUICK else 4000}
+    out.update({"queue": QUEUE, "mcp_bridge_env": {n: c["mcp_bridge_env"] for n, c in chains.items()},
+                "builds": {"now": str(BUILD), **({"before": str(COMPARE)} if COMPARE else {})}, "agents": {}})
+    for n in CHAIN_AGENTS:
+        agents = {name: Agents(tmp, procs, name, c, n) for name, c in chains.items()}
+        for name, a in agents.items():
+            a.wait_polling()
+            oha(chains[name]["gateway"], concurrency=8, duration="1s")  # warm-up: connections, tokenizer
+        row = {"direct_c1": oha(direct, concurrency=1, key=None), **{name: {} for name in chains}}
+        for c, count in stamped.items():
+            for name, a in agents.items():
+                seen = len(a.handoffs())
+                done = json.loads(subprocess.run([probe, "handoff", chains[name]["gateway"], KEY, str(count), str(c)],
+                                                 capture_output=True, text=True, check=True).stdout)
+                row[name][f"handoff_c{c}"] = {**percentiles(a.handoffs()[seen:]), "failed": done["failed"],
+                                              "answer_us": done["total_us"]}
+        for c in CHAIN_CONCURRENCY:
+            for name, ch in chains.items():
+                # CPU time per answered request of each process of the chain, over the cell.
+                pids = {**ch["pids"], "mcp-agent": agents[name].proc.pid}
+                before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                row[name][f"c={c}"] = cell = oha(ch["gateway"], concurrency=c)
+                cell["cpu_us_per_request"] = {k: round((cpu_seconds(pid) - before[k]) * 1e6 / max(cell["ok"], 1))
+                                              for k, pid in pids.items()}
+        for a in agents.values():
+            a.stop()
+        out["agents"][n] = row
+        print(f"chain, {n} agents: {json.dumps(row)}", flush=True)
+
+
+def render_chain(r: dict) -> str:
+    us = lambda h: f"{h['p50_us']:,.0f} / {h['p99_us']:,.0f}" if h["n"] else "none seen"
+    ms = lambda x: f"{x['p50_ms']} / {x['p99_ms']}"
+    builds = list(r["builds"])
+    lines = [f"## The chain through mcp-bridge (queue: {r['queue']})", "",
+             "gateway → bridge-agent → mcp-bridge → MCP agents (`mcp-agent`, one `submit_response` of `ok` each). "
+             "Hand-off: from the editor sending a chat to an agent holding it (µs p50 / p99; stamped chats). "
+             "Answer at c=1: oha's latency (ms p50 / p99), and added over direct (nginx) in the same row.", "",
+             "| agents | build | hand-off c=1 | hand-off c=16 | answer c=1 | added p50 / p99 (ms) | c=1 rps | c=16 rps | c=64 rps | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, row in r["agents"].items():
+        d = row["direct_c1"]
+        for name in builds:
+            x = row[name]
+            one = x["c=1"]
+            errors = sum(x[f"c={c}"]["errors"] for c in CHAIN_CONCURRENCY) + sum(
+                x[f"handoff_c{c}"]["failed"] for c in (1, 16))
+            lines.append(f"| {n} | {name} | {us(x['handoff_c1'])} | {us(x['handoff_c16'])} | {ms(one)} | "
+                         f"{one['p50_ms'] - d['p50_ms']:.3f} / {one['p99_ms'] - d['p99_ms']:.3f} | "
+                         + " | ".join(f"{x[f'c={c}']['rps']:,}" for c in CHAIN_CONCURRENCY) + f" | {errors} |")
+    lines += ["", "CPU time per answered request at c=64 (µs; user + system, from /proc):", "",
+              "| agents | build | " + " | ".join(CHAIN_PROCESSES) + " |", "|---|---|" + "---|" * len(CHAIN_PROCESSES)]
+    for n, row in r["agents"].items():
+        for name in builds:
+            cpu = row[name]["c=64"]["cpu_us_per_request"]
+            lines.append(f"| {n} | {name} | " + " | ".join(f"{cpu[p]:,}" for p in CHAIN_PROCESSES) + " |")
+    lines += ["", "Beside it, the same oha cells without mcp-bridge (requests/s; latency ms p50 / p99):", "",
+              "| c | zero-peer | LiteLLM |", "|---|---|---|"]
+    for c in CHAIN_CONCURRENCY:
+        z = r["zero_peer"][c]
+        lite = r.get("litellm", {}).get(c)
+        lines.append(f"| {c} | {z['rps']:,} rps; {ms(z)} | " + (f"{lite['rps']:,} rps; {ms(lite)}" if lite else "not run") + " |")
+    lines += ["", f"direct at c=1 (each row's floor): " + ", ".join(
+        f"{n} agents {row['direct_c1']['p50_ms']} / {row['direct_c1']['p99_ms']} ms" for n, row in r["agents"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def compare(results: dict, direct: str, nginx_port: int, peer, start_pair) -> None:
@@ -666,6 +852,8 @@ def render(r: dict) -> str:
         leak = r["leak"]
         parts.append(f"RSS after 10k requests {leak['rss_after_10k_mb']}, after {leak['requests']:,}: "
                      f"{leak['rss_after_all_mb']} ({leak['errors']} errors, {leak['rps']:,} rps)\n")
+    if "chain" in r:
+        parts.append(render_chain(r["chain"]))
     if "compare" in r:
         parts.append(render_compare(r["compare"]))
     if "allocs" in r:

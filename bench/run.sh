@@ -7,6 +7,10 @@
 # --profile: where their CPU time goes under load (perf; a flame graph too when inferno is in
 # bench/.tools). Both build the bench-profile binaries into target/bench-profile and skip the timing
 # runs, LiteLLM and oha.
+# --chain: only the figures through mcp-bridge (no LiteLLM); --queue redis: mcp-bridge's queue in a
+# redis-server of its own; --mcp-bridge-env KEY=VALUE: more of mcp-bridge's environment.
+# --compare DIR: ours against the release binaries in DIR, side by side; --baseline REV: the same
+# against commit REV, built first by bench/baseline.sh into bench/.baseline/<commit>/.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
@@ -22,11 +26,28 @@ if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
     apt_install nginx
 fi
 # --allocs and --profile measure costs of ours alone (see BENCHMARKS.md, "Allocations and profile").
-costs=""
-for arg in "$@"; do
-    case "$arg" in --allocs | --profile) costs=1 ;; esac
+costs="" chain="" redis="" args=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --allocs | --profile) costs=1 ;;
+        --chain) chain=1 ;;
+        --queue) if [[ ${2:-} == redis ]]; then redis=1; fi ;;
+    esac
+    if [[ $1 == --baseline ]]; then
+        # Built before ours: both builds share target/, and ours is built last.
+        baseline=$(bench/baseline.sh "${2:?--baseline takes a commit}")
+        args+=(--compare "$baseline")
+        shift 2
+        continue
+    fi
+    args+=("$1")
+    shift
 done
-if [[ -z $costs ]]; then
+set -- ${args[@]+"${args[@]}"}
+if [[ -n $redis ]] && ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server
+fi
+if [[ -z $costs && -z $chain ]]; then
     # The anchor: an older LiteLLM release, pinned, configured as its docs recommend for production.
     litellm_version=1.74.9
     if [[ ! -x bench/.venv/bin/litellm ]] || ! bench/.venv/bin/pip show litellm 2>/dev/null | grep -qx "Version: $litellm_version"; then
@@ -40,13 +61,13 @@ if [[ -n $costs ]]; then
         if ! command -v "${tool%%:*}" >/dev/null 2>&1; then apt_install "${tool#*:}"; fi
     done
     # Release code with line tables (Cargo.toml, profile bench-profile), for symbols in both tools.
-    cargo build --profile bench-profile --locked -p gateway -p bridge-agent -p bench --bins
+    cargo build --profile bench-profile --locked -p gateway -p bridge-agent -p mcp-bridge -p bench --bins
 else
     oha_version=1.16.0
     if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then
         cargo install oha --version "$oha_version" --locked --root bench/.tools
     fi
-    cargo build --release --locked -p gateway -p bridge-agent -p bench --bins
+    cargo build --release --locked -p gateway -p bridge-agent -p mcp-bridge -p bench --bins
 fi
 # 10,000 open streams need more descriptors than the usual soft limit: raise it to the hard one.
 ulimit -n "$(ulimit -Hn)"

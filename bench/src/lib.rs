@@ -1,4 +1,5 @@
-//! Benchmark support for `bench/run.sh`: the zero-delay bridge peer and the streaming probe.
+//! Benchmark support for `bench/run.sh`: the zero-delay bridge peer, the streaming probe and the
+//! MCP agent.
 //! Not part of the product.
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,25 @@ pub fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// What the hand-off probe (`stream-probe handoff`) writes into a chat's prompt and the MCP
+/// agent (`mcp-agent`) reads back: the editor's wall-clock time when it sent the request, in
+/// nanoseconds since the Unix epoch. Both run on the same machine, so they read the same clock.
+pub const SENT_AT: &str = "sent_at_ns=";
+
+/// Nanoseconds since the Unix epoch now (0 if the clock is before it).
+pub fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The `SENT_AT` stamp in `text`, if it carries one.
+pub fn sent_at(text: &str) -> Option<u128> {
+    let (_, rest) = text.split_once(SENT_AT)?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
 }

@@ -4,6 +4,9 @@
 //! `stream-probe hold URL KEY STREAMS PIDS`: opens STREAMS concurrent streamed chats against a
 //!   slow agent, waits until every one has its first event, then reports the RSS and open file
 //!   descriptors of each PID (comma-separated) and lets them all go.
+//! `stream-probe handoff URL KEY N C`: N chats, C at a time, each prompt stamped with the time it
+//!   is sent (`bench::SENT_AT`, read back by `mcp-agent`); the whole answer's p50/p99 in
+//!   microseconds, and how many came back as other than a 200 with `ok`.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +64,58 @@ async fn ttfc(url: &str, key: &str, n: usize) -> Result<(), String> {
         "{}",
         json!({"requests": n, "content_chunks": chunks,
                "ttfc_us": {"p50": percentile(&first, 50.0), "p99": percentile(&first, 99.0)},
+               "total_us": {"p50": percentile(&total, 50.0), "p99": percentile(&total, 99.0)}})
+    );
+    Ok(())
+}
+
+async fn handoff(url: &str, key: &str, n: usize, concurrency: usize) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut editors = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, key, next) =
+            (client.clone(), url.to_owned(), key.to_owned(), next.clone());
+        editors.spawn(async move {
+            let (mut total, mut failed) = (Vec::new(), 0usize);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                // Stamped just before the body is built and sent: those few µs count as hand-off.
+                let prompt = format!("benchmark {}{}", bench::SENT_AT, bench::unix_ns());
+                let body = json!({"model": "cursor-agent-local",
+                                  "messages": [{"role": "user", "content": prompt}]});
+                let started = Instant::now();
+                let answer = async {
+                    let resp = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .ok()?;
+                    let ok = resp.status().is_success();
+                    let answer: serde_json::Value = resp.json().await.ok()?;
+                    (ok && answer["choices"][0]["message"]["content"] == "ok").then_some(())
+                }
+                .await;
+                total.push(started.elapsed().as_micros());
+                failed += usize::from(answer.is_none());
+            }
+            (total, failed)
+        });
+    }
+    let (mut total, mut failed) = (Vec::with_capacity(n), 0);
+    while let Some(done) = editors.join_next().await {
+        let (t, f) = done.map_err(|e| e.to_string())?;
+        total.extend(t);
+        failed += f;
+    }
+    total.sort_unstable();
+    println!(
+        "{}",
+        json!({"requests": n, "concurrency": concurrency, "failed": failed,
                "total_us": {"p50": percentile(&total, 50.0), "p99": percentile(&total, 99.0)}})
     );
     Ok(())
@@ -140,6 +195,10 @@ async fn main() {
             Ok(n) => ttfc(url, key, n).await,
             Err(_) => Err(format!("N must be a whole number, got {n:?}")),
         },
+        ["handoff", url, key, n, c] => match (n.parse(), c.parse()) {
+            (Ok(n), Ok(c)) => handoff(url, key, n, c).await,
+            _ => Err("N and C must be whole numbers".into()),
+        },
         ["hold", url, key, streams, pids] => {
             let pids: Result<Vec<u32>, _> = pids.split(',').map(str::parse).collect();
             match (streams.parse(), pids) {
@@ -148,7 +207,7 @@ async fn main() {
             }
         }
         _ => Err(
-            "usage: stream-probe ttfc URL KEY N | stream-probe hold URL KEY STREAMS PIDS".into(),
+            "usage: stream-probe ttfc URL KEY N | stream-probe hold URL KEY STREAMS PIDS | stream-probe handoff URL KEY N C".into(),
         ),
     };
     if let Err(err) = result {
