@@ -168,13 +168,15 @@ async fn bridge_agent_reaches_an_mcp_bridge_whose_connections_are_all_taken() {
         );
     }
     wait_for(SOON, "mcp-bridge to refuse /mcp", || async {
-        let resp = http()
+        // One try at most 2 s: a connection the loaded machine has not yet accepted must not
+        // use up the whole wait.
+        let sent = http()
             .post(bridge.url("/mcp"))
             .bearer_auth(MCP_TOKEN)
+            .timeout(Duration::from_secs(2))
             .send()
-            .await
-            .ok()?;
-        (resp.status() == 503).then_some(())
+            .await;
+        (sent.ok()?.status() == 503).then_some(())
     })
     .await;
     // The editor's requests arrive on bridge-agent's WebSocket: it still gets in.
