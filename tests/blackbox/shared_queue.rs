@@ -196,24 +196,46 @@ async fn an_agent_that_died_holding_a_lease_has_its_request_handed_to_another() 
     assert_eq!(answered["id"], taken["id"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_agents_mcp_bridge_is_killed_mid_answer_ends_exactly_once() {
-    let Some(mut team) = team("shared_queue::killed_mid_answer").await else {
-        return;
+/// A streamed chat answered by an agent on B in three parts, held after the first one reached
+/// the client until [`Gate::open`].
+struct HalfAnswered {
+    agent: QueueAgent,
+    gate: Gate,
+    resp: reqwest::Response,
+    /// What the client has read so far (up to and including the first part).
+    body: String,
+}
+
+/// The file `queue_agent.py --gate` waits for between an answer's first part and the rest.
+struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Gate {
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("go")
+    }
+
+    fn open(&self) {
+        std::fs::write(self.file(), "").unwrap();
+    }
+}
+
+async fn half_answered(team: &Team, text: &str) -> HalfAnswered {
+    let gate = Gate {
+        dir: tempfile::tempdir().unwrap(),
     };
-    let gate = tempfile::tempdir().unwrap();
-    let gate_file = gate.path().join("go");
     let agent = QueueAgent::spawn(
         &team.python,
         &team.b,
         "B",
-        &["--parts", "3", "--gate", gate_file.to_str().unwrap()],
+        &["--parts", "3", "--gate", gate.file().to_str().unwrap()],
     );
     wait_health(&team.a, "B's agent polling", |h| h["waiting_polls"] == 1).await;
     let mut resp = client()
         .post(team.gateway.url("/v1/chat/completions"))
         .bearer_auth(KEY)
-        .json(&chat_body("half an answer", true))
+        .json(&chat_body(text, true))
         .send()
         .await
         .unwrap();
@@ -223,9 +245,28 @@ async fn a_stream_whose_agents_mcp_bridge_is_killed_mid_answer_ends_exactly_once
         let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
         body.push_str(&String::from_utf8_lossy(&chunk));
     }
+    HalfAnswered {
+        agent,
+        gate,
+        resp,
+        body,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_agents_mcp_bridge_is_killed_mid_answer_ends_exactly_once() {
+    let Some(mut team) = team("shared_queue::killed_mid_answer").await else {
+        return;
+    };
+    let HalfAnswered {
+        agent,
+        gate,
+        mut resp,
+        mut body,
+    } = half_answered(&team, "half an answer").await;
     agent.wait_event("part", |e| e["n"] == 1).await;
     team.b.service.kill().await.unwrap();
-    std::fs::write(&gate_file, "").unwrap();
+    gate.open();
     let started = Instant::now();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         body.push_str(&String::from_utf8_lossy(&chunk));
@@ -345,31 +386,15 @@ async fn a_stream_whose_bridge_agents_mcp_bridge_is_killed_mid_answer_completes_
     let Some(mut team) = team("shared_queue::killed_connection").await else {
         return;
     };
-    let gate = tempfile::tempdir().unwrap();
-    let gate_file = gate.path().join("go");
-    let agent = QueueAgent::spawn(
-        &team.python,
-        &team.b,
-        "B",
-        &["--parts", "3", "--gate", gate_file.to_str().unwrap()],
-    );
-    wait_health(&team.a, "B's agent polling", |h| h["waiting_polls"] == 1).await;
-    let mut resp = client()
-        .post(team.gateway.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&chat_body("carry on elsewhere", true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = String::new();
-    while !body.contains("B:1") {
-        let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let HalfAnswered {
+        agent,
+        gate,
+        mut resp,
+        mut body,
+    } = half_answered(&team, "carry on elsewhere").await;
     // The answer's path to the editor dies; the agent and its mcp-bridge go on.
     team.a.kill_and_restart().await;
-    std::fs::write(&gate_file, "").unwrap();
+    gate.open();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         body.push_str(&String::from_utf8_lossy(&chunk));
     }
