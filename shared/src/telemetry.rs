@@ -40,6 +40,14 @@ pub struct LogGuard {
     _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
+/// One line to stderr in one write, for a service's start-up or exit error once logging runs:
+/// the log thread writes beside it (into the same file, when both are redirected), and
+/// `eprintln!` would write the line in pieces that its lines can split.
+pub fn stderr_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Logs to stdout at `level` (a `RUST_LOG` filter, when set, wins), as text or JSON lines,
 /// written by a thread of their own: a request's thread formats its line and queues it
 /// ([`LOG_QUEUE_LINES`]), and never does the `write` to stdout itself.

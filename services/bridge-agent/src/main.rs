@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("bridge-agent: cannot start the runtime: {err}");
+            provider_shared::telemetry::stderr_line(&format!(
+                "bridge-agent: cannot start the runtime: {err}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -128,6 +130,6 @@ async fn bind_health(host: &str, port: u16) -> std::io::Result<TcpListener> {
 
 fn fail(err: &bridge_agent::Error) -> ExitCode {
     tracing::error!(%err, "bridge-agent stopping");
-    eprintln!("bridge-agent: {err}");
+    provider_shared::telemetry::stderr_line(&format!("bridge-agent: {err}"));
     ExitCode::FAILURE
 }

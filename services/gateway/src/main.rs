@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("gateway: cannot start the runtime: {err}");
+            provider_shared::telemetry::stderr_line(&format!(
+                "gateway: cannot start the runtime: {err}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -88,7 +90,9 @@ async fn run_service(settings: Settings) -> ExitCode {
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(err) => {
-            eprintln!("gateway: cannot listen on {addr}: {err}");
+            provider_shared::telemetry::stderr_line(&format!(
+                "gateway: cannot listen on {addr}: {err}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -113,7 +117,7 @@ async fn run_service(settings: Settings) -> ExitCode {
     match run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("gateway: {err}");
+            provider_shared::telemetry::stderr_line(&format!("gateway: {err}"));
             ExitCode::FAILURE
         }
     }

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("mcp-bridge: cannot start the runtime: {err}");
+            provider_shared::telemetry::stderr_line(&format!(
+                "mcp-bridge: cannot start the runtime: {err}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
 async fn run_service(config: Config) -> ExitCode {
     if let Err(err) = config.require_tokens() {
         tracing::error!(%err, "mcp-bridge refuses to start");
-        stderr_line(&format!("mcp-bridge: {err}"));
+        provider_shared::telemetry::stderr_line(&format!("mcp-bridge: {err}"));
         return ExitCode::from(2);
     }
     let missing = config.missing_tokens();
@@ -127,13 +129,6 @@ fn healthcheck() -> ExitCode {
 
 fn fail(err: &mcp_bridge::Error) -> ExitCode {
     tracing::error!(%err, "mcp-bridge stopping");
-    stderr_line(&format!("mcp-bridge: {err}"));
+    provider_shared::telemetry::stderr_line(&format!("mcp-bridge: {err}"));
     ExitCode::FAILURE
-}
-
-/// One line to stderr in one write: the log thread writes beside it (into the same file, when
-/// both are redirected), and `eprintln!` would write the line in pieces.
-fn stderr_line(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }

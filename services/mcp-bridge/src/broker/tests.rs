@@ -2,6 +2,7 @@
 use super::*;
 use provider_shared::bridge::Outcome;
 use provider_shared::ws_peer;
+use serde_json::json;
 use std::time::Duration;
 
 use crate::caller::Caller;
