@@ -53,6 +53,8 @@ COMPARE = Path(sys.argv[sys.argv.index("--compare") + 1]).resolve() if "--compar
 # free port, without persistence. --mcp-bridge-env KEY=VALUE (repeatable): more of mcp-bridge's
 # environment, given to it alone.
 CHAIN = "--chain" in sys.argv
+# --long-run N (with --compare): N more requests at c=64 through each build, then its RSS.
+LONG_RUN = int(sys.argv[sys.argv.index("--long-run") + 1]) if "--long-run" in sys.argv else 0
 QUEUE = sys.argv[sys.argv.index("--queue") + 1] if "--queue" in sys.argv else "memory"
 MCP_BRIDGE_ENV = dict(sys.argv[i + 1].split("=", 1) for i, a in enumerate(sys.argv) if a == "--mcp-bridge-env")
 CHAIN_AGENTS = (1, 2, 4)
@@ -529,6 +531,38 @@ def compare(results: dict, direct: str, nginx_port: int, peer, start_pair) -> No
         time.sleep(3)
     results["compare"]["held_streams"] = held
     results["compare"]["held_count"] = 1000 if QUICK else 10000
+    # Syscalls per non-streamed chat, gateway and bridge-agent together, at c=64.
+    results["compare"]["syscalls"] = {name: syscalls_per_chat(urls[name], pids[name]) for name in urls}
+    print(f"syscalls: {json.dumps(results['compare']['syscalls'])}", flush=True)
+    if LONG_RUN:
+        # The gateway's RSS after LONG_RUN more requests at c=64, each build in turn.
+        long = {}
+        for name, url in urls.items():
+            gateway, agent = pids[name]
+            run = oha(url, concurrency=64, requests=LONG_RUN)
+            long[name] = {"requests": LONG_RUN, "errors": run["errors"], "rps": run["rps"],
+                          "gateway_rss_mb": rss_mb(gateway.pid), "bridge_agent_rss_mb": rss_mb(agent.pid)}
+            print(f"long run {name}: {json.dumps(long[name])}", flush=True)
+        results["compare"]["long_run"] = long
+
+
+SYSCALL_CHATS = 5_000 if QUICK else 20_000
+
+
+def syscalls_per_chat(url: str, pair) -> dict:
+    """Counts every syscall the gateway and bridge-agent enter (perf's raw_syscalls:sys_enter) while
+    SYSCALL_CHATS non-streamed chats run at c=64, and divides by the chats."""
+    pids = ",".join(str(p.pid) for p in pair)
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", pids],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # perf attaches before the load starts
+    run = oha(url, concurrency=64, requests=SYSCALL_CHATS)
+    perf.send_signal(signal.SIGINT)
+    _, err = perf.communicate(timeout=30)
+    counted = next((int(line.split(",")[0]) for line in err.splitlines()
+                    if "raw_syscalls:sys_enter" in line and line.split(",")[0].isdigit()), None)
+    per_chat = None if counted is None else round(counted / SYSCALL_CHATS, 2)
+    return {"chats": SYSCALL_CHATS, "syscalls": counted, "per_chat": per_chat, "errors": run["errors"]}
 
 
 def render_compare(r: dict) -> str:
@@ -547,6 +581,13 @@ def render_compare(r: dict) -> str:
     for name in ("direct", "now", "before"):
         lines.append(f"| {name} | {s[name]['ttfc_us']['p50']} / {s[name]['ttfc_us']['p99']} | {s[name]['total_us']['p50']} |")
     lines += ["", f"- idle RSS (MB): {r['idle_rss_mb']}", f"- after warm-up (MB): {r['warm_rss_mb']}"]
+    for name, sc in r.get("syscalls", {}).items():
+        lines.append(f"- {name}: {sc['per_chat']} syscalls per non-streamed chat, gateway + bridge-agent, "
+                     f"c=64 ({sc['syscalls']} over {sc['chats']:,} chats, {sc['errors']} errors)")
+    for name, lr in r.get("long_run", {}).items():
+        lines.append(f"- {name}: after {lr['requests']:,} more requests at c=64 ({lr['rps']:,} rps, "
+                     f"{lr['errors']} errors): gateway {lr['gateway_rss_mb']:.1f} MB, bridge-agent "
+                     f"{lr['bridge_agent_rss_mb']:.1f} MB")
     for name, h in r["held_streams"].items():
         total = sum((x["rss_bytes"] or 0) for x in h["rss"][:2]) / 1e6
         lines.append(f"- {name}: {r['held_count']:,} open streams (failed {h['failed']}, opened in "

@@ -10,7 +10,9 @@
 # --chain: only the figures through mcp-bridge (no LiteLLM); --queue redis: mcp-bridge's queue in a
 # redis-server of its own; --mcp-bridge-env KEY=VALUE: more of mcp-bridge's environment.
 # --compare DIR: ours against the release binaries in DIR, side by side; --baseline REV: the same
-# against commit REV, built first by bench/baseline.sh into bench/.baseline/<commit>/.
+# against commit REV, built first by bench/baseline.sh into bench/.baseline/<commit>/. With either, the
+# syscalls per chat are counted (perf); --long-run N adds N requests at c=64 through each build, then
+# its RSS.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
@@ -26,12 +28,13 @@ if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
     apt_install nginx
 fi
 # --allocs and --profile measure costs of ours alone (see BENCHMARKS.md, "Allocations and profile").
-costs="" chain="" redis="" args=()
+costs="" chain="" redis="" compare="" args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --allocs | --profile) costs=1 ;;
         --chain) chain=1 ;;
         --queue) if [[ ${2:-} == redis ]]; then redis=1; fi ;;
+        --compare | --baseline) compare=1 ;;
     esac
     if [[ $1 == --baseline ]]; then
         # Built before ours: both builds share target/, and ours is built last.
@@ -54,6 +57,9 @@ if [[ -z $costs && -z $chain ]]; then
         python3 -m venv bench/.venv
         bench/.venv/bin/pip install -q --disable-pip-version-check "litellm[proxy]==$litellm_version"
     fi
+fi
+if [[ -n $compare && -z $chain ]] && ! command -v perf >/dev/null 2>&1; then
+    apt_install linux-perf
 fi
 if [[ -n $costs ]]; then
     # Their load comes from bench/run.py itself: they count work, not time.
