@@ -235,7 +235,9 @@ http {{
         return
     if ALLOCS:
         allocs(tmp, procs, results, ours, start_pair)
-    if PROFILE:
+    if PROFILE and CHAIN:
+        profile_chain(tmp, procs, results, start_pair)
+    elif PROFILE:
         profile(tmp, results, ours, start_pair)
     if ALLOCS or PROFILE:
         return
@@ -830,7 +832,7 @@ def perf_report(data: Path, children: bool) -> list:
         share, own, dso, _, symbol = m.groups()
         # Legacy Rust symbols end in a hash that only makes the table wider.
         symbol = re.sub(r"::h[0-9a-f]{16}$", "", symbol)
-        if children and not re.match(r"<?(gateway|bridge_agent|provider_shared)::", symbol):
+        if children and not re.match(r"<?(gateway|bridge_agent|mcp_bridge|mcp_agent|provider_shared)::", symbol):
             continue
         row = {"share": float(share), "dso": dso, "symbol": symbol}
         if own is not None:
@@ -852,6 +854,20 @@ def flame_graph(data: Path, svg: Path, title: str) -> bool:
 
 def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
     agent, gateway = start_pair("profile")
+    sample(tmp, results, ours, {"gateway": gateway.pid, "bridge-agent": agent.pid})
+
+
+def profile_chain(tmp: Path, procs: Procs, results: dict, start_pair) -> None:
+    """The same sampling through the chain (--chain --profile): two agents of mcp-agent serve
+    mcp-bridge, and every process of the chain is sampled."""
+    ch = start_chain(tmp, procs, "profile", BUILD, start_pair)
+    agents = Agents(tmp, procs, "profile", ch, 2)
+    agents.wait_polling()
+    sample(tmp, results, ch["gateway"], {**ch["pids"], "mcp-agent": agents.proc.pid})
+
+
+def sample(tmp: Path, results: dict, ours: str, pids: dict) -> None:
+    """perf record of each process in `pids` while `ours` is driven at c=64."""
     drive(ours, concurrency=8, requests=500, body=BODY)  # warm-up: connections, tokenizer
     load_result = {}
     load = threading.Thread(target=lambda: load_result.update(
@@ -859,13 +875,13 @@ def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
     load.start()
     time.sleep(2)  # the load reaches its pace before sampling starts
     records = {}
-    for service, proc in (("gateway", gateway), ("bridge-agent", agent)):
+    for service, pid in pids.items():
         data = tmp / f"perf-{service}.data"
         log = open(tmp / f"perf-{service}.log", "w")
         # cpu-clock: a software event, since this machine has no hardware counters; DWARF call
         # graphs, since release code keeps no frame pointers.
         records[service] = data, subprocess.Popen(
-            ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf", "-p", str(proc.pid),
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf", "-p", str(pid),
              "-o", str(data), "--", "sleep", str(PROFILE_SECONDS)], stdout=log, stderr=log)
     for service, (data, rec) in records.items():
         if rec.wait() != 0 or not data.exists():
@@ -874,7 +890,7 @@ def profile(tmp: Path, results: dict, ours: str, start_pair) -> None:
     if load_result["errors"]:
         raise SystemExit(f"run.py: the load for the profile had {load_result['errors']} errors")
     results["profile"] = {"seconds": PROFILE_SECONDS, "concurrency": 64, "event": "cpu-clock, 499 Hz, DWARF call graphs",
-                          "rps_while_sampled": load_result["rps"]}
+                          "rps_while_sampled": load_result["rps"], "services": list(pids)}
     for service, (data, _) in records.items():
         svg = OUT_DIR / f"{STAMP}-{service}.svg"
         results["profile"][service] = {
@@ -928,7 +944,7 @@ def render_profile(p: dict) -> str:
     lines = [f"## Profile (perf, {p['event']}, {p['seconds']} s at c={p['concurrency']}, "
              f"{p['rps_while_sampled']:,} rps while sampled)"]
     short = lambda s: s if len(s) <= 110 else s[:107] + "..."
-    for service in ("gateway", "bridge-agent"):
+    for service in p.get("services", ("gateway", "bridge-agent")):
         q = p[service]
         lines += ["", f"### {service}" + (f" (flame graph: {q['flame_graph']})" if q["flame_graph"] else ""), "",
                   "| self % | where | function |", "|---|---|---|"]

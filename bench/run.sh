@@ -5,7 +5,7 @@
 # Takes about ten minutes; run it on an otherwise idle machine.
 # --allocs: allocations per request and per streamed chunk of the gateway and bridge-agent (heaptrack);
 # --profile: where their CPU time goes under load (perf; a flame graph too when inferno is in
-# bench/.tools). Both build the bench-profile binaries into target/bench-profile and skip the timing
+# bench/.tools); with --chain, of every process of the chain (mcp-bridge and two agents too). Both build the bench-profile binaries into target/bench-profile and skip the timing
 # runs, LiteLLM and oha.
 # --chain: only the figures through mcp-bridge (no LiteLLM); --queue redis: mcp-bridge's queue in a
 # redis-server of its own; --mcp-bridge-env KEY=VALUE: more of mcp-bridge's environment.
