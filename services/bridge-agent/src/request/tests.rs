@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::bridge::unknown_to_bridge;
 use super::*;
-use provider_shared::bridge::{ModelMeta, Payload};
+use provider_shared::bridge::{codes, ModelMeta, Outcome, Payload};
 
 fn invoke() -> ModelInvoke {
     ModelInvoke {
