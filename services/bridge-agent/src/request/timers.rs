@@ -61,7 +61,7 @@ impl Requests {
     }
 
     /// Handles every deadline up to `now`; returns the next one.
-    fn fire_due(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn fire_due(&self, now: Instant) -> Option<Instant> {
         let mut inner = self.lock();
         loop {
             let (&(at, serial), _) = inner.deadlines.first_key_value()?;
