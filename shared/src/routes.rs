@@ -1,6 +1,7 @@
 //! Requests in flight on one multiplexed connection, by id: each id leads to the inbox of the task
-//! serving that request. The gateway's client of bridge-agent and bridge-agent's request tasks
-//! both route through this table (docs/ARCHITECTURE.md, "One streamed chat").
+//! serving that request. The gateway's client of bridge-agent routes through this table
+//! (docs/ARCHITECTURE.md, "One streamed chat"); bridge-agent keeps its requests in a table of its
+//! own, with no task per request, and uses only [`Rebind`] from here.
 //!
 //! Each request's inbox holds at most the table's byte bound of the items that cost something
 //! (chunks: their text plus 256 bytes, docs/PROTOCOL.md "Bounds"); an item that would go past it

@@ -242,9 +242,14 @@ async fn a_request_the_bridge_never_got_is_sent_afresh_once_and_answered() {
 async fn a_client_that_stops_reading_gets_slow_client_and_holds_up_no_one() {
     // bridge-agent holds the whole answer for the gateway: the bound under test is the gateway's
     // towards its client, not bridge-agent's towards a gateway slowed by a busy machine.
+    // The stalled answer's tokens are charged to the same key when it ends, which can be before
+    // the other chat below is sent: the token budget must not be what refuses that one.
     let stack = Stack::start_with(
         |a| a.env("STREAM_BUFFER_BYTES", 64 * 1024 * 1024),
-        |g| g.env("STREAM_BUFFER_BYTES", 262_144),
+        |g| {
+            g.env("STREAM_BUFFER_BYTES", 262_144)
+                .env("RATE_LIMIT_TPM", 100_000_000)
+        },
     )
     .await;
     // 40 MiB: far more than the socket buffers between the gateway and a client hold. A client

@@ -1,8 +1,11 @@
 //! The gateway-facing side: accepts connections on the Unix socket, checks each one's hello, then
-//! multiplexes its requests. Each connection has its own bounded queue and writer task (each
-//! write bounded by `WRITE_TIMEOUT`), so a slow gateway only ever slows itself; one that listed
-//! `heartbeat` and goes silent for `SILENCE_LIMIT` is dropped. The requests of a connection that
-//! drops wait for the gateway's `resume` on its next one (`request/gateway.rs`).
+//! multiplexes its requests: its reader starts each request in the request table, which queues
+//! the invoke straight on the WebSocket's writer. Each connection has its own queue and writer
+//! task (each write bounded by `WRITE_TIMEOUT`), where the WebSocket reader puts the chunks and
+//! results of its requests, each request's waiting chunks bounded by `STREAM_BUFFER_BYTES`; so a
+//! slow gateway only ever slows itself. One that listed `heartbeat` and goes silent for
+//! `SILENCE_LIMIT` is dropped. The requests of a connection that drops wait for the gateway's
+//! `resume` on its next one (`request/table.rs` `orphan`).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use provider_shared::ipc::{
     IpcCodec, IpcFrame, CAP_HEARTBEAT, CAP_RESUME, IPC_PROTOCOL, IPC_VERSION, SILENCE_LIMIT,
     WRITE_TIMEOUT,
 };
-use provider_shared::routes::{InsertRefused, Rebind};
+use provider_shared::routes::Rebind;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -23,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
-use crate::request::{self, Reattach, RequestEvent, Start};
+use crate::request::{GatewayOut, GatewayQueue, Outgoing, Start, Started};
 use crate::socket::OwnedSocket;
 use crate::Hub;
 
@@ -31,8 +34,6 @@ use crate::Hub;
 pub type ConnId = u64;
 
 const GATEWAY_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames queued for one gateway before its request tasks wait.
-const CONNECTION_QUEUE: usize = 512;
 /// How long a gateway may take to read its last frames once bridge-agent is closing.
 const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
@@ -88,7 +89,7 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
     }
     let _counted = hub.gateway_connected();
     tracing::info!(heartbeat, "gateway connected");
-    let (out, out_rx) = mpsc::channel(CONNECTION_QUEUE);
+    let (out, out_rx) = mpsc::unbounded_channel();
     // The writer fires this when a write fails or times out: the connection is over.
     let broken = CancellationToken::new();
     tracker.spawn(
@@ -113,8 +114,7 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             .reset(tokio::time::Instant::now() + SILENCE_LIMIT);
         match frame {
             Some(Ok(IpcFrame::Ping { ts })) => {
-                // A full queue means frames are on their way anyway.
-                let _ = out.try_send(IpcFrame::Pong { ts });
+                let _ = out.send(Outgoing::plain(IpcFrame::Pong { ts }));
             }
             Some(Ok(IpcFrame::Invoke(invoke))) => {
                 let id = invoke.id.clone();
@@ -136,14 +136,7 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
                 };
                 on_request(&hub, conn, id, start, &out).await;
             }
-            Some(Ok(IpcFrame::Cancel { id })) => {
-                if !hub
-                    .requests
-                    .signal(&id, |from| *from == Some(conn), RequestEvent::Cancel)
-                {
-                    tracing::debug!(%id, "cancel for a request not in flight (or cancelled already) ignored");
-                }
-            }
+            Some(Ok(IpcFrame::Cancel { id })) => hub.requests.cancel(&id, conn),
             Some(Ok(other)) => {
                 let frame = FrameSummary::of(&other);
                 tracing::debug!(%frame, "unexpected gateway frame ignored");
@@ -155,13 +148,9 @@ async fn connection(hub: Arc<Hub>, stream: UnixStream, conn: ConnId, tracker: Ta
             None => break,
         }
     }
-    let orphaned = hub.requests.orphan_all(
-        |from| *from == Some(conn),
-        || None,
-        || RequestEvent::GatewayGone,
-    );
+    let orphaned = hub.requests.gateway_gone(conn);
     tracing::info!(orphaned, "gateway disconnected");
-    // The writer ends once this and every request task's sender are gone.
+    // The writer ends once this sender and those its requests held are gone.
 }
 
 /// A `resume` of a request still served here (its gateway's connection dropped while
@@ -172,21 +161,15 @@ fn taken_up(
     conn: ConnId,
     id: &str,
     after_chunk_index: Option<u64>,
-    out: &mpsc::Sender<IpcFrame>,
+    out: &GatewayOut,
 ) -> bool {
     if hub.hand_over.is_cancelled() {
         // Left for the next bridge-agent: this connection closes without answering it.
         return true;
     }
-    let again = RequestEvent::Reattach(Reattach {
-        out: out.clone(),
-        after_chunk_index,
-    });
-    // A gateway whose connection dropped comes back on a new one, possibly before the old one
-    // is seen to end here; the same connection resuming its own request is a duplicate.
     match hub
         .requests
-        .rebind(id, |from| *from != Some(conn), Some(conn), again)
+        .reattach(id, conn, out.clone(), after_chunk_index)
     {
         Rebind::Rebound => true,
         Rebind::Unknown => false,
@@ -218,15 +201,12 @@ async fn handshake(source: &mut Source) -> Result<Vec<String>, String> {
     }
 }
 
-async fn on_request(
-    hub: &Arc<Hub>,
-    conn: ConnId,
-    id: String,
-    start: Start,
-    out: &mpsc::Sender<IpcFrame>,
-) {
-    let refuse =
-        |code: &str, message: &str| IpcFrame::Result(ModelResult::error(&id, code, message));
+async fn on_request(hub: &Hub, conn: ConnId, id: String, start: Start, out: &GatewayOut) {
+    let refuse = |code: &str, message: &str| {
+        crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
+        let result = IpcFrame::Result(ModelResult::error(&id, code, message));
+        let _ = out.send(Outgoing::plain(result));
+    };
     if hub.hand_over.is_cancelled() {
         // Not answered: when this connection closes the gateway sends it to the next
         // bridge-agent with its `resume`.
@@ -234,38 +214,30 @@ async fn on_request(
         return;
     }
     if hub.draining.is_cancelled() {
-        crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
-        let _ = out
-            .send(refuse(
-                codes::SHUTTING_DOWN,
-                "bridge-agent is shutting down",
-            ))
-            .await;
+        refuse(codes::SHUTTING_DOWN, "bridge-agent is shutting down");
         return;
     }
-    let (ticket, inbox) = match hub.requests.insert(&id, Some(conn)) {
-        Ok(registered) => registered,
-        Err(why) => {
-            tracing::warn!(%id, ?why, "request refused");
-            crate::metrics::count_request(crate::metrics::OutcomeLabel::Error);
-            let refusal = match why {
-                InsertRefused::Duplicate => refuse(
-                    codes::DUPLICATE_ID,
-                    "a request with this id is already in flight",
-                ),
-                InsertRefused::Closed => {
-                    refuse(codes::SHUTTING_DOWN, "bridge-agent is shutting down")
-                }
-            };
-            let _ = out.send(refusal).await;
-            return;
+    match hub.requests.start(conn, out.clone(), id.clone(), start) {
+        Started::Taken => {}
+        // The WebSocket's queue is full: this gateway's next frames wait behind this one.
+        Started::Queue(link, frame) => {
+            let _ = link.send(frame).await;
         }
-    };
-    crate::metrics::gauge_in_flight(hub.requests.len());
-    hub.request_tasks.spawn(
-        request::handle_request(hub.clone(), id.clone(), start, ticket, inbox, out.clone())
-            .instrument(info_span!("request", %id, conn)),
-    );
+        Started::Duplicate => {
+            tracing::warn!(%id, "request refused: a request with this id is in flight");
+            refuse(
+                codes::DUPLICATE_ID,
+                "a request with this id is already in flight",
+            );
+        }
+        Started::LeftForNext => {
+            tracing::info!(%id, "request left for the next bridge-agent");
+        }
+        Started::Stopped(code, message) => {
+            tracing::warn!(%id, "request refused: requests are being ended");
+            refuse(code, &message);
+        }
+    }
 }
 
 /// Sends queued frames, and the bridge status whenever it changes, to one gateway. A write that
@@ -273,7 +245,7 @@ async fn on_request(
 /// what is queued already, in one flush (`provider_shared::batch`).
 async fn writer<S>(
     mut sink: S,
-    mut frames: mpsc::Receiver<IpcFrame>,
+    mut frames: GatewayQueue,
     mut status: tokio::sync::watch::Receiver<provider_shared::ipc::BridgeStatus>,
     closing: CancellationToken,
     broken: CancellationToken,
@@ -292,7 +264,7 @@ async fn writer<S>(
         let frame = tokio::select! {
             biased;
             frame = frames.recv() => match frame {
-                Some(frame) => frame,
+                Some(frame) => frame.into_frame(),
                 None => break,
             },
             changed = status.changed(), if status_open => match changed {
@@ -303,7 +275,7 @@ async fn writer<S>(
                 }
             },
         };
-        let more = || frames.try_recv().ok();
+        let more = || frames.try_recv().ok().map(Outgoing::into_frame);
         let batch = batch::write_queued(&mut sink, frame, more, IpcFrame::approx_bytes);
         tokio::select! {
             sent = tokio::time::timeout(WRITE_TIMEOUT, batch) => match sent {
@@ -346,10 +318,10 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (sink, _source) = Framed::new(ours, IpcCodec::default()).split();
         let mut gateway = Framed::new(theirs, IpcCodec::default());
-        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         // More than one batch holds, queued before the writer starts.
         for i in 0..150 {
-            tx.send(cancel(&format!("r{i}"))).await.unwrap();
+            tx.send(Outgoing::plain(cancel(&format!("r{i}")))).unwrap();
         }
         let (_status_tx, status_rx) = tokio::sync::watch::channel(BridgeStatus::disconnected());
         let (closing, broken) = (CancellationToken::new(), CancellationToken::new());
@@ -358,7 +330,7 @@ mod tests {
             let frame = gateway.next().await.unwrap().unwrap();
             assert_eq!(frame, cancel(&format!("r{i}")));
         }
-        tx.send(cancel("lone")).await.unwrap();
+        tx.send(Outgoing::plain(cancel("lone"))).unwrap();
         let lone = tokio::time::timeout(Duration::from_secs(2), gateway.next()).await;
         let lone = lone.expect("a lone frame goes at once").unwrap().unwrap();
         assert_eq!(lone, cancel("lone"));

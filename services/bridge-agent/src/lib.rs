@@ -1,5 +1,6 @@
 //! bridge-agent: owns the WebSocket to the MCP bridge (connect, heartbeat, reconnect) and serves
-//! gateways over a local Unix socket, relaying each request and its streamed answer.
+//! gateways over a local Unix socket, routing each request and its streamed answer between the
+//! two (`request/`).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -12,14 +13,13 @@ mod socket;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use provider_shared::bridge::{codes, BridgeFrame};
+use provider_shared::bridge::codes;
 use provider_shared::ipc::{BridgeStatus, LinkState};
-use provider_shared::routes::RouteTable;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
@@ -27,8 +27,7 @@ use tracing::{info_span, Instrument};
 pub use config::Config;
 pub use socket::{bind_socket, lock_path, OwnedSocket, TAKEOVER_WAIT};
 
-use ipc_server::ConnId;
-use request::RequestEvent;
+use request::Requests;
 
 /// Everything that ends bridge-agent (or stops it starting).
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +87,7 @@ pub async fn run(
         health::serve_health(listeners.http, hub.clone(), http_stop.clone())
             .instrument(info_span!("health")),
     );
+    tracker.spawn(request::run_timers(hub.clone()).instrument(info_span!("deadlines")));
     tracker.spawn(
         ipc_server::accept_loop(hub.clone(), listeners.ipc, tracker.clone())
             .instrument(info_span!("ipc")),
@@ -104,7 +104,6 @@ pub async fn run(
     };
 
     hub.draining.cancel();
-    hub.request_tasks.close();
     match &failure {
         None if hub.can_hand_over() => {
             tracing::info!(
@@ -113,10 +112,11 @@ pub async fn run(
                 "shutting down: the requests in flight are left to the next bridge-agent, which the gateway resumes them at"
             );
             hub.hand_over.cancel();
+            hub.requests.stop_all(None);
         }
         None => {
             tracing::info!(in_flight = hub.requests.len(), ?grace, "shutting down");
-            if tokio::time::timeout(grace, hub.request_tasks.wait())
+            if tokio::time::timeout(grace, hub.requests.drained())
                 .await
                 .is_err()
             {
@@ -132,7 +132,7 @@ pub async fn run(
             hub.stop_requests(codes::AGENT_UNAVAILABLE, err.to_string());
         }
     }
-    hub.request_tasks.wait().await;
+    hub.requests.drained().await;
     // Requests are answered: now close the WebSocket and the gateway connections.
     hub.closing.cancel();
     if failure.is_none() {
@@ -153,77 +153,54 @@ pub async fn run(
     }
 }
 
-/// The current WebSocket connection, as request tasks see it.
+/// The current WebSocket connection, as a stop sees it (the requests' own view of it is in
+/// their table, `request/table.rs`).
 #[derive(Debug, Clone)]
 pub enum CurrentWebSocket {
     Down,
-    /// Frames sent on `tx` go out on connection number `generation`.
     Up {
-        generation: u64,
-        tx: mpsc::Sender<BridgeFrame>,
         /// The bridge protocol version agreed in `hello`/`welcome`.
         protocol: u32,
-        /// The largest frame the bridge takes on this connection.
-        max_frame_bytes: u64,
     },
 }
 
-impl CurrentWebSocket {
-    pub fn generation(&self) -> Option<u64> {
-        match self {
-            CurrentWebSocket::Down => None,
-            CurrentWebSocket::Up { generation, .. } => Some(*generation),
-        }
-    }
-}
-
-/// State shared by the link, the gateway connections, the request tasks and the health endpoint.
+/// State shared by the link, the gateway connections, the deadline task and the health endpoint.
 pub struct Hub {
     pub config: Config,
     pub started: Instant,
     /// What gateways and /health are told; every change goes out as an IPC `status`.
     pub status: watch::Sender<BridgeStatus>,
     pub link: watch::Sender<CurrentWebSocket>,
-    /// Where the bridge's frames for each request go, and which gateway connection it answers
-    /// (none while its connection is gone and it waits for a `resume`).
-    pub requests: RouteTable<RequestEvent, Option<ConnId>>,
-    /// Request tasks only, so shutdown can wait for them apart from everything else.
-    pub request_tasks: TaskTracker,
+    /// The requests in flight: where the bridge's frames for each go (which gateway
+    /// connection, none while it waits for a `resume`), and their state and deadlines.
+    pub requests: Requests,
     pub gateway_connections: AtomicUsize,
     /// Shutdown began: accept no new gateway connections or requests.
     pub draining: CancellationToken,
-    /// End every request now, with [`Hub::stop_reason`].
-    pub hard_stop: CancellationToken,
     /// An orderly stop: requests end without a result or a cancel, for the next bridge-agent.
     pub hand_over: CancellationToken,
     /// Requests are done: close the WebSocket and the gateway connections.
     pub closing: CancellationToken,
-    stop_reason: OnceLock<(&'static str, String)>,
 }
 
 impl Hub {
     pub fn new(config: Config) -> Self {
-        let buffer_bytes = config.stream_buffer_bytes();
         Self {
+            requests: Requests::new(&config),
             config,
             started: Instant::now(),
             status: watch::Sender::new(BridgeStatus::disconnected()),
             link: watch::Sender::new(CurrentWebSocket::Down),
-            requests: RouteTable::new(buffer_bytes),
-            request_tasks: TaskTracker::new(),
             gateway_connections: AtomicUsize::new(0),
             draining: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
             hand_over: CancellationToken::new(),
             closing: CancellationToken::new(),
-            stop_reason: OnceLock::new(),
         }
     }
 
-    /// Ends every request now with error `code` (the first reason given wins).
+    /// Ends every request now with error `code`.
     pub fn stop_requests(&self, code: &'static str, message: String) {
-        let _ = self.stop_reason.set((code, message));
-        self.hard_stop.cancel();
+        self.requests.stop_all(Some((code, message)));
     }
 
     /// Whether a stop can leave the requests to the next bridge-agent: the gateway and the
@@ -236,13 +213,6 @@ impl Hub {
             CurrentWebSocket::Down => true,
         };
         resumable && !self.config.resume_grace().is_zero()
-    }
-
-    pub fn stop_reason(&self) -> (&'static str, String) {
-        self.stop_reason.get().cloned().unwrap_or((
-            provider_shared::bridge::codes::SHUTTING_DOWN,
-            "bridge-agent is shutting down".into(),
-        ))
     }
 
     pub fn set_state(&self, state: LinkState) {

@@ -1,5 +1,6 @@
 //! The WebSocket to the MCP bridge: connecting with a handshake deadline, heartbeats, routing
-//! inbound frames to requests (over the shared peer loop, `provider_shared::ws_peer`), and
+//! inbound frames straight to the requests' gateways (over the shared peer loop,
+//! `provider_shared::ws_peer`, and the request table, `request/upstream.rs`), and
 //! reconnecting with the shared jittered back-off until the attempts run out.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,16 +14,14 @@ use provider_shared::bridge::{
 };
 use provider_shared::frame_summary::FrameSummary;
 use provider_shared::ipc::LinkState;
-use provider_shared::routes::Undeliverable;
 use provider_shared::ws_peer::{self, CloseCode, Message};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::metrics;
-use crate::request::RequestEvent;
+use crate::request::Link;
 use crate::{CurrentWebSocket, Error, Hub};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -36,7 +35,8 @@ const CAPABILITIES: &[&str] = &[
     "reasoning",
     CAP_RESULT_AFTER_CHUNKS,
 ];
-/// Frames waiting to go out on the WebSocket; request tasks wait when it is full. Not the bound
+/// Frames waiting to go out on the WebSocket; an IPC reader with an invoke waits when it is full
+/// (a control frame waits in a task of its own, one per request at most). Not the bound
 /// of mcp-bridge's `OUTBOUND_QUEUE`, the other way, where a full queue ends the request.
 const WEBSOCKET_QUEUE: usize = 256;
 
@@ -216,8 +216,11 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         protocol,
         max_frame_bytes,
     } = welcomed;
-    let (tx, mut rx) = mpsc::channel::<BridgeFrame>(WEBSOCKET_QUEUE);
-    hub.link.send_replace(CurrentWebSocket::Up {
+    let (tx, mut rx) = ws_peer::queue::<BridgeFrame>(WEBSOCKET_QUEUE);
+    hub.link.send_replace(CurrentWebSocket::Up { protocol });
+    // The requests that waited for a connection go out on this one, those carried over from the
+    // last one resume here.
+    hub.requests.link_up(&Link {
         generation,
         tx,
         protocol,
@@ -255,8 +258,8 @@ async fn run_connection(hub: &Hub, welcomed: Welcomed, generation: u64) -> Strin
         }
         other => other.to_string(),
     };
-    // Request tasks watching this generation resume on the next one, or end with
-    // bridge_disconnected.
+    // Its requests resume on the next one, or end with bridge_disconnected.
+    hub.requests.link_down(generation);
     hub.link.send_replace(CurrentWebSocket::Down);
     // What mcp-bridge last said no longer holds once its connection is gone.
     hub.status.send_modify(|s| s.mcp_bridge = None);
@@ -303,14 +306,8 @@ impl ws_peer::Handler for LinkHandler<'_> {
 /// Handles one inbound text frame; returns a reply to send, if any.
 fn on_text(hub: &Hub, text: &str) -> Option<Message> {
     match BridgeFrame::parse(text) {
-        Ok(BridgeFrame::ModelStreamChunk(chunk)) => {
-            let id = chunk.id.clone();
-            deliver(hub, &id, RequestEvent::Chunk(chunk));
-        }
-        Ok(BridgeFrame::ModelResult(result)) => {
-            let id = result.id.clone();
-            deliver(hub, &id, RequestEvent::Result(result));
-        }
+        Ok(BridgeFrame::ModelStreamChunk(chunk)) => hub.requests.on_chunk(chunk),
+        Ok(BridgeFrame::ModelResult(result)) => hub.requests.on_result(result),
         Ok(BridgeFrame::Ping { ts }) => {
             return Some(Message::text(BridgeFrame::Pong { ts }.to_text()));
         }
@@ -349,23 +346,7 @@ fn too_big(hub: &Hub, id: Option<String>, limit: u64) {
         codes::REQUEST_TOO_LARGE,
         format!("the MCP bridge refused this request as too large for one frame (it closed the connection with 1009); bridge-agent's limit is {limit} bytes (LOCAL_PROVIDER_MAX_FRAME_BYTES): lower it to the bridge's, or shorten the conversation"),
     );
-    deliver(hub, &id, RequestEvent::Result(result));
-}
-
-/// Hands a frame straight to its request's task; never waits (an overflowing request is told so
-/// and cancels itself upstream).
-fn deliver(hub: &Hub, id: &str, event: RequestEvent) {
-    match hub.requests.route(id, event) {
-        Ok(_) => {}
-        Err(Undeliverable::UnknownId) => {
-            tracing::warn!(%id, "bridge frame for an unknown request id dropped");
-            metrics::frame_dropped("unknown_id");
-        }
-        Err(Undeliverable::AfterLast) => {
-            tracing::debug!(%id, "bridge frame after the request's result dropped");
-            metrics::frame_dropped("after_result");
-        }
-    }
+    hub.requests.on_result(result);
 }
 
 fn unix_millis() -> u64 {

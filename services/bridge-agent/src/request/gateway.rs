@@ -1,148 +1,67 @@
-//! The gateway side of a request: queueing its frames for the gateway's connection, and keeping
-//! the request when that connection drops while bridge-agent stays up. The gateway reconnects and
-//! sends IPC `resume` for it; the request's task, still running, is re-attached to the new
-//! connection ([`Reattach`]) and asks mcp-bridge to replay what came after the last chunk the
-//! gateway has. That replay comes on the WebSocket the request's live frames already come on, so
-//! frames sent before mcp-bridge handled the resume may arrive ahead of it; [`Resync`] sorts them
-//! out.
-use std::future::Future;
-use std::time::Instant;
+//! The gateway side of a request: the queue of the gateway connection that holds it, where its
+//! frames are put straight from the WebSocket reader, and the sorting out of a replay after the
+//! gateway took the request up again on a new connection (IPC `resume` while bridge-agent stayed
+//! up). That replay comes on the WebSocket the request's live frames already come on, so frames
+//! sent before mcp-bridge handled the resume may arrive ahead of it; [`Resync`] sorts them out.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use provider_shared::bridge::{BridgeFrame, RESUME_PROTOCOL_VERSION};
 use provider_shared::ipc::IpcFrame;
 use tokio::sync::mpsc;
-use tokio::time::sleep_until;
 
-use super::bridge::{not_resumable, OnLink};
-use super::{Ending, Inbox, RequestEvent};
-use crate::metrics;
-use crate::Hub;
+/// What a gateway connection's writer (`ipc_server.rs` `writer`) is handed. Never full: what it
+/// holds is bounded per request instead ([`Outgoing::charged`]), so the WebSocket reader that
+/// queues a chunk never waits for one slow gateway.
+pub type GatewayOut = mpsc::UnboundedSender<Outgoing>;
+pub type GatewayQueue = mpsc::UnboundedReceiver<Outgoing>;
 
-/// What became of a frame for the gateway.
-pub(super) enum Sent {
-    Yes,
-    /// Its connection is gone.
-    Gone,
-    /// Requests are being ended (`Hub::hard_stop`) and its queue stayed full: a stuck gateway
-    /// must not hold up shutdown.
-    Stopped,
-}
-
-/// Queues `frame` for the gateway, waiting while its connection's queue is full.
-pub(super) async fn send(
-    out: &mpsc::Sender<IpcFrame>,
-    frame: IpcFrame,
-    stopped: impl Future<Output = ()>,
-) -> Sent {
-    tokio::select! {
-        biased;
-        sent = out.send(frame) => if sent.is_ok() { Sent::Yes } else { Sent::Gone },
-        () = stopped => Sent::Stopped,
-    }
-}
-
-/// A gateway connection takes a request up again: where its frames go now, and the last chunk
-/// the gateway has.
+/// A frame for a gateway, with the bytes it counts against its request's bound while it waits.
 #[derive(Debug)]
-pub struct Reattach {
-    pub out: mpsc::Sender<IpcFrame>,
-    pub after_chunk_index: Option<u64>,
+pub struct Outgoing {
+    frame: IpcFrame,
+    charge: Option<(Arc<AtomicUsize>, usize)>,
 }
 
-/// How the wait of a request whose gateway left ended.
-pub(super) enum Orphan {
-    Reattached(Reattach),
-    /// bridge-agent is stopping in order: the next one takes the gateway's resume.
-    HandedOver,
-    /// No gateway took it up within `RESUME_GRACE` (or it cannot be resumed): cancel it.
-    Abandoned,
-}
-
-/// The gateway's connection closed: waits up to `RESUME_GRACE` (never past `deadline`) for a
-/// gateway to take the request up again. What the bridge sends meanwhile is dropped; the bridge
-/// replays it after the resume.
-pub(super) async fn orphaned(
-    hub: &Hub,
-    id: &str,
-    inbox: &mut Inbox,
-    link: &OnLink,
-    deadline: Instant,
-) -> Orphan {
-    let grace = hub.config.resume_grace();
-    if grace.is_zero() || link.protocol < RESUME_PROTOCOL_VERSION {
-        return Orphan::Abandoned;
-    }
-    tracing::info!(
-        ?grace,
-        "the gateway's connection closed; keeping the request for its resume"
-    );
-    let until = sleep_until((Instant::now() + grace).min(deadline).into());
-    let stopped = hub.hard_stop.cancelled();
-    let handing_over = hub.hand_over.cancelled();
-    tokio::pin!(until, stopped, handing_over);
-    loop {
-        tokio::select! {
-            biased;
-            event = inbox.recv() => match event {
-                Some(RequestEvent::Reattach(again)) => return Orphan::Reattached(again),
-                Some(RequestEvent::Chunk(_) | RequestEvent::Result(_) | RequestEvent::Overflow) => {
-                    metrics::frame_dropped("not_sent");
-                }
-                // Signals of the connection that left.
-                Some(RequestEvent::Cancel | RequestEvent::GatewayGone) => {}
-                None => return Orphan::Abandoned,
-            },
-            () = &mut until => {
-                tracing::info!(%id, "no gateway resumed the request within RESUME_GRACE; cancelling it");
-                return Orphan::Abandoned;
-            }
-            () = &mut handing_over => return Orphan::HandedOver,
-            () = &mut stopped => return Orphan::Abandoned,
+impl Outgoing {
+    pub fn plain(frame: IpcFrame) -> Self {
+        Self {
+            frame,
+            charge: None,
         }
     }
+
+    /// `frame`, counted as `bytes` in `queued` until the writer takes it.
+    pub(super) fn charged(frame: IpcFrame, queued: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        queued.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            frame,
+            charge: Some((queued.clone(), bytes)),
+        }
+    }
+
+    /// Takes the frame out of the queue, giving its bytes back to its request.
+    pub fn into_frame(mut self) -> IpcFrame {
+        if let Some((queued, bytes)) = self.charge.take() {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.frame
+    }
 }
 
-/// Re-attaches the request to `again`'s connection: its frames go there from now on, and the
-/// bridge replays what came after the gateway's last chunk. `last_forwarded` becomes that chunk.
-/// Returns how to sort out the replay, or `None` when none is needed.
-pub(super) async fn reattach(
-    hub: &Hub,
-    id: &str,
-    out: &mut mpsc::Sender<IpcFrame>,
-    again: Reattach,
-    last_forwarded: &mut Option<u64>,
-    link: &OnLink,
-) -> Result<Option<Resync>, Ending> {
-    *out = again.out;
-    let after = again.after_chunk_index;
-    ::metrics::counter!(metrics::REATTACHED).increment(1);
-    tracing::info!(
-        after_chunk_index = ?after,
-        relayed = ?*last_forwarded,
-        "request taken up again by a new gateway connection"
-    );
-    let beyond = match (*last_forwarded, after) {
+/// A gateway connection that holds a request.
+#[derive(Debug)]
+pub(super) struct Holder {
+    pub conn: crate::ipc_server::ConnId,
+    pub out: GatewayOut,
+}
+
+/// Whether the gateway already had a chunk past `after` (relayed to it, or seen since): then a
+/// result that comes live ahead of the replay is repeated by the replay.
+pub(super) fn beyond(relayed: Option<u64>, after: Option<u64>) -> bool {
+    match (relayed, after) {
         (Some(relayed), Some(has)) => relayed > has,
         (relayed, has) => relayed.is_some() && has.is_none(),
-    };
-    *last_forwarded = after;
-    if link.protocol < RESUME_PROTOCOL_VERSION {
-        // Nothing can be replayed: only a gateway that has every chunk relayed can go on.
-        return if beyond {
-            Err(not_resumable(id, link.protocol))
-        } else {
-            Ok(None)
-        };
     }
-    // From here the request's result does not end it until the replay is sorted out.
-    hub.requests.replay(id, true);
-    let resume = BridgeFrame::ModelResume {
-        id: id.to_owned(),
-        after_chunk_index: after,
-    };
-    // A link that is gone is noticed by the caller, which resumes on the next one.
-    let _ = link.tx.send(resume).await;
-    Ok(Some(Resync::new(after, beyond)))
 }
 
 /// Sorts out the frames of a request after a `model_resume` on the connection its live frames
