@@ -2,8 +2,9 @@
 //! object per text frame, discriminated by `type`. The same request/response types also travel over the Unix socket
 //! between the gateway and bridge-agent (see [`crate::ipc`]), so nothing is translated twice.
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+pub use crate::prompt::{Payload, RawJson};
 use crate::tagged::Decoded;
 
 /// The newest protocol version, sent in `hello` as `max_protocol`; `welcome` answers with the
@@ -146,35 +147,28 @@ pub struct ModelInvoke {
     pub payload: Payload,
 }
 
+impl ModelInvoke {
+    /// The length of this request's `model_invoke` frame, counted without writing it: the
+    /// prompt's bytes are only counted, never copied or decoded.
+    pub fn frame_len(&self) -> u64 {
+        crate::prompt::encoded_len(&FrameRef::ModelInvoke(self))
+    }
+}
+
+/// A `model_invoke` frame of a borrowed request, for [`ModelInvoke::frame_len`]: the same tag and
+/// fields as [`BridgeFrame::ModelInvoke`].
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FrameRef<'a> {
+    ModelInvoke(&'a ModelInvoke),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
     pub provider: String,
     pub label: String,
     #[serde(default)]
     pub requested_scopes: Vec<String>,
-}
-
-/// What is asked of the agent, by `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Payload {
-    /// A chat: the client's messages, unchanged, and its generation parameters (`max_tokens`,
-    /// `temperature`, `top_p`, `stream`, `tools`, `tool_choice`, …), unchanged.
-    Chat {
-        messages: Vec<Value>,
-        parameters: Map<String, Value>,
-    },
-    /// A text completion, usually fill-in-the-middle for autocomplete: the text before the cursor
-    /// (`prompt`), the text after it (`suffix`, when given) and an optional `system` instruction.
-    /// The agent answers with the text that goes between them, nothing else.
-    Completion {
-        prompt: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        suffix: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        system: Option<String>,
-        parameters: Map<String, Value>,
-    },
 }
 
 /// One streamed piece of an answer.
@@ -456,10 +450,14 @@ mod tests {
                 requested_scopes: vec![],
             },
             payload: Payload::Chat {
-                messages: vec![json!({"role": "user", "content": "hi"})],
-                parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
+                messages: RawJson::encode(&json!([{"role": "user", "content": "hi"}])).unwrap(),
+                parameters: RawJson::encode(&json!({"stream": true})).unwrap(),
             },
         });
+        let BridgeFrame::ModelInvoke(invoke) = &frame else {
+            unreachable!()
+        };
+        assert_eq!(invoke.frame_len(), frame.to_text().len() as u64);
         let v: Value = serde_json::from_str(&frame.to_text()).unwrap();
         assert_eq!(v["type"], "model_invoke");
         assert_eq!(v["session_id"], Value::Null);
@@ -528,7 +526,7 @@ mod tests {
                     prompt: "p".into(),
                     suffix: Some("s".into()),
                     system: None,
-                    parameters: Map::new(),
+                    parameters: RawJson::encode(&json!({})).unwrap(),
                 },
             }),
             BridgeFrame::ModelStreamChunk(chunk()),

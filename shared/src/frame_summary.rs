@@ -97,8 +97,11 @@ mod tests {
                 requested_scopes: vec![],
             },
             payload: Payload::Chat {
-                messages: vec![json!({"role": "user", "content": "my secret prompt"})],
-                parameters: serde_json::Map::new(),
+                messages: crate::bridge::RawJson::encode(&json!([
+                    {"role": "user", "content": "my secret prompt"}
+                ]))
+                .unwrap(),
+                parameters: crate::bridge::RawJson::encode(&json!({})).unwrap(),
             },
         });
         let summary = FrameSummary::of(&frame);

@@ -12,7 +12,7 @@
 //! nothing on for [`SILENCE_LIMIT`], or whose write did not finish within [`WRITE_TIMEOUT`].
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -200,9 +200,25 @@ impl Decoder for IpcCodec {
 impl Encoder<IpcFrame> for IpcCodec {
     type Error = IpcError;
 
+    /// Writes the frame's JSON straight after its length prefix in `dst`: a request's prompt is
+    /// copied once, from its raw text into the write buffer.
     fn encode(&mut self, frame: IpcFrame, dst: &mut BytesMut) -> Result<(), IpcError> {
-        let json = serde_json::to_vec(&frame)?;
-        self.inner.encode(Bytes::from(json), dst)?;
+        let start = dst.len();
+        dst.put_u32(0);
+        if let Err(err) = serde_json::to_writer((&mut *dst).writer(), &frame) {
+            dst.truncate(start);
+            return Err(err.into());
+        }
+        let len = dst.len() - start - 4;
+        if len > MAX_IPC_FRAME_BYTES {
+            dst.truncate(start);
+            return Err(IpcError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("frame of {len} bytes is over the limit of {MAX_IPC_FRAME_BYTES}"),
+            )));
+        }
+        // The length fits 4 bytes: the limit is below 4 GiB.
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
 }
@@ -211,6 +227,7 @@ impl Encoder<IpcFrame> for IpcCodec {
 mod tests {
     use super::*;
     use crate::bridge::Delta;
+    use bytes::Bytes;
 
     #[test]
     fn frames_round_trip_and_unknown_types_are_skipped() {
@@ -250,8 +267,11 @@ mod tests {
                 requested_scopes: vec![],
             },
             payload: Payload::Chat {
-                messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
-                parameters: serde_json::Map::new(),
+                messages: crate::bridge::RawJson::encode(
+                    &serde_json::json!([{"role": "user", "content": "hi"}]),
+                )
+                .unwrap(),
+                parameters: crate::bridge::RawJson::encode(&serde_json::json!({})).unwrap(),
             },
         };
         let frames = [

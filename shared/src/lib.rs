@@ -15,6 +15,7 @@ pub mod frame_summary;
 pub mod http_server;
 pub mod ipc;
 pub mod probe;
+pub mod prompt;
 #[cfg(any(test, feature = "proptest"))]
 pub mod property;
 #[cfg(test)]

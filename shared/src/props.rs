@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::bridge::{
-    BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, StreamChunk,
+    BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, RawJson, StreamChunk,
 };
 use crate::ipc::{IpcCodec, IpcError, IpcFrame, MAX_IPC_FRAME_BYTES};
 use crate::property::check;
@@ -166,8 +166,11 @@ fn ipc_frame() -> impl Strategy<Value = IpcFrame> {
                         requested_scopes: Vec::new(),
                     },
                     payload: Payload::Chat {
-                        messages,
-                        parameters: parameters.into_iter().collect(),
+                        messages: RawJson::encode(&messages).unwrap(),
+                        parameters: RawJson::encode(
+                            &parameters.into_iter().collect::<Map<String, Value>>(),
+                        )
+                        .unwrap(),
                     },
                 })
             }),

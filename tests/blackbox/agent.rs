@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use integration_tests::harness::{get, wait_for, BridgeAgent, BridgeAgentProc};
 use integration_tests::ipc_client::{chat_invoke, hello, raw_connect};
 use integration_tests::peer::{ScriptedPeer, BRIDGE_ID};
-use provider_shared::bridge::codes;
+use provider_shared::bridge::{codes, RawJson};
 use provider_shared::ipc::{IpcFrame, LinkState, IPC_PROTOCOL};
 
 use crate::SOON;
@@ -102,6 +102,27 @@ async fn many_concurrent_streams_share_one_connection_without_cross_talk() {
     );
     assert!(client.unrouted().is_empty(), "{:?}", client.unrouted());
     assert_eq!(peer.invokes().len(), 41);
+}
+
+/// bridge-agent passes the prompt on as the bytes it got: text no encoder of decoded JSON would
+/// write (spacing, key order, `\u` escapes, `1.0`) reaches the bridge unchanged, so it was not
+/// decoded and encoded again on the way.
+#[tokio::test]
+async fn the_prompt_reaches_the_bridge_as_the_bytes_the_gateway_sent() {
+    let (peer, agent) = connected(|a| a).await;
+    let client = agent.connect().await;
+    let messages = r#"[ {"role":"user",  "content":"caf\u00e9 plain", "z":1.0, "a":[]} ]"#;
+    let parameters = r#"{"stream":false, "x_vendor":{"b":1,"a":2}}"#;
+    let mut invoke = chat_invoke("raw", "unused", false);
+    invoke.payload = provider_shared::bridge::Payload::Chat {
+        messages: RawJson::from_text(messages.into()).unwrap(),
+        parameters: RawJson::from_text(parameters.into()).unwrap(),
+    };
+    let answer = client.invoke(invoke).finish(SOON).await.unwrap();
+    assert_eq!(answer.text(), "echo: café plain");
+    let got = peer.wait_for_invoke("raw", SOON).await.unwrap();
+    assert_eq!(got.payload.messages().unwrap().get(), messages.trim());
+    assert_eq!(got.payload.parameters().get(), parameters);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Chat through the real gateway and bridge-agent, as VoidEditor and the OpenAI SDK read it.
 use std::time::{Duration, Instant};
 
+use integration_tests::peer::asked;
 use integration_tests::stack::{chat_body, Sse, Stack, MODEL};
 use serde_json::{json, Value};
 
@@ -44,13 +45,8 @@ async fn non_streamed_chat_is_a_full_chat_completion() {
     let invoke = stack.peer.invokes().pop().unwrap();
     assert_eq!(invoke.session_id, None);
     assert_eq!(invoke.model_meta.label, MODEL);
-    let provider_shared::bridge::Payload::Chat {
-        messages,
-        parameters,
-    } = invoke.payload
-    else {
-        panic!("a chat reaches the agent as kind chat")
-    };
+    assert_eq!(invoke.payload.kind(), "chat", "a chat reaches the agent as kind chat");
+    let (messages, parameters) = asked(&invoke.payload);
     assert_eq!(
         messages,
         vec![json!({"role": "user", "content": "hello there"})]
@@ -195,9 +191,8 @@ async fn reasoning_and_tool_calls_stream_as_void_reads_them() {
 
     // The tool definitions reach the agent unchanged.
     let invoke = stack.peer.invokes().pop().unwrap();
-    let provider_shared::bridge::Payload::Chat { parameters, .. } = invoke.payload else {
-        panic!("not a chat")
-    };
+    assert_eq!(invoke.payload.kind(), "chat");
+    let (_, parameters) = asked(&invoke.payload);
     assert_eq!(parameters["tools"], body["tools"]);
     assert_eq!(parameters["tool_choice"], "auto");
     assert_eq!(invoke.model_meta.requested_scopes, vec!["chat", "tools"]);
@@ -231,9 +226,8 @@ async fn non_streamed_tool_call_and_tool_history_pass_through() {
         .await;
     assert_eq!(resp.status(), 200);
     let invoke = stack.peer.invokes().pop().unwrap();
-    let provider_shared::bridge::Payload::Chat { messages, .. } = invoke.payload else {
-        panic!("not a chat")
-    };
+    assert_eq!(invoke.payload.kind(), "chat");
+    let (messages, _) = asked(&invoke.payload);
     assert_eq!(
         Value::Array(messages),
         history,

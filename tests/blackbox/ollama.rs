@@ -252,6 +252,7 @@ async fn void_autocomplete_reaches_the_agent_as_a_completion() {
     };
     assert_eq!(prompt, body["prompt"].as_str().unwrap());
     assert_eq!(suffix.as_deref(), Some("\n}\n"));
+    let parameters: Value = parameters.parse().unwrap();
     assert_eq!(parameters["max_tokens"], 300);
     assert_eq!(parameters["stop"], json!(["\n\n"]));
 

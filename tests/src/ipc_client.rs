@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use provider_shared::bridge::{ModelInvoke, ModelMeta, ModelResult, Outcome, Payload, StreamChunk};
+use provider_shared::bridge::{
+    ModelInvoke, ModelMeta, ModelResult, Outcome, Payload, RawJson, StreamChunk,
+};
 use provider_shared::ipc::{BridgeStatus, IpcCodec, IpcFrame, IPC_PROTOCOL, IPC_VERSION};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -46,10 +48,15 @@ pub fn chat_invoke(id: &str, text: &str, stream: bool) -> ModelInvoke {
             requested_scopes: vec![],
         },
         payload: Payload::Chat {
-            messages: vec![json!({"role": "user", "content": text})],
-            parameters: Map::from_iter([("stream".to_owned(), Value::Bool(stream))]),
+            messages: raw(&json!([{"role": "user", "content": text}])),
+            parameters: raw(&json!({ "stream": stream })),
         },
     }
+}
+
+/// `value` as the raw JSON a payload carries.
+pub fn raw(value: &Value) -> RawJson {
+    RawJson::encode(value).unwrap_or_else(|err| panic!("cannot encode {value}: {err}"))
 }
 
 type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<IpcFrame>>>>;

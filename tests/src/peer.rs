@@ -275,13 +275,7 @@ impl ScriptedPeer {
             .invokes
             .pop()
             .unwrap_or_else(|| panic!("no request reached the peer"));
-        match invoke.payload {
-            Payload::Chat {
-                messages,
-                parameters,
-            } => (messages, parameters),
-            Payload::Completion { parameters, .. } => (Vec::new(), parameters),
-        }
+        asked(&invoke.payload)
     }
 
     pub fn invokes(&self) -> Vec<ModelInvoke> {
@@ -711,7 +705,8 @@ impl Directives {
     /// Reads the directives from `invoke`'s last user message (a completion's prompt).
     pub fn of(invoke: &ModelInvoke) -> Self {
         let text = match &invoke.payload {
-            Payload::Chat { messages, .. } => messages
+            Payload::Chat { .. } => asked(&invoke.payload)
+                .0
                 .iter()
                 .rev()
                 .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
@@ -838,11 +833,21 @@ async fn script(
     }
 }
 
+/// A payload's messages (none for a completion) and parameters, decoded: the peer reads what
+/// it is asked as the agent would.
+pub fn asked(payload: &Payload) -> (Vec<Value>, serde_json::Map<String, Value>) {
+    let parameters = payload.parameters().parse().unwrap_or_default();
+    let messages = payload
+        .messages()
+        .map(|m| m.parse().unwrap_or_default())
+        .unwrap_or_default();
+    (messages, parameters)
+}
+
 async fn play(invoke: ModelInvoke, target: &Target, shared: &Shared, kill: &CancellationToken) {
     let d = Directives::of(&invoke);
     let id = invoke.id.clone();
-    let (Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. }) =
-        &invoke.payload;
+    let (_, parameters) = asked(&invoke.payload);
     let streamed = parameters.get("stream").and_then(Value::as_bool) == Some(true);
     if d.silent {
         shared.silent.send_replace(true);

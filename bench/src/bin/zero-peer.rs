@@ -10,7 +10,7 @@ use std::time::Duration;
 use bench::env_num;
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{
-    BridgeFrame, Delta, ModelInvoke, ModelResult, Outcome, Payload, ResultBody, ResultChoice,
+    BridgeFrame, Delta, ModelInvoke, ModelResult, Outcome, ResultBody, ResultChoice,
     StreamChunk, Usage,
 };
 use serde_json::{json, Value};
@@ -98,8 +98,9 @@ async fn serve(stream: TcpStream, script: Script) {
 
 /// Whether the request streams, and its script with the request's own overrides.
 fn plan(invoke: &ModelInvoke, default: Script) -> (bool, Script) {
-    let (Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. }) =
-        &invoke.payload;
+    // A peer that answers at once reads only the few parameters it needs.
+    let parameters: serde_json::Map<String, Value> =
+        invoke.payload.parameters().parse().unwrap_or_default();
     let number = |key: &str| parameters.get(key).and_then(Value::as_u64);
     let script = Script {
         chunks: number("x_bench_chunks").unwrap_or(default.chunks).max(1),

@@ -138,13 +138,10 @@ impl AgentClient {
     /// `request_too_large` when the bridge said it takes smaller frames.
     pub async fn call(&self, invoke: ModelInvoke, wait: Duration) -> Result<Call, Error> {
         if let Some(limit) = self.link.borrow().bridge.max_frame_bytes {
-            // The frame the bridge gets is this object plus its `"type":"model_invoke",` tag.
-            let size = serde_json::to_vec(&invoke).map_or(0, |v| v.len()) + 24;
-            if size as u64 > limit {
-                return Err(Error::RequestTooLarge {
-                    size: size as u64,
-                    limit,
-                });
+            // The frame the bridge gets, counted without writing it (the prompt is raw text).
+            let size = invoke.frame_len();
+            if size > limit {
+                return Err(Error::RequestTooLarge { size, limit });
             }
         }
         let id = invoke.id.clone();
@@ -635,8 +632,8 @@ mod tests {
                 requested_scopes: vec![],
             },
             payload: provider_shared::bridge::Payload::Chat {
-                messages: vec![],
-                parameters: serde_json::Map::new(),
+                messages: provider_shared::bridge::RawJson::from_text("[]".into()).unwrap(),
+                parameters: provider_shared::bridge::RawJson::from_text("{}".into()).unwrap(),
             },
         }
     }

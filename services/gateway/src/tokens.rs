@@ -3,7 +3,7 @@
 //! per message, plus the text of every field. The agent's own tokenizer is unknown, so any real
 //! tokenizer is an estimate; cl100k's tables take half the memory of o200k's (about 24 MB against
 //! 46 MB) and load on first use (about 0.1 s), so an idle gateway stays small.
-use provider_shared::bridge::Payload;
+use crate::generate::Prompt;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
@@ -77,7 +77,7 @@ fn text_bytes(value: &Value) -> usize {
 /// Prompt tokens of a request for the agent: a chat's messages and tools, or a completion's
 /// prompt, suffix and system text. Large prompts are counted on the blocking pool; the payload
 /// is handed back unchanged. Each count is timed in `gateway_prompt_count_seconds`.
-pub async fn count_payload(payload: Payload) -> Result<(Payload, u64), crate::error::Error> {
+pub async fn count_payload(payload: Prompt) -> Result<(Prompt, u64), crate::error::Error> {
     ready().await;
     let started = std::time::Instant::now();
     let counted = count_where_it_fits(payload).await;
@@ -85,16 +85,16 @@ pub async fn count_payload(payload: Payload) -> Result<(Payload, u64), crate::er
     counted
 }
 
-async fn count_where_it_fits(payload: Payload) -> Result<(Payload, u64), crate::error::Error> {
+async fn count_where_it_fits(payload: Prompt) -> Result<(Prompt, u64), crate::error::Error> {
     let bytes = match &payload {
-        Payload::Chat {
+        Prompt::Chat {
             messages,
             parameters,
         } => {
             messages.iter().map(text_bytes).sum::<usize>()
                 + parameters.get("tools").map_or(0, text_bytes)
         }
-        Payload::Completion {
+        Prompt::Completion {
             prompt,
             suffix,
             system,
@@ -120,13 +120,13 @@ async fn count_where_it_fits(payload: Payload) -> Result<(Payload, u64), crate::
     })
 }
 
-fn payload_tokens(payload: &Payload) -> u64 {
+fn payload_tokens(payload: &Prompt) -> u64 {
     match payload {
-        Payload::Chat {
+        Prompt::Chat {
             messages,
             parameters,
         } => count_prompt(messages, parameters.get("tools")),
-        Payload::Completion {
+        Prompt::Completion {
             prompt,
             suffix,
             system,

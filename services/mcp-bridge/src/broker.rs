@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult};
+use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult, Payload};
 use provider_shared::ws_peer::Outbound;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -262,10 +262,10 @@ impl Broker {
     }
 
     /// The gateway session and payload of the live request `id` (queued or leased).
-    pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Arc<Value>)> {
+    pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Payload)> {
         let queue = self.queue();
         let entry = queue.get(id)?;
-        Some((entry.invoke.session_id.clone(), Arc::clone(&entry.payload)))
+        Some((entry.invoke.session_id.clone(), entry.invoke.payload.clone()))
     }
 
     pub fn queue_depth(&self) -> usize {

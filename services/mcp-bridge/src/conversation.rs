@@ -10,6 +10,13 @@
 //! reply or a failure for that request from the same session): a long-poll result lost in
 //! transit must not make the next request a delta over messages the agent never read.
 //!
+//! Messages are read as the JSON text each has in the request (`RawValue`s borrowed from the
+//! payload, never decoded): a digest is of that text. The gateway writes it in serde_json's
+//! compact encoding of decoded values, which decoding and encoding again gives back byte for
+//! byte, so the digests are those of the messages' decoded values, as they always were; a peer
+//! that writes the same messages differently (spacing, key order, escapes) starts a conversation
+//! afresh, which is always correct (docs/ARCHITECTURE.md, "Fixed costs per chat").
+//!
 //! Bounds: state ends with its MCP session, after [`IDLE_TTL`] without use, and at
 //! [`MAX_MCP_SESSIONS`] sessions / [`MAX_CONVERSATIONS`] conversations per session the least recently
 //! used is forgotten (its next request is then handed whole, which is always correct).
@@ -18,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -120,7 +129,7 @@ impl Conversations {
         session: &AgentSession,
         request_id: &str,
         session_id: Option<&str>,
-        messages: &[Value],
+        messages: &[&RawValue],
         whole: bool,
     ) -> Plan {
         let conversation_id = conversation_id(session_id, messages);
@@ -221,7 +230,7 @@ fn evict_oldest<K: Clone + std::hash::Hash + Eq, V>(
 
 /// The conversation of a request: its gateway session when it has one, else a digest of its
 /// stable prefix (system and developer messages before the first user message, and that one).
-pub fn conversation_id(session_id: Option<&str>, messages: &[Value]) -> String {
+pub fn conversation_id(session_id: Option<&str>, messages: &[&RawValue]) -> String {
     let mut hasher = Sha256::new();
     match session_id {
         Some(id) => {
@@ -231,7 +240,8 @@ pub fn conversation_id(session_id: Option<&str>, messages: &[Value]) -> String {
         None => {
             hasher.update(b"prefix\0");
             for m in messages {
-                let role = m["role"].as_str().unwrap_or_default();
+                let role = role_of(m);
+                let role = role.as_deref().unwrap_or_default();
                 if matches!(role, "system" | "developer" | "user") {
                     feed(&mut hasher, m);
                 }
@@ -249,16 +259,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One message into a running digest, length-prefixed so that message boundaries count.
-fn feed(hasher: &mut Sha256, message: &Value) {
-    let text = serde_json::to_vec(message).unwrap_or_default();
+/// A message's `role`, read without decoding the rest of it.
+fn role_of(message: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Role<'a> {
+        #[serde(borrow)]
+        role: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Role>(message.get()).ok()?.role
+}
+
+/// One message's JSON text into a running digest, length-prefixed so that message boundaries
+/// count.
+fn feed(hasher: &mut Sha256, message: &RawValue) {
+    let text = message.get().as_bytes();
     hasher.update((text.len() as u64).to_le_bytes());
-    hasher.update(&text);
+    hasher.update(text);
 }
 
 /// The digest of the first `at` messages (when `at` is within them) and of all of them, in one
 /// pass.
-fn digests(messages: &[Value], at: Option<usize>) -> (Option<Digest32>, Digest32) {
+fn digests(messages: &[&RawValue], at: Option<usize>) -> (Option<Digest32>, Digest32) {
     let mut hasher = Sha256::new();
     let mut prefix = None;
     for (i, m) in messages.iter().enumerate() {
@@ -279,7 +300,11 @@ pub const PAGE_BYTES: usize = 64 * 1024;
 
 /// One page of `messages` starting at message `from` (and, for a message larger than a page,
 /// at character `offset` of its JSON text).
-pub fn page(messages: &[Value], from: usize, offset: usize) -> Result<Map<String, Value>, String> {
+pub fn page(
+    messages: &[&RawValue],
+    from: usize,
+    offset: usize,
+) -> Result<Map<String, Value>, String> {
     let total = messages.len();
     if from > total || (from == total && total > 0) {
         return Err(format!(
@@ -294,7 +319,7 @@ pub fn page(messages: &[Value], from: usize, offset: usize) -> Result<Map<String
     let mut used = 0;
     let mut next = None;
     for (i, m) in messages.iter().enumerate().skip(from) {
-        let text = m.to_string();
+        let text = m.get();
         if offset > 0 || (page.is_empty() && text.len() > PAGE_BYTES) {
             // A message that does not fit a page alone: slices of its JSON text, on char
             // boundaries, to be joined by the reader.
@@ -330,7 +355,8 @@ pub fn page(messages: &[Value], from: usize, offset: usize) -> Result<Map<String
             break;
         }
         used += text.len();
-        page.push(m.clone());
+        // Only the page's messages are decoded, to be written into it.
+        page.push(serde_json::from_str::<Value>(text).map_err(|err| err.to_string())?);
     }
     out.insert("messages".into(), Value::Array(page));
     out.insert("next".into(), next.unwrap_or(Value::Null));
@@ -339,7 +365,29 @@ pub fn page(messages: &[Value], from: usize, offset: usize) -> Result<Map<String
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The messages as the gateway encodes them: each one's JSON text in the payload's array.
+    fn encoded(messages: &[Value]) -> provider_shared::bridge::RawJson {
+        provider_shared::bridge::RawJson::encode(messages).unwrap()
+    }
+
+    fn plan_of(
+        store: &Conversations,
+        agent: &AgentSession,
+        id: &str,
+        session: Option<&str>,
+        messages: &[Value],
+        whole: bool,
+    ) -> Plan {
+        let raw = encoded(messages);
+        store.plan(agent, id, session, &raw.items().unwrap(), whole)
+    }
+
+    fn id_of(session: Option<&str>, messages: &[Value]) -> String {
+        conversation_id(session, &encoded(messages).items().unwrap())
+    }
 
     fn msgs(n: usize) -> Vec<Value> {
         let mut out = vec![json!({"role": "system", "content": "be brief"})];
@@ -359,7 +407,7 @@ mod tests {
         messages: &[Value],
         whole: bool,
     ) -> Plan {
-        let plan = store.plan(agent, id, session, messages, whole);
+        let plan = plan_of(store, agent, id, session, messages, whole);
         store.acknowledge(agent, id);
         plan
     }
@@ -370,7 +418,7 @@ mod tests {
         let agent = store.session();
         answered(&store, &agent, "r1", None, &msgs(2), false);
         // Handed, but the result never reached the agent (no reply, no failure).
-        assert_eq!(store.plan(&agent, "r2", None, &msgs(4), false).from, 2);
+        assert_eq!(plan_of(&store, &agent, "r2", None, &msgs(4), false).from, 2);
         // The retry builds on what the agent is known to have: the first two messages.
         assert_eq!(
             answered(&store, &agent, "r2", None, &msgs(4), false).from,
@@ -380,9 +428,9 @@ mod tests {
             answered(&store, &agent, "r3", None, &msgs(6), false).from,
             4
         );
-        store.plan(&agent, "r4", None, &msgs(8), false);
+        plan_of(&store, &agent, "r4", None, &msgs(8), false);
         store.acknowledge(&agent, "some-other-request");
-        assert_eq!(store.plan(&agent, "r5", None, &msgs(10), false).from, 6);
+        assert_eq!(plan_of(&store, &agent, "r5", None, &msgs(10), false).from, 6);
     }
 
     #[test]
@@ -452,13 +500,13 @@ mod tests {
             answered(&store, &agent, "a2", None, &msgs(4), false).from,
             2
         );
-        let session = conversation_id(Some("sess-1"), &msgs(2));
-        assert_eq!(session, conversation_id(Some("sess-1"), &other));
+        let session = id_of(Some("sess-1"), &msgs(2));
+        assert_eq!(session, id_of(Some("sess-1"), &other));
         assert_ne!(session, a.conversation_id);
         // A later system message or assistant turn does not change the id.
         assert_eq!(
-            conversation_id(None, &msgs(2)),
-            conversation_id(None, &msgs(9))
+            id_of(None, &msgs(2)),
+            id_of(None, &msgs(9))
         );
     }
 
@@ -468,7 +516,7 @@ mod tests {
         let agents: Vec<AgentSession> =
             (0..MAX_MCP_SESSIONS + 3).map(|_| store.session()).collect();
         for a in &agents {
-            store.plan(a, "r", None, &msgs(2), false);
+            plan_of(&store, a, "r", None, &msgs(2), false);
         }
         assert_eq!(store.remembered_sessions(), MAX_MCP_SESSIONS);
         drop(agents);
@@ -489,10 +537,12 @@ mod tests {
         messages.insert(3, json!({"role": "user", "content": big}));
         let mut from = 0;
         let mut offset = 0;
+        let raw = encoded(&messages);
+        let items = raw.items().unwrap();
         let mut whole: Vec<Value> = Vec::new();
         let mut part = String::new();
         for _ in 0..20 {
-            let p = page(&messages, from, offset).unwrap();
+            let p = page(&items, from, offset).unwrap();
             assert!(Value::Object(p.clone()).to_string().len() < PAGE_BYTES + 1024);
             whole.extend(p["messages"].as_array().unwrap().iter().cloned());
             if let Some(mp) = p.get("message_part") {
@@ -513,6 +563,41 @@ mod tests {
             }
         }
         assert_eq!(whole, messages);
-        assert!(page(&messages, 99, 0).unwrap_err().starts_with("from:"));
+        assert!(page(&items, 99, 0).unwrap_err().starts_with("from:"));
+    }
+
+    #[test]
+    fn digests_of_the_gateways_text_are_those_of_the_decoded_messages() {
+        // Numbers, escapes and nesting as clients send them: the gateway's encoding of them
+        // decodes and encodes again to the same bytes, message by message.
+        let messages = vec![
+            json!({"role": "system", "content": "caf\u{e9} \"quoted\" \u{1F600}", "n": 0.1}),
+            json!({"role": "user", "content": [{"type": "text", "text": "a\nb"}], "x": 1e300}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c", "n": -0}]}),
+        ];
+        let raw = encoded(&messages);
+        let items = raw.items().unwrap();
+        for (item, value) in items.iter().zip(&messages) {
+            assert_eq!(item.get(), serde_json::to_string(value).unwrap());
+            let again: Value = serde_json::from_str(item.get()).unwrap();
+            assert_eq!(serde_json::to_string(&again).unwrap(), item.get());
+        }
+        // So a conversation re-encoded from decoded messages (as mcp-bridge did before it kept
+        // the text) is the same conversation, handed as a delta.
+        let store = Conversations::new(true);
+        let agent = store.session();
+        answered(&store, &agent, "r1", None, &messages[..2], false);
+        let decoded: Vec<Value> = raw.parse().unwrap();
+        let next = answered(&store, &agent, "r2", None, &decoded, false);
+        assert_eq!((next.from, next.total), (2, 3));
+        // The same messages written otherwise by some other peer: a conversation of its own,
+        // handed whole.
+        let spaced = provider_shared::bridge::RawJson::from_text(
+            raw.get().replace("\"role\":", "\"role\": "),
+        )
+        .unwrap();
+        let plan = store.plan(&agent, "r3", None, &spaced.items().unwrap(), false);
+        assert_eq!(plan.from, 0);
+        assert_eq!(role_of(spaced.items().unwrap()[1]).as_deref(), Some("user"));
     }
 }

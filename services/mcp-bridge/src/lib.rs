@@ -11,6 +11,7 @@ mod broker;
 mod caller;
 pub mod config;
 mod conversation;
+mod described;
 mod mcp;
 mod metrics;
 mod queue;

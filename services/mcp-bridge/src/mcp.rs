@@ -22,6 +22,7 @@ use crate::answer::{FinishReason, Part, ToolCall, UsageArg};
 use crate::broker::Broker;
 use crate::caller::Caller;
 use crate::conversation::{self, AgentSession};
+use crate::described::{self, json_text, Json, Terms};
 use crate::metrics;
 use crate::queue::Handout;
 
@@ -112,6 +113,16 @@ pub struct FailArgs {
     pub code: Option<String>,
 }
 
+/// `submit_response`'s result; `next`, the next hand-out, as `wait_for_request` wrote it.
+#[derive(serde::Serialize)]
+struct Submitted<'a> {
+    status: &'static str,
+    request_id: &'a str,
+    chunks_sent: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Json>,
+}
+
 #[derive(Clone)]
 pub struct McpServer {
     broker: Arc<Broker>,
@@ -134,7 +145,7 @@ impl McpServer {
     /// Waits for a request for `caller`. The hand-out is held until its answer has gone out on
     /// the caller's response stream: a poll dropped while it describes the request, or whose
     /// caller is gone by then, gives the request back to the front of the queue.
-    async fn poll(&self, timeout: Option<f64>, full: bool, caller: &Caller) -> Value {
+    async fn poll(&self, timeout: Option<f64>, full: bool, caller: &Caller) -> Json {
         let wait = self.broker.config.poll_wait(timeout);
         let started = Instant::now();
         match self.broker.next_request(wait, caller).await {
@@ -143,86 +154,74 @@ impl McpServer {
                 let described = self.describe(handout, full).await;
                 if caller.is_gone() {
                     // `held` gives it back: nobody reads this answer.
-                    return json!({"status": "cancelled"});
+                    return json_text(&json!({"status": "cancelled"}));
                 }
                 held.deliver(caller);
                 described
             }
-            None if caller.is_gone() => json!({"status": "cancelled"}),
-            None if self.broker.stopping.is_cancelled() => json!({
+            None if caller.is_gone() => json_text(&json!({"status": "cancelled"})),
+            None if self.broker.stopping.is_cancelled() => json_text(&json!({
                 "status": "shutting_down",
                 "hint": "mcp-bridge is stopping; call wait_for_request again in a minute",
-            }),
-            None => json!({
+            })),
+            None => json_text(&json!({
                 "status": "idle",
                 "waited_seconds": started.elapsed().as_secs(),
                 "queue_depth": self.broker.queue_depth(),
                 "hint": "no request yet: call wait_for_request again",
-            }),
+            })),
         }
     }
 
-    async fn describe(&self, h: Handout, full: bool) -> Value {
-        let (conversation, from) = self.delta(&h, full).await;
-        let answer_with = if h.payload["kind"] != "chat" {
+    async fn describe(&self, h: Handout, full: bool) -> Json {
+        let (conversation, handed) = self.delta(&h, full).await;
+        let answer_with = if h.payload.kind() != "chat" {
             "only the text that belongs between prompt and suffix, in content; no tool_calls"
         } else if h.shape.tools.is_some() {
             "text in content; native tool_calls allowed (parameters.tools)"
         } else {
             "text in content only: no tool_calls (the request carries no tools)"
         };
-        let mut out = json!({
-            "status": "request",
-            "request_id": h.id,
-            "lease_id": h.lease,
-            "lease_seconds": self.broker.config.lease_timeout.as_secs_f64(),
-            "attempt": h.attempt,
-            "session_id": h.session_id,
-            "stream": h.shape.stream,
-            "answer_with": answer_with,
-        });
-        // `kind` and the payload's own fields: messages and parameters for a chat. The payload
-        // is the queue's; of its messages only those handed out now are copied.
-        if let (Some(out), Some(payload)) = (out.as_object_mut(), h.payload.as_object()) {
-            for (key, value) in payload {
-                let value = match value {
-                    Value::Array(messages) if key == "messages" => {
-                        Value::Array(messages.get(from..).unwrap_or_default().to_vec())
-                    }
-                    value => value.clone(),
-                };
-                out.insert(key.clone(), value);
-            }
-            out.extend(conversation);
-        }
-        out
+        let terms = Terms {
+            status: "request",
+            request_id: &h.id,
+            lease_id: &h.lease,
+            lease_seconds: self.broker.config.lease_timeout.as_secs_f64(),
+            attempt: h.attempt,
+            session_id: h.session_id.as_deref(),
+            stream: h.shape.stream,
+            answer_with,
+        };
+        // The payload is the queue's, written as the text it came as; of its messages only
+        // those handed out now, when that is not all of them.
+        described::describe(terms, &h.payload, handed.as_deref(), conversation)
     }
 
-    /// Plans which of a chat's messages this session has not been handed yet (the first of
-    /// them is returned), and says so. Completions (fill-in-the-middle) are always whole and
-    /// carry no conversation.
-    async fn delta(&self, h: &Handout, full: bool) -> (Map<String, Value>, usize) {
+    /// Plans which of a chat's messages this session has not been handed yet, and says so; the
+    /// messages handed, when not all of them, come back as their JSON text. Completions
+    /// (fill-in-the-middle) are always whole and carry no conversation.
+    async fn delta(&self, h: &Handout, full: bool) -> (Map<String, Value>, Option<Json>) {
         let mut out = Map::new();
-        if !h.payload.get("messages").is_some_and(Value::is_array) {
-            return (out, 0);
-        }
-        // Digesting megabytes of messages runs on the blocking pool, not a worker thread.
+        let Some(messages) = h.payload.messages().cloned() else {
+            return (out, None);
+        };
+        // Digesting megabytes of messages runs on the blocking pool, not a worker thread. The
+        // messages are read as the JSON text of each, never decoded.
         let (store, agent) = (self.broker.conversations.clone(), self.agent.clone());
         let (id, session_id) = (h.id.clone(), h.session_id.clone());
-        let payload = Arc::clone(&h.payload);
         let planned = tokio::task::spawn_blocking(move || {
-            let messages = payload["messages"]
-                .as_array()
-                .map_or(&[][..], Vec::as_slice);
-            store.plan(&agent, &id, session_id.as_deref(), messages, full)
+            let items = messages.items().unwrap_or_default();
+            let plan = store.plan(&agent, &id, session_id.as_deref(), &items, full);
+            let handed = (plan.from > 0).then(|| json_text(&items[plan.from.min(items.len())..]));
+            (plan, handed)
         })
         .await;
-        let plan = match planned {
-            Ok(plan) => plan,
+        let (plan, handed) = match planned {
+            Ok(planned) => planned,
             // Only a panic while digesting gets here: the messages go out whole.
             Err(err) => {
                 tracing::error!(id = %h.id, %err, "could not plan the hand-out; handing it whole");
-                return (out, 0);
+                return (out, None);
             }
         };
         if plan.from > 0 {
@@ -239,7 +238,7 @@ impl McpServer {
         out.insert("conversation_id".into(), json!(plan.conversation_id));
         out.insert("messages_from".into(), json!(plan.from));
         out.insert("messages_total".into(), json!(plan.total));
-        (out, plan.from)
+        (out, handed)
     }
 
     fn conversation(&self, args: ConversationArgs, caller: &Caller) -> Result<Value, String> {
@@ -257,18 +256,21 @@ impl McpServer {
         })?;
         // An agent reading the conversation of the request it holds is at work on it.
         self.broker.touch(&request_id, caller.session.as_deref());
-        let Some(messages) = payload["messages"].as_array() else {
+        let Some(messages) = payload.messages() else {
             return Err(format!("request {request_id} is a text completion: it has no conversation; its prompt and suffix came whole"));
         };
+        let messages = messages
+            .items()
+            .map_err(|err| format!("request {request_id} has malformed messages: {err}"))?;
         let mut page =
-            conversation::page(messages, args.from.unwrap_or(0), args.offset.unwrap_or(0))?;
+            conversation::page(&messages, args.from.unwrap_or(0), args.offset.unwrap_or(0))?;
         page.insert("status".into(), json!("conversation"));
         page.insert("request_id".into(), json!(request_id));
         page.insert(
             "conversation_id".into(),
             json!(conversation::conversation_id(
                 session_id.as_deref(),
-                messages
+                &messages
             )),
         );
         Ok(Value::Object(page))
@@ -301,6 +303,12 @@ fn ok(tool: &'static str, value: Value) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(value.to_string())])
 }
 
+/// A result already written as JSON text (a hand-out, whose prompt is not encoded again).
+fn ok_text(tool: &'static str, text: Json) -> CallToolResult {
+    metrics::tool_call(tool, true);
+    CallToolResult::success(vec![ContentBlock::text(String::from(text.get()))])
+}
+
 fn refused(tool: &'static str, message: String) -> CallToolResult {
     metrics::tool_call(tool, false);
     tracing::info!(tool, %message, "tool call refused");
@@ -326,7 +334,7 @@ impl McpServer {
         }
         let full = args.full == Some(true);
         let caller = Caller::of(&context);
-        ok(
+        ok_text(
             "wait_for_request",
             self.poll(args.timeout_seconds, full, &caller).await,
         )
@@ -373,17 +381,21 @@ impl McpServer {
         self.broker
             .conversations
             .acknowledge(&self.agent, &args.request_id);
-        let mut out = json!({
-            "status": if submitted.done { "answered" } else { "part_sent" },
-            "request_id": args.request_id,
-            "chunks_sent": submitted.chunks_sent,
-        });
-        if submitted.done && args.wait_for_next == Some(true) {
-            out["next"] = self
-                .poll(args.timeout_seconds, false, &Caller::of(&context))
-                .await;
-        }
-        ok("submit_response", out)
+        let next = if submitted.done && args.wait_for_next == Some(true) {
+            Some(
+                self.poll(args.timeout_seconds, false, &Caller::of(&context))
+                    .await,
+            )
+        } else {
+            None
+        };
+        let out = Submitted {
+            status: if submitted.done { "answered" } else { "part_sent" },
+            request_id: &args.request_id,
+            chunks_sent: submitted.chunks_sent,
+            next,
+        };
+        ok_text("submit_response", json_text(&out))
     }
 
     /// Ends a request with an error the editor shows, when you cannot answer it.

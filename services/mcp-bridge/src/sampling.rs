@@ -17,6 +17,7 @@ use rmcp::model::{
 };
 use rmcp::service::ServiceError;
 use rmcp::{Peer, RoleServer};
+use provider_shared::bridge::Payload;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -151,16 +152,24 @@ async fn sample_for(broker: Arc<Broker>, peer: Peer<RoleServer>) {
     tracing::info!(sampling_clients = n, "sampling client no longer used");
 }
 
+/// Decided once per request: it decodes the messages, and the queue asks on every poll.
 fn sampleable(entry: &Entry) -> bool {
-    to_sampling(&entry.payload).is_ok()
+    *entry
+        .sampleable
+        .get_or_init(|| to_sampling(&entry.invoke.payload).is_ok())
 }
 
-/// The sampling request for a chat payload, or why it cannot be sampled.
-pub fn to_sampling(payload: &Value) -> Result<CreateMessageRequestParams, &'static str> {
-    if payload["kind"] != "chat" {
+/// The sampling request for a chat payload, or why it cannot be sampled. Sampling is where
+/// mcp-bridge decodes a chat's messages: the client is sent them as its own types.
+pub fn to_sampling(payload: &Payload) -> Result<CreateMessageRequestParams, &'static str> {
+    let Payload::Chat {
+        messages,
+        parameters,
+    } = payload
+    else {
         return Err("only chats are sampled");
-    }
-    let p = &payload["parameters"];
+    };
+    let p: Value = parameters.parse().map_err(|_| "parameters are not JSON")?;
     if p["tools"].as_array().is_some_and(|t| !t.is_empty()) {
         return Err("requests with tools go to the tool loop");
     }
@@ -169,7 +178,8 @@ pub fn to_sampling(payload: &Value) -> Result<CreateMessageRequestParams, &'stat
     }
     let mut system = Vec::new();
     let mut messages = Vec::new();
-    for m in payload["messages"].as_array().ok_or("no messages")? {
+    let messages_in: Vec<Value> = messages.parse().map_err(|_| "no messages")?;
+    for m in &messages_in {
         if m.get("tool_calls").is_some_and(|c| !c.is_null()) {
             return Err("tool calls cannot be sampled");
         }
@@ -260,8 +270,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn chat(messages: Value, parameters: Value) -> Value {
-        json!({"kind": "chat", "messages": messages, "parameters": parameters})
+    fn chat(messages: Value, parameters: Value) -> Payload {
+        serde_json::from_value(
+            json!({"kind": "chat", "messages": messages, "parameters": parameters}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -297,7 +310,9 @@ mod tests {
         let user = json!([{"role": "user", "content": "x"}]);
         let tools = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
         assert!(to_sampling(&chat(user.clone(), tools)).is_err());
-        assert!(to_sampling(&json!({"kind": "completion", "prompt": "a", "suffix": "b"})).is_err());
+        let completion =
+            json!({"kind": "completion", "prompt": "a", "suffix": "b", "parameters": {}});
+        assert!(to_sampling(&serde_json::from_value(completion).unwrap()).is_err());
         let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]);
         assert!(to_sampling(&chat(image, json!({}))).is_err());
         let tool = json!([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c", "content": "y"}]);

@@ -42,7 +42,10 @@ fn check_job(job: Job) {
             label: job.ask.model,
             requested_scopes: job.scopes,
         },
-        payload: job.payload,
+        payload: match job.prompt.encode() {
+            Ok(encoded) => encoded.payload,
+            Err(err) => panic!("an accepted request does not encode: {err}"),
+        },
     };
     let frame = BridgeFrame::ModelInvoke(invoke.clone());
     let text = frame.to_text();

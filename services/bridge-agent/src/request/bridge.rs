@@ -68,9 +68,10 @@ pub(super) fn first_chunk(sent: Instant) {
     ::metrics::histogram!(metrics::TIME_TO_FIRST_CHUNK).record(sent.elapsed().as_secs_f64());
 }
 
-/// The frame `invoke` makes, in bytes: this object plus its `"type":"model_invoke",` tag.
+/// The frame `invoke` makes, in bytes, counted without writing it: the prompt is raw text whose
+/// length is known; it is never decoded here.
 pub(super) fn invoke_size(invoke: &ModelInvoke) -> u64 {
-    serde_json::to_vec(invoke).map_or(0, |v| v.len()) as u64 + 24
+    invoke.frame_len()
 }
 
 pub(super) fn disconnected(id: &str) -> Ending {

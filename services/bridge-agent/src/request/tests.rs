@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::bridge::unknown_to_bridge;
 use super::*;
-use provider_shared::bridge::{codes, ModelMeta, Outcome, Payload};
+use provider_shared::bridge::{codes, ModelMeta, Outcome, Payload, RawJson};
 
 fn invoke() -> ModelInvoke {
     ModelInvoke {
@@ -13,8 +13,8 @@ fn invoke() -> ModelInvoke {
             requested_scopes: vec![],
         },
         payload: Payload::Chat {
-            messages: vec![],
-            parameters: serde_json::Map::new(),
+            messages: RawJson::from_text("[]".into()).unwrap(),
+            parameters: RawJson::from_text("{}".into()).unwrap(),
         },
     }
 }

@@ -18,7 +18,6 @@ use crate::openai::{sse_response, Headers};
 use crate::parts::Parts;
 use crate::state::Shared;
 use crate::validate;
-use provider_shared::bridge::Payload;
 
 pub mod convert;
 mod events;
@@ -133,7 +132,7 @@ pub async fn count_tokens(
     if let Some(tools) = request.parameters.remove("tools") {
         parameters.insert("tools".into(), tools);
     }
-    let payload = Payload::Chat {
+    let payload = generate::Prompt::Chat {
         messages: request.messages,
         parameters,
     };

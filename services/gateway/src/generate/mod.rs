@@ -24,7 +24,7 @@ mod preamble;
 
 pub use body::{read_body, SMALL_BODY_BYTES};
 pub use drive::{Piece, Pieces};
-pub use job::{Ask, Job};
+pub use job::{Ask, Encoded, Job, Prompt};
 pub use preamble::{arrive, arrive_as, check_context, Arrival};
 
 /// A job the agent is working on.

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::HeaderMap;
-use provider_shared::bridge::{codes, ModelInvoke, ModelMeta, Payload};
+use provider_shared::bridge::{codes, ModelInvoke, ModelMeta};
 use serde_json::json;
 
 use super::account::Accounting;
 use super::admission::{headers_of, reservation, reserve_tokens, take_request, Bucket};
 use super::body::{read_within_budget, Reservation};
-use super::{drive, overhead, unix_seconds, Job, Running};
+use super::{drive, overhead, unix_seconds, Encoded, Job, Prompt, Running};
 use crate::auth::{Accept, Principal};
 use crate::error::Error;
 use crate::ratelimit::Take;
@@ -110,7 +110,7 @@ impl Arrival {
 
     /// `count_tokens`' step 3: admitted like a generating request (from its own bucket), then
     /// the prompt counted.
-    pub async fn count(self, state: &Shared, payload: Payload) -> Result<u64, Error> {
+    pub async fn count(self, state: &Shared, payload: Prompt) -> Result<u64, Error> {
         let (_permit, _) = self.admit(state, Bucket::Counts).await?;
         let (_, tokens) = crate::tokens::count_payload(payload).await?;
         Ok(tokens)
@@ -120,20 +120,17 @@ impl Arrival {
     /// and sends it to the agent.
     pub async fn start(self, state: &Shared, job: Job) -> Result<Running, Error> {
         state.models.resolve(&job.ask.model)?;
-        let kind = match &job.payload {
-            Payload::Chat { .. } => "chat",
-            Payload::Completion { .. } => "completion",
-        };
+        let kind = job.prompt.kind();
         let (permit, requests) = self.admit(state, Bucket::Requests).await?;
         let client = self.principal.client(state).to_owned();
 
         // What it costs.
-        let (mut payload, prompt_tokens) = crate::tokens::count_payload(job.payload).await?;
+        let (mut prompt, prompt_tokens) = crate::tokens::count_payload(job.prompt).await?;
         let output = job
             .ask
             .max_tokens
             .unwrap_or(state.settings.default_max_tokens);
-        check_context(&state.settings, &payload, prompt_tokens, output)?;
+        check_context(&state.settings, &prompt, prompt_tokens, output)?;
         let reserved = reservation(
             prompt_tokens,
             output,
@@ -145,6 +142,18 @@ impl Arrival {
             .ask
             .max_tokens
             .unwrap_or(state.settings.context_window.saturating_sub(prompt_tokens));
+        // The agent learns which model the client asked for (docs/PROTOCOL.md). From here on the
+        // prompt is the payload's JSON text, encoded this once (before the
+        // reservation, which a failure here would leave taken).
+        prompt
+            .parameters_mut()
+            .insert("model".into(), json!(job.ask.model));
+        let Encoded {
+            payload,
+            sha256: prompt_sha256,
+        } = prompt
+            .encode()
+            .map_err(|err| Error::Internal(format!("encoding the prompt failed: {err}")))?;
         let tokens = reserve_tokens(state, &client, self.peer, reserved, &requests).await?;
         let rate = headers_of(state, &requests, &tokens);
 
@@ -161,7 +170,7 @@ impl Arrival {
             prompt_tokens,
             reserved_tokens: reserved,
             output_cap,
-            prompt_sha256: job.prompt_sha256,
+            prompt_sha256,
             started: self.started,
             first_chunk: None,
             permit: Some(permit),
@@ -173,12 +182,6 @@ impl Arrival {
         state
             .status
             .started(&id, kind, job.ask.stream, self.principal.client(state));
-        // The agent learns which model the client asked for (docs/PROTOCOL.md).
-        match &mut payload {
-            Payload::Chat { parameters, .. } | Payload::Completion { parameters, .. } => {
-                parameters.insert("model".into(), json!(job.ask.model));
-            }
-        }
         let invoke = ModelInvoke {
             id: id.clone(),
             session_id,
@@ -221,7 +224,7 @@ impl Arrival {
 /// and wording, so that clients which trim or fall back on `context_length_exceeded` do so.
 pub fn check_context(
     settings: &crate::config::Settings,
-    payload: &Payload,
+    prompt: &Prompt,
     prompt_tokens: u64,
     output: u64,
 ) -> Result<(), Error> {
@@ -231,14 +234,14 @@ pub fn check_context(
         return Ok(());
     }
     metrics::counter!("gateway_context_length_exceeded_total").increment(1);
-    let (param, message) = match payload {
-        Payload::Chat { .. } => (
+    let (param, message) = match prompt {
+        Prompt::Chat { .. } => (
             "messages",
             format!(
                 "This model's maximum context length is {window} tokens. However, your messages resulted in {total} tokens ({prompt_tokens} in the messages, {output} in the completion). Please reduce the length of the messages or completion."
             ),
         ),
-        Payload::Completion { .. } => (
+        Prompt::Completion { .. } => (
             "prompt",
             format!(
                 "This model's maximum context length is {window} tokens. However, your prompt resulted in {total} tokens ({prompt_tokens} in your prompt; {output} for the completion). Please reduce your prompt; or completion length."
@@ -270,8 +273,8 @@ mod tests {
         crate::config::Settings::resolve(provider_shared::config::from_vars(vars).unwrap()).unwrap()
     }
 
-    fn chat() -> Payload {
-        Payload::Chat {
+    fn chat() -> Prompt {
+        Prompt::Chat {
             messages: vec![json!({"role": "user", "content": "hello"})],
             parameters: Map::new(),
         }
@@ -293,7 +296,7 @@ mod tests {
             body["error"]["message"],
             "This model's maximum context length is 2000 tokens. However, your messages resulted in 2001 tokens (900 in the messages, 1101 in the completion). Please reduce the length of the messages or completion."
         );
-        let completion = Payload::Completion {
+        let completion = Prompt::Completion {
             prompt: "x".into(),
             suffix: None,
             system: None,
@@ -338,7 +341,7 @@ mod tests {
             let messages: Vec<Value> = vec![json!({"role": "user", "content": text})];
             let direct = crate::tokens::count_prompt(&messages, None);
             let before = on();
-            let (payload, counted) = crate::tokens::count_payload(Payload::Chat {
+            let (payload, counted) = crate::tokens::count_payload(Prompt::Chat {
                 messages: messages.clone(),
                 parameters: Map::new(),
             })
@@ -346,7 +349,7 @@ mod tests {
             .unwrap();
             let after = on();
             assert_eq!(counted, direct);
-            assert!(matches!(payload, Payload::Chat { messages: m, .. } if m == messages));
+            assert!(matches!(payload, Prompt::Chat { messages: m, .. } if m == messages));
             if inline {
                 assert!(after.0 > before.0, "{words} words counted inline");
                 assert_eq!(after.1, before.1, "{words} words not sent to the pool");

@@ -354,7 +354,7 @@ fn ollama_parameters_reach_the_agent_by_openai_names() {
     assert!(!job.ask.stream);
     assert_eq!(job.ask.max_tokens, Some(64));
     assert_eq!(job.scopes, vec!["chat", "tools"]);
-    let provider_shared::bridge::Payload::Chat { parameters, .. } = job.payload else {
+    let crate::generate::Prompt::Chat { parameters, .. } = job.prompt else {
         panic!("not a chat")
     };
     assert_eq!(parameters["temperature"], json!(1.0));

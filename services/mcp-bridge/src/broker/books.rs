@@ -3,7 +3,6 @@
 //! show.
 use std::sync::atomic::Ordering;
 
-use provider_shared::digest;
 use serde_json::{json, Value};
 
 use crate::metrics;
@@ -25,24 +24,19 @@ impl Broker {
         if let Some(handed) = entry.first_handed {
             metrics::answer_time(handed.elapsed());
         }
-        // The digest covers what was asked (messages or prompt and suffix), never the text.
-        let mut asked = Value::clone(&entry.payload);
-        if let Some(fields) = asked.as_object_mut() {
-            fields.remove("parameters");
-        }
-        let prompt = serde_json::to_vec(&asked).unwrap_or_default();
         self.audit.record(
             "model_request",
             json!({
                 "request_id": entry.invoke.id,
-                "kind": entry.payload["kind"],
+                "kind": entry.invoke.payload.kind(),
                 "session_id": entry.invoke.session_id,
                 "outcome": why.label(),
                 "success": why == Ended::Answered,
                 "error_code": code,
                 "attempts": entry.attempts,
                 "duration_ms": elapsed.as_millis() as u64,
-                "prompt_sha256": digest::sha256_hex(&prompt),
+                // What was asked (messages or prompt and suffix), never the text.
+                "prompt_sha256": entry.prompt_sha256(),
             }),
         );
     }

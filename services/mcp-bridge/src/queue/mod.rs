@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult};
+use provider_shared::bridge::{BridgeFrame, ModelInvoke, ModelResult, Payload};
 use provider_shared::ws_peer::{Outbound, Refused};
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -33,10 +33,10 @@ pub struct Entry {
     /// Where its chunks and its result go; only through [`Entry::send_chunk`] and
     /// [`Entry::finish`].
     to_owner: Outbound<BridgeFrame>,
-    /// The payload as JSON (`kind` and its fields), whatever its kind; shared with every
-    /// hand-out of it, so handing out does not copy the prompt.
-    pub payload: Arc<Value>,
     pub shape: Shape,
+    /// Whether an MCP client can answer it through sampling, once asked (`sampling.rs`): the
+    /// answer needs its messages decoded, which is done once.
+    pub sampleable: std::sync::OnceLock<bool>,
     pub enqueued: Instant,
     /// How many times it was handed out.
     pub attempts: u32,
@@ -63,6 +63,44 @@ impl Entry {
     /// its kin hand one out by value), so nothing else can send another.
     pub fn finish(self, result: ModelResult) {
         self.to_owner.push_last(BridgeFrame::ModelResult(result));
+    }
+
+    /// The audit log's digest of what was asked, never the parameters: the payload without
+    /// them (`kind`, then `messages`, or `prompt`, `suffix` and `system`), as compact JSON, its
+    /// messages hashed as the text they came as (docs/ARCHITECTURE.md).
+    pub fn prompt_sha256(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Asked<'a> {
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            messages: Option<&'a serde_json::value::RawValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            prompt: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            suffix: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            system: Option<&'a str>,
+        }
+        let payload = &self.invoke.payload;
+        let mut asked = Asked {
+            kind: payload.kind(),
+            messages: payload.messages().map(|m| m.raw()),
+            prompt: None,
+            suffix: None,
+            system: None,
+        };
+        if let Payload::Completion {
+            prompt,
+            suffix,
+            system,
+            ..
+        } = payload
+        {
+            asked.prompt = Some(prompt);
+            asked.suffix = suffix.as_deref();
+            asked.system = system.as_deref();
+        }
+        provider_shared::digest::sha256_hex_json(&asked)
     }
 
     fn unleased(&mut self) {
@@ -132,9 +170,9 @@ pub struct Handout {
     pub id: String,
     pub lease: String,
     pub session_id: Option<String>,
-    /// `kind` and the payload's fields (`messages`, `parameters`, … or `prompt`, `suffix`, …),
-    /// shared with the queue's entry.
-    pub payload: Arc<Value>,
+    /// The payload as it came (its messages and parameters raw JSON text), sharing its bytes
+    /// with the queue's entry: handing out copies no prompt.
+    pub payload: Payload,
     pub attempt: u32,
     pub queued_for: Duration,
     pub shape: Shape,
@@ -192,8 +230,10 @@ impl Queue {
         if self.entries.contains_key(&invoke.id) {
             return Err(invoke.id);
         }
-        let payload = Arc::new(serde_json::to_value(&invoke.payload).unwrap_or_default());
-        let mut shape = Shape::of(payload["parameters"].as_object().unwrap_or(&Map::new()));
+        // Only the parameters are decoded here (what the answer may hold), never the messages.
+        let parameters: Map<String, Value> =
+            invoke.payload.parameters().parse().unwrap_or_default();
+        let mut shape = Shape::of(&parameters);
         shape.result_after_chunks = result_after_chunks;
         let id = invoke.id.clone();
         // A reused id starts afresh.
@@ -204,8 +244,8 @@ impl Queue {
                 invoke,
                 owner,
                 to_owner,
-                payload,
                 shape,
+                sampleable: std::sync::OnceLock::new(),
                 enqueued: now.checked_sub(waited).unwrap_or(now),
                 attempts: 0,
                 first_handed: None,
@@ -242,7 +282,7 @@ impl Queue {
             id,
             lease,
             session_id: entry.invoke.session_id.clone(),
-            payload: Arc::clone(&entry.payload),
+            payload: entry.invoke.payload.clone(),
             attempt: entry.attempts,
             queued_for: now.saturating_duration_since(entry.enqueued),
             shape: entry.shape.clone(),

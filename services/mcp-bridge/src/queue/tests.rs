@@ -1,7 +1,7 @@
 use super::*;
 use crate::answer::Part;
 use crate::caller::Caller;
-use provider_shared::bridge::{ModelMeta, Payload};
+use provider_shared::bridge::{ModelMeta, Payload, RawJson};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +16,8 @@ pub(crate) fn invoke(id: &str) -> ModelInvoke {
             requested_scopes: vec![],
         },
         payload: Payload::Chat {
-            messages: vec![json!({"role": "user", "content": id})],
-            parameters: Map::from_iter([("stream".to_owned(), json!(true))]),
+            messages: RawJson::encode(&json!([{"role": "user", "content": id}])).unwrap(),
+            parameters: RawJson::encode(&json!({"stream": true})).unwrap(),
         },
     }
 }
@@ -259,9 +259,15 @@ fn release_puts_it_back_in_front_and_hand_outs_share_the_payload() {
     assert_eq!((again.id.as_str(), again.attempt), ("b", 2));
     // Both hand-outs share the entry's payload: nothing was copied.
     let entry = q.get("b").unwrap();
-    assert!(Arc::ptr_eq(&b.payload, &entry.payload));
-    assert!(Arc::ptr_eq(&again.payload, &entry.payload));
-    assert_eq!(again.payload["messages"][0]["content"], "b");
+    let shared = |h: &Handout| {
+        RawJson::ptr_eq(
+            h.payload.messages().unwrap(),
+            entry.invoke.payload.messages().unwrap(),
+        )
+    };
+    assert!(shared(&b) && shared(&again));
+    let messages: Value = again.payload.messages().unwrap().parse().unwrap();
+    assert_eq!(messages[0]["content"], "b");
     assert!(q.leased("a", &a.lease, now, LEASE).is_ok());
 }
 
