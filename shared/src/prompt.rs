@@ -231,7 +231,9 @@ impl<'de> Visitor<'de> for PayloadVisitor {
             Kind::Completion => {
                 let text = |value: Option<Value>| match value {
                     None | Some(Value::Null) => Ok(None),
-                    Some(value) => String::deserialize(value).map(Some).map_err(de::Error::custom),
+                    Some(value) => String::deserialize(value)
+                        .map(Some)
+                        .map_err(de::Error::custom),
                 };
                 Ok(Payload::Completion {
                     prompt: text(prompt)?.ok_or_else(|| de::Error::missing_field("prompt"))?,
@@ -351,17 +353,40 @@ mod tests {
     #[test]
     fn a_malformed_payload_is_refused() {
         for (text, why) in [
-            (r#"{"kind":"chat","parameters":{}}"#, "missing field `messages`"),
-            (r#"{"kind":"chat","messages":{},"parameters":{}}"#, "sequence"),
+            (
+                r#"{"kind":"chat","parameters":{}}"#,
+                "missing field `messages`",
+            ),
+            (
+                r#"{"kind":"chat","messages":{},"parameters":{}}"#,
+                "sequence",
+            ),
             (r#"{"kind":"chat","messages":[],"parameters":[]}"#, "map"),
-            (r#"{"kind":"other","messages":[],"parameters":{}}"#, "unknown variant"),
+            (
+                r#"{"kind":"other","messages":[],"parameters":{}}"#,
+                "unknown variant",
+            ),
             (r#"{"messages":[],"parameters":{}}"#, "missing field `kind`"),
-            (r#"{"kind":"completion","parameters":{}}"#, "missing field `prompt`"),
-            (r#"{"kind":"completion","prompt":1,"parameters":{}}"#, "invalid type"),
-            (r#"{"kind":"chat","kind":"chat","messages":[],"parameters":{}}"#, "duplicate"),
-            (r#"{"kind":"chat","messages":[,],"parameters":{}}"#, "expected value"),
+            (
+                r#"{"kind":"completion","parameters":{}}"#,
+                "missing field `prompt`",
+            ),
+            (
+                r#"{"kind":"completion","prompt":1,"parameters":{}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"kind":"chat","kind":"chat","messages":[],"parameters":{}}"#,
+                "duplicate",
+            ),
+            (
+                r#"{"kind":"chat","messages":[,],"parameters":{}}"#,
+                "expected value",
+            ),
         ] {
-            let err = serde_json::from_str::<Payload>(text).unwrap_err().to_string();
+            let err = serde_json::from_str::<Payload>(text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{text}: {err}");
         }
     }

@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::bridge::{
-    BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, RawJson, StreamChunk,
+    BridgeFrame, Delta, FrameError, ModelInvoke, ModelMeta, ModelResult, Payload, RawJson,
+    StreamChunk,
 };
 use crate::ipc::{IpcCodec, IpcError, IpcFrame, MAX_IPC_FRAME_BYTES};
 use crate::property::check;

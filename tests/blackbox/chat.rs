@@ -45,7 +45,11 @@ async fn non_streamed_chat_is_a_full_chat_completion() {
     let invoke = stack.peer.invokes().pop().unwrap();
     assert_eq!(invoke.session_id, None);
     assert_eq!(invoke.model_meta.label, MODEL);
-    assert_eq!(invoke.payload.kind(), "chat", "a chat reaches the agent as kind chat");
+    assert_eq!(
+        invoke.payload.kind(),
+        "chat",
+        "a chat reaches the agent as kind chat"
+    );
     let (messages, parameters) = asked(&invoke.payload);
     assert_eq!(
         messages,

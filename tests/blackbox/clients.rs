@@ -93,7 +93,9 @@ async fn openai_and_ollama_python_clients() {
                 suffix,
                 parameters,
                 ..
-            } if prompt.starts_with("def add") => Some((suffix, parameters.parse::<serde_json::Value>().unwrap())),
+            } if prompt.starts_with("def add") => {
+                Some((suffix, parameters.parse::<serde_json::Value>().unwrap()))
+            }
             _ => None,
         });
     let (suffix, parameters) = fim.expect("the generate request reached the agent as a completion");

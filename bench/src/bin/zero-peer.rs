@@ -10,8 +10,8 @@ use std::time::Duration;
 use bench::env_num;
 use futures_util::{SinkExt, StreamExt};
 use provider_shared::bridge::{
-    BridgeFrame, Delta, ModelInvoke, ModelResult, Outcome, ResultBody, ResultChoice,
-    StreamChunk, Usage,
+    BridgeFrame, Delta, ModelInvoke, ModelResult, Outcome, ResultBody, ResultChoice, StreamChunk,
+    Usage,
 };
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};

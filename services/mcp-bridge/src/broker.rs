@@ -265,7 +265,10 @@ impl Broker {
     pub fn live_payload(&self, id: &str) -> Option<(Option<String>, Payload)> {
         let queue = self.queue();
         let entry = queue.get(id)?;
-        Some((entry.invoke.session_id.clone(), entry.invoke.payload.clone()))
+        Some((
+            entry.invoke.session_id.clone(),
+            entry.invoke.payload.clone(),
+        ))
     }
 
     pub fn queue_depth(&self) -> usize {

@@ -430,7 +430,10 @@ mod tests {
         );
         plan_of(&store, &agent, "r4", None, &msgs(8), false);
         store.acknowledge(&agent, "some-other-request");
-        assert_eq!(plan_of(&store, &agent, "r5", None, &msgs(10), false).from, 6);
+        assert_eq!(
+            plan_of(&store, &agent, "r5", None, &msgs(10), false).from,
+            6
+        );
     }
 
     #[test]
@@ -504,10 +507,7 @@ mod tests {
         assert_eq!(session, id_of(Some("sess-1"), &other));
         assert_ne!(session, a.conversation_id);
         // A later system message or assistant turn does not change the id.
-        assert_eq!(
-            id_of(None, &msgs(2)),
-            id_of(None, &msgs(9))
-        );
+        assert_eq!(id_of(None, &msgs(2)), id_of(None, &msgs(9)));
     }
 
     #[test]

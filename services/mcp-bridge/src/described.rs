@@ -111,8 +111,15 @@ mod tests {
         };
         let conversation = Map::from_iter([("messages_from".into(), json!(0))]);
         let text = describe(terms(), &payload, None, conversation);
-        assert!(text.get().contains(&format!(r#""messages":{messages}"#)), "{text}");
-        assert!(text.get().contains(&format!(r#""parameters":{parameters}"#)), "{text}");
+        assert!(
+            text.get().contains(&format!(r#""messages":{messages}"#)),
+            "{text}"
+        );
+        assert!(
+            text.get()
+                .contains(&format!(r#""parameters":{parameters}"#)),
+            "{text}"
+        );
         let v: Value = serde_json::from_str(text.get()).unwrap();
         assert_eq!(v["status"], "request");
         assert_eq!(v["kind"], "chat");

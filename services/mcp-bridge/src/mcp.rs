@@ -390,7 +390,11 @@ impl McpServer {
             None
         };
         let out = Submitted {
-            status: if submitted.done { "answered" } else { "part_sent" },
+            status: if submitted.done {
+                "answered"
+            } else {
+                "part_sent"
+            },
             request_id: &args.request_id,
             chunks_sent: submitted.chunks_sent,
             next,

@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use provider_shared::bridge::Payload;
 use rmcp::model::{
     CreateMessageRequestParams, CreateMessageResult, Role, SamplingMessage,
     SamplingMessageContentBlock,
 };
 use rmcp::service::ServiceError;
 use rmcp::{Peer, RoleServer};
-use provider_shared::bridge::Payload;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -176,10 +176,10 @@ pub fn to_sampling(payload: &Payload) -> Result<CreateMessageRequestParams, &'st
     if p["n"].as_u64().is_some_and(|n| n > 1) {
         return Err("sampling gives one answer");
     }
+    let asked: Vec<Value> = messages.parse().map_err(|_| "no messages")?;
     let mut system = Vec::new();
     let mut messages = Vec::new();
-    let messages_in: Vec<Value> = messages.parse().map_err(|_| "no messages")?;
-    for m in &messages_in {
+    for m in &asked {
         if m.get("tool_calls").is_some_and(|c| !c.is_null()) {
             return Err("tool calls cannot be sampled");
         }

@@ -300,3 +300,29 @@ fn cancel_and_owner_drop_withdraw_with_reasons() {
         .0
         .contains("unknown request_id"));
 }
+
+#[test]
+fn the_audit_digest_of_what_was_asked_is_the_one_of_the_decoded_payload() {
+    // What the digest was when the payload was held decoded: the payload without its
+    // parameters, as compact JSON.
+    let before = |payload: &Payload| {
+        let mut asked = serde_json::to_value(payload).unwrap();
+        asked.as_object_mut().unwrap().remove("parameters");
+        provider_shared::digest::sha256_hex(&serde_json::to_vec(&asked).unwrap())
+    };
+    let mut completion = invoke("c");
+    completion.payload = Payload::Completion {
+        prompt: "fn main() {".into(),
+        suffix: Some("}".into()),
+        system: None,
+        parameters: RawJson::encode(&json!({"max_tokens": 5})).unwrap(),
+    };
+    let (tx, _rx) = provider_shared::ws_peer::queue(8);
+    let mut q = Queue::default();
+    for asked in [invoke("a"), completion] {
+        let id = asked.id.clone();
+        let expected = before(&asked.payload);
+        q.push(asked, 1, tx.clone(), Instant::now(), false).unwrap();
+        assert_eq!(q.get(&id).unwrap().prompt_sha256(), expected, "{id}");
+    }
+}
