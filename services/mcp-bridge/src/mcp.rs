@@ -306,7 +306,9 @@ fn ok(tool: &'static str, value: Value) -> CallToolResult {
 /// A result already written as JSON text (a hand-out, whose prompt is not encoded again).
 fn ok_text(tool: &'static str, text: Json) -> CallToolResult {
     metrics::tool_call(tool, true);
-    CallToolResult::success(vec![ContentBlock::text(String::from(text.get()))])
+    // The text moves into the result, not copied.
+    let text: Box<str> = text.into();
+    CallToolResult::success(vec![ContentBlock::text(String::from(text))])
 }
 
 fn refused(tool: &'static str, message: String) -> CallToolResult {
