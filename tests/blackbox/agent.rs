@@ -119,7 +119,10 @@ async fn the_prompt_reaches_the_bridge_as_the_bytes_the_gateway_sent() {
         parameters: RawJson::from_text(parameters.into()).unwrap(),
     };
     let answer = client.invoke(invoke).finish(SOON).await.unwrap();
-    assert_eq!(answer.message_content().as_deref(), Some("echo: café plain"));
+    assert_eq!(
+        answer.message_content().as_deref(),
+        Some("echo: café plain")
+    );
     let got = peer.wait_for_invoke("raw", SOON).await.unwrap();
     assert_eq!(got.payload.messages().unwrap().get(), messages.trim());
     assert_eq!(got.payload.parameters().get(), parameters);

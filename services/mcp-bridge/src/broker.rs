@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use provider_shared::bridge::{codes, BridgeFrame, ModelInvoke, ModelResult, Payload};
 use provider_shared::ws_peer::Outbound;
-use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
