@@ -53,7 +53,7 @@ COMPARE = Path(sys.argv[sys.argv.index("--compare") + 1]).resolve() if "--compar
 # free port, without persistence. --mcp-bridge-env KEY=VALUE (repeatable): more of mcp-bridge's
 # environment, given to it alone.
 CHAIN = "--chain" in sys.argv
-# --long-run N (with --compare): N more requests at c=64 through each build, then its RSS.
+# --long-run N (with --compare): N requests at c=64 through a fresh pair of each build, then its RSS.
 LONG_RUN = int(sys.argv[sys.argv.index("--long-run") + 1]) if "--long-run" in sys.argv else 0
 QUEUE = sys.argv[sys.argv.index("--queue") + 1] if "--queue" in sys.argv else "memory"
 MCP_BRIDGE_ENV = dict(sys.argv[i + 1].split("=", 1) for i, a in enumerate(sys.argv) if a == "--mcp-bridge-env")
@@ -537,10 +537,13 @@ def compare(results: dict, direct: str, nginx_port: int, peer, start_pair) -> No
     results["compare"]["syscalls"] = {name: syscalls_per_chat(urls[name], pids[name]) for name in urls}
     print(f"syscalls: {json.dumps(results['compare']['syscalls'])}", flush=True)
     if LONG_RUN:
-        # The gateway's RSS after LONG_RUN more requests at c=64, each build in turn.
+        # RSS after LONG_RUN requests at c=64 through a fresh pair of each build in turn: the pairs
+        # above keep what the 10,000 held streams took (the allocator does not give it back).
         long = {}
-        for name, url in urls.items():
-            gateway, agent = pids[name]
+        for name, build in pairs.items():
+            ports = (free_port(), free_port())
+            agent, gateway = start_pair(f"long-{name}", build=build, ports=ports)
+            url = f"http://127.0.0.1:{ports[1]}/v1/chat/completions"
             run = oha(url, concurrency=64, requests=LONG_RUN)
             long[name] = {"requests": LONG_RUN, "errors": run["errors"], "rps": run["rps"],
                           "gateway_rss_mb": rss_mb(gateway.pid), "bridge_agent_rss_mb": rss_mb(agent.pid)}
@@ -587,7 +590,7 @@ def render_compare(r: dict) -> str:
         lines.append(f"- {name}: {sc['per_chat']} syscalls per non-streamed chat, gateway + bridge-agent, "
                      f"c=64 ({sc['syscalls']} over {sc['chats']:,} chats, {sc['errors']} errors)")
     for name, lr in r.get("long_run", {}).items():
-        lines.append(f"- {name}: after {lr['requests']:,} more requests at c=64 ({lr['rps']:,} rps, "
+        lines.append(f"- {name}: a fresh pair after {lr['requests']:,} requests at c=64 ({lr['rps']:,} rps, "
                      f"{lr['errors']} errors): gateway {lr['gateway_rss_mb']:.1f} MB, bridge-agent "
                      f"{lr['bridge_agent_rss_mb']:.1f} MB")
     for name, h in r["held_streams"].items():

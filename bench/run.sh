@@ -11,7 +11,7 @@
 # redis-server of its own; --mcp-bridge-env KEY=VALUE: more of mcp-bridge's environment.
 # --compare DIR: ours against the release binaries in DIR, side by side; --baseline REV: the same
 # against commit REV, built first by bench/baseline.sh into bench/.baseline/<commit>/. With either, the
-# syscalls per chat are counted (perf); --long-run N adds N requests at c=64 through each build, then
+# syscalls per chat are counted (perf); --long-run N sends N requests at c=64 through a fresh pair of each build, then
 # its RSS.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
