@@ -602,7 +602,7 @@ def render_compare(r: dict) -> str:
 
 
 def leak(results: dict, ours: str, agent, gateway) -> None:
-    total = 100_000 if QUICK else 1_000_000
+    total = LONG_RUN or (100_000 if QUICK else 1_000_000)
     first = oha(ours, concurrency=64, requests=10_000)
     rss_first = {"gateway": rss_mb(gateway.pid), "bridge-agent": rss_mb(agent.pid)}
     rest = oha(ours, concurrency=64, requests=total - 10_000)

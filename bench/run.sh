@@ -12,7 +12,7 @@
 # --compare DIR: ours against the release binaries in DIR, side by side; --baseline REV: the same
 # against commit REV, built first by bench/baseline.sh into bench/.baseline/<commit>/. With either, the
 # syscalls per chat are counted (perf); --long-run N sends N requests at c=64 through a fresh pair of each build, then
-# its RSS.
+# reads its RSS (with --only-leak: N requests, 1,000,000 without it, through this build alone).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")

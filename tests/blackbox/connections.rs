@@ -167,7 +167,12 @@ async fn bridge_agent_reaches_an_mcp_bridge_whose_connections_are_all_taken() {
                 .unwrap(),
         );
     }
-    wait_for(SOON, "mcp-bridge to refuse /mcp", || async {
+    // The health check's connection may still hold a place when they arrive: the fourth then
+    // waits past the cap, is closed after RESERVE_HEADER_TIMEOUT, and the place the health check
+    // frees later is open. A try that is answered in a place takes one more socket, until /mcp
+    // is refused.
+    let deadline = Instant::now() + SOON;
+    loop {
         // One try at most 2 s: a connection the loaded machine has not yet accepted must not
         // use up the whole wait.
         let sent = http()
@@ -176,9 +181,20 @@ async fn bridge_agent_reaches_an_mcp_bridge_whose_connections_are_all_taken() {
             .timeout(Duration::from_secs(2))
             .send()
             .await;
-        (sent.ok()?.status() == 503).then_some(())
-    })
-    .await;
+        if sent.as_ref().is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mcp-bridge never refused /mcp; the last try: {:?}",
+            sent.map(|r| r.status())
+        );
+        held.push(
+            TcpStream::connect(("127.0.0.1", bridge.port))
+                .await
+                .unwrap(),
+        );
+    }
     // The editor's requests arrive on bridge-agent's WebSocket: it still gets in.
     let recipe = AgentRecipe::new(&bridge.ws_url(), Some(BRIDGE_TOKEN));
     let _agent = recipe.spawn();
