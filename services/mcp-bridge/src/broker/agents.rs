@@ -24,18 +24,7 @@ impl Broker {
     /// failed them towards the editor (`bridge_disconnected`), and a reconnecting bridge-agent
     /// cannot resume them, so handing them out would only produce answers nobody reads.
     pub fn agent_disconnected(&self, owner: Owner) {
-        if let Some(shared) = &self.shared {
-            shared.command(Command::Left {
-                owner,
-                resumable: false,
-            });
-        }
-        let n = {
-            let mut agents = self.agents();
-            agents.remove(&owner);
-            agents.len()
-        };
-        metrics::agents(n);
+        self.left(owner, false);
         let withdrawn = self.queue().drop_owner(owner);
         for entry in withdrawn {
             self.record_end(&entry, Ended::Withdrawn, None);
@@ -47,18 +36,7 @@ impl Broker {
     /// keeps answering them) until one of the same `agent_id` resumes them, or for
     /// `RESUME_GRACE`, after which the rest are withdrawn.
     pub fn agent_vanished(self: &std::sync::Arc<Self>, owner: Owner) {
-        if let Some(shared) = &self.shared {
-            shared.command(Command::Left {
-                owner,
-                resumable: true,
-            });
-        }
-        let n = {
-            let mut agents = self.agents();
-            agents.remove(&owner);
-            agents.len()
-        };
-        metrics::agents(n);
+        self.left(owner, true);
         let held = self.resumes.detach(owner);
         tracing::info!(
             held,
@@ -85,6 +63,19 @@ impl Broker {
             },
             span,
         ));
+    }
+
+    /// The connection of `owner` is gone: the Redis queue hears of it and it leaves the list.
+    fn left(&self, owner: Owner, resumable: bool) {
+        if let Some(shared) = &self.shared {
+            shared.command(Command::Left { owner, resumable });
+        }
+        let n = {
+            let mut agents = self.agents();
+            agents.remove(&owner);
+            agents.len()
+        };
+        metrics::agents(n);
     }
 
     /// A `model_resume` of `id` was refused although the bridge held it: it ends here, so an agent
