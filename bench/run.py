@@ -35,9 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 OHA = REPO / "bench/.tools/bin/oha"
 # The cost modes (--allocs, --profile) need symbols and line tables: run.sh builds them with the
 # bench-profile Cargo profile (release code plus line tables) into target/bench-profile.
+# BENCH_COST_BUILD=release samples the release binaries instead (function symbols only: no lines,
+# inlined functions counted in their callers), when a second full build does not fit.
 ALLOCS = "--allocs" in sys.argv
 PROFILE = "--profile" in sys.argv
-BUILD = REPO / ("target/bench-profile" if ALLOCS or PROFILE else "target/release")
+COST_BUILD = os.environ.get("BENCH_COST_BUILD", "bench-profile")
+if COST_BUILD not in ("bench-profile", "release"):
+    raise SystemExit(f"run.py: BENCH_COST_BUILD is {COST_BUILD!r}; it takes bench-profile or release")
+BUILD = REPO / (f"target/{COST_BUILD}" if ALLOCS or PROFILE else "target/release")
 TOOLS = REPO / "bench/.tools/bin"
 KEY = "bench-key-0123456789abcdef0123456789abcdef0123456789"
 MODEL = "cursor-agent-local"

@@ -66,8 +66,9 @@ if [[ -n $costs ]]; then
     for tool in heaptrack:heaptrack perf:linux-perf; do
         if ! command -v "${tool%%:*}" >/dev/null 2>&1; then apt_install "${tool#*:}"; fi
     done
-    # Release code with line tables (Cargo.toml, profile bench-profile), for symbols in both tools.
-    cargo build --profile bench-profile --locked -p gateway -p bridge-agent -p mcp-bridge -p bench --bins
+    # Release code with line tables (Cargo.toml, profile bench-profile), for symbols in both tools;
+    # BENCH_COST_BUILD=release uses the release binaries (function symbols only; see run.py).
+    cargo build --profile "${BENCH_COST_BUILD:-bench-profile}" --locked -p gateway -p bridge-agent -p mcp-bridge -p bench --bins
 else
     oha_version=1.16.0
     if [[ ! -x bench/.tools/bin/oha ]] || [[ $(bench/.tools/bin/oha --version) != "oha $oha_version" ]]; then

@@ -99,6 +99,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "MAX_FRAME_BYTES",
     "MAX_CONNECTIONS",
     "HEADER_TIMEOUT",
+    "WORKER_THREADS",
 ];
 
 /// A variable with a value its service cannot use.

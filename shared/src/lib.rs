@@ -21,6 +21,7 @@ pub mod property;
 #[cfg(test)]
 mod props;
 pub mod routes;
+pub mod runtime;
 pub mod shutdown;
 pub mod tagged;
 pub mod telemetry;

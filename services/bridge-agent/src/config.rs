@@ -8,6 +8,7 @@ use provider_shared::config::{
     Secret,
 };
 use provider_shared::connections::ConnectionLimits;
+use provider_shared::runtime::WorkerThreads;
 use provider_shared::web_guard;
 use serde::{Deserialize, Deserializer};
 
@@ -67,9 +68,16 @@ pub struct Config {
     pub max_connections: Option<Bounded<1, 1_000_000>>,
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Seconds,
+    /// The threads that run bridge-agent's tasks: one unless set.
+    #[serde(default = "one_thread")]
+    pub worker_threads: WorkerThreads,
     /// The health endpoint's bounds, from the two fields above (set by [`Config::from_env`]).
     #[serde(skip)]
     pub connections: ConnectionLimits,
+}
+
+fn one_thread() -> WorkerThreads {
+    WorkerThreads::ONE
 }
 
 fn default_header_timeout() -> Seconds {
@@ -246,6 +254,7 @@ mod tests {
     fn defaults_match_the_brief() {
         let c = Config::from_vars(vec![]).unwrap();
         assert_eq!(c.mcp_bridge_url.0, "ws://127.0.0.1:8787");
+        assert_eq!(c.worker_threads, WorkerThreads::ONE);
         assert_eq!(c.agent_id, "local-provider-1");
         assert_eq!(c.connection_timeout(), Duration::from_secs(30));
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(30));

@@ -7,6 +7,7 @@ use provider_shared::config::{
     Seconds, Secret,
 };
 use provider_shared::connections::{self, ConnectionLimits};
+use provider_shared::runtime::WorkerThreads;
 use serde::Deserialize;
 
 /// The variables as given; [`Settings::resolve`] checks how they fit together.
@@ -65,6 +66,7 @@ pub struct RawConfig {
     pub resume_grace: Seconds,
     pub max_connections: Option<Bounded<1, 1_000_000>>,
     pub header_timeout: Seconds,
+    pub worker_threads: WorkerThreads,
 }
 
 impl Default for RawConfig {
@@ -121,6 +123,7 @@ impl Default for RawConfig {
             resume_grace: Seconds(timeouts::RESUME_GRACE),
             max_connections: None,
             header_timeout: Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT),
+            worker_threads: WorkerThreads::ONE,
         }
     }
 }
@@ -308,6 +311,8 @@ pub struct Settings {
     pub resume_grace: Duration,
     /// How many connections are served, and how long one may wait for a request head.
     pub connections: ConnectionLimits,
+    /// The threads that run the gateway's tasks (`WORKER_THREADS`).
+    pub worker_threads: WorkerThreads,
 }
 
 /// 1 MiB: eight times a 32,000-token answer (what Claude Code asks for) at four bytes a token, so
@@ -521,6 +526,7 @@ impl Settings {
             stream_buffer_bytes: raw.stream_buffer_bytes.0 as usize,
             resume_grace: raw.resume_grace.0,
             connections,
+            worker_threads: raw.worker_threads,
         })
     }
 
@@ -741,6 +747,7 @@ mod tests {
         assert_eq!(s.max_tokens_limit, None, "the window alone bounds output");
         assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(s.max_body_bytes_in_flight, 128 * 1024 * 1024, "four bodies");
+        assert_eq!(s.worker_threads, WorkerThreads::ONE);
         let s = with(&[("API_KEY", KEY), ("MAX_BODY_BYTES", "1048576")]).unwrap();
         assert_eq!(s.max_body_bytes_in_flight, 4 << 20, "four of the cap set");
         let err = with(&[

@@ -43,10 +43,7 @@ fn main() -> ExitCode {
     // Held to the end of `main`, after the runtime: the last lines are written out before exit.
     let _logs = provider_shared::telemetry::init_logging(settings.log_level, settings.log_format);
     open_files.log(settings.connections.max_connections);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match settings.worker_threads.runtime() {
         Ok(rt) => rt,
         Err(err) => {
             provider_shared::telemetry::stderr_line(&format!(

@@ -64,7 +64,7 @@ pub(crate) mod counted_on {
 }
 
 /// Bytes of text inside `value`: what decides where it is counted.
-fn text_bytes(value: &Value) -> usize {
+pub(crate) fn text_bytes(value: &Value) -> usize {
     match value {
         Value::String(s) => s.len(),
         Value::Array(items) => items.iter().map(text_bytes).sum(),
@@ -86,25 +86,7 @@ pub async fn count_payload(payload: Prompt) -> Result<(Prompt, u64), crate::erro
 }
 
 async fn count_where_it_fits(payload: Prompt) -> Result<(Prompt, u64), crate::error::Error> {
-    let bytes = match &payload {
-        Prompt::Chat {
-            messages,
-            parameters,
-        } => {
-            messages.iter().map(text_bytes).sum::<usize>()
-                + parameters.get("tools").map_or(0, text_bytes)
-        }
-        Prompt::Completion {
-            prompt,
-            suffix,
-            system,
-            ..
-        } => {
-            prompt.len()
-                + suffix.as_ref().map_or(0, String::len)
-                + system.as_ref().map_or(0, String::len)
-        }
-    };
+    let bytes = payload.text_bytes();
     if bytes <= INLINE_BYTES {
         let n = payload_tokens(&payload);
         return Ok((payload, n));

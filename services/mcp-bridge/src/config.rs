@@ -8,6 +8,7 @@ use provider_shared::config::{
     self as shared, Bounded, ConfigError, Flag, List, LogFormat, LogLevel, Port, Seconds, Secret,
 };
 use provider_shared::connections::ConnectionLimits;
+use provider_shared::runtime::WorkerThreads;
 use provider_shared::web_guard;
 use serde::Deserialize;
 
@@ -75,6 +76,8 @@ struct Raw {
     max_connections: Option<Bounded<1, 1_000_000>>,
     #[serde(default = "default_header_timeout")]
     header_timeout: Seconds,
+    #[serde(default = "per_cpu")]
+    worker_threads: WorkerThreads,
     #[serde(default)]
     queue: Option<String>,
     #[serde(default)]
@@ -88,6 +91,10 @@ struct Raw {
 /// Served past the connection cap: bridge-agent's WebSocket (it connects to `/`), so that a
 /// flood of connections cannot keep the editor's requests away, and the health checks.
 const PRIORITY_PATHS: &[&str] = &["/", "/health", "/health/live", "/health/ready", "/metrics"];
+
+fn per_cpu() -> WorkerThreads {
+    WorkerThreads::PER_CPU
+}
 
 fn default_header_timeout() -> Seconds {
     Seconds(provider_shared::connections::DEFAULT_HEADER_TIMEOUT)
@@ -176,6 +183,8 @@ pub struct Config {
     pub replay_bytes: usize,
     /// How many connections are served, and how long one may wait for a request head.
     pub connections: ConnectionLimits,
+    /// The threads that run mcp-bridge's tasks (`WORKER_THREADS`; one per CPU unless set).
+    pub worker_threads: WorkerThreads,
     /// Where the request queue lives (`QUEUE`): this process's memory, or Redis, shared by every
     /// mcp-bridge on it.
     pub queue: QueueKind,
@@ -282,6 +291,7 @@ impl Config {
                 raw.header_timeout.0,
                 PRIORITY_PATHS,
             )?,
+            worker_threads: raw.worker_threads,
         })
     }
 
@@ -405,6 +415,7 @@ mod tests {
     fn defaults() {
         let c = Config::from_vars(vec![]).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8787));
+        assert_eq!(c.worker_threads, WorkerThreads::PER_CPU);
         assert_eq!(c.lease_timeout, Duration::from_secs(30));
         assert_eq!(c.poll_default, Duration::from_secs(240));
         assert!(c.bridge_token.is_none() && c.http_token.is_none());

@@ -56,10 +56,7 @@ fn main() -> ExitCode {
     for var in provider_shared::config::unknown_vars() {
         tracing::warn!(%var, "unknown variable ignored (a typo?)");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match config.worker_threads.runtime() {
         Ok(rt) => rt,
         Err(err) => {
             provider_shared::telemetry::stderr_line(&format!(

@@ -53,9 +53,11 @@ pub async fn messages(
     body: Body,
 ) -> Result<Response, AnthropicError> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
-    let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
-    let request = convert::request(&obj, &limits, Purpose::Generate)?;
+    let request = generate::off_thread_if_large(body.len(), move || {
+        convert::request(&validate::object_of(&body)?, &limits, Purpose::Generate)
+    })
+    .await?;
     let ask = Ask {
         model: request.model,
         max_tokens: request.max_tokens,
@@ -124,9 +126,11 @@ pub async fn count_tokens(
 ) -> Result<Json<Value>, AnthropicError> {
     let accept = crate::auth::Accept::KeyOrSession;
     let (caller, body) = generate::arrive_as(&state, &headers, peer, body, accept).await?;
-    let obj = validate::object_of(&body)?;
     let limits = validate::Limits::of(&state.settings);
-    let mut request = convert::request(&obj, &limits, Purpose::CountTokens)?;
+    let mut request = generate::off_thread_if_large(body.len(), move || {
+        convert::request(&validate::object_of(&body)?, &limits, Purpose::CountTokens)
+    })
+    .await?;
     state.models.resolve(&request.model)?;
     let mut parameters = serde_json::Map::new();
     if let Some(tools) = request.parameters.remove("tools") {

@@ -53,6 +53,31 @@ pub struct Encoded {
 }
 
 impl Prompt {
+    /// Bytes of its text (a chat's messages and tools; a completion's prompt, suffix and
+    /// system): what decides whether its count and its encoding run on the blocking pool.
+    pub fn text_bytes(&self) -> usize {
+        use crate::tokens::text_bytes;
+        match self {
+            Prompt::Chat {
+                messages,
+                parameters,
+            } => {
+                messages.iter().map(text_bytes).sum::<usize>()
+                    + parameters.get("tools").map_or(0, text_bytes)
+            }
+            Prompt::Completion {
+                prompt,
+                suffix,
+                system,
+                ..
+            } => {
+                prompt.len()
+                    + suffix.as_ref().map_or(0, String::len)
+                    + system.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+
     /// `chat` or `completion`, as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

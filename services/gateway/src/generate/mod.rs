@@ -22,7 +22,7 @@ mod outbox;
 pub mod overhead;
 mod preamble;
 
-pub use body::{read_body, SMALL_BODY_BYTES};
+pub use body::{off_thread_if_large, read_body, SMALL_BODY_BYTES};
 pub use drive::{Piece, Pieces};
 pub use job::{Ask, Encoded, Job, Prompt};
 pub use preamble::{arrive, arrive_as, check_context, Arrival};

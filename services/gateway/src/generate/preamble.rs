@@ -151,9 +151,12 @@ impl Arrival {
         let Encoded {
             payload,
             sha256: prompt_sha256,
-        } = prompt
-            .encode()
-            .map_err(|err| Error::Internal(format!("encoding the prompt failed: {err}")))?;
+        } = super::off_thread_if_large(prompt.text_bytes(), move || {
+            prompt
+                .encode()
+                .map_err(|err| Error::Internal(format!("encoding the prompt failed: {err}")))
+        })
+        .await?;
         let tokens = reserve_tokens(state, &client, self.peer, reserved, &requests).await?;
         let rate = headers_of(state, &requests, &tokens);
 

@@ -31,9 +31,15 @@ pub async fn chat(
 ) -> Result<Response, OllamaError> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let started = caller.started;
-    let mut request = object(&body)?;
-    let model = requested_model(&request)?;
-    let Some(job) = job(&model, &mut request, &Limits::of(&state.settings))? else {
+    let limits = Limits::of(&state.settings);
+    let (model, job) = generate::off_thread_if_large(body.len(), move || {
+        let mut request = object(&body)?;
+        let model = requested_model(&request)?;
+        let job = job(&model, &mut request, &limits)?;
+        Ok::<_, OllamaError>((model, job))
+    })
+    .await?;
+    let Some(job) = job else {
         // Ollama answers an empty chat by loading the model: nothing to ask the agent.
         state.models.resolve(&model)?;
         return Ok(Json(json!({"model": model, "created_at": created_at(),

@@ -39,9 +39,15 @@ pub async fn generate(
 ) -> Result<Response, OllamaError> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
     let started = caller.started;
-    let request = object(&body)?;
-    let model = requested_model(&request)?;
-    let Some(job) = job(&model, &request, &Limits::of(&state.settings))? else {
+    let limits = Limits::of(&state.settings);
+    let (model, job) = generate::off_thread_if_large(body.len(), move || {
+        let request = object(&body)?;
+        let model = requested_model(&request)?;
+        let job = job(&model, &request, &limits)?;
+        Ok::<_, OllamaError>((model, job))
+    })
+    .await?;
+    let Some(job) = job else {
         // Ollama answers an empty prompt by loading the model: nothing to ask the agent.
         state.models.resolve(&model)?;
         return Ok(Json(

@@ -19,7 +19,9 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, Error> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
-    let request = validate::chat(&body, &validate::Limits::of(&state.settings))?;
+    let limits = validate::Limits::of(&state.settings);
+    let request =
+        generate::off_thread_if_large(body.len(), move || validate::chat(&body, &limits)).await?;
     let ask = Ask {
         model: request.model,
         max_tokens: request.max_tokens,

@@ -21,7 +21,10 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, Error> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
-    let request = validate::completion(&body, &validate::Limits::of(&state.settings))?;
+    let limits = validate::Limits::of(&state.settings);
+    let request =
+        generate::off_thread_if_large(body.len(), move || validate::completion(&body, &limits))
+            .await?;
     let ask = Ask {
         model: request.model,
         max_tokens: request.max_tokens,

@@ -35,7 +35,9 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, Error> {
     let (caller, body) = generate::arrive(&state, &headers, peer, body).await?;
-    let request = convert::request(&body, &validate::Limits::of(&state.settings))?;
+    let limits = validate::Limits::of(&state.settings);
+    let request =
+        generate::off_thread_if_large(body.len(), move || convert::request(&body, &limits)).await?;
     let ask = Ask {
         model: request.model,
         max_tokens: request.max_output_tokens,
