@@ -102,6 +102,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// How often the histograms' queued samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
@@ -120,12 +123,13 @@ pub fn metrics() -> &'static PrometheusHandle {
         collector.describe();
         // The recorder queues every histogram sample until upkeep folds it into the buckets;
         // without a regular upkeep an unscraped process would hold all of them (memory growing
-        // with every request).
+        // with every request). What waits between two upkeeps is the high-water mark of that
+        // queue, which the allocator keeps (several samples per chat, thousands of chats a second).
         let upkeep = handle.clone();
         let _ = std::thread::Builder::new()
             .name("metrics-upkeep".into())
             .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(5));
+                std::thread::sleep(UPKEEP_EVERY);
                 upkeep.run_upkeep();
             });
         handle
