@@ -7,6 +7,8 @@ use serde_json::Value;
 pub use crate::prompt::{Payload, RawJson};
 use crate::tagged::Decoded;
 
+mod result_decode;
+
 /// The newest protocol version, sent in `hello` as `max_protocol`; `welcome` answers with the
 /// version both speak.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -287,8 +289,8 @@ impl Delta {
     }
 }
 
-/// The end of a request, sent exactly once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The end of a request, sent exactly once. Decoded field by field (`bridge/result_decode.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelResult {
     pub id: String,
     #[serde(flatten)]
