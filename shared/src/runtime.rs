@@ -78,28 +78,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_thread_runs_every_task_on_the_thread_that_started_the_runtime() {
-        let runtime = WorkerThreads::ONE.runtime().unwrap();
-        let here = std::thread::current().id();
-        let ran_on = runtime.block_on(async {
+    /// The thread a task spawned on `runtime` ran on.
+    fn spawned_on(runtime: &tokio::runtime::Runtime) -> std::thread::ThreadId {
+        runtime.block_on(async {
             tokio::spawn(async { std::thread::current().id() })
                 .await
                 .unwrap()
-        });
-        assert_eq!(ran_on, here);
+        })
+    }
+
+    #[test]
+    fn one_thread_runs_every_task_on_the_thread_that_started_the_runtime() {
+        let runtime = WorkerThreads::ONE.runtime().unwrap();
+        assert_eq!(spawned_on(&runtime), std::thread::current().id());
     }
 
     #[test]
     fn more_than_one_runs_tasks_on_its_own_workers() {
         let runtime = WorkerThreads(2).runtime().unwrap();
         assert_eq!(runtime.metrics().num_workers(), 2);
-        let here = std::thread::current().id();
-        let ran_on = runtime.block_on(async {
-            tokio::spawn(async { std::thread::current().id() })
-                .await
-                .unwrap()
-        });
-        assert_ne!(ran_on, here);
+        assert_ne!(spawned_on(&runtime), std::thread::current().id());
     }
 }
