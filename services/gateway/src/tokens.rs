@@ -3,7 +3,7 @@
 //! per message, plus the text of every field. The agent's own tokenizer is unknown, so any real
 //! tokenizer is an estimate; cl100k's tables take half the memory of o200k's (about 24 MB against
 //! 46 MB) and load on first use (about 0.1 s), so an idle gateway stays small.
-use crate::generate::Prompt;
+use crate::generate::{on_pool_if_over, Prompt};
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
@@ -75,31 +75,27 @@ pub(crate) fn text_bytes(value: &Value) -> usize {
 }
 
 /// Prompt tokens of a request for the agent: a chat's messages and tools, or a completion's
-/// prompt, suffix and system text. Large prompts are counted on the blocking pool; the payload
-/// is handed back unchanged. Each count is timed in `gateway_prompt_count_seconds`.
-pub async fn count_payload(payload: Prompt) -> Result<(Prompt, u64), crate::error::Error> {
+/// prompt, suffix and system text, whose size in bytes is `text_bytes` (`Prompt::text_bytes`).
+/// Large prompts are counted on the blocking pool; the payload is handed back unchanged. Each
+/// count is timed in `gateway_prompt_count_seconds`.
+pub async fn count_payload(
+    payload: Prompt,
+    text_bytes: usize,
+) -> Result<(Prompt, u64), crate::error::Error> {
     ready().await;
     let started = std::time::Instant::now();
-    let counted = count_where_it_fits(payload).await;
+    let counted = on_pool_if_over(
+        text_bytes,
+        INLINE_BYTES,
+        "counting prompt tokens",
+        move || {
+            let n = payload_tokens(&payload);
+            Ok((payload, n))
+        },
+    )
+    .await;
     metrics::histogram!("gateway_prompt_count_seconds").record(started.elapsed().as_secs_f64());
     counted
-}
-
-async fn count_where_it_fits(payload: Prompt) -> Result<(Prompt, u64), crate::error::Error> {
-    let bytes = payload.text_bytes();
-    if bytes <= INLINE_BYTES {
-        let n = payload_tokens(&payload);
-        return Ok((payload, n));
-    }
-    let counted = tokio::task::spawn_blocking(move || {
-        let n = payload_tokens(&payload);
-        (payload, n)
-    });
-    // Only a panic inside the tokenizer (or shutdown of the pool) fails this; it stays with
-    // this one request.
-    counted.await.map_err(|err| {
-        crate::error::Error::Internal(format!("counting prompt tokens failed: {err}"))
-    })
 }
 
 fn payload_tokens(payload: &Prompt) -> u64 {
@@ -127,9 +123,14 @@ pub async fn count_answer(text: String) -> u64 {
         return count_text(&text);
     }
     ready().await;
-    tokio::task::spawn_blocking(move || count_text(&text))
-        .await
-        .unwrap_or(0)
+    let counted = on_pool_if_over(
+        text.len(),
+        INLINE_BYTES,
+        "counting answer tokens",
+        move || Ok::<_, crate::error::Error>(count_text(&text)),
+    );
+    // A failure (a panic in the tokenizer) counts nothing rather than failing a finished answer.
+    counted.await.unwrap_or(0)
 }
 
 /// What an image counts, whatever its bytes: about what Anthropic's models charge for the

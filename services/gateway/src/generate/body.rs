@@ -89,33 +89,6 @@ impl Budget {
     }
 }
 
-/// Bodies up to this size are parsed and encoded on the task that read them; larger ones on the
-/// blocking pool (about 150 µs of JSON work at most inline).
-pub const INLINE_BYTES: usize = 64 * 1024;
-
-/// Runs `work` (parsing or encoding about `bytes` of JSON) here when small, else on the blocking
-/// pool: the gateway's tasks share one thread by default (`WORKER_THREADS`), which a 32 MiB body
-/// would hold for tens of milliseconds, stalling every other request's chunks.
-pub async fn off_thread_if_large<T, E>(
-    bytes: usize,
-    work: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: From<Error> + Send + 'static,
-{
-    if bytes <= INLINE_BYTES {
-        return work();
-    }
-    match tokio::task::spawn_blocking(work).await {
-        Ok(done) => done,
-        // Only a panic in the parser (or the pool stopping) gets here; it stays with this request.
-        Err(err) => Err(E::from(Error::Internal(format!(
-            "reading the request body failed: {err}"
-        )))),
-    }
-}
-
 /// The body's declared length, when it declares one (`Content-Length`).
 fn declared(body: &Body) -> Option<u64> {
     http_body::Body::size_hint(body).exact()
@@ -180,37 +153,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use futures_util::StreamExt;
-
-    #[test]
-    fn small_bodies_are_parsed_where_they_were_read_large_ones_on_the_blocking_pool() {
-        // One thread runs the tasks (as `WORKER_THREADS=1` does) and the blocking pool's threads
-        // carry a name of their own, so the thread each parse ran on tells which it was.
-        const POOL: &str = "body-test-blocking-pool";
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .thread_name(POOL)
-            .build()
-            .unwrap();
-        let here = std::thread::current().id();
-        let ran_on = |bytes: usize| {
-            runtime
-                .block_on(off_thread_if_large(bytes, || {
-                    let t = std::thread::current();
-                    Ok::<_, Error>((t.id(), t.name().map(str::to_owned)))
-                }))
-                .unwrap()
-        };
-        assert_eq!(ran_on(INLINE_BYTES).0, here, "up to the bound: inline");
-        let (id, name) = ran_on(INLINE_BYTES + 1);
-        assert_ne!(id, here);
-        assert_eq!(name.as_deref(), Some(POOL), "past the bound: the pool");
-        // A failure in the work is the request's own error, whichever thread ran it.
-        let err = runtime
-            .block_on(off_thread_if_large(INLINE_BYTES + 1, || {
-                Err::<(), _>(Error::invalid("not JSON", None))
-            }))
-            .unwrap_err();
-        assert!(err.to_string().contains("not JSON"), "{err}");
-    }
 
     /// A body that declares `length` bytes and fails if anything reads it.
     struct Declared(u64);

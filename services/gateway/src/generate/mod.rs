@@ -9,6 +9,7 @@
 //! - `admission.rs`: the takes from the client's request and token buckets, and their 429s.
 //! - `drive.rs`: the request's own task, frames in, pieces out; `outbox.rs` holds the pieces.
 //! - `account.rs`: the books, closed once; `overhead.rs`: the gateway's own time.
+//! - `pool.rs`: large work on the blocking pool, small work where it is.
 use std::time::Duration;
 
 use crate::ratelimit::RateHeaders;
@@ -20,11 +21,13 @@ pub mod drive;
 mod job;
 mod outbox;
 pub mod overhead;
+mod pool;
 mod preamble;
 
-pub use body::{off_thread_if_large, read_body, SMALL_BODY_BYTES};
+pub use body::{read_body, SMALL_BODY_BYTES};
 pub use drive::{Piece, Pieces};
 pub use job::{Ask, Encoded, Job, Prompt};
+pub use pool::{off_thread_if_large, on_pool_if_over};
 pub use preamble::{arrive, arrive_as, check_context, Arrival};
 
 /// A job the agent is working on.

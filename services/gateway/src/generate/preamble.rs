@@ -112,7 +112,8 @@ impl Arrival {
     /// the prompt counted.
     pub async fn count(self, state: &Shared, payload: Prompt) -> Result<u64, Error> {
         let (_permit, _) = self.admit(state, Bucket::Counts).await?;
-        let (_, tokens) = crate::tokens::count_payload(payload).await?;
+        let bytes = payload.text_bytes();
+        let (_, tokens) = crate::tokens::count_payload(payload, bytes).await?;
         Ok(tokens)
     }
 
@@ -125,7 +126,9 @@ impl Arrival {
         let client = self.principal.client(state).to_owned();
 
         // What it costs.
-        let (mut prompt, prompt_tokens) = crate::tokens::count_payload(job.prompt).await?;
+        let text_bytes = job.prompt.text_bytes();
+        let (mut prompt, prompt_tokens) =
+            crate::tokens::count_payload(job.prompt, text_bytes).await?;
         let output = job
             .ask
             .max_tokens
@@ -151,7 +154,7 @@ impl Arrival {
         let Encoded {
             payload,
             sha256: prompt_sha256,
-        } = super::off_thread_if_large(prompt.text_bytes(), move || {
+        } = super::off_thread_if_large(text_bytes, move || {
             prompt
                 .encode()
                 .map_err(|err| Error::Internal(format!("encoding the prompt failed: {err}")))
@@ -344,12 +347,12 @@ mod tests {
             let messages: Vec<Value> = vec![json!({"role": "user", "content": text})];
             let direct = crate::tokens::count_prompt(&messages, None);
             let before = on();
-            let (payload, counted) = crate::tokens::count_payload(Prompt::Chat {
+            let prompt = Prompt::Chat {
                 messages: messages.clone(),
                 parameters: Map::new(),
-            })
-            .await
-            .unwrap();
+            };
+            let bytes = prompt.text_bytes();
+            let (payload, counted) = crate::tokens::count_payload(prompt, bytes).await.unwrap();
             let after = on();
             assert_eq!(counted, direct);
             assert!(matches!(payload, Prompt::Chat { messages: m, .. } if m == messages));
