@@ -1,21 +1,37 @@
-//! Token counts with the cl100k_base tokenizer (tiktoken-rs), for rate limits and for `usage`
-//! when the agent reports none. Counts follow OpenAI's chat accounting: a few tokens of framing
-//! per message, plus the text of every field. The agent's own tokenizer is unknown, so any real
-//! tokenizer is an estimate; cl100k's tables take half the memory of o200k's (about 24 MB against
-//! 46 MB) and load on first use (about 0.1 s), so an idle gateway stays small.
+//! Token counts with the cl100k_base tokenizer (the `tiktoken` crate), for rate limits and for
+//! `usage` when the agent reports none. Counts follow OpenAI's chat accounting: a few tokens of
+//! framing per message, plus the text of every field. The agent's own tokenizer is unknown, so
+//! any real tokenizer is an estimate. The tables load on first use (about 0.05 s) and keep about
+//! 13 MB: the encoder only, in flat arrays, and no decoder we would never use (BENCHMARKS.md,
+//! "Tokenizer"). Each thread that counts also keeps a cache of recent pieces of about 1.2 MB,
+//! freed with the thread. Its counts are those of OpenAI's tiktoken: the tests compare them with
+//! tiktoken-rs's, text by text.
 use crate::generate::{on_pool_if_over, Prompt};
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
+use tiktoken::CoreBpe;
 
-/// Text up to this many bytes is counted where it is (tens of microseconds); more goes to the
-/// blocking pool, so that counting a prompt of up to `MAX_BODY_BYTES` (a second or more) never
+/// Text up to this many bytes is counted where it is (microseconds); more goes to the blocking
+/// pool, so that counting a prompt of up to `MAX_BODY_BYTES` (a tenth of a second or more) never
 /// holds a worker thread and the other requests on it.
 const INLINE_BYTES: usize = 16 * 1024;
 
-static BPE: std::sync::OnceLock<&'static CoreBPE> = std::sync::OnceLock::new();
+/// The encoding every count uses.
+const ENCODING: &str = "cl100k_base";
 
-fn bpe() -> &'static CoreBPE {
-    BPE.get_or_init(tiktoken_rs::cl100k_base_singleton)
+static BPE: std::sync::OnceLock<Option<&'static CoreBpe>> = std::sync::OnceLock::new();
+
+fn bpe() -> Option<&'static CoreBpe> {
+    *BPE.get_or_init(|| {
+        let bpe = tiktoken::get_encoding(ENCODING);
+        if bpe.is_none() {
+            // Cannot happen with the crate's compiled-in tables; said once, then estimated.
+            tracing::error!(
+                encoding = ENCODING,
+                "the tokenizer has no such encoding: token counts are estimated at four bytes a token"
+            );
+        }
+        bpe
+    })
 }
 
 /// Loads the tokenizer on a blocking thread the first time, so no request stalls a worker thread
@@ -32,7 +48,10 @@ pub fn count_text(text: &str) -> u64 {
     }
     #[cfg(test)]
     counted_on::note();
-    bpe().encode_ordinary(text).len() as u64
+    match bpe() {
+        Some(bpe) => bpe.count(text) as u64,
+        None => (text.len() as u64).div_ceil(4),
+    }
 }
 
 /// Which threads tokenized text, by name: lets unit tests see where counting ran.
@@ -235,5 +254,62 @@ mod tests {
             json!({"type": "file", "file": {"filename": "a.pdf", "file_data": "A".repeat(40_000)}});
         let counted = count_value(&pdf);
         assert!((10_000..10_010).contains(&counted), "{counted}");
+    }
+
+    /// Text made of what trips a tokenizer's pre-split: runs of every kind of whitespace,
+    /// apostrophe contractions, digits of several scripts, punctuation, letters with and
+    /// without case, combining marks, emoji sequences, CJK and control characters.
+    fn mixed_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const POOL: &[char] = &[
+            ' ', ' ', ' ', '\n', '\r', '\t', '\u{a0}', '\u{3000}', '\u{2028}', '\u{b}', 'a', 'b',
+            'Z', 'é', 'ß', 'İ', 'ı', 'ǅ', '\'', '’', 's', 't', 'L', 'l', 'v', 'e', 'r', 'd', 'm',
+            '0', '1', '9', '٣', '½', '²', 'Ⅷ', '𝟘', '!', '?', '.', '-', '_', '(', '{', '"', '#',
+            '/', '\\', '<', '|', '`', '中', '文', '日', '語', '한', 'ก', 'ห', 'ि', '\u{301}',
+            '\u{200d}', '😀', '👍', '🏽', '🇮', '🇩', '\u{fe0f}', '\u{0}', '\u{7f}', '\u{ad}',
+        ];
+        proptest::collection::vec(proptest::sample::select(POOL), 1..80)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    #[test]
+    fn counts_match_tiktoken_on_mixed_text() {
+        let reference = tiktoken_rs::cl100k_base_singleton();
+        provider_shared::property::check("counts match tiktoken", mixed_text(), |text| {
+            proptest::prop_assert_eq!(
+                count_text(&text),
+                reference.encode_ordinary(&text).len() as u64,
+                "{:?}",
+                text
+            );
+            Ok(())
+        });
+    }
+
+    /// The repository's own documents and sources, whole and line by line: prose, tables, code
+    /// and JSON, as prompts carry them.
+    #[test]
+    fn counts_match_tiktoken_on_the_repositorys_documents() {
+        let reference = tiktoken_rs::cl100k_base_singleton();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = vec![root.join("README.md"), root.join("BENCHMARKS.md")];
+        for dir in ["docs", "services/gateway/src"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    files.push(path);
+                }
+            }
+        }
+        let mut texts = 0;
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in std::iter::once(text.as_str()).chain(text.split_inclusive('\n')) {
+                let expected = reference.encode_ordinary(piece).len() as u64;
+                assert_eq!(count_text(piece), expected, "{}: {piece:?}", path.display());
+                texts += 1;
+            }
+        }
+        assert!(texts > 1_000, "only {texts} texts compared");
     }
 }
