@@ -159,13 +159,11 @@ impl Audit {
 
     /// Records `event` with its fields, a timestamp and the source. Never waits: with the queue
     /// full the line is dropped and counted.
-    pub fn record(&self, event: &str, fields: Value) {
+    /// `fields` is anything that serializes as a JSON object (a `json!` object, or a struct of
+    /// borrowed fields on a hot path, which writes the line without building a map first).
+    pub fn record(&self, event: &str, fields: impl Serialize) {
         let Some(tx) = &self.tx else { return };
-        let fields = match fields {
-            Value::Object(fields) => fields,
-            _ => Map::new(),
-        };
-        self.send(tx, event, line(self.source, event, fields));
+        self.send(tx, event, line(self.source, event, &fields));
     }
 
     /// Records `event` as a refusal or a throttle: coalesced with the others of its kind, named
@@ -180,7 +178,7 @@ impl Audit {
             _ => Map::new(),
         };
         for (event, fields) in self.repeats.note(event, fields, details, Instant::now()) {
-            self.send(tx, &event, line(self.source, &event, fields));
+            self.send(tx, &event, line(self.source, &event, &fields));
         }
     }
 
@@ -227,14 +225,34 @@ impl Audit {
     }
 }
 
-/// One audit line: the time, the event's type, the source, then the event's fields.
-fn line(source: &str, event: &str, fields: Map<String, Value>) -> String {
-    let mut line = Map::new();
-    line.insert("timestamp".into(), json!(timestamp()));
-    line.insert("event_type".into(), json!(event));
-    line.insert("source".into(), json!(source));
-    line.extend(fields);
-    Value::Object(line).to_string()
+/// One audit line: the time, the event's type, the source, then the event's fields, serialized
+/// in one pass. Fields that are not an object (a caller's mistake) give a line that says so in
+/// `fields_error` rather than no line at all.
+fn line(source: &str, event: &str, fields: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct AuditLine<'a, F> {
+        timestamp: String,
+        event_type: &'a str,
+        source: &'a str,
+        #[serde(flatten)]
+        fields: &'a F,
+    }
+    let whole = AuditLine {
+        timestamp: timestamp(),
+        event_type: event,
+        source,
+        fields,
+    };
+    serde_json::to_string(&whole).unwrap_or_else(|err| {
+        let said = json!({ "fields_error": err.to_string() });
+        let line = AuditLine {
+            timestamp: timestamp(),
+            event_type: event,
+            source,
+            fields: &said,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    })
 }
 
 pub fn timestamp() -> String {
@@ -379,7 +397,7 @@ impl Writer {
         let lines = counts.len() as u64;
         let mut batch = String::new();
         for (event, fields) in counts {
-            batch.push_str(&line(self.source, &event, fields));
+            batch.push_str(&line(self.source, &event, &fields));
             batch.push('\n');
         }
         self.write(&batch, lines).await;
@@ -581,5 +599,36 @@ mod tests {
         audit.record("event", json!({}));
         assert_eq!(audit.stats(), AuditStats::default());
         writer.finish().await;
+    }
+
+    #[test]
+    fn a_line_leads_with_time_type_and_source_and_says_when_its_fields_are_not_an_object() {
+        #[derive(Serialize)]
+        struct Served<'a> {
+            request_id: &'a str,
+            client_ip: std::net::IpAddr,
+            session_id: Option<&'a str>,
+        }
+        let served = Served {
+            request_id: "r1",
+            client_ip: [127, 0, 0, 1].into(),
+            session_id: None,
+        };
+        let written = line("gateway", "model_request", &served);
+        assert!(
+            written.starts_with(r#"{"timestamp":""#),
+            "the time leads: {written}"
+        );
+        let parsed: Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(parsed["event_type"], "model_request");
+        assert_eq!(parsed["source"], "gateway");
+        assert_eq!(parsed["client_ip"], "127.0.0.1");
+        assert_eq!(parsed["session_id"], Value::Null);
+        let odd: Value = serde_json::from_str(&line("gateway", "event", &json!([1, 2]))).unwrap();
+        assert_eq!(odd["event_type"], "event");
+        assert!(
+            odd["fields_error"].as_str().unwrap().contains("map"),
+            "{odd}"
+        );
     }
 }

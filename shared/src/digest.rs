@@ -22,9 +22,12 @@ pub fn sha256_hex_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 
 /// A short, non-reversible name for a secret, safe to log: the first 12 hex digits of its digest.
 pub fn fingerprint(secret: &[u8]) -> String {
-    let mut hex = sha256_hex(secret);
-    hex.truncate(12);
-    hex
+    fingerprint_of(&sha256(secret))
+}
+
+/// [`fingerprint`] of a secret whose digest is already at hand.
+pub fn fingerprint_of(digest: &[u8; 32]) -> String {
+    hex::encode(&digest[..6])
 }
 
 #[cfg(test)]
@@ -38,6 +41,7 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(fingerprint(b"abc"), "ba7816bf8f01");
+        assert_eq!(fingerprint_of(&sha256(b"abc")), "ba7816bf8f01");
     }
 
     #[test]

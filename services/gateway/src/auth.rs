@@ -113,10 +113,11 @@ pub async fn authenticate(
 ) -> Result<Principal, Error> {
     check_throttle(state, addr).await?;
     let presented = bearer(headers).or_else(|| x_api_key(headers));
-    let principal = match presented {
+    // One digest per request: it is compared, looked up and fingerprinted.
+    let presented_digest = presented.map(|token| digest::sha256(token.as_bytes()));
+    let principal = match presented.zip(presented_digest.as_ref()) {
         None => None,
-        Some(token) => {
-            let digest = digest::sha256(token.as_bytes());
+        Some((token, digest)) => {
             if bool::from(digest.ct_eq(&state.settings.api_key_digest)) {
                 Some(Principal::ApiKey)
             } else if accept != Accept::KeyOnly && token.starts_with(crate::secrets::TOKEN_PREFIX) {
@@ -124,7 +125,7 @@ pub async fn authenticate(
                 // while the store is unreachable.
                 state
                     .store
-                    .use_session(&digest)
+                    .use_session(digest)
                     .await?
                     .map(Principal::Session)
             } else {
@@ -139,7 +140,7 @@ pub async fn authenticate(
         }
         other => other,
     };
-    let fingerprint = presented.map(|t| digest::fingerprint(t.as_bytes()));
+    let fingerprint = presented_digest.as_ref().map(digest::fingerprint_of);
     // Coalesced per client, credential and outcome: every request authenticates, and a client
     // refused by a limit would otherwise write a line per request (docs/operations.md).
     state.audit.record_repeated(

@@ -48,12 +48,14 @@ impl Repeats {
         details: &[&str],
         now: Instant,
     ) -> Vec<Line> {
-        let naming: Map<String, Value> = fields
-            .iter()
-            .filter(|(name, _)| !details.contains(&name.as_str()))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        let kind = (event.to_owned(), Value::Object(naming).to_string());
+        let naming = Naming {
+            fields: &fields,
+            details,
+        };
+        let kind = (
+            event.to_owned(),
+            serde_json::to_string(&naming).unwrap_or_default(),
+        );
         match self.kinds.note(&kind, now) {
             Verdict::Hold => vec![],
             Verdict::Write { held_back: 0 } => vec![(event.to_owned(), fields)],
@@ -95,6 +97,26 @@ impl Repeats {
 
 /// The line counting `n` events of `kind` that were not written one by one: the kind's naming
 /// fields, `repeated` and `within_seconds`.
+/// The fields that name a kind (all but `details`), written as JSON without copying them first:
+/// every authentication is noted here.
+struct Naming<'a> {
+    fields: &'a Map<String, Value>,
+    details: &'a [&'a str],
+}
+
+impl serde::Serialize for Naming<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in self.fields {
+            if !self.details.contains(&name.as_str()) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
 fn repeated((event, naming): Kind, n: u64) -> Line {
     let mut fields = match serde_json::from_str::<Value>(&naming) {
         Ok(Value::Object(fields)) => fields,
@@ -210,5 +232,18 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].0, "coalesced_overflow");
         assert_eq!(lines[0].1["repeated"], 100);
+    }
+
+    #[test]
+    fn a_kind_is_named_by_its_fields_but_the_details_as_json() {
+        let all = refused("10.0.0.1", "abc");
+        let naming = Naming {
+            fields: &all,
+            details: &["key_fingerprint"],
+        };
+        assert_eq!(
+            serde_json::to_string(&naming).unwrap(),
+            r#"{"client_ip":"10.0.0.1","reason":"wrong"}"#
+        );
     }
 }

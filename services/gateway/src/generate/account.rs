@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use provider_shared::bridge::{codes, Usage};
-use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::overhead::Overhead;
@@ -119,27 +118,49 @@ impl Accounting {
         }
         self.state.audit.record(
             "model_request",
-            json!({
-                "request_id": self.request_id,
-                "client_ip": self.client_ip.to_string(),
-                "session_id": self.session_id,
-                "model": self.state.settings.model_name,
-                "requested_model": self.model,
-                "stream": self.stream,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "tokens": usage.total_tokens,
-                "success": success,
-                "outcome": outcome,
-                "duration_ms": elapsed.as_millis() as u64,
-                "time_to_first_chunk_ms": self.first_chunk.map(|t| t.duration_since(self.started).as_millis() as u64),
-                "prompt_sha256": self.prompt_sha256,
-            }),
+            ModelRequest {
+                request_id: &self.request_id,
+                client_ip: self.client_ip,
+                session_id: self.session_id.as_deref(),
+                model: &self.state.settings.model_name,
+                requested_model: &self.model,
+                stream: self.stream,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                tokens: usage.total_tokens,
+                success,
+                outcome,
+                duration_ms: elapsed.as_millis() as u64,
+                time_to_first_chunk_ms: self
+                    .first_chunk
+                    .map(|t| t.duration_since(self.started).as_millis() as u64),
+                prompt_sha256: &self.prompt_sha256,
+            },
         );
         tracing::info!(request_id = %self.request_id, outcome, tokens = usage.total_tokens,
             duration_ms = elapsed.as_millis() as u64, "chat request finished");
         usage
     }
+}
+
+/// The audit line of a chat request, serialized straight from the request's own fields: every
+/// request writes one, so it builds no map on the way (docs/operations.md lists its fields).
+#[derive(serde::Serialize)]
+struct ModelRequest<'a> {
+    request_id: &'a str,
+    client_ip: IpAddr,
+    session_id: Option<&'a str>,
+    model: &'a str,
+    requested_model: &'a str,
+    stream: bool,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    tokens: u64,
+    success: bool,
+    outcome: &'a str,
+    duration_ms: u64,
+    time_to_first_chunk_ms: Option<u64>,
+    prompt_sha256: &'a str,
 }
 
 fn usage(prompt_tokens: u64, completion_tokens: u64) -> Usage {
