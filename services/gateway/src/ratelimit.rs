@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
+use bytes::Bytes;
 
 /// A bucket that holds at most `capacity` and refills `per_second`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,29 +112,26 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
+    /// Every answer carries these six: each value is written once, straight into its header
+    /// (no string to copy from).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let pairs = [
-            (
-                "x-ratelimit-limit-requests",
-                self.limit_requests.to_string(),
-            ),
-            (
-                "x-ratelimit-remaining-requests",
-                self.remaining_requests.to_string(),
-            ),
-            (
-                "x-ratelimit-reset-requests",
-                format_reset(self.reset_requests),
-            ),
-            ("x-ratelimit-limit-tokens", self.limit_tokens.to_string()),
-            (
-                "x-ratelimit-remaining-tokens",
-                self.remaining_tokens.to_string(),
-            ),
-            ("x-ratelimit-reset-tokens", format_reset(self.reset_tokens)),
+        headers.reserve(6);
+        let numbers = [
+            ("x-ratelimit-limit-requests", self.limit_requests),
+            ("x-ratelimit-remaining-requests", self.remaining_requests),
+            ("x-ratelimit-limit-tokens", self.limit_tokens),
+            ("x-ratelimit-remaining-tokens", self.remaining_tokens),
         ];
-        for (name, value) in pairs {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+        for (name, value) in numbers {
+            headers.insert(name, HeaderValue::from(value));
+        }
+        let resets = [
+            ("x-ratelimit-reset-requests", self.reset_requests),
+            ("x-ratelimit-reset-tokens", self.reset_tokens),
+        ];
+        for (name, reset) in resets {
+            // Digits and letters only: always a valid header value.
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(format_reset(reset))) {
                 headers.insert(name, value);
             }
         }
@@ -202,5 +200,34 @@ mod tests {
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_reset(Duration::from_secs(2)), "2s");
         assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn every_answer_carries_the_six_headers_as_openai_writes_them() {
+        let rate = RateHeaders {
+            limit_requests: 60,
+            remaining_requests: 59,
+            reset_requests: Duration::from_millis(1500),
+            limit_tokens: 1_000_000,
+            remaining_tokens: 0,
+            reset_tokens: Duration::from_secs(360),
+        };
+        let mut headers = HeaderMap::new();
+        rate.apply(&mut headers);
+        let written: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "59"),
+                ("x-ratelimit-limit-tokens", "1000000"),
+                ("x-ratelimit-remaining-tokens", "0"),
+                ("x-ratelimit-reset-requests", "1.5s"),
+                ("x-ratelimit-reset-tokens", "6m0s"),
+            ]
+        );
     }
 }
