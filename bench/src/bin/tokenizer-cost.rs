@@ -1,6 +1,7 @@
-//! What the gateway's tokenizer costs against tiktoken-rs (BENCHMARKS.md, "Tokenizer"): the memory
-//! each keeps once loaded (each in a fresh process of its own), the time to load it, and the time
-//! to count a short prompt and each file given, with both counts compared.
+//! What the gateway's tokenizer costs against tiktoken-rs (BENCHMARKS.md, "Tokenizer and the
+//! audit line"): the memory each keeps once loaded (each in a fresh process of its own), the time
+//! to load it, and the time to count a short prompt and each file given, with both counts
+//! compared.
 //!
 //! `tokenizer-cost FILE...`; `tokenizer-cost load tiktoken|tiktoken-rs` is the child of one load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,7 +55,11 @@ fn main() {
             .args(["load", which])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     let ours = tiktoken::get_encoding("cl100k_base").unwrap();

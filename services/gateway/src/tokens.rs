@@ -2,9 +2,9 @@
 //! `usage` when the agent reports none. Counts follow OpenAI's chat accounting: a few tokens of
 //! framing per message, plus the text of every field. The agent's own tokenizer is unknown, so
 //! any real tokenizer is an estimate. The tables load on first use (about 0.05 s) and keep about
-//! 13 MB: the encoder only, in flat arrays, and no decoder we would never use (BENCHMARKS.md,
-//! "Tokenizer"). Each thread that counts also keeps a cache of recent pieces of about 1.2 MB,
-//! freed with the thread. Its counts are those of OpenAI's tiktoken: the tests compare them with
+//! 13 MB: every token's bytes once, in flat tables (BENCHMARKS.md, "Tokenizer and the audit
+//! line"). Each thread that counts also keeps a cache of recent pieces of about 1.2 MB, freed
+//! with the thread. Its counts are those of OpenAI's tiktoken: the tests compare them with
 //! tiktoken-rs's, text by text.
 use crate::generate::{on_pool_if_over, Prompt};
 use serde_json::Value;
