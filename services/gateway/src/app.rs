@@ -58,10 +58,14 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
+    // These two read the route that matched, so they wrap each route. The layers below need no
+    // route: they wrap the router once (as its fallback), so that a request clones them and the
+    // router's handle rather than its route's whole stack of layers (BENCHMARKS.md,
+    // "Tokenizer and the audit line", its allocations).
     let api = api
         .layer(middleware::from_fn_with_state(state, status::record_errors))
-        .layer(middleware::from_fn(record_metrics))
-        .layer(cors);
+        .layer(middleware::from_fn(record_metrics));
+    let api = Router::new().fallback_service(api).layer(cors);
     let refusals = Refusals {
         counter: "gateway_requests_refused_total",
         audit: Some(audit),
