@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 const SHORT: &str = "Hello, world! This is a fairly ordinary prompt with some code: \
                      fn main() { println!(\"hi\"); }\n";
 
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+fn rss() -> u64 {
+    bench::rss_bytes(std::process::id()).unwrap()
 }
 
 /// Loads one tokenizer and counts the short text: its load time and the RSS it added.
 fn load(which: &str) {
-    let before = rss_kb();
+    let before = rss();
     let started = Instant::now();
     let tokens = match which {
         "tiktoken" => tiktoken::get_encoding("cl100k_base").unwrap().count(SHORT),
@@ -31,7 +29,7 @@ fn load(which: &str) {
     println!(
         "{which}: loaded and counted {tokens} tokens in {:.1} ms; RSS +{:.1} MB",
         took.as_secs_f64() * 1e3,
-        (rss_kb() - before) as f64 / 1024.0
+        (rss() - before) as f64 / (1024.0 * 1024.0)
     );
 }
 
